@@ -1,0 +1,46 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test` (both create .venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv test test-all demo bench bench-ops gpu lint format clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+# CPU test suite: Triton kernels run under the interpreter; GPU/TensorRT tests are reported as skipped.
+test: venv
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not gpu and not tensorrt"
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+# Main job: detect on generated images with the best available backend (CKPT=path to use real weights).
+demo: venv
+	$(PY) -m anchordetr_trt.cli demo --out $(OUT)/demo $(if $(CKPT),--ckpt $(CKPT),)
+
+bench: venv
+	$(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench
+
+bench-ops: venv
+	$(PY) scripts/bench_ops.py --out $(OUT)/bench_ops
+
+# Everything that needs the GPU, in one call (the device machine has torch preinstalled: no venv there).
+gpu:
+	bash scripts/gpu.sh
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Torch-TensorRT converters lowering the anchordetr ops to TensorRT plugins."""

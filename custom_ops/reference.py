@@ -1,0 +1,75 @@
+"""Plain PyTorch definitions of the fused ops: the meaning of every kernel, and the CPU path.
+
+Each function here has a Triton twin registered as ``torch.ops.anchordetr.<name>``; tests hold the
+kernels to these definitions. Statistics (softmax, norms) are computed in float32 whatever the input
+dtype, and the result is returned in the input dtype.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def masked_softmax(scores: Tensor, key_padding_mask: Tensor) -> Tensor:
+    """Softmax over the last dim of ``scores`` [B, heads, Lq, Lk], ignoring keys where
+    ``key_padding_mask`` [B, Lk] is True. A row whose keys are all padded is all zeros."""
+    mask = key_padding_mask[:, None, None, :]
+    probs = torch.softmax(scores.float().masked_fill(mask, float("-inf")), dim=-1)
+    # A fully padded row is NaN after the softmax and masked everywhere: zero it.
+    return probs.masked_fill(mask, 0.0).to(scores.dtype)
+
+
+def layer_norm(
+    x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Tensor | None = None
+) -> Tensor:
+    """LayerNorm over the last dim of ``x`` (or of ``x + residual``), statistics in float32."""
+    h = x.float() if residual is None else x.float() + residual.float()
+    return F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps).to(x.dtype)
+
+
+def add_bias_transpose(x: Tensor, bias: Tensor, num_heads: int, scale: float) -> Tensor:
+    """``(x + bias) * scale`` split into heads: x [B, L, C] -> [B * num_heads, L, C // num_heads]."""
+    batch, length, channels = x.shape
+    y = (x + bias) * scale
+    return y.view(batch, length, num_heads, channels // num_heads).transpose(1, 2).reshape(-1, length, channels // num_heads)
+
+
+def mask2pos(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalized positions of unpadded rows and columns: mask [B, H, W] (True = padding) ->
+    (pos_y [B, H], pos_x [B, W]) float32, (cumulative count - 0.5) / count, read off the first
+    column and the first row (padding is at the bottom and right)."""
+    not_mask = ~mask
+    y = not_mask[:, :, 0].cumsum(1, dtype=torch.float32)
+    x = not_mask[:, 0, :].cumsum(1, dtype=torch.float32)
+    # An image with no valid pixel would divide by zero; count it as one so nothing is NaN.
+    return (y - 0.5) / y[:, -1:].clamp(min=1.0), (x - 0.5) / x[:, -1:].clamp(min=1.0)
+
+
+def pos2posemb1d(pos: Tensor, num_pos_feats: int = 256, temperature: float = 10000.0) -> Tensor:
+    """Sine embedding of scalar positions in [0, 1]: pos [...] -> [..., num_pos_feats] float32,
+    sin on even features and cos on odd ones, frequency pairs shared."""
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=pos.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+    angles = pos.float()[..., None] * (2 * math.pi) / dim_t
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def mask2posemb(mask: Tensor, num_pos_feats: int, temperature: float) -> tuple[Tensor, Tensor]:
+    """mask2pos followed by pos2posemb1d: mask [B, H, W] -> ([B, H, F], [B, W, F]) float32."""
+    pos_y, pos_x = mask2pos(mask)
+    return pos2posemb1d(pos_y, num_pos_feats, temperature), pos2posemb1d(pos_x, num_pos_feats, temperature)
+
+
+def rcda_aggregate(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tensor:
+    """Row-column decoupled weighted sum: out[n, q] = sum_h sum_w probs_col[n, q, h] *
+    probs_row[n, q, w] * value[n, h, w].
+
+    probs_col [N, Lq, H], probs_row [N, Lq, W], value [N, H, W, D] -> [N, Lq, D].
+    """
+    n, h, w, d = value.shape
+    lq = probs_col.shape[1]
+    per_column = torch.bmm(probs_col, value.reshape(n, h, w * d))  # [N, Lq, W * D]
+    out = torch.bmm(probs_row.reshape(n * lq, 1, w), per_column.reshape(n * lq, w, d))
+    return out.reshape(n, lq, d)

@@ -1,0 +1,1 @@
+"""COCO evaluation, backend parity reports and synthetic datasets."""

@@ -1,0 +1,156 @@
+"""Loading official AnchorDETR checkpoints with strict, explained validation."""
+
+import argparse
+import io
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import AnchorDETRConfig, config_from_args, variant_config, variant_name
+from .errors import CheckpointError
+from .model import AnchorDETR, build_model
+
+logger = logging.getLogger(__name__)
+
+Checkpoint = str | os.PathLike | Mapping[str, Any]
+_MAX_LISTED = 8
+
+
+def load_model(ckpt: Checkpoint, *, variant: str | None = None, device: str | torch.device = "cpu") -> AnchorDETR:
+    """AnchorDETR in eval mode with the weights of ``ckpt``.
+
+    ``ckpt`` is a path or an already loaded object: ``{"model": state_dict, "args": ...}`` as released,
+    or a bare state dict. Backbone and dilation come from the checkpoint's ``args``; without them
+    ``variant`` ("r50-c5", "r50-dc5", "r101-c5", "r101-dc5") is required, because C5 and DC5 have the
+    same weights. Every key and shape is checked before anything is loaded. On CUDA the fused
+    ``torch.ops.anchordetr`` kernels are used, on CPU their PyTorch reference.
+    """
+    state_dict, args = _unpack(_read(ckpt) if isinstance(ckpt, str | os.PathLike) else ckpt)
+    config = resolve_config(state_dict, args, variant)
+    model = build_model(config)
+    _check_state_dict(model, state_dict, config)
+    model.load_state_dict(state_dict, strict=True)
+    device = torch.device(device)
+    return model.to(device).set_fused_ops(device.type == "cuda").eval()
+
+
+def read_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, Tensor], AnchorDETRConfig | None]:
+    """The cleaned state dict of ``ckpt`` and the config its ``args`` describe (None without args)."""
+    state_dict, args = _unpack(_read(ckpt) if isinstance(ckpt, str | os.PathLike) else ckpt)
+    return state_dict, (config_from_args(args) if args is not None else None)
+
+
+def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | None) -> AnchorDETRConfig:
+    """The model config: ``variant`` if given, else the checkpoint's ``args``; checked against the weights."""
+    from_args = config_from_args(args) if args is not None else None
+    if variant is not None:
+        config = variant_config(variant)
+        if from_args is not None and from_args != config:
+            logger.warning(
+                "variant=%r overrides the checkpoint's training arguments (%s)", variant, variant_name(from_args)
+            )
+    elif from_args is not None:
+        config = from_args
+    else:
+        raise CheckpointError(
+            "checkpoint has no 'args' to tell C5 from DC5 (their weights are identical): "
+            "pass variant='r50-c5', 'r50-dc5', 'r101-c5' or 'r101-dc5'"
+        )
+    depth = _resnet_depth(state_dict)
+    if depth is not None and f"resnet{depth}" != config.backbone:
+        raise CheckpointError(
+            f"checkpoint weights are a resnet{depth} backbone but the {variant_name(config)} config expects "
+            f"{config.backbone}: pass variant='r{depth}-{'dc5' if config.dilation else 'c5'}'"
+        )
+    return config
+
+
+def _read(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    data = path.read_bytes()
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        if data[:2] == b"PK":
+            raise CheckpointError(f"{path} is truncated or corrupt (broken zip archive): download it again")
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (expected a file written by torch.save)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path} could not be read as a checkpoint ({first_line}): it is truncated, corrupt, or holds "
+            "objects other than tensors and training arguments; download or export it again"
+        ) from err
+
+
+def _unpack(obj: Any) -> tuple[dict[str, Tensor], Any]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"checkpoint holds a {type(obj).__name__}, not a dict: expected {{'model': state_dict, 'args': ...}} "
+            "or a state dict"
+        )
+    if "model" in obj and isinstance(obj["model"], Mapping):
+        state_dict, args = obj["model"], obj.get("args")
+    elif obj and all(isinstance(v, Tensor) for v in obj.values()):
+        state_dict, args = obj, None
+    else:
+        raise CheckpointError(
+            "checkpoint is a dict without a 'model' state dict and is not a state dict itself "
+            f"(keys: {_listed(list(obj))}): pass the file saved by the AnchorDETR training script"
+        )
+    bad = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"state dict entries are not tensors: {_listed(bad)}")
+    cleaned = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # batch-norm counters of the frozen backbone carry nothing
+        cleaned[key.removeprefix("module.")] = value
+    return cleaned, args
+
+
+def _resnet_depth(state_dict: Mapping[str, Tensor]) -> int | None:
+    blocks = {int(k.split(".")[3]) for k in state_dict if k.startswith("backbone.body.layer3.")}
+    return {6: 50, 23: 101}.get(len(blocks)) if blocks else None
+
+
+def _check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], config: AnchorDETRConfig) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k}: checkpoint {list(state_dict[k].shape)} vs model {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_listed(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} shape mismatches ({_listed(wrong_shape)})")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint does not match AnchorDETR {variant_name(config)} with {config.num_classes} classes: "
+            + "; ".join(problems)
+            + ". Check the variant (r50/r101, c5/dc5) and that this is an AnchorDETR COCO detector "
+            "(91 classes, single feature level, RCDA attention)"
+        )
+    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if non_finite:
+        raise CheckpointError(f"checkpoint has NaN or infinite values in {_listed(non_finite)}: it is corrupt")
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")

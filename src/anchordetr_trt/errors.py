@@ -1,0 +1,17 @@
+"""Exceptions raised for bad user input; each message names the problem and the fix."""
+
+
+class AnchorDETRError(Exception):
+    """Base class of the package's own errors."""
+
+
+class CheckpointError(AnchorDETRError, ValueError):
+    """A checkpoint that cannot be loaded: unreadable, truncated, or not an AnchorDETR of a known variant."""
+
+
+class InputError(AnchorDETRError, ValueError):
+    """Images, masks or sizes of the wrong shape, dtype or device, or outside a compiled shape range."""
+
+
+class BackendUnavailableError(AnchorDETRError, RuntimeError):
+    """The requested backend cannot run on this machine."""

@@ -1,0 +1,83 @@
+"""AnchorDETR: backbone, input projection, transformer; plain tensors in, prediction dict out."""
+
+import torch
+from torch import Tensor, nn
+
+from .backbone import Backbone, downsample_mask
+from .config import AnchorDETRConfig
+from .errors import InputError
+from .transformer import Transformer
+
+
+class AnchorDETR(nn.Module):
+    """Anchor DETR (Wang et al., AAAI 2022) for inference on padded image batches.
+
+    ``forward(images [B, 3, H, W] float, mask [B, H, W] bool or None)`` with mask True on padded
+    pixels returns ``pred_logits`` [B, Q, classes] and ``pred_boxes`` [B, Q, 4] (cx, cy, w, h in
+    [0, 1] of the unpadded image); ``aux=True`` adds ``aux_outputs``, the same for decoder layers 1..L-1.
+    """
+
+    def __init__(self, config: AnchorDETRConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config.backbone, config.dilation)
+        self.input_proj = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(Backbone.num_channels, config.hidden_dim, kernel_size=1),
+                    nn.GroupNorm(32, config.hidden_dim),
+                )
+            ]
+        )
+        self.transformer = Transformer(config)
+
+    def set_fused_ops(self, enabled: bool) -> "AnchorDETR":
+        """Use the ``torch.ops.anchordetr`` custom ops (True) or their plain PyTorch reference (False)."""
+        for module in self.modules():
+            if hasattr(module, "fused_ops"):
+                module.fused_ops = enabled
+        return self
+
+    def forward(self, images: Tensor, mask: Tensor | None = None, *, aux: bool = False) -> dict:
+        check_inputs(images, mask)
+        features = self.backbone(images)
+        if mask is None:
+            feature_mask = torch.zeros_like(features[:, 0], dtype=torch.bool)
+        else:
+            feature_mask = downsample_mask(mask, features.shape[-2:])
+        src = self.input_proj[0](features)
+        logits, boxes = self.transformer(src, feature_mask, aux=aux)
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if aux:
+            out["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1], strict=True)
+            ]
+        return out
+
+
+def check_inputs(images: Tensor, mask: Tensor | None) -> None:
+    """Raise InputError for images or masks the model cannot take (checks on static properties only)."""
+    if not isinstance(images, Tensor):
+        raise InputError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}: use preprocess()")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise InputError(
+            f"images must have shape [B, 3, H, W], got {list(images.shape)}: batch CHW images, e.g. with preprocess()"
+        )
+    if not images.is_floating_point():
+        raise InputError(f"images must be a normalized float tensor, got {images.dtype}: use preprocess()")
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        kind = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise InputError(f"mask must be a bool tensor [B, H, W] (True = padding), got {kind}")
+    if mask.dim() != 3:
+        raise InputError(f"mask must have shape [B, H, W], got {list(mask.shape)}")
+    if mask.device != images.device:
+        raise InputError(f"mask is on {mask.device} but images are on {images.device}: move both to one device")
+    if mask.shape != (images.shape[0], *images.shape[2:]):
+        raise InputError(f"mask shape {list(mask.shape)} does not match images {list(images.shape)}: expected [B, H, W]")
+
+
+def build_model(config: AnchorDETRConfig) -> AnchorDETR:
+    """An AnchorDETR with freshly initialized weights, in eval mode."""
+    return AnchorDETR(config).eval()

@@ -1,0 +1,175 @@
+"""The AnchorDETR transformer: RCDA encoder, anchor-point decoder, prediction heads."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anchordetr_trt.custom_ops import ops
+from anchordetr_trt.custom_ops.reference import pos2posemb1d
+
+from .attention import MultiheadAttention, RowColumnDecoupledAttention
+from .config import AnchorDETRConfig
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that can add a residual first: ``norm(x, residual) == LayerNorm(x + residual)``."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.fused_ops = False
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        return ops(self.fused_ops).layer_norm(x, self.weight, self.bias, self.eps, residual)
+
+
+class FFN(nn.Module):
+    """Position-wise feed-forward block with its residual and norm: x -> norm(x + W2 relu(W1 x))."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden_dim)
+        self.linear2 = nn.Linear(hidden_dim, dim)
+        self.norm2 = LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm2(x, self.linear2(F.relu(self.linear1(x))))
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+def pos2posemb2d(pos: Tensor, num_pos_feats: int = 128, temperature: float = 10000.0) -> Tensor:
+    """Sine embedding of 2-d points: pos [..., 2] (x, y) -> [..., 2 * num_pos_feats] as (emb(y), emb(x))."""
+    return torch.cat(
+        (pos2posemb1d(pos[..., 1], num_pos_feats, temperature), pos2posemb1d(pos[..., 0], num_pos_feats, temperature)),
+        dim=-1,
+    )
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+class EncoderLayer(nn.Module):
+    """RCDA self-attention over the feature map, then the FFN. src [B, H, W, C] -> [B, H, W, C]."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int):
+        super().__init__()
+        self.self_attn = RowColumnDecoupledAttention(dim, num_heads)
+        self.norm1 = LayerNorm(dim)
+        self.ffn = FFN(dim, ffn_dim)
+
+    def forward(self, src: Tensor, posemb_row: Tensor, posemb_col: Tensor, mask_row: Tensor, mask_col: Tensor) -> Tensor:
+        """posemb_row [B, W, C] (per column), posemb_col [B, H, C] (per row); masks [B, W], [B, H]."""
+        batch, height, width, channels = src.shape
+        query_row = (src + posemb_row[:, None]).reshape(batch, height * width, channels)
+        query_col = (src + posemb_col[:, :, None]).reshape(batch, height * width, channels)
+        key_row = src.mean(1) + posemb_row
+        key_col = src.mean(2) + posemb_col
+        attended = self.self_attn(query_row, query_col, key_row, key_col, src, mask_row, mask_col)
+        src = self.norm1(src, attended.view(batch, height, width, channels))
+        return self.ffn(src)
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention among queries, RCDA cross-attention to the memory, then the FFN. tgt [B, Q, C]."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int):
+        super().__init__()
+        self.cross_attn = RowColumnDecoupledAttention(dim, num_heads)
+        self.norm1 = LayerNorm(dim)
+        self.self_attn = MultiheadAttention(dim, num_heads)
+        self.norm2 = LayerNorm(dim)
+        self.ffn = FFN(dim, ffn_dim)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        query_pos_x: Tensor,
+        query_pos_y: Tensor,
+        memory: Tensor,
+        key_row: Tensor,
+        key_col: Tensor,
+        mask_row: Tensor,
+        mask_col: Tensor,
+    ) -> Tensor:
+        """query_pos* [1 or B, Q, C]; memory [B, H, W, C]; key_row [B, W, C], key_col [B, H, C]: the
+        memory averaged over rows / columns plus its position embedding."""
+        q = tgt + query_pos
+        tgt = self.norm2(tgt, self.self_attn(q, q, tgt))
+        attended = self.cross_attn(tgt + query_pos_x, tgt + query_pos_y, key_row, key_col, memory, mask_row, mask_col)
+        tgt = self.norm1(tgt, attended)
+        return self.ffn(tgt)
+
+
+class Transformer(nn.Module):
+    """Encoder over the projected feature map and decoder over anchor-point queries.
+
+    Queries are ``num_query_pattern`` learned patterns times ``num_query_position`` learned anchor
+    points; every decoder layer predicts boxes relative to the anchor points (heads are shared).
+    """
+
+    def __init__(self, config: AnchorDETRConfig):
+        super().__init__()
+        dim, heads, ffn = config.hidden_dim, config.num_heads, config.dim_feedforward
+        self.d_model = dim
+        self.encoder_layers = nn.ModuleList(EncoderLayer(dim, heads, ffn) for _ in range(config.num_encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(dim, heads, ffn) for _ in range(config.num_decoder_layers))
+        self.pattern = nn.Embedding(config.num_query_pattern, dim)
+        self.position = nn.Embedding(config.num_query_position, 2)
+        self.adapt_pos2d = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.adapt_pos1d = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        # One head shared by every decoder layer, listed once per layer as in the released checkpoints.
+        class_embed = nn.Linear(dim, config.num_classes)
+        bbox_embed = MLP(dim, dim, 4, 3)
+        self.class_embed = nn.ModuleList([class_embed] * config.num_decoder_layers)
+        self.bbox_embed = nn.ModuleList([bbox_embed] * config.num_decoder_layers)
+        self.fused_ops = False
+        nn.init.uniform_(self.position.weight, 0, 1)
+
+    def forward(self, src: Tensor, mask: Tensor, aux: bool = False) -> tuple[Tensor, Tensor]:
+        """src [B, C, H, W], mask [B, H, W] (True = padding) -> logits [L, B, Q, classes], boxes
+        [L, B, Q, 4] with L = 1 (last decoder layer) or, with ``aux``, every decoder layer."""
+        mask_row, mask_col = mask[:, 0, :], mask[:, :, 0]
+        posemb_y, posemb_x = ops(self.fused_ops).mask2posemb(mask, self.d_model, 10000.0)
+        posemb_row = self.adapt_pos1d(posemb_x.to(src.dtype))
+        posemb_col = self.adapt_pos1d(posemb_y.to(src.dtype))
+
+        memory = src.permute(0, 2, 3, 1)
+        for layer in self.encoder_layers:
+            memory = layer(memory, posemb_row, posemb_col, mask_row, mask_col)
+        key_row = memory.mean(1) + posemb_row
+        key_col = memory.mean(2) + posemb_col
+
+        # Queries depend on the weights only: computed once, broadcast over the batch.
+        num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
+        anchors = self.position.weight.repeat(num_pattern, 1)  # [Q, 2], pattern-major
+        tgt = self.pattern.weight.repeat_interleave(num_position, dim=0)[None].expand(src.shape[0], -1, -1)
+        query_pos = self.adapt_pos2d(pos2posemb2d(anchors).to(src.dtype))[None]
+        query_pos_x = self.adapt_pos1d(pos2posemb1d(anchors[:, 0], self.d_model).to(src.dtype))[None]
+        query_pos_y = self.adapt_pos1d(pos2posemb1d(anchors[:, 1], self.d_model).to(src.dtype))[None]
+        anchor_logits = inverse_sigmoid(anchors)
+
+        logits, boxes = [], []
+        last = len(self.decoder_layers) - 1
+        for i, layer in enumerate(self.decoder_layers):
+            tgt = layer(tgt, query_pos, query_pos_x, query_pos_y, memory, key_row, key_col, mask_row, mask_col)
+            if aux or i == last:
+                delta = self.bbox_embed[i](tgt)
+                center = delta[..., :2] + anchor_logits.to(delta.dtype)
+                logits.append(self.class_embed[i](tgt))
+                boxes.append(torch.cat((center, delta[..., 2:]), dim=-1).sigmoid())
+        return torch.stack(logits), torch.stack(boxes)
