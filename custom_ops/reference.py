@@ -68,8 +68,7 @@ def rcda_aggregate(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tenso
 
     probs_col [N, Lq, H], probs_row [N, Lq, W], value [N, H, W, D] -> [N, Lq, D].
     """
-    n, h, w, d = value.shape
-    lq = probs_col.shape[1]
-    per_column = torch.bmm(probs_col, value.reshape(n, h, w * d))  # [N, Lq, W * D]
-    out = torch.bmm(probs_row.reshape(n * lq, 1, w), per_column.reshape(n * lq, w, d))
-    return out.reshape(n, lq, d)
+    # Batched over (N, W) and (N, Lq) so that no reshape splits a symbolic product (export-friendly).
+    per_column = torch.matmul(probs_col[:, None], value.transpose(1, 2))  # [N, W, Lq, D]
+    out = torch.matmul(probs_row[:, :, None], per_column.transpose(1, 2))  # [N, Lq, 1, D]
+    return out.squeeze(2)

@@ -2,7 +2,7 @@
 
 from collections import OrderedDict
 
-import torch.nn.functional as F
+import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -26,5 +26,15 @@ class Backbone(nn.Module):
 
 
 def downsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """Padding mask [B, H, W] -> [B, h, w] by nearest-neighbour sampling, as the reference does."""
-    return F.interpolate(mask[None].float(), size=size).bool()[0]
+    """Padding mask [B, H, W] -> [B, h, w] by nearest-neighbour sampling, as the reference does with
+    ``F.interpolate``, written with explicit indices so that export needs no guard on H and W."""
+    rows = _nearest_indices(mask.shape[-2], size[0], mask.device)
+    cols = _nearest_indices(mask.shape[-1], size[1], mask.device)
+    return mask[:, rows][:, :, cols]
+
+
+def _nearest_indices(in_size: int, out_size: int, device: torch.device) -> Tensor:
+    # PyTorch's 'nearest' rule computed in float32 like its kernel: floor(i * in / out), clamped.
+    scale = in_size / out_size
+    index = (torch.arange(out_size, device=device, dtype=torch.float32) * scale).floor().long()
+    return index.clamp(max=in_size - 1)
