@@ -21,9 +21,7 @@ def masked_softmax(scores: Tensor, key_padding_mask: Tensor) -> Tensor:
     return probs.masked_fill(mask, 0.0).to(scores.dtype)
 
 
-def layer_norm(
-    x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Tensor | None = None
-) -> Tensor:
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Tensor | None = None) -> Tensor:
     """LayerNorm over the last dim of ``x`` (or of ``x + residual``), statistics in float32."""
     h = x.float() if residual is None else x.float() + residual.float()
     return F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps).to(x.dtype)
@@ -33,7 +31,11 @@ def add_bias_transpose(x: Tensor, bias: Tensor, num_heads: int, scale: float) ->
     """``(x + bias) * scale`` split into heads: x [B, L, C] -> [B * num_heads, L, C // num_heads]."""
     batch, length, channels = x.shape
     y = (x + bias) * scale
-    return y.view(batch, length, num_heads, channels // num_heads).transpose(1, 2).reshape(-1, length, channels // num_heads)
+    return (
+        y.view(batch, length, num_heads, channels // num_heads)
+        .transpose(1, 2)
+        .reshape(-1, length, channels // num_heads)
+    )
 
 
 def mask2pos(mask: Tensor) -> tuple[Tensor, Tensor]:

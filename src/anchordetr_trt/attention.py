@@ -27,7 +27,9 @@ class _ProjectedAttention(nn.Module):
         """Input projection ``index`` of x [B, L, C], split into heads: [B * heads, L, head_dim]."""
         chunk = slice(index * self.embed_dim, (index + 1) * self.embed_dim)
         projected = torch.matmul(x, self.in_proj_weight[chunk].t())
-        return ops(self.fused_ops).add_bias_transpose(projected, self.in_proj_bias[chunk], self.num_heads, scale)
+        return ops(self.fused_ops).add_bias_transpose(
+            projected, self.in_proj_bias[chunk], self.num_heads, scale
+        )
 
     def merge_heads(self, x: Tensor, batch: int) -> Tensor:
         """[B * heads, L, head_dim] -> output projection of [B, L, C]."""
@@ -84,5 +86,7 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
             scores = scores.view(batch, self.num_heads, q.shape[1], k.shape[1])
             return f.masked_softmax(scores, mask).flatten(0, 1)
 
-        out = f.rcda_aggregate(probabilities(q_col, k_col, mask_col), probabilities(q_row, k_row, mask_row), v)
+        out = f.rcda_aggregate(
+            probabilities(q_col, k_col, mask_col), probabilities(q_row, k_row, mask_row), v
+        )
         return self.merge_heads(out, batch)

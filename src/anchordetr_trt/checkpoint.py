@@ -23,7 +23,9 @@ Checkpoint = str | os.PathLike | Mapping[str, Any]
 _MAX_LISTED = 8
 
 
-def load_model(ckpt: Checkpoint, *, variant: str | None = None, device: str | torch.device = "cpu") -> AnchorDETR:
+def load_model(
+    ckpt: Checkpoint, *, variant: str | None = None, device: str | torch.device = "cpu"
+) -> AnchorDETR:
     """AnchorDETR in eval mode with the weights of ``ckpt``.
 
     ``ckpt`` is a path or an already loaded object: ``{"model": state_dict, "args": ...}`` as released,
@@ -54,7 +56,9 @@ def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | N
         config = variant_config(variant)
         if from_args is not None and from_args != config:
             logger.warning(
-                "variant=%r overrides the checkpoint's training arguments (%s)", variant, variant_name(from_args)
+                "variant=%r overrides the checkpoint's training arguments (%s)",
+                variant,
+                variant_name(from_args),
             )
     elif from_args is not None:
         config = from_args
@@ -148,7 +152,9 @@ def _check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], config
         )
     non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if non_finite:
-        raise CheckpointError(f"checkpoint has NaN or infinite values in {_listed(non_finite)}: it is corrupt")
+        raise CheckpointError(
+            f"checkpoint has NaN or infinite values in {_listed(non_finite)}: it is corrupt"
+        )
 
 
 def _listed(items: list[str]) -> str:

@@ -42,9 +42,7 @@ def variant_config(variant: str) -> AnchorDETRConfig:
     try:
         return VARIANTS[variant]
     except KeyError:
-        raise CheckpointError(
-            f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}"
-        ) from None
+        raise CheckpointError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}") from None
 
 
 def variant_name(config: AnchorDETRConfig) -> str:
@@ -97,4 +95,6 @@ def _as_bool(value: Any, name: str) -> bool:
         return value.strip().lower() in ("true", "1")
     if isinstance(value, bool | int):
         return bool(value)
-    raise CheckpointError(f"checkpoint args have {name}={value!r}, not a boolean: pass variant=... to load_model")
+    raise CheckpointError(
+        f"checkpoint args have {name}={value!r}, not a boolean: pass variant=... to load_model"
+    )

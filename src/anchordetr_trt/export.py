@@ -1,5 +1,7 @@
 """torch.export of AnchorDETR with dynamic batch, height and width."""
 
+import itertools
+
 import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
@@ -11,14 +13,16 @@ Shape = tuple[int, int, int]  # (batch, height, width)
 
 def check_shape_range(min_shape: Shape, max_shape: Shape, opt_shape: Shape | None = None) -> None:
     """Raise InputError unless 1 <= min <= opt <= max elementwise and images are at least 32 pixels."""
-    shapes = {"min_shape": min_shape, "max_shape": max_shape} | ({"opt_shape": opt_shape} if opt_shape else {})
+    shapes = {"min_shape": min_shape, "max_shape": max_shape} | (
+        {"opt_shape": opt_shape} if opt_shape else {}
+    )
     for name, shape in shapes.items():
         if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
             raise InputError(f"{name} must be (batch, height, width) of positive ints, got {shape!r}")
     if min(min_shape[1:]) < 32:
         raise InputError(f"min_shape {min_shape}: images smaller than 32 pixels vanish in the backbone")
     order = (min_shape, opt_shape or min_shape, max_shape)
-    if not all(a <= b for lo, hi in zip(order, order[1:]) for a, b in zip(lo, hi)):
+    if not all(a <= b for lo, hi in itertools.pairwise(order) for a, b in zip(lo, hi, strict=False)):
         raise InputError(f"shape range must satisfy min <= opt <= max elementwise, got {order}")
 
 
@@ -44,7 +48,7 @@ def export_model(
     batch = Dim("batch", min=min_shape[0], max=max_shape[0])
     height = Dim("height", min=min_shape[1], max=max_shape[1])
     width = Dim("width", min=min_shape[2], max=max_shape[2])
-    example = tuple(_inside(lo, hi, offset) for lo, hi, offset in zip(min_shape, max_shape, (1, 37, 53)))
+    example = tuple(_inside(lo, hi, offset) for lo, hi, offset in zip(min_shape, max_shape, (1, 37, 53), strict=False))
     param = next(model.parameters())
     images, mask = example_inputs(example, param.device, param.dtype)
     dynamic_shapes = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}

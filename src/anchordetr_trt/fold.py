@@ -16,7 +16,11 @@ def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
     for parent in module.modules():
         previous_name, previous = None, None
         for name, child in list(parent.named_children()):
-            if isinstance(child, FrozenBatchNorm2d) and isinstance(previous, nn.Conv2d) and previous.bias is None:
+            if (
+                isinstance(child, FrozenBatchNorm2d)
+                and isinstance(previous, nn.Conv2d)
+                and previous.bias is None
+            ):
                 setattr(parent, previous_name, _folded(previous, child))
                 setattr(parent, name, nn.Identity())
             previous_name, previous = name, child

@@ -58,7 +58,9 @@ class AnchorDETR(nn.Module):
 def check_inputs(images: Tensor, mask: Tensor | None) -> None:
     """Raise InputError for images or masks the model cannot take (checks on static properties only)."""
     if not isinstance(images, Tensor):
-        raise InputError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}: use preprocess()")
+        raise InputError(
+            f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}: use preprocess()"
+        )
     if images.dim() != 4 or images.shape[1] != 3:
         raise InputError(
             f"images must have shape [B, 3, H, W], got {list(images.shape)}: batch CHW images, e.g. with preprocess()"
@@ -73,9 +75,13 @@ def check_inputs(images: Tensor, mask: Tensor | None) -> None:
     if mask.dim() != 3:
         raise InputError(f"mask must have shape [B, H, W], got {list(mask.shape)}")
     if mask.device != images.device:
-        raise InputError(f"mask is on {mask.device} but images are on {images.device}: move both to one device")
+        raise InputError(
+            f"mask is on {mask.device} but images are on {images.device}: move both to one device"
+        )
     if mask.shape != (images.shape[0], *images.shape[2:]):
-        raise InputError(f"mask shape {list(mask.shape)} does not match images {list(images.shape)}: expected [B, H, W]")
+        raise InputError(
+            f"mask shape {list(mask.shape)} does not match images {list(images.shape)}: expected [B, H, W]"
+        )
 
 
 def build_model(config: AnchorDETRConfig) -> AnchorDETR:

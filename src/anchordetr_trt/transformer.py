@@ -1,5 +1,7 @@
 """The AnchorDETR transformer: RCDA encoder, anchor-point decoder, prediction heads."""
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,7 +43,7 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers[:-1]:
@@ -52,7 +54,10 @@ class MLP(nn.Module):
 def pos2posemb2d(pos: Tensor, num_pos_feats: int = 128, temperature: float = 10000.0) -> Tensor:
     """Sine embedding of 2-d points: pos [..., 2] (x, y) -> [..., 2 * num_pos_feats] as (emb(y), emb(x))."""
     return torch.cat(
-        (pos2posemb1d(pos[..., 1], num_pos_feats, temperature), pos2posemb1d(pos[..., 0], num_pos_feats, temperature)),
+        (
+            pos2posemb1d(pos[..., 1], num_pos_feats, temperature),
+            pos2posemb1d(pos[..., 0], num_pos_feats, temperature),
+        ),
         dim=-1,
     )
 
@@ -71,7 +76,9 @@ class EncoderLayer(nn.Module):
         self.norm1 = LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
 
-    def forward(self, src: Tensor, posemb_row: Tensor, posemb_col: Tensor, mask_row: Tensor, mask_col: Tensor) -> Tensor:
+    def forward(
+        self, src: Tensor, posemb_row: Tensor, posemb_col: Tensor, mask_row: Tensor, mask_col: Tensor
+    ) -> Tensor:
         """posemb_row [B, W, C] (per column), posemb_col [B, H, C] (per row); masks [B, W], [B, H]."""
         batch, height, width, channels = src.shape
         query_row = (src + posemb_row[:, None]).reshape(batch, height * width, channels)
@@ -110,7 +117,9 @@ class DecoderLayer(nn.Module):
         memory averaged over rows / columns plus its position embedding."""
         q = tgt + query_pos
         tgt = self.norm2(tgt, self.self_attn(q, q, tgt))
-        attended = self.cross_attn(tgt + query_pos_x, tgt + query_pos_y, key_row, key_col, memory, mask_row, mask_col)
+        attended = self.cross_attn(
+            tgt + query_pos_x, tgt + query_pos_y, key_row, key_col, memory, mask_row, mask_col
+        )
         tgt = self.norm1(tgt, attended)
         return self.ffn(tgt)
 
@@ -126,8 +135,12 @@ class Transformer(nn.Module):
         super().__init__()
         dim, heads, ffn = config.hidden_dim, config.num_heads, config.dim_feedforward
         self.d_model = dim
-        self.encoder_layers = nn.ModuleList(EncoderLayer(dim, heads, ffn) for _ in range(config.num_encoder_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(dim, heads, ffn) for _ in range(config.num_decoder_layers))
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(dim, heads, ffn) for _ in range(config.num_encoder_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(dim, heads, ffn) for _ in range(config.num_decoder_layers)
+        )
         self.pattern = nn.Embedding(config.num_query_pattern, dim)
         self.position = nn.Embedding(config.num_query_position, 2)
         self.adapt_pos2d = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
@@ -166,7 +179,9 @@ class Transformer(nn.Module):
         logits, boxes = [], []
         last = len(self.decoder_layers) - 1
         for i, layer in enumerate(self.decoder_layers):
-            tgt = layer(tgt, query_pos, query_pos_x, query_pos_y, memory, key_row, key_col, mask_row, mask_col)
+            tgt = layer(
+                tgt, query_pos, query_pos_x, query_pos_y, memory, key_row, key_col, mask_row, mask_col
+            )
             if aux or i == last:
                 delta = self.bbox_embed[i](tgt)
                 center = delta[..., :2] + anchor_logits.to(delta.dtype)

@@ -21,7 +21,7 @@ def resized_size(height: int, width: int, min_size: int = 800, max_size: int = 1
     """(h, w) after scaling the short side to ``min_size`` unless the long side would pass ``max_size``."""
     short, long = min(height, width), max(height, width)
     if long / short * min_size > max_size:
-        min_size = int(round(max_size * short / long))
+        min_size = round(max_size * short / long)
     if short == min_size:
         return height, width
     if width < height:
@@ -72,13 +72,17 @@ def pad_batch(images: Sequence[Tensor], size: tuple[int, int] | None = None) -> 
     return batch, mask
 
 
-def postprocess(outputs: dict[str, Tensor], target_sizes: Tensor | Sequence, top_k: int = 100) -> list[dict[str, Tensor]]:
+def postprocess(
+    outputs: dict[str, Tensor], target_sizes: Tensor | Sequence, top_k: int = 100
+) -> list[dict[str, Tensor]]:
     """Top-k detections per image: ``scores`` [k], ``labels`` [k] (COCO category ids) and ``boxes``
     [k, 4] (x0, y0, x1, y1 in pixels of the image of size ``target_sizes[i]`` = (h, w))."""
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     sizes = torch.as_tensor(target_sizes, device=logits.device)
     if sizes.dim() != 2 or sizes.shape != (logits.shape[0], 2):
-        raise InputError(f"target_sizes must be [B, 2] (h, w) with B = {logits.shape[0]}, got {list(sizes.shape)}")
+        raise InputError(
+            f"target_sizes must be [B, 2] (h, w) with B = {logits.shape[0]}, got {list(sizes.shape)}"
+        )
     num_classes = logits.shape[-1]
     top_k = min(top_k, logits.shape[1] * num_classes)
     scores, index = logits.float().sigmoid().flatten(1).topk(top_k, dim=1)
@@ -109,10 +113,14 @@ def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
         if image.dim() == 2:
             image = image[None]
         if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
-            raise InputError(f"image {index}: tensor of shape {list(image.shape)} is not CHW with 1, 3 or 4 channels")
+            raise InputError(
+                f"image {index}: tensor of shape {list(image.shape)} is not CHW with 1, 3 or 4 channels"
+            )
         tensor = image.detach().cpu()
     else:
-        raise InputError(f"image {index}: unsupported type {type(image).__name__}; pass an array, PIL image or tensor")
+        raise InputError(
+            f"image {index}: unsupported type {type(image).__name__}; pass an array, PIL image or tensor"
+        )
     if tensor.shape[-2] == 0 or tensor.shape[-1] == 0:
         raise InputError(f"image {index} is empty ({tuple(tensor.shape[-2:])})")
     if tensor.shape[0] == 1:

@@ -1,0 +1,1 @@
+"""Backends behind ``anchordetr_trt.compile``: inductor (torch.compile), tensorrt (Torch-TensorRT)."""

@@ -1,0 +1,52 @@
+"""torch.export of the whole model with dynamic batch, height and width."""
+
+import pytest
+import torch
+
+import anchordetr_trt as at
+from anchordetr_trt.export import check_shape_range, example_inputs, export_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return at.build_model(at.VARIANTS["r50-dc5"])
+
+
+@pytest.fixture(scope="module")
+def exported(model):
+    return export_model(model, min_shape=(1, 64, 64), max_shape=(4, 320, 320))
+
+
+def test_dimensions_stay_dynamic(exported):
+    ranges = sorted((r.lower, r.upper) for r in exported.range_constraints.values())
+    assert ranges == [(1, 4), (64, 320), (64, 320)]
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 160, 96), (4, 320, 320), (2, 97, 255)])
+def test_exported_equals_eager(model, exported, shape):
+    images, mask = example_inputs(shape)
+    with torch.no_grad():
+        expected = model(images, mask)
+        got = exported.module()(images, mask)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_exported_program_rejects_shapes_outside_the_range(exported):
+    images, mask = example_inputs((1, 352, 64))
+    with pytest.raises(Exception, match="320"):
+        exported.module()(images, mask)
+
+
+@pytest.mark.parametrize(
+    ("min_shape", "max_shape", "opt_shape"),
+    [
+        ((1, 320), (8, 1344, 1344), None),
+        ((1, 16, 320), (8, 1344, 1344), None),
+        ((2, 320, 320), (1, 1344, 1344), None),
+        ((1, 320, 320), (8, 1344, 1344), (1, 1400, 800)),
+    ],
+)
+def test_bad_shape_ranges(min_shape, max_shape, opt_shape):
+    with pytest.raises(at.InputError):
+        check_shape_range(min_shape, max_shape, opt_shape)

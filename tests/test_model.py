@@ -1,0 +1,116 @@
+"""Our AnchorDETR against outputs of the official implementation, and model-level invariants."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from official import fixture_state_dict, fixture_variants, load_fixture
+
+import anchordetr_trt as at
+from anchordetr_trt.backbone import downsample_mask
+from anchordetr_trt.export import example_inputs
+
+VARIANTS_WITH_FIXTURES = fixture_variants()
+
+
+def test_fixtures_cover_c5_dc5_r50_r101():
+    assert {"r50-dc5", "r50-c5", "r101-dc5"} <= set(VARIANTS_WITH_FIXTURES)
+
+
+@pytest.fixture(scope="module", params=VARIANTS_WITH_FIXTURES)
+def official(request):
+    variant = request.param
+    model = at.load_model({"model": fixture_state_dict(variant)}, variant=variant)
+    fixture = load_fixture(variant)
+    with torch.no_grad():
+        out = model(fixture["batch_tensor"], fixture["batch_mask"], aux=True)
+    return fixture, out
+
+
+def test_outputs_match_official(official):
+    fixture, out = official
+    torch.testing.assert_close(out["pred_logits"], fixture["pred_logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["pred_boxes"], fixture["pred_boxes"], atol=1e-4, rtol=0)
+    assert len(out["aux_outputs"]) == len(fixture["aux_outputs"]) == 5
+    for ours, theirs in zip(out["aux_outputs"], fixture["aux_outputs"], strict=True):
+        torch.testing.assert_close(ours["pred_logits"], theirs["pred_logits"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours["pred_boxes"], theirs["pred_boxes"], atol=1e-4, rtol=0)
+
+
+def test_postprocess_matches_official_as_sets(official):
+    fixture, out = official
+    ours = at.postprocess(out, fixture["target_sizes"])
+    for mine, theirs in zip(ours, fixture["postprocess"], strict=True):
+        torch.testing.assert_close(
+            mine["scores"].sort().values, theirs["scores"].sort().values, atol=1e-4, rtol=0
+        )
+        # Away from the top-k cut (where near-ties may swap), every detection has an official twin.
+        cut = theirs["scores"].min() + 1e-4
+        for score, label, box in zip(mine["scores"], mine["labels"], mine["boxes"], strict=True):
+            if score <= cut:
+                continue
+            twin = (theirs["labels"] == label) & ((theirs["scores"] - score).abs() < 1e-4)
+            twin &= (theirs["boxes"] - box).abs().amax(-1) < 1e-2
+            assert twin.any(), f"no official detection for label {label.item()} score {score.item():.5f}"
+
+
+def test_aux_outputs_only_on_request():
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    images, mask = example_inputs((1, 96, 128))
+    with torch.no_grad():
+        out = model(images, mask)
+    assert set(out) == {"pred_logits", "pred_boxes"}
+    assert out["pred_logits"].shape == (1, 900, 91) and out["pred_boxes"].shape == (1, 900, 4)
+
+
+def test_no_mask_is_an_all_false_mask():
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    images, _ = example_inputs((2, 96, 128))
+    with torch.no_grad():
+        a = model(images)
+        b = model(images, torch.zeros(2, 96, 128, dtype=torch.bool))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_images_in_a_batch_are_independent():
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    images, mask = example_inputs((3, 96, 128))
+    with torch.no_grad():
+        batched = model(images, mask)
+        alone = model(images[2:], mask[2:])
+    torch.testing.assert_close(batched["pred_boxes"][2:], alone["pred_boxes"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched["pred_logits"][2:], alone["pred_logits"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("in_size", [1, 7, 31, 100, 333, 800, 1344])
+def test_downsample_mask_equals_nearest_interpolation(in_size):
+    mask = torch.rand(2, in_size, 9) > 0.5
+    for out_size in {1, in_size, 2 * in_size, -(-in_size // 16), -(-in_size // 32), max(1, in_size // 3)}:
+        expected = F.interpolate(mask[None].float(), size=(out_size, 9)).bool()[0]
+        assert torch.equal(downsample_mask(mask, (out_size, 9)), expected), (in_size, out_size)
+
+
+@pytest.mark.parametrize(
+    ("images", "mask", "message"),
+    [
+        (torch.zeros(3, 64, 64), None, "[B, 3, H, W]"),
+        (torch.zeros(1, 4, 64, 64), None, "[B, 3, H, W]"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), None, "float"),
+        (torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64), "bool"),
+        (torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 32, dtype=torch.bool), "does not match"),
+        (torch.zeros(1, 3, 64, 64), torch.zeros(64, 64, dtype=torch.bool), "[B, H, W]"),
+    ],
+)
+def test_bad_inputs_raise_input_error(images, mask, message):
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    with pytest.raises(at.InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        model(images, mask)
+
+
+def test_fully_padded_image_gives_finite_outputs():
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    images, _ = example_inputs((2, 96, 128))
+    mask = torch.zeros(2, 96, 128, dtype=torch.bool)
+    mask[1] = True
+    with torch.no_grad():
+        out = model(images, mask)
+    assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
