@@ -1,0 +1,130 @@
+"""Input checks and launch helpers shared by the fused ops.
+
+The checks run in three places: the Triton launchers, the ops' eager implementations and their fake
+implementations (so that ``torch.export`` and ``torch.compile`` reject bad inputs while tracing).
+They look at static properties only (rank, dtype, device, concrete sizes); a size that is symbolic
+while tracing is not compared, so checking never adds a shape guard.
+"""
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+import triton
+from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
+
+from anchordetr_trt.errors import InputError
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Launch heuristics shared by the row-wise kernels: enough programs to fill an H100 (132 SMs) a few
+# times over, and tiles of at most MAX_TILE elements so that a program's rows stay in registers.
+TARGET_PROGRAMS = 512
+MAX_TILE = 4096
+MAX_ROW_BLOCK = 16384  # longest row a row-wise kernel holds in registers (BLOCK of the last dim)
+
+
+def check_tensor(
+    op: str, name: str, value: object, ndim: int | None, dtypes: Sequence[torch.dtype], layout: str
+) -> Tensor:
+    """Raise InputError unless ``value`` is a tensor of rank ``ndim`` (None: any rank but 0) with a
+    dtype in ``dtypes``; ``layout`` names the dims in messages, e.g. "[B, heads, Lq, Lk]"."""
+    if not isinstance(value, Tensor):
+        raise InputError(f"{op}: {name} must be a torch.Tensor {layout}, got {type(value).__name__}")
+    if value.dim() == 0 if ndim is None else value.dim() != ndim:
+        rank = "at least 1-d" if ndim is None else f"{ndim}-d"
+        raise InputError(
+            f"{op}: {name} must be {rank} {layout}, got shape {list(value.shape)}: reshape it to {layout}"
+        )
+    if value.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise InputError(
+            f"{op}: {name} has dtype {value.dtype}, expected one of {allowed}: convert it with .to()"
+        )
+    return value
+
+
+def check_same_device(op: str, **tensors: Tensor) -> None:
+    """Raise InputError unless every tensor is on one device."""
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise InputError(f"{op}: inputs are on different devices ({listed}): move them to one device")
+
+
+def check_same_dtype(op: str, **tensors: Tensor) -> None:
+    """Raise InputError unless every tensor has one dtype."""
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {str(dtype).removeprefix('torch.')}" for name, dtype in dtypes.items())
+        raise InputError(f"{op}: inputs must share one dtype, got {listed}: convert them with .to()")
+
+
+def check_size(op: str, what: str, actual: object, expected: object) -> None:
+    """Raise InputError if two concrete sizes differ; symbolic sizes (while tracing) are not compared."""
+    if isinstance(actual, int) and isinstance(expected, int) and actual != expected:
+        raise InputError(f"{op}: {what} is {actual} but must be {expected}")
+
+
+def check_shape(op: str, name: str, actual: Sequence, expected: Sequence, layout: str) -> None:
+    """Raise InputError unless two shapes have one rank and equal concrete sizes."""
+    mismatch = len(actual) != len(expected) or any(
+        isinstance(a, int) and isinstance(e, int) and a != e for a, e in zip(actual, expected, strict=False)
+    )
+    if mismatch:
+        raise InputError(f"{op}: {name} must have shape {list(expected)} {layout}, got {list(actual)}")
+
+
+def check_out(op: str, out: Tensor, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Raise InputError unless ``out`` is a contiguous tensor of the given shape, dtype and device."""
+    if (
+        not isinstance(out, Tensor)
+        or list(out.shape) != list(shape)
+        or out.dtype != dtype
+        or out.device != device
+    ):
+        got = (
+            f"{list(out.shape)} {out.dtype} on {out.device}"
+            if isinstance(out, Tensor)
+            else type(out).__name__
+        )
+        raise InputError(
+            f"{op}: out must be a tensor {list(shape)} {dtype} on {device}, got {got}: pass out=None to allocate it"
+        )
+    if not out.is_contiguous():
+        raise InputError(
+            f"{op}: out must be contiguous (kernels write it densely): pass out.contiguous() or None"
+        )
+    return out
+
+
+def launch_context(op: str, kernel: object, tensor: Tensor) -> contextlib.AbstractContextManager:
+    """The device context for launching ``kernel`` on ``tensor``'s device; raises InputError where
+    Triton cannot run it (CPU tensors need the interpreter: TRITON_INTERPRET=1 before import)."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    if tensor.device.type == "cpu" and isinstance(kernel, InterpretedFunction):
+        return contextlib.nullcontext()
+    raise InputError(
+        f"{op}: the Triton kernel cannot run on {tensor.device}: use CUDA tensors, the op "
+        "torch.ops.anchordetr.* (PyTorch reference off CUDA), or set TRITON_INTERPRET=1 before importing"
+    )
+
+
+def row_tile(rows: int, row_block: int) -> tuple[int, int]:
+    """(rows per program, num_warps) for a kernel that keeps ``row_block`` elements of each row in
+    registers: tiles of at most MAX_TILE elements, fewer rows when that leaves too few programs."""
+    fill = max(1, rows // TARGET_PROGRAMS)
+    block_rows = max(1, min(MAX_TILE // row_block, 1 << (fill.bit_length() - 1)))
+    return block_rows, num_warps(block_rows * row_block)
+
+
+def num_warps(tile: int) -> int:
+    """Warps for a tile of ``tile`` elements: about a thousand elements per warp, 1 to 8 warps."""
+    return max(1, min(8, tile // 1024))
+
+
+def row_block(length: int) -> int:
+    """The constexpr block of a row of ``length`` elements (a power of two, at least 16)."""
+    return max(16, triton.next_power_of_2(length))
