@@ -1,0 +1,217 @@
+"""``parity_report``: two detectors (e.g. eager FP32 and a compiled FP16 backend) on the same images."""
+
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from anchordetr_trt.errors import InputError
+
+from .annotations import CocoDataset, check_counts, load_dataset
+from .inference import Detector, Runner, check_num_classes, detections, non_finite_counts
+from .loader import Batch
+from .scoring import STAT_NAMES, score
+from .sweep import sweep
+
+
+class _ImageComparison(NamedTuple):
+    image_id: int
+    detections: tuple[np.ndarray, np.ndarray]  # per model, [top_k, 6] (x, y, w, h, score, label)
+    non_finite: tuple[int, int]  # per model, NaN or infinite output values
+    diffs: dict[str, tuple[float, float, int]]  # output -> (max, sum, count) of |a - b| where both finite
+    matched: int  # of a's top detections, how many b also has
+    compared: int
+    max_score_diff: float  # over the matched detections
+
+
+def parity_report(
+    model_a: Detector,
+    model_b: Detector,
+    ann_file: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    *,
+    names: Sequence[str] = ("a", "b"),
+    batch_size: int = 8,
+    max_images: int | None = None,
+    devices: Sequence[str | torch.device | None] = (None, None),
+    min_size: int = 800,
+    max_size: int = 1333,
+    top_k: int = 100,
+    match_top_k: int = 10,
+    iou_threshold: float = 0.9,
+    num_workers: int = 4,
+    progress: bool = True,
+) -> dict | None:
+    """Run both detectors on the same preprocessed batches and compare them.
+
+    Returns (on rank 0 under torchrun, None on other ranks) a JSON-ready dict:
+    ``models`` {name: {``stats`` (as ``evaluate_coco``, or None when the model returned NaN/inf
+    values), ``non_finite_values``, ``non_finite_images``, ``model_s``}}, ``delta`` {stat: b - a},
+    ``agreement`` (per image, the share of a's top ``match_top_k`` detections that b's top ``top_k``
+    has with the same label and IoU > ``iou_threshold``: ``mean``, ``min``, ``images_below_1``, the
+    ``worst`` images, ``max_score_diff`` of the matched detections), ``numeric`` {``pred_logits``,
+    ``pred_boxes``: ``max_abs_diff``, ``mean_abs_diff``} over the values both give as finite numbers,
+    ``problems`` (sentences; empty when nothing is off) and ``settings``.
+    """
+    if len(names) != 2 or names[0] == names[1]:
+        raise InputError(f"names must be two different labels, got {names!r}")
+    check_counts(top_k=top_k, match_top_k=match_top_k)
+    if not 0 < iou_threshold < 1:
+        raise InputError(f"iou_threshold must lie in (0, 1), got {iou_threshold!r}")
+    dataset = load_dataset(ann_file, image_dir, max_images)
+    runners = [Runner(model, device) for model, device in zip((model_a, model_b), devices, strict=True)]
+
+    def per_batch(batch: Batch) -> list[_ImageComparison]:
+        outputs = [runner(batch) for runner in runners]
+        for out in outputs:
+            check_num_classes(dataset.coco.cats, out, dataset.ann_file)
+        return _compare(batch, *outputs, top_k=top_k, match_top_k=match_top_k, iou_threshold=iou_threshold)
+
+    done = sweep(
+        dataset,
+        runners,
+        per_batch,
+        batch_size=batch_size,
+        min_size=min_size,
+        max_size=max_size,
+        num_workers=num_workers,
+        progress=progress,
+        desc=f"parity {names[0]} vs {names[1]}",
+    )
+    if done is None:
+        return None
+    records, seconds, _ = done
+    models, problems = {}, []
+    for index, name in enumerate(names):
+        bad_images = sorted(r.image_id for r in records if r.non_finite[index])
+        if bad_images:
+            problems.append(
+                f"{name} returned NaN or infinite values for {len(bad_images)} image(s): not scored"
+            )
+        stats = None if bad_images else score(dataset, {r.image_id: r.detections[index] for r in records})
+        models[name] = {
+            "stats": stats,
+            "non_finite_values": sum(r.non_finite[index] for r in records),
+            "non_finite_images": bad_images,
+            "model_s": seconds[index],
+        }
+    report = {
+        "names": list(names),
+        "ann_file": str(dataset.ann_file),
+        "num_images": len(records),
+        "settings": {
+            "batch_size": batch_size,
+            "min_size": min_size,
+            "max_size": max_size,
+            "top_k": top_k,
+            "match_top_k": match_top_k,
+            "iou_threshold": iou_threshold,
+        },
+        "models": models,
+        "delta": _delta(models[names[0]]["stats"], models[names[1]]["stats"]),
+        "agreement": _agreement_summary(records, dataset),
+        "numeric": _numeric_summary(records),
+        "problems": problems,
+    }
+    return report
+
+
+def _compare(
+    batch: Batch, out_a: dict, out_b: dict, *, top_k: int, match_top_k: int, iou_threshold: float
+) -> list[_ImageComparison]:
+    for key in ("pred_logits", "pred_boxes"):
+        if out_a[key].shape != out_b[key].shape:
+            raise InputError(
+                f"the two models' {key} differ in shape ({list(out_a[key].shape)} vs {list(out_b[key].shape)}): "
+                "compare models of the same variant"
+            )
+    out_b = {key: value.to(out_a["pred_logits"].device) for key, value in out_b.items()}
+    diffs = {key: _abs_diff(out_a[key], out_b[key]) for key in ("pred_logits", "pred_boxes")}
+    non_finite = [non_finite_counts(out).tolist() for out in (out_a, out_b)]
+    dets_a, dets_b = (detections(out, batch.sizes, top_k) for out in (out_a, out_b))
+    records = []
+    for i, image_id in enumerate(batch.image_ids):
+        matched, compared, score_diff = _match(dets_a[i][:match_top_k], dets_b[i], iou_threshold)
+        records.append(
+            _ImageComparison(
+                image_id=image_id,
+                detections=(dets_a[i], dets_b[i]),
+                non_finite=(non_finite[0][i], non_finite[1][i]),
+                diffs={key: tuple(v[i].item() for v in value) for key, value in diffs.items()},
+                matched=matched,
+                compared=compared,
+                max_score_diff=score_diff,
+            )
+        )
+    return records
+
+
+def _abs_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image: max, sum and count of |a - b| over the values finite in both."""
+    both_finite = (torch.isfinite(a) & torch.isfinite(b)).flatten(1)
+    diff = (a.double() - b.double()).abs().flatten(1).where(both_finite, 0)
+    return diff.max(1).values, diff.sum(1), both_finite.sum(1)
+
+
+def _match(rows_a: np.ndarray, rows_b: np.ndarray, iou_threshold: float) -> tuple[int, int, float]:
+    """How many detections (x, y, w, h, score, label) of ``rows_a`` have a same-label one in ``rows_b``
+    with IoU > ``iou_threshold``, out of how many, and the largest score change of those matches."""
+    if len(rows_a) == 0 or len(rows_b) == 0:
+        return 0, len(rows_a), 0.0
+    a, b = torch.from_numpy(rows_a), torch.from_numpy(rows_b)
+    iou = box_iou(_xyxy(a[:, :4]), _xyxy(b[:, :4]))
+    iou = iou.where(a[:, None, 5] == b[None, :, 5], 0).nan_to_num(0)
+    best_iou, best = iou.max(1)
+    matched = best_iou > iou_threshold
+    score_diff = (a[:, 4] - b[best, 4]).abs()[matched]
+    score_diff = score_diff[score_diff.isfinite()]  # NaN outputs are counted and reported on their own
+    return int(matched.sum()), len(rows_a), float(score_diff.max()) if len(score_diff) else 0.0
+
+
+def _xyxy(xywh: Tensor) -> Tensor:
+    return torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1)
+
+
+def _delta(stats_a: dict | None, stats_b: dict | None) -> dict[str, float | None]:
+    if stats_a is None or stats_b is None:
+        return dict.fromkeys(STAT_NAMES)
+    return {
+        name: None if stats_a[name] is None or stats_b[name] is None else stats_b[name] - stats_a[name]
+        for name in STAT_NAMES
+    }
+
+
+def _agreement_summary(records: list[_ImageComparison], dataset: CocoDataset) -> dict:
+    shares = [(r.matched / r.compared if r.compared else 1.0, r) for r in records]
+    worst = sorted(shares, key=lambda pair: pair[0])[:5]
+    return {
+        "mean": float(np.mean([share for share, _ in shares])),
+        "min": min(share for share, _ in shares),
+        "images_below_1": sum(share < 1 for share, _ in shares),
+        "worst": [
+            {
+                "image_id": r.image_id,
+                "file_name": dataset.coco.imgs[r.image_id]["file_name"],
+                "agreement": share,
+            }
+            for share, r in worst
+            if share < 1
+        ],
+        "max_score_diff": max(r.max_score_diff for r in records),
+    }
+
+
+def _numeric_summary(records: list[_ImageComparison]) -> dict:
+    summary = {}
+    for key in ("pred_logits", "pred_boxes"):
+        count = sum(r.diffs[key][2] for r in records)
+        summary[key] = {
+            "max_abs_diff": max(r.diffs[key][0] for r in records) if count else None,
+            "mean_abs_diff": sum(r.diffs[key][1] for r in records) / count if count else None,
+            "values_compared": count,
+        }
+    return summary

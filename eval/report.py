@@ -1,0 +1,95 @@
+"""``write_report``: a parity report as JSON (every number) and markdown (for people)."""
+
+import json
+import os
+from pathlib import Path
+
+from .scoring import STAT_NAMES
+
+
+def write_report(report: dict, out_dir: str | os.PathLike, *, stem: str = "parity") -> tuple[Path, Path]:
+    """Write ``report`` (from ``parity_report``) to ``out_dir/<stem>.json`` and ``<stem>.md``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    md_path.write_text(_markdown(report))
+    return json_path, md_path
+
+
+def _markdown(report: dict) -> str:
+    name_a, name_b = report["names"]
+    models, settings, agreement = report["models"], report["settings"], report["agreement"]
+    stats_a, stats_b = models[name_a]["stats"], models[name_b]["stats"]
+    lines = [
+        f"# Parity: {name_a} vs {name_b}",
+        "",
+        f"{report['num_images']} images of `{report['ann_file']}`, resized to min_size={settings['min_size']}, "
+        f"max_size={settings['max_size']}; top {settings['top_k']} detections per image.",
+        "",
+    ]
+    if report["problems"]:
+        lines += ["**Problems:**", "", *(f"- {problem}" for problem in report["problems"]), ""]
+    lines += [f"| COCO bbox | {name_a} | {name_b} | {name_b} - {name_a} |", "|---|---:|---:|---:|"]
+    for stat in STAT_NAMES:
+        cells = [_cell(stats and stats[stat]) for stats in (stats_a, stats_b)]
+        lines.append(f"| {stat} | {cells[0]} | {cells[1]} | {_cell(report['delta'][stat], '+.4f')} |")
+    lines += [
+        "",
+        "## Detection agreement",
+        "",
+        f"Share of {name_a}'s top {settings['match_top_k']} detections per image that {name_b}'s top "
+        f"{settings['top_k']} has with the same label and IoU > {settings['iou_threshold']}: "
+        f"mean {agreement['mean']:.4f}, min {agreement['min']:.4f}; {agreement['images_below_1']} of "
+        f"{report['num_images']} images below 1. Largest score change of a matched detection: "
+        f"{agreement['max_score_diff']:.3g}.",
+        "",
+    ]
+    if agreement["worst"]:
+        lines += ["| image | agreement |", "|---|---:|"]
+        lines += [
+            f"| {w['file_name']} (id {w['image_id']}) | {w['agreement']:.2f} |" for w in agreement["worst"]
+        ]
+        lines.append("")
+    lines += [
+        "## Raw outputs",
+        "",
+        "| output | max abs diff | mean abs diff | values compared |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, diff in report["numeric"].items():
+        lines.append(
+            f"| {key} | {_cell(diff['max_abs_diff'], '.3g')} | {_cell(diff['mean_abs_diff'], '.3g')} "
+            f"| {diff['values_compared']} |"
+        )
+    lines += [
+        "",
+        "| model | NaN/inf values | images with NaN/inf | time in model (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in (name_a, name_b):
+        model = models[name]
+        lines.append(
+            f"| {name} | {model['non_finite_values']} | {len(model['non_finite_images'])} | {model['model_s']:.2f} |"
+        )
+    if stats_a and stats_b:
+        lines += ["", *_per_class_lines(stats_a["per_class_AP"], stats_b["per_class_AP"], name_a, name_b)]
+    return "\n".join(lines) + "\n"
+
+
+def _per_class_lines(ap_a: dict, ap_b: dict, name_a: str, name_b: str, limit: int = 10) -> list[str]:
+    changes = sorted(ap_a, key=lambda name: -abs(ap_b[name] - ap_a[name]))[:limit]
+    lines = [
+        f"## Per-class AP: the {len(changes)} largest changes",
+        "",
+        f"| class | {name_a} | {name_b} | {name_b} - {name_a} |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {c} | {_cell(ap_a[c])} | {_cell(ap_b[c])} | {_cell(ap_b[c] - ap_a[c], '+.4f')} |" for c in changes
+    ]
+    return lines
+
+
+def _cell(value: float | None, fmt: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, fmt)

@@ -1,0 +1,60 @@
+"""One pass of one or more detectors over a dataset's images, split over distributed ranks."""
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from anchordetr_trt.errors import InputError
+
+from . import distributed
+from .annotations import CocoDataset
+from .inference import Runner
+from .loader import Batch, chunk, iter_batches
+
+R = TypeVar("R")
+
+
+def sweep(
+    dataset: CocoDataset,
+    runners: Sequence[Runner],
+    per_batch: Callable[[Batch], list[R]],
+    *,
+    batch_size: int,
+    min_size: int,
+    max_size: int,
+    num_workers: int,
+    progress: bool,
+    desc: str,
+) -> tuple[list[R], list[float], float] | None:
+    """``per_batch`` (which calls the runners) on every batch of ``dataset.image_ids``, under
+    ``torch.inference_mode``. Each distributed rank takes every world_size-th batch.
+
+    Returns on rank 0 ``(records of all ranks, seconds in each runner on the slowest rank, wall seconds)``;
+    None on other ranks.
+    """
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise InputError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    start = time.perf_counter()
+    batches = chunk(dataset.image_ids, batch_size)
+    ranks = distributed.setup(runners[0].device)
+
+    @torch.inference_mode()
+    def run_share(share: list[list[int]]) -> tuple[list[R], list[float]]:
+        records: list[R] = []
+        loaded = iter_batches(dataset, share, min_size=min_size, max_size=max_size, num_workers=num_workers)
+        total = sum(map(len, share))
+        with tqdm(total=total, unit="img", desc=desc, disable=not progress or ranks.rank != 0) as bar:
+            for batch in loaded:
+                records.extend(per_batch(batch))
+                bar.update(len(batch.image_ids))
+        return records, [runner.seconds for runner in runners]
+
+    shares = distributed.run_sharded(run_share, batches, ranks)
+    if ranks.rank != 0:
+        return None
+    records = [record for share_records, _ in shares for record in share_records]
+    seconds = [max(share_seconds[i] for _, share_seconds in shares) for i in range(len(runners))]
+    return records, seconds, time.perf_counter() - start
