@@ -1,9 +1,9 @@
 """Running a detector on a batch: device and dtype of the inputs, timing, output checks, detections."""
 
+import contextlib
 import itertools
-import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,6 @@ from anchordetr_trt.errors import InputError
 from anchordetr_trt.transforms import postprocess
 
 from .loader import Batch
-
-logger = logging.getLogger(__name__)
 
 Detector = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
@@ -43,6 +41,20 @@ class Runner:
         self.seconds += time.perf_counter() - start
         _check_structure(outputs, len(batch.image_ids))
         return outputs
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """An ``nn.Module`` model in eval mode (no dropout) for the duration; each submodule's mode is restored."""
+        if not isinstance(self.model, nn.Module):
+            yield
+            return
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
 
 
 def non_finite_counts(outputs: dict[str, Tensor]) -> Tensor:
@@ -100,6 +112,11 @@ def _check_structure(outputs: dict[str, Tensor], batch_size: int) -> None:
         got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
         raise InputError(f"the model must return a dict with 'pred_logits' and 'pred_boxes', got {got}")
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    if not isinstance(logits, Tensor) or not isinstance(boxes, Tensor):
+        raise InputError(
+            f"the model returned {type(logits).__name__} and {type(boxes).__name__}: "
+            "pred_logits and pred_boxes must be tensors"
+        )
     if logits.dim() != 3 or logits.shape[0] != batch_size or boxes.shape != (*logits.shape[:2], 4):
         raise InputError(
             f"the model returned pred_logits {list(logits.shape)} and pred_boxes {list(boxes.shape)}; "

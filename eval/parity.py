@@ -56,6 +56,9 @@ def parity_report(
     ``worst`` images, ``max_score_diff`` of the matched detections), ``numeric`` {``pred_logits``,
     ``pred_boxes``: ``max_abs_diff``, ``mean_abs_diff``} over the values both give as finite numbers,
     ``problems`` (sentences; empty when nothing is off) and ``settings``.
+
+    Agreement is meaningful for trained weights: the near-equal scores of random weights are reordered
+    by any rounding difference.
     """
     if len(names) != 2 or names[0] == names[1]:
         raise InputError(f"names must be two different labels, got {names!r}")
@@ -84,7 +87,7 @@ def parity_report(
     )
     if done is None:
         return None
-    records, seconds, _ = done
+    records, seconds = done
     models, problems = {}, []
     for index, name in enumerate(names):
         bad_images = sorted(r.image_id for r in records if r.non_finite[index])
@@ -99,7 +102,7 @@ def parity_report(
             "non_finite_images": bad_images,
             "model_s": seconds[index],
         }
-    report = {
+    return {
         "names": list(names),
         "ann_file": str(dataset.ann_file),
         "num_images": len(records),
@@ -117,7 +120,6 @@ def parity_report(
         "numeric": _numeric_summary(records),
         "problems": problems,
     }
-    return report
 
 
 def _compare(
@@ -129,7 +131,7 @@ def _compare(
                 f"the two models' {key} differ in shape ({list(out_a[key].shape)} vs {list(out_b[key].shape)}): "
                 "compare models of the same variant"
             )
-    out_b = {key: value.to(out_a["pred_logits"].device) for key, value in out_b.items()}
+    out_b = {key: out_b[key].to(out_a[key].device) for key in ("pred_logits", "pred_boxes")}
     diffs = {key: _abs_diff(out_a[key], out_b[key]) for key in ("pred_logits", "pred_boxes")}
     non_finite = [non_finite_counts(out).tolist() for out in (out_a, out_b)]
     dets_a, dets_b = (detections(out, batch.sizes, top_k) for out in (out_a, out_b))

@@ -1,6 +1,6 @@
 """One pass of one or more detectors over a dataset's images, split over distributed ranks."""
 
-import time
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -28,16 +28,16 @@ def sweep(
     num_workers: int,
     progress: bool,
     desc: str,
-) -> tuple[list[R], list[float], float] | None:
+) -> tuple[list[R], list[float]] | None:
     """``per_batch`` (which calls the runners) on every batch of ``dataset.image_ids``, under
-    ``torch.inference_mode``. Each distributed rank takes every world_size-th batch.
+    ``torch.inference_mode`` with the models in eval mode. Each distributed rank takes every
+    world_size-th batch.
 
-    Returns on rank 0 ``(records of all ranks, seconds in each runner on the slowest rank, wall seconds)``;
-    None on other ranks.
+    Returns on rank 0 ``(records of all ranks, seconds in each runner on the slowest rank)``; None on
+    other ranks.
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise InputError(f"num_workers must be an integer >= 0, got {num_workers!r}")
-    start = time.perf_counter()
     batches = chunk(dataset.image_ids, batch_size)
     ranks = distributed.setup(runners[0].device)
 
@@ -46,7 +46,12 @@ def sweep(
         records: list[R] = []
         loaded = iter_batches(dataset, share, min_size=min_size, max_size=max_size, num_workers=num_workers)
         total = sum(map(len, share))
-        with tqdm(total=total, unit="img", desc=desc, disable=not progress or ranks.rank != 0) as bar:
+        with contextlib.ExitStack() as stack:
+            for runner in runners:
+                stack.enter_context(runner.eval_mode())
+            bar = stack.enter_context(
+                tqdm(total=total, unit="img", desc=desc, disable=not progress or ranks.rank != 0)
+            )
             for batch in loaded:
                 records.extend(per_batch(batch))
                 bar.update(len(batch.image_ids))
@@ -57,4 +62,4 @@ def sweep(
         return None
     records = [record for share_records, _ in shares for record in share_records]
     seconds = [max(share_seconds[i] for _, share_seconds in shares) for i in range(len(runners))]
-    return records, seconds, time.perf_counter() - start
+    return records, seconds

@@ -236,6 +236,27 @@ def test_shifted_oracle_scores_exactly_the_thresholds_it_passes(synthetic):
     assert result["AP"] == pytest.approx(0.4)
 
 
+class DropoutOnBoxes(torch.nn.Module):
+    """``model`` with dropout on its boxes: right only in eval mode."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.dropout = model, torch.nn.Dropout(0.5)
+
+    def forward(self, images, mask):
+        out = self.model(images, mask)
+        return {**out, "pred_boxes": self.dropout(out["pred_boxes"])}
+
+
+def test_modules_are_evaluated_in_eval_mode_and_left_as_they_were(synthetic, oracle):
+    model = DropoutOnBoxes(oracle).train()
+    assert _evaluate(model, *synthetic)["AP"] == pytest.approx(1.0)
+    assert model.training and model.dropout.training
+    model.dropout.eval()
+    _evaluate(model, *synthetic)
+    assert model.training and not model.dropout.training
+
+
 # --- bad input -------------------------------------------------------------------------------------------
 
 
