@@ -111,7 +111,7 @@ def add_bias_transpose(x: Tensor, bias: Tensor, num_heads: int, scale: float) ->
     """((x + bias) * scale) split into heads: x [B, L, C], bias [C] -> [B * num_heads, L, C // num_heads].
     PyTorch reference off CUDA."""
     check_inputs(x, bias, num_heads, scale)
-    return reference.add_bias_transpose(x, bias, num_heads, scale)
+    return reference.add_bias_transpose(x, bias, num_heads, scale).contiguous()  # dense, like the fake
 
 
 @add_bias_transpose.register_kernel("cuda")

@@ -122,13 +122,15 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Te
     """LayerNorm(x) or LayerNorm(x + residual) over the last dim: x [..., C], weight and bias [C];
     float32 statistics, x's dtype out. PyTorch reference off CUDA."""
     check_inputs(x, weight, bias, eps, residual)
-    return reference.layer_norm(x, weight, bias, eps, residual)
+    return reference.layer_norm(x, weight, bias, eps, residual).contiguous()  # dense, like the fake
 
 
 @layer_norm.register_kernel("cuda")
 def _(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Tensor | None = None) -> Tensor:
     if x.shape[-1] > _common.MAX_ROW_BLOCK:
-        return reference.layer_norm(x, weight, bias, eps, residual)  # rows too long for registers
+        return reference.layer_norm(
+            x, weight, bias, eps, residual
+        ).contiguous()  # rows too long for registers
     return layer_norm_triton(x, weight, bias, eps, residual)
 
 

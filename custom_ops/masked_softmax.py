@@ -39,19 +39,17 @@ def masked_softmax_kernel(
     valid = in_bounds & (padded == 0)
     # 64-bit tile start, 32-bit offsets within the tile: half the registers of 64-bit offsets.
     tile_start = first_row.to(tl.int64) * row_length
+    scores_ptr += tile_start
+    out_ptr += tile_start
     offsets = (rows - first_row)[:, None] * row_length + keys[None, :]
-    x = tl.load(scores_ptr + tile_start + offsets, mask=valid, other=float("-inf")).to(tl.float32)
+    x = tl.load(scores_ptr + offsets, mask=valid, other=float("-inf")).to(tl.float32)
     row_max = tl.max(x, axis=1)
     # A fully padded row has max -inf: shift by 0 instead, its exponentials are all 0.
     row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
     e = tl.where(valid, tl.exp2((x - row_max[:, None]) * 1.4426950408889634), 0.0)
     total = tl.sum(e, axis=1)
     inverse = 1.0 / tl.where(total == 0.0, 1.0, total)
-    tl.store(
-        out_ptr + offsets,
-        (e * inverse[:, None]).to(out_ptr.dtype.element_ty),
-        mask=in_bounds,
-    )
+    tl.store(out_ptr + offsets, (e * inverse[:, None]).to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 
 def masked_softmax_launch_config(num_rows: int, row_length: int) -> tuple[tuple[int], dict]:
@@ -102,13 +100,13 @@ def masked_softmax(scores: Tensor, key_padding_mask: Tensor) -> Tensor:
     """scores [B, heads, Lq, Lk], key_padding_mask [B, Lk] bool (True = padded) -> probabilities,
     scores' dtype; fully padded rows are zeros. PyTorch reference off CUDA."""
     check_inputs(scores, key_padding_mask)
-    return reference.masked_softmax(scores, key_padding_mask)
+    return reference.masked_softmax(scores, key_padding_mask).contiguous()  # dense, like the fake
 
 
 @masked_softmax.register_kernel("cuda")
 def _(scores: Tensor, key_padding_mask: Tensor) -> Tensor:
     if scores.shape[-1] > _common.MAX_ROW_BLOCK:
-        return reference.masked_softmax(scores, key_padding_mask)  # rows too long for registers
+        return reference.masked_softmax(scores, key_padding_mask).contiguous()  # rows too long for registers
     return masked_softmax_triton(scores, key_padding_mask)
 
 
