@@ -1,0 +1,412 @@
+"""What each ``torch.ops.anchordetr`` op becomes in TensorRT: one ``PluginSpec`` per op, no TensorRT needed.
+
+A spec says which Triton kernel implements the op and how to launch it without PyTorch: the kernel's
+pointer parameters (inputs and outputs), its runtime integer parameters as expressions of the input
+shapes, its compile-time parameters (block sizes for the largest shapes the engine accepts, and the
+op's float attributes, which TensorRT cannot pass at launch), the grid, and the output shapes and
+dtypes. Shape expressions must work on ints and on TensorRT's symbolic ``ShapeExpr`` alike, so they
+use only ``+ - * //`` with the shape on the left (``ShapeExpr`` has no reflected operators).
+
+An optional tensor input (layer_norm's residual) gives one plugin per presence: the kernel is
+compiled with the input's pointer fixed to None and its flag constexpr False when it is absent.
+Adding an op is adding one entry to ``PLUGINS``.
+"""
+
+import dataclasses
+import importlib
+import itertools
+import math
+import operator
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from anchordetr_trt.errors import InputError
+
+NAMESPACE = "anchordetr"
+
+Shapes = Mapping[str, Sequence[Any]]  # tensor name -> dims (ints or symbolic expressions)
+Dtypes = Mapping[str, torch.dtype]
+Attrs = Mapping[str, Any]
+
+FLOAT_DTYPES = (torch.float16, torch.float32)
+_COMPILE_OPTIONS = ("num_warps", "num_stages")  # launch-config keys that are not kernel parameters
+
+
+def cdiv(a: Any, b: int) -> Any:
+    """Ceiling division with a possibly symbolic ``a`` kept on the left of every operator."""
+    return (a + (b - 1)) // b
+
+
+def prod(dims: Sequence[Any]) -> Any:
+    """Product of dims, the first (possibly symbolic) on the left."""
+    return math.prod(dims[1:], start=dims[0])
+
+
+def maximum(a: Any, b: Any) -> Any:
+    """max(a, b) from operators alone (``a < b`` is 0 or 1, for ints and for TensorRT shape expressions)."""
+    return a + (b - a) * (a < b)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """How ``torch.ops.anchordetr.<op>`` runs as one Triton kernel launch inside TensorRT."""
+
+    op: str
+    module: str  # anchordetr_trt.custom_ops.<module> holds the kernel and its launch config
+    kernel: str
+    inputs: tuple[str, ...]  # tensor arguments of the op, schema order
+    outputs: tuple[str, ...]
+    pointers: Mapping[str, str]  # kernel pointer parameter -> input or output name
+    input_dtypes: Mapping[str, tuple[torch.dtype, ...]]  # floating inputs must also share one dtype
+    output_dtypes: Callable[[Dtypes], tuple[torch.dtype, ...]]
+    output_shapes: Callable[[Shapes, Attrs], tuple[tuple[Any, ...], ...]]
+    scalars: Callable[[Shapes, Attrs], dict[str, Any]]  # runtime int32 kernel parameters
+    meta: Callable[[ModuleType, Shapes, Dtypes, Attrs], dict[str, Any]]  # constexprs and compile options
+    grid: Callable[[Shapes, Attrs, Mapping[str, Any]], tuple[Any, ...]]  # constexprs in the mapping
+    pointer_dtypes: Mapping[str, torch.dtype] = field(
+        default_factory=dict
+    )  # a buffer the kernel reinterprets
+    optional: Mapping[str, str] = field(default_factory=dict)  # optional input -> its HAS_* constexpr
+    absent: tuple[str, ...] = ()  # optional inputs this plugin is built without
+
+    @property
+    def name(self) -> str:
+        """Plugin name: the op, plus ``_with_<input>`` for each optional input present."""
+        present = [n for n in self.optional if n not in self.absent]
+        return self.op + "".join(f"_with_{n}" for n in present)
+
+    @property
+    def plugin_id(self) -> str:
+        return f"{NAMESPACE}::{self.name}"
+
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        """The plugin's tensor inputs, in schema order."""
+        return tuple(n for n in self.inputs if n not in self.absent)
+
+    def variant(self, present: frozenset[str]) -> "PluginSpec":
+        return dataclasses.replace(self, absent=tuple(n for n in self.optional if n not in present))
+
+    def variants(self) -> Iterator["PluginSpec"]:
+        for k in range(len(self.optional) + 1):
+            for present in itertools.combinations(self.optional, k):
+                yield self.variant(frozenset(present))
+
+    def op_module(self) -> ModuleType:
+        return importlib.import_module(f"anchordetr_trt.custom_ops.{self.module}")
+
+    def kernel_fn(self) -> Any:
+        return getattr(self.op_module(), self.kernel)
+
+    def attrs(self) -> dict[str, type]:
+        """Non-tensor arguments of the op (plugin attributes) in schema order, with their Python type."""
+        return {
+            arg.name: _ATTR_TYPES[str(arg.type)]
+            for arg in op_schema(self.op).arguments
+            if arg.name not in self.inputs
+        }
+
+    def launch_meta(
+        self, max_shapes: Shapes, dtypes: Dtypes, attrs: Attrs
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(constexprs, compile options) of a kernel that serves every input up to ``max_shapes``."""
+        meta = self.meta(self.op_module(), max_shapes, dtypes, attrs)
+        options = {key: meta.pop(key) for key in _COMPILE_OPTIONS if key in meta}
+        for name, flag in self.optional.items():
+            meta[flag] = name not in self.absent
+        for pointer, tensor in self.pointers.items():
+            if tensor in self.absent:
+                meta[pointer] = None
+        return meta, options
+
+    def all_dtypes(self, dtypes: Dtypes) -> dict[str, torch.dtype]:
+        """Dtypes of the plugin's inputs and outputs as the kernel reads and writes them."""
+        named = {**dtypes, **dict(zip(self.outputs, self.output_dtypes(dtypes), strict=True))}
+        return {name: self.pointer_dtypes.get(name, dtype) for name, dtype in named.items()}
+
+    def check_dtypes(self, dtypes: Dtypes) -> None:
+        """Raise InputError unless the plugin has a kernel for these input dtypes (inputs left out of
+        ``dtypes`` are not checked)."""
+        for name in dtypes:
+            if dtypes[name] not in self.input_dtypes[name]:
+                allowed = ", ".join(_dtype_name(d) for d in self.input_dtypes[name])
+                raise InputError(
+                    f"{self.op}: no TensorRT plugin for {name} of dtype {_dtype_name(dtypes[name])} (supported: {allowed})"
+                )
+        floats = {n: _dtype_name(d) for n, d in dtypes.items() if d.is_floating_point}
+        if len(set(floats.values())) > 1:
+            raise InputError(f"{self.op}: the plugin needs one float dtype for all inputs, got {floats}")
+
+
+@dataclass(frozen=True)
+class BoundCall:
+    """One call of an op: its plugin, the plugin's tensor inputs (schema order) and attributes."""
+
+    spec: PluginSpec
+    tensors: tuple[Any, ...]
+    attrs: dict[str, Any]
+
+
+def bind(op: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> BoundCall:
+    """Bind the arguments of an ``anchordetr`` op call (as FX or Torch-TensorRT hand them over) to its
+    plugin: defaults filled in, the variant chosen by which optional tensors are given, attributes
+    coerced to the exact Python type TensorRT serializes."""
+    spec = plugin_for(op)
+    arguments = op_schema(op).arguments
+    if len(args) > len(arguments):
+        raise InputError(f"{op}: {len(args)} positional arguments, the op takes {len(arguments)}")
+    unknown = set(kwargs) - {arg.name for arg in arguments[len(args) :]}
+    if unknown:
+        raise InputError(f"{op}: unexpected or repeated arguments {sorted(unknown)}")
+    values = {}
+    for position, arg in enumerate(arguments):
+        if position < len(args):
+            values[arg.name] = args[position]
+        elif arg.name in kwargs:
+            values[arg.name] = kwargs[arg.name]
+        elif arg.has_default_value():
+            values[arg.name] = arg.default_value
+        else:
+            raise InputError(f"{op}: missing argument {arg.name!r}")
+    spec = spec.variant(frozenset(n for n in spec.optional if values[n] is not None))
+    attrs = {name: _coerce(op, name, kind, values[name]) for name, kind in spec.attrs().items()}
+    return BoundCall(spec, tuple(values[name] for name in spec.tensors), attrs)
+
+
+def op_name(target: object) -> str | None:
+    """The op name of an FX node target that is an ``anchordetr`` op overload, else None."""
+    name = getattr(getattr(target, "_schema", None), "name", "")
+    return name.removeprefix(f"{NAMESPACE}::") if name.startswith(f"{NAMESPACE}::") else None
+
+
+def check_node(node: torch.fx.Node) -> BoundCall:
+    """Bind an ``anchordetr`` op node of an exported graph to its plugin; raise InputError unless the
+    plugin has a kernel for its tensors' dtypes (read from the nodes' metadata where it is recorded)."""
+    op = op_name(node.target)
+    if op is None:
+        raise InputError(f"{node.name} calls {node.target}, not a torch.ops.{NAMESPACE} op")
+    call = bind(op, node.args, node.kwargs)
+    values = {
+        name: getattr(arg, "meta", {}).get("val")
+        for name, arg in zip(call.spec.tensors, call.tensors, strict=True)
+    }
+    call.spec.check_dtypes(
+        {name: value.dtype for name, value in values.items() if isinstance(value, torch.Tensor)}
+    )
+    return call
+
+
+def plugin_for(op: str) -> PluginSpec:
+    try:
+        return PLUGINS[op]
+    except KeyError:
+        raise InputError(
+            f"no TensorRT plugin for torch.ops.{NAMESPACE}.{op}: add a PluginSpec to PLUGINS"
+        ) from None
+
+
+def all_plugins() -> list[PluginSpec]:
+    """Every plugin to register: each op's spec in each of its variants."""
+    return [variant for spec in PLUGINS.values() for variant in spec.variants()]
+
+
+def registered_ops() -> list[str]:
+    """Names of every op registered in the ``anchordetr`` namespace, after importing every module of
+    ``anchordetr_trt.custom_ops`` (each op module registers its op)."""
+    package = importlib.import_module("anchordetr_trt.custom_ops")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    prefix = f"{NAMESPACE}::"
+    return sorted(
+        name.removeprefix(prefix) for name in torch._C._dispatch_get_all_op_names() if name.startswith(prefix)
+    )
+
+
+def op_schema(op: str) -> torch.FunctionSchema:
+    importlib.import_module(f"anchordetr_trt.custom_ops.{plugin_for(op).module}")
+    return getattr(getattr(torch.ops, NAMESPACE), op).default._schema
+
+
+_ATTR_TYPES = {"float": float, "int": int, "bool": bool}
+
+
+def _coerce(op: str, name: str, kind: type, value: Any) -> Any:
+    # QDP checks attribute types exactly: a numpy float, or an int for a float attribute, is rejected.
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise InputError(f"{op}: attribute {name} must be finite, got {value}")
+        return value
+    if kind is bool:
+        return bool(value)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise InputError(f"{op}: attribute {name} must be an int, got {value!r}") from None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
+    _, meta = module.mask2posemb_launch_config(*s["mask"], a["num_pos_feats"])
+    return {**meta, "log2_temperature": math.log2(a["temperature"])}  # as the op's launcher passes it
+
+
+def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
+    n, queries, _ = s["probs_col"]
+    _, meta = module.rcda_aggregate_launch_config(queries, n, s["probs_row"][2], s["value"][3])
+    # The same precision rule as the op's launcher: fp32 stays fp32 on the tensor cores.
+    precision = "ieee" if d["value"] == torch.float32 else "tf32"
+    return {**meta, "DOT_PRECISION": precision, "num_stages": module.NUM_STAGES}
+
+
+PLUGINS: dict[str, PluginSpec] = {
+    spec.op: spec
+    for spec in (
+        PluginSpec(
+            op="masked_softmax",
+            module="masked_softmax",
+            kernel="masked_softmax_kernel",
+            inputs=("scores", "key_padding_mask"),
+            outputs=("out",),
+            pointers={"scores_ptr": "scores", "mask_ptr": "key_padding_mask", "out_ptr": "out"},
+            pointer_dtypes={"key_padding_mask": torch.uint8},  # a bool buffer, read as bytes
+            input_dtypes={"scores": FLOAT_DTYPES, "key_padding_mask": (torch.bool,)},
+            output_dtypes=lambda d: (d["scores"],),
+            output_shapes=lambda s, a: (tuple(s["scores"]),),
+            scalars=lambda s, a: {
+                "num_rows": prod(s["scores"][:3]),
+                "rows_per_batch": s["scores"][1] * s["scores"][2],
+                "row_length": s["scores"][3],
+            },
+            meta=lambda m, s, d, a: m.masked_softmax_launch_config(prod(s["scores"][:3]), s["scores"][3])[1],
+            grid=lambda s, a, meta: (cdiv(prod(s["scores"][:3]), meta["BLOCK_R"]),),
+        ),
+        PluginSpec(
+            op="layer_norm",
+            module="layer_norm",
+            kernel="layer_norm_kernel",
+            inputs=("x", "weight", "bias", "residual"),
+            outputs=("out",),
+            pointers={
+                "x_ptr": "x",
+                "residual_ptr": "residual",
+                "weight_ptr": "weight",
+                "bias_ptr": "bias",
+                "out_ptr": "out",
+            },
+            optional={"residual": "HAS_RESIDUAL"},
+            input_dtypes=dict.fromkeys(("x", "weight", "bias", "residual"), FLOAT_DTYPES),
+            output_dtypes=lambda d: (d["x"],),
+            output_shapes=lambda s, a: (tuple(s["x"]),),
+            scalars=lambda s, a: {"num_rows": prod(s["x"][:-1]), "row_length": s["x"][-1]},
+            meta=lambda m, s, d, a: {
+                **m.layer_norm_launch_config(prod(s["x"][:-1]), s["x"][-1])[1],
+                "eps": a["eps"],
+            },
+            grid=lambda s, a, meta: (cdiv(prod(s["x"][:-1]), meta["BLOCK_R"]),),
+        ),
+        PluginSpec(
+            op="add_bias_transpose",
+            module="add_bias_transpose",
+            kernel="add_bias_transpose_kernel",
+            inputs=("x", "bias"),
+            outputs=("out",),
+            pointers={"x_ptr": "x", "bias_ptr": "bias", "out_ptr": "out"},
+            input_dtypes=dict.fromkeys(("x", "bias"), FLOAT_DTYPES),
+            output_dtypes=lambda d: (d["x"],),
+            output_shapes=lambda s, a: (
+                (s["x"][0] * a["num_heads"], s["x"][1], s["x"][2] // a["num_heads"]),
+            ),
+            scalars=lambda s, a: {
+                "length": s["x"][1],
+                "channels": s["x"][2],
+                "head_dim": s["x"][2] // a["num_heads"],
+            },
+            meta=lambda m, s, d, a: {**m.add_bias_transpose_launch_config(*s["x"])[1], "scale": a["scale"]},
+            grid=lambda s, a, meta: (
+                cdiv(s["x"][1], meta["BLOCK_L"]),
+                cdiv(s["x"][2], meta["BLOCK_C"]),
+                s["x"][0],
+            ),
+        ),
+        PluginSpec(
+            op="mask2pos",
+            module="mask2pos",
+            kernel="mask2pos_kernel",
+            inputs=("mask",),
+            outputs=("pos_y", "pos_x"),
+            pointers={"mask_ptr": "mask", "pos_y_ptr": "pos_y", "pos_x_ptr": "pos_x"},
+            pointer_dtypes={"mask": torch.uint8},  # a bool buffer, read as bytes
+            input_dtypes={"mask": (torch.bool,)},
+            output_dtypes=lambda d: (torch.float32, torch.float32),
+            output_shapes=lambda s, a: ((s["mask"][0], s["mask"][1]), (s["mask"][0], s["mask"][2])),
+            scalars=lambda s, a: {"height": s["mask"][1], "width": s["mask"][2]},
+            meta=lambda m, s, d, a: m.mask2pos_launch_config(*s["mask"])[1],
+            grid=lambda s, a, meta: (
+                cdiv(maximum(s["mask"][1], s["mask"][2]), meta["BLOCK_L"]),
+                s["mask"][0],
+                2,
+            ),
+        ),
+        PluginSpec(
+            op="mask2posemb",
+            module="mask2pos",
+            kernel="mask2posemb_kernel",
+            inputs=("mask",),
+            outputs=("emb_y", "emb_x"),
+            pointers={"mask_ptr": "mask", "emb_y_ptr": "emb_y", "emb_x_ptr": "emb_x"},
+            pointer_dtypes={"mask": torch.uint8},
+            input_dtypes={"mask": (torch.bool,)},
+            output_dtypes=lambda d: (torch.float32, torch.float32),
+            output_shapes=lambda s, a: (
+                (s["mask"][0], s["mask"][1], a["num_pos_feats"]),
+                (s["mask"][0], s["mask"][2], a["num_pos_feats"]),
+            ),
+            scalars=lambda s, a: {
+                "height": s["mask"][1],
+                "width": s["mask"][2],
+                "num_feats": a["num_pos_feats"],
+            },
+            meta=_mask2posemb_meta,
+            grid=lambda s, a, meta: (
+                cdiv(maximum(s["mask"][1], s["mask"][2]), meta["BLOCK_L"]),
+                s["mask"][0],
+                2 * cdiv(a["num_pos_feats"], meta["BLOCK_F"]),
+            ),
+        ),
+        PluginSpec(
+            op="rcda_aggregate",
+            module="rcda_aggregate",
+            kernel="rcda_aggregate_kernel",
+            inputs=("probs_col", "probs_row", "value"),
+            outputs=("out",),
+            pointers={
+                "probs_col_ptr": "probs_col",
+                "probs_row_ptr": "probs_row",
+                "value_ptr": "value",
+                "out_ptr": "out",
+            },
+            input_dtypes=dict.fromkeys(("probs_col", "probs_row", "value"), FLOAT_DTYPES),
+            output_dtypes=lambda d: (d["value"],),
+            output_shapes=lambda s, a: ((s["value"][0], s["probs_col"][1], s["value"][3]),),
+            scalars=lambda s, a: {
+                "num_queries": s["probs_col"][1],
+                "height": s["probs_col"][2],
+                "width": s["probs_row"][2],
+                "head_dim": s["value"][3],
+            },
+            meta=_rcda_aggregate_meta,
+            grid=lambda s, a, meta: (cdiv(s["probs_col"][1], meta["BLOCK_Q"]), s["probs_col"][0]),
+        ),
+    )
+}

@@ -1,0 +1,240 @@
+"""The "tensorrt" backend: ``torch.export`` with dynamic batch, height and width, then Torch-TensorRT
+(dynamo) with this package's converters, which lower the ``anchordetr`` ops to TensorRT plugins running
+the ops' Triton kernels (compiled ahead of time into the engine where TensorRT allows).
+
+The engine is strongly typed: the model is cast to the requested precision before export and
+TensorRT keeps the graph's dtypes (the plugins accumulate in float32). Built modules are saved with
+``torch_tensorrt.save`` under ``cache_dir``, keyed by the weights, shape range, precision, library
+versions and GPU. tensorrt and torch_tensorrt are imported inside functions only: this module, and
+``tensorrt_status``, work where they are missing.
+"""
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import BackendUnavailableError, InputError
+from ..export import Shape, check_shape_range, export_model
+from ..model import check_inputs
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
+OUTPUTS = ("pred_logits", "pred_boxes")
+_LIBRARIES = ("torch", "torch_tensorrt", "tensorrt", "triton", "anchordetr_trt")
+
+
+@functools.cache
+def tensorrt_status() -> tuple[bool, str]:
+    """(whether the tensorrt backend can run here, why or why not)."""
+    missing = [name for name in ("torch_tensorrt", "tensorrt") if importlib.util.find_spec(name) is None]
+    if missing:
+        return False, f"{' and '.join(missing)} not installed (pip install 'anchordetr_trt[tensorrt]')"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU is visible (Torch-TensorRT builds engines on a GPU)"
+    try:
+        import tensorrt
+        import tensorrt.plugin  # the plugin API (TensorRT >= 10.7)
+        import torch_tensorrt
+    except Exception as error:  # a broken install can fail in many ways: report it, never crash
+        return False, f"TensorRT does not load ({type(error).__name__}: {error})"
+    return True, f"Torch-TensorRT {torch_tensorrt.__version__} with TensorRT {tensorrt.__version__}"
+
+
+class TensorRTModule(nn.Module):
+    """A Torch-TensorRT compiled AnchorDETR: ``forward(images [B, 3, H, W], mask [B, H, W] bool or None)``
+    returns ``pred_logits`` and ``pred_boxes``; (B, H, W) outside [min_shape, max_shape] raise InputError."""
+
+    def __init__(
+        self,
+        runner: nn.Module,
+        *,
+        min_shape: Shape,
+        max_shape: Shape,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        super().__init__()
+        self.runner = runner
+        self.min_shape, self.max_shape = min_shape, max_shape
+        self.dtype, self.device = dtype, device
+
+    def extra_repr(self) -> str:
+        return f"shapes={self.min_shape}..{self.max_shape}, dtype={self.dtype}, device={self.device}"
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        check_inputs(images, mask)
+        check_in_range((images.shape[0], images.shape[2], images.shape[3]), self.min_shape, self.max_shape)
+        images = images.to(device=self.device, dtype=self.dtype).contiguous()
+        if mask is None:
+            mask = torch.zeros_like(images[:, 0], dtype=torch.bool)
+        out = self.runner(images, mask.to(self.device).contiguous())
+        # The engine keeps the model's output dict; a flattened (logits, boxes) pair is accepted too.
+        values = [out[key] for key in OUTPUTS] if isinstance(out, Mapping) else list(out)
+        return dict(zip(OUTPUTS, values, strict=True))
+
+
+def check_in_range(shape: Shape, min_shape: Shape, max_shape: Shape) -> None:
+    """Raise InputError unless min_shape <= shape <= max_shape elementwise (batch, height, width)."""
+    if not all(lo <= s <= hi for lo, s, hi in zip(min_shape, shape, max_shape, strict=True)):
+        raise InputError(
+            f"input (batch, height, width) = {tuple(shape)} is outside the engine's range {min_shape}..{max_shape}: "
+            "split the batch, resize the images (preprocess(min_size=..., max_size=...)), or compile with a wider "
+            "min_shape/max_shape"
+        )
+
+
+def compile_tensorrt(
+    model: nn.Module,
+    *,
+    precision: str,
+    min_shape: Shape,
+    opt_shape: Shape,
+    max_shape: Shape,
+    device: str | torch.device,
+    cache_dir: str | os.PathLike | None,
+) -> TensorRTModule:
+    """Build (or load from ``cache_dir``) a TensorRT module of ``model``, an AnchorDETR."""
+    available, reason = tensorrt_status()
+    if not available:
+        raise BackendUnavailableError(
+            f"backend='tensorrt' cannot run here: {reason}. Use backend='inductor' on a CUDA GPU, or "
+            "backend='eager' on the CPU"
+        )
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise BackendUnavailableError(
+            f"backend='tensorrt' needs a CUDA device, got {device}: use backend='eager'"
+        )
+    if precision not in PRECISIONS:
+        raise BackendUnavailableError(
+            f"backend='tensorrt' builds {' or '.join(PRECISIONS)} engines, not {precision!r}: "
+            "choose one of those, or backend='inductor'"
+        )
+    check_shape_range(min_shape, max_shape, opt_shape)
+    import torch_tensorrt
+
+    from anchordetr_trt.converters import register_converters
+
+    route = register_converters()
+    dtype = PRECISIONS[precision]
+    model = model.to(device=device, dtype=dtype).eval().set_fused_ops(True)
+    shapes = (min_shape, opt_shape, max_shape)
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "tensorrt" / f"{cache_key(model, precision, shapes, library_versions())}.pt2"
+    if path is not None and path.exists():
+        logger.info("tensorrt: loading %s", path)
+        runner = torch_tensorrt.load(str(path)).module()
+    else:
+        logger.info(
+            "tensorrt: building an engine for %s..%s (%s, %s plugins)", min_shape, max_shape, precision, route
+        )
+        exported = export_model(model, min_shape=min_shape, max_shape=max_shape)
+        runner = torch_tensorrt.dynamo.compile(
+            exported, arg_inputs=engine_inputs(shapes, dtype), device=device, min_block_size=1
+        )
+        outside = ops_outside_tensorrt(runner)
+        if outside:
+            logger.warning("tensorrt: anchordetr ops left to PyTorch: %s", outside)
+        if path is not None:
+            _save(runner, path)
+    return TensorRTModule(runner, min_shape=min_shape, max_shape=max_shape, dtype=dtype, device=device)
+
+
+def engine_inputs(shapes: tuple[Shape, Shape, Shape], dtype: torch.dtype) -> list[Any]:
+    """Torch-TensorRT input specs of images [B, 3, H, W] and mask [B, H, W] for (min, opt, max) shapes."""
+    from torch_tensorrt import Input
+
+    image_shapes = {
+        f"{k}_shape": (b, 3, h, w) for k, (b, h, w) in zip(("min", "opt", "max"), shapes, strict=True)
+    }
+    mask_shapes = {
+        f"{k}_shape": (b, h, w) for k, (b, h, w) in zip(("min", "opt", "max"), shapes, strict=True)
+    }
+    return [
+        Input(**image_shapes, dtype=dtype, name="images"),
+        Input(**mask_shapes, dtype=torch.bool, name="mask"),
+    ]
+
+
+def ops_outside_tensorrt(module: nn.Module) -> list[str]:
+    """Names of the ``anchordetr`` ops that a (compiled or exported) module runs in PyTorch, i.e. in
+    FX graphs rather than in TensorRT engines."""
+    from anchordetr_trt.converters.specs import op_name
+
+    return sorted(
+        name
+        for graph_module in module.modules()
+        if isinstance(graph_module, torch.fx.GraphModule)
+        for node in graph_module.graph.nodes
+        if node.op == "call_function" and (name := op_name(node.target)) is not None
+    )
+
+
+def cache_key(
+    model: nn.Module, precision: str, shapes: tuple[Shape, ...], versions: Mapping[str, str]
+) -> str:
+    """sha256 of the weights (names, dtypes, shapes, bytes), config, precision, shape range and ``versions``."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    settings = {
+        "config": repr(getattr(model, "config", None)),
+        "precision": precision,
+        "shapes": [list(s) for s in shapes],
+        "versions": dict(versions),
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything an engine depends on: libraries, the GPU, and the kernel sources."""
+    versions = {name: _version(name) for name in _LIBRARIES}
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        versions["gpu"] = f"{torch.cuda.get_device_name()} sm_{major}{minor}"
+    kernels = hashlib.sha256()
+    for path in sorted(_kernel_sources()):
+        kernels.update(path.read_bytes())
+    versions["kernels"] = kernels.hexdigest()
+    return versions
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def _kernel_sources() -> Iterator[Path]:
+    # The kernels and the plugins' launch contracts can change without a version bump.
+    from anchordetr_trt import converters, custom_ops
+
+    for package in (custom_ops, converters):
+        yield from Path(package.__file__).parent.glob("*.py")
+
+
+def _save(runner: nn.Module, path: Path) -> None:
+    import torch_tensorrt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")
+    # retrace=False serializes the compiled graph as it is, symbolic shapes included.
+    torch_tensorrt.save(runner, str(partial), output_format="exported_program", retrace=False)
+    partial.replace(path)  # a reader never sees a half-written file
+    logger.info("tensorrt: saved %s", path)
