@@ -6,8 +6,10 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from PIL import Image
 
 import anchordetr_trt as at
+from anchordetr_trt.compile import compile as compile_model
 from anchordetr_trt.eval import (
     COCO_CLASSES,
     evaluate_coco,
@@ -169,19 +172,39 @@ def test_synthetic_dataset_is_deterministic_and_consistent(synthetic, tmp_path):
     assert not any(ann["image_id"] == 6 for ann in data["annotations"])  # an image without objects
 
 
+def _write_rgb16_png(path, rgb16):
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = rgb16.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb16)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, color type 2 = RGB
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
 def test_image_files_of_every_mode_load_as_their_rgb_source(tmp_path):
-    # One picture stored as 8-bit RGB, RGBA, grayscale and 16-bit grayscale.
+    # One picture stored as 8-bit RGB, RGBA, 16-bit RGB, grayscale and 16-bit grayscale.
     rgb = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     gray = np.asarray(Image.fromarray(rgb).convert("L"))
     files = {
         "rgb.png": Image.fromarray(rgb),
         "rgba.png": Image.fromarray(np.dstack([rgb, np.full(gray.shape, 90, np.uint8)])),
+        "rgb16.png": None,
         "gray.png": Image.fromarray(gray),
         "gray16.png": Image.fromarray(gray.astype(np.uint16) * 257),
     }
     (tmp_path / "images").mkdir()
     for name, image in files.items():
-        image.save(tmp_path / "images" / name)
+        if image is not None:
+            image.save(tmp_path / "images" / name)
+    _write_rgb16_png(tmp_path / "images" / "rgb16.png", rgb.astype(np.uint16) * 257)
     data = {
         "images": [{"id": i, "file_name": name} for i, name in enumerate(files, 1)],
         "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
@@ -189,11 +212,12 @@ def test_image_files_of_every_mode_load_as_their_rgb_source(tmp_path):
     }
     (tmp_path / "ann.json").write_text(json.dumps(data))
     dataset = load_dataset(tmp_path / "ann.json", tmp_path / "images")
-    batch = load_batch(dataset, [1, 2, 3, 4], **SIZES)
-    assert batch.sizes.tolist() == [[40, 56]] * 4
+    batch = load_batch(dataset, [1, 2, 3, 4, 5], **SIZES)
+    assert batch.sizes.tolist() == [[40, 56]] * 5
     torch.testing.assert_close(batch.images[1], batch.images[0], atol=0, rtol=0)  # alpha dropped
-    torch.testing.assert_close(batch.images[3], batch.images[2], atol=0, rtol=0)  # 16-bit scaled like 8-bit
-    gray_levels = batch.images[2] * torch.tensor(at.transforms.IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(batch.images[2], batch.images[0], atol=0, rtol=0)  # 16 bits scaled like 8
+    torch.testing.assert_close(batch.images[4], batch.images[3], atol=0, rtol=0)
+    gray_levels = batch.images[3] * torch.tensor(at.transforms.IMAGENET_STD)[:, None, None]
     gray_levels += torch.tensor(at.transforms.IMAGENET_MEAN)[:, None, None]
     torch.testing.assert_close(gray_levels[0], gray_levels[2], atol=1e-6, rtol=0)
 
@@ -255,6 +279,21 @@ def test_modules_are_evaluated_in_eval_mode_and_left_as_they_were(synthetic, ora
     model.dropout.eval()
     _evaluate(model, *synthetic)
     assert model.training and not model.dropout.training
+
+
+def test_parity_of_a_model_and_its_eager_compile_is_exact(synthetic):
+    torch.manual_seed(0)
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    compiled = compile_model(model, backend="eager", device="cpu", precision="fp32")
+    report = parity_report(model, compiled, *synthetic, max_images=2, progress=False, **SIZES)
+    assert report["agreement"]["mean"] == 1.0 and report["problems"] == []
+    assert (
+        report["numeric"]["pred_logits"]["max_abs_diff"]
+        == 0
+        == report["numeric"]["pred_boxes"]["max_abs_diff"]
+    )
+    assert report["models"]["a"]["stats"] == report["models"]["b"]["stats"]
+    assert set(report["delta"].values()) <= {0.0, None}
 
 
 # --- bad input -------------------------------------------------------------------------------------------
