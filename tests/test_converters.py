@@ -1,0 +1,681 @@
+"""The TensorRT plugins of the anchordetr ops, checked without TensorRT.
+
+Every op registered in ``torch.ops.anchordetr`` must have a plugin spec. For each plugin: the spec's
+launch contract (scalars, constexprs chosen for the largest shapes, grid) drives the op's Triton
+kernel to the reference result, under the interpreter on CPU and compiled on a GPU (``gpu`` tests,
+through Triton and through the CUDA driver exactly as TensorRT launches AOT kernels); its shape
+expressions use only what TensorRT's symbolic ``ShapeExpr`` offers; its output shapes and dtypes are
+those of the op's fake kernel; its kernel compiles ahead of time to PTX whose parameters, read back
+from the assembled cubin, are in TensorRT's order. Exported graphs' op nodes bind to plugins, and the
+tensorrt backend fails with a clear error where TensorRT is missing.
+"""
+
+import collections
+import json
+import operator
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import triton
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from triton.runtime.interpreter import InterpretedFunction
+
+import anchordetr_trt as at
+from anchordetr_trt.backends import tensorrt as trt_backend
+from anchordetr_trt.converters.aot import AotError, _check_launchable, reorder_entry_params, triton_signature
+from anchordetr_trt.converters.launch import launch
+from anchordetr_trt.converters.specs import PLUGINS, all_plugins, bind, check_node, op_name, registered_ops
+from anchordetr_trt.custom_ops import reference
+from anchordetr_trt.errors import BackendUnavailableError, InputError
+from anchordetr_trt.export import export_model
+
+F16, F32 = torch.float16, torch.float32
+REGISTERED_OPS = registered_ops()  # imports every op module
+ops = torch.ops.anchordetr
+PLUGIN_SPECS = {spec.name: spec for spec in all_plugins()}
+TOLERANCE = {F32: {"atol": 1e-5, "rtol": 1e-4}, F16: {"atol": 2e-3, "rtol": 1e-2}}
+interpreted = isinstance(PLUGINS["masked_softmax"].kernel_fn(), InterpretedFunction)
+needs_interpreter = pytest.mark.skipif(
+    not interpreted,
+    reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 set before import (make test)",
+)
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu`)")
+
+SMALL = {"batch": 2, "heads": 4, "height": 5, "width": 7, "channels": 32, "queries": 11}
+# The largest shapes of the default engine range (8, 1344, 1344) with DC5 (stride 16): 84 x 84 features.
+ENGINE_MAX = {"batch": 8, "heads": 8, "height": 84, "width": 84, "channels": 256, "queries": 84 * 84}
+
+
+def image_mask(size: dict, device) -> torch.Tensor:
+    """[B, H, W] padding at the bottom and right of every image but the first, as preprocess pads."""
+    batch, height, width = size["batch"], size["height"], size["width"]
+    rows = (
+        torch.arange(height, device=device)[None] >= torch.linspace(height, 1, batch, device=device)[:, None]
+    )
+    cols = torch.arange(width, device=device)[None] >= torch.linspace(width, 2, batch, device=device)[:, None]
+    return rows[:, :, None] | cols[:, None, :]
+
+
+def example_args(plugin: str, size: dict, dtype: torch.dtype, device="cpu") -> tuple:
+    """Arguments of a call of the op that ``plugin`` runs (one entry per plugin, variants included)."""
+    b, h, hh, w, c, q = (size[k] for k in ("batch", "heads", "height", "width", "channels", "queries"))
+
+    def randn(*shape):
+        return torch.randn(shape, device=device).to(dtype)
+
+    def softmax(*shape):
+        return torch.rand(shape, device=device).softmax(-1).to(dtype)
+
+    mask = image_mask(size, device)
+    return {
+        "masked_softmax": lambda: (randn(b, h, q, w) * 4, mask[:, 0, :].contiguous()),
+        "layer_norm": lambda: (randn(b, hh, w, c), 1 + randn(c) / 5, randn(c) / 5, 1e-5),
+        "layer_norm_with_residual": lambda: (
+            randn(b, q, c),
+            1 + randn(c) / 5,
+            randn(c) / 5,
+            1e-5,
+            randn(b, q, c),
+        ),
+        "add_bias_transpose": lambda: (randn(b, q, c), randn(c), h, (c // h) ** -0.5),
+        "mask2pos": lambda: (mask,),
+        "mask2posemb": lambda: (mask, c, 10000.0),
+        "rcda_aggregate": lambda: (softmax(b * h, q, hh), softmax(b * h, q, w), randn(b * h, hh, w, c // h)),
+    }[plugin]()
+
+
+def reference_outputs(op: str, args: tuple) -> tuple[torch.Tensor, ...]:
+    out = getattr(reference, op)(*args)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def shapes_of(spec, call) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in zip(spec.tensors, call.tensors, strict=True)}
+
+
+def dtypes_of(spec, call) -> dict[str, torch.dtype]:
+    return {name: t.dtype for name, t in zip(spec.tensors, call.tensors, strict=True)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_every_anchordetr_op_has_a_plugin():
+    assert sorted(PLUGINS) == REGISTERED_OPS
+
+
+def test_examples_cover_every_plugin():
+    for name in PLUGIN_SPECS:
+        args = example_args(name, SMALL, F32)
+        assert bind(PLUGIN_SPECS[name].op, args, {}).spec.name == name
+
+
+def test_plugin_ids_are_distinct_and_valid_for_tensorrt():
+    ids = [spec.plugin_id for spec in all_plugins()]
+    assert len(set(ids)) == len(ids)
+    for plugin_id in ids:
+        namespace, name = plugin_id.split("::")  # QDP ids are "namespace::name" without dots
+        assert namespace == "anchordetr" and re.fullmatch(r"[a-z0-9_]+", name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Binding converter arguments
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "kwargs", "plugin", "attrs"),
+    [
+        ("layer_norm", ("x", "w", "b", 1e-5), {}, "layer_norm", {"eps": 1e-5}),
+        ("layer_norm", ("x", "w", "b", 1e-5, None), {}, "layer_norm", {"eps": 1e-5}),
+        (
+            "layer_norm",
+            ("x", "w", "b"),
+            {"eps": 1e-6, "residual": "r"},
+            "layer_norm_with_residual",
+            {"eps": 1e-6},
+        ),
+        ("layer_norm", ("x", "w", "b", np.float32(0.5)), {}, "layer_norm", {"eps": 0.5}),
+        (
+            "add_bias_transpose",
+            ("x", "b", np.int64(8), 1),
+            {},
+            "add_bias_transpose",
+            {"num_heads": 8, "scale": 1.0},
+        ),
+        (
+            "mask2posemb",
+            ("m",),
+            {"num_pos_feats": 128, "temperature": 20},
+            "mask2posemb",
+            {"num_pos_feats": 128, "temperature": 20.0},
+        ),
+        ("rcda_aggregate", ("c",), {"probs_row": "r", "value": "v"}, "rcda_aggregate", {}),
+    ],
+)
+def test_bind_fills_defaults_picks_the_variant_and_coerces_attributes(op, args, kwargs, plugin, attrs):
+    call = bind(op, args, kwargs)
+    assert call.spec.name == plugin
+    assert call.attrs == attrs
+    # TensorRT serializes attributes by their exact Python type: numpy scalars or ints for floats fail.
+    assert [type(v) for v in call.attrs.values()] == [type(v) for v in attrs.values()]
+    assert all(isinstance(t, str) for t in call.tensors) and len(call.tensors) == len(call.spec.tensors)
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "kwargs", "message"),
+    [
+        ("layer_norm", ("x", "w"), {}, "missing argument 'bias'"),
+        ("layer_norm", ("x", "w", "b", 1e-5), {"eps": 1e-5}, "unexpected or repeated"),
+        ("layer_norm", ("x", "w", "b", 1e-5), {"gamma": 1}, "unexpected"),
+        ("layer_norm", ("x", "w", "b", 1e-5, None, None), {}, "positional arguments"),
+        ("layer_norm", ("x", "w", "b", float("nan")), {}, "finite"),
+        ("add_bias_transpose", ("x", "b", True, 1.0), {}, "must be an int"),
+        ("add_bias_transpose", ("x", "b", 2.5, 1.0), {}, "must be an int"),
+        ("softmax", ("x",), {}, "no TensorRT plugin"),
+    ],
+)
+def test_bind_rejects_bad_calls(op, args, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        bind(op, args, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "dtypes", "message"),
+    [
+        ("masked_softmax", {"scores": torch.float64, "key_padding_mask": torch.bool}, "float64"),
+        (
+            "masked_softmax",
+            {"scores": F16, "key_padding_mask": torch.uint8},
+            "key_padding_mask of dtype uint8",
+        ),
+        ("rcda_aggregate", {"probs_col": F16, "probs_row": F32, "value": F16}, "one float dtype"),
+        ("layer_norm_with_residual", {"x": F32, "residual": torch.bfloat16}, "bfloat16"),
+    ],
+)
+def test_unsupported_dtypes_are_refused(plugin, dtypes, message):
+    with pytest.raises(InputError, match=message):
+        PLUGIN_SPECS[plugin].check_dtypes(dtypes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launch contract, output shapes and dtypes
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("headroom", [1, 3], ids=["at_max", "below_max"])
+@pytest.mark.parametrize("plugin", sorted(PLUGIN_SPECS))
+def test_plugin_contract_computes_the_reference(plugin, headroom, dtype):
+    """The kernel launched as the engine launches it, with blocks for shapes up to ``headroom`` times
+    these, gives the reference; outputs start as NaN so that an unwritten element fails."""
+    args = example_args(plugin, SMALL, dtype)
+    call = bind(PLUGIN_SPECS[plugin].op, args, {})
+    spec = call.spec
+    expected = reference_outputs(spec.op, args)
+    outputs = {name: torch.full_like(e, float("nan")) for name, e in zip(spec.outputs, expected, strict=True)}
+    max_shapes = {name: tuple(d * headroom for d in shape) for name, shape in shapes_of(spec, call).items()}
+    launch(
+        spec, dict(zip(spec.tensors, call.tensors, strict=True)), outputs, call.attrs, max_shapes=max_shapes
+    )
+    for got, want in zip(outputs.values(), expected, strict=True):
+        torch.testing.assert_close(got, want, **TOLERANCE[want.dtype])
+
+
+@pytest.mark.parametrize("plugin", sorted(PLUGIN_SPECS))
+def test_output_shapes_and_dtypes_are_the_fake_kernels(plugin):
+    with FakeTensorMode() as mode:
+        args = tuple(
+            mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+            for a in example_args(plugin, SMALL, F16)
+        )
+        call = bind(PLUGIN_SPECS[plugin].op, args, {})
+        spec = call.spec
+        fake = getattr(torch.ops.anchordetr, spec.op)(*args)
+    fake = fake if isinstance(fake, tuple) else (fake,)
+    assert spec.output_shapes(shapes_of(spec, call), call.attrs) == tuple(tuple(f.shape) for f in fake)
+    assert spec.output_dtypes(dtypes_of(spec, call)) == tuple(f.dtype for f in fake)
+
+
+class SymbolicDim:
+    """A dimension as TensorRT's ``ShapeExpr`` offers it: ``+ - * // <`` with itself on the left, no
+    reflected operators, no truth value; it computes the int it stands for."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def _apply(self, other, function):
+        if isinstance(other, bool) or not isinstance(other, SymbolicDim | int):
+            return NotImplemented
+        return SymbolicDim(int(function(self.value, getattr(other, "value", other))))
+
+    def __add__(self, other):
+        return self._apply(other, operator.add)
+
+    def __sub__(self, other):
+        return self._apply(other, operator.sub)
+
+    def __mul__(self, other):
+        return self._apply(other, operator.mul)
+
+    def __floordiv__(self, other):
+        return self._apply(other, operator.floordiv)
+
+    def __lt__(self, other):
+        return self._apply(other, operator.lt)
+
+    def __bool__(self):
+        raise TypeError("a symbolic dimension has no truth value")
+
+
+def concrete(value):
+    if isinstance(value, tuple | list):
+        return tuple(concrete(v) for v in value)
+    if isinstance(value, dict):
+        return {k: concrete(v) for k, v in value.items()}
+    return value.value if isinstance(value, SymbolicDim) else value
+
+
+@pytest.mark.parametrize("size", [SMALL, {**SMALL, "height": 9, "width": 3}], ids=["wide", "tall"])
+@pytest.mark.parametrize("plugin", sorted(PLUGIN_SPECS))
+def test_shape_expressions_work_on_tensorrt_shape_expressions(plugin, size):
+    call = bind(PLUGIN_SPECS[plugin].op, example_args(plugin, size, F16, device="meta"), {})
+    spec = call.spec
+    shapes = shapes_of(spec, call)
+    symbolic = {name: tuple(SymbolicDim(d) for d in shape) for name, shape in shapes.items()}
+    constexprs, _ = spec.launch_meta(shapes, dtypes_of(spec, call), call.attrs)
+    for expression in (spec.output_shapes, spec.scalars):
+        assert concrete(expression(symbolic, call.attrs)) == expression(shapes, call.attrs)
+    assert concrete(spec.grid(symbolic, call.attrs, constexprs)) == spec.grid(shapes, call.attrs, constexprs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ahead-of-time compilation
+
+
+@pytest.mark.parametrize("plugin", sorted(PLUGIN_SPECS))
+def test_triton_signature_covers_the_kernel_parameters(plugin):
+    call = bind(PLUGIN_SPECS[plugin].op, example_args(plugin, ENGINE_MAX, F16, device="meta"), {})
+    spec = call.spec
+    signature, constexprs, _ = triton_signature(
+        spec, dtypes_of(spec, call), call.attrs, shapes_of(spec, call)
+    )
+    kernel = spec.kernel_fn()
+    assert list(signature) == list(kernel.arg_names)
+    declared_constexprs = [p.name for p in inspect_parameters(kernel) if "constexpr" in str(p.annotation)]
+    assert all(signature[name] == "constexpr" for name in declared_constexprs)
+    assert set(constexprs) == {name for name, kind in signature.items() if kind == "constexpr"}
+    pointer_types = {spec.pointers[n]: t for n, t in signature.items() if t.startswith("*")}
+    all_dtypes = spec.all_dtypes(dtypes_of(spec, call))
+    expected = {"float16": "*fp16", "float32": "*fp32", "uint8": "*u8"}
+    assert pointer_types == {
+        name: expected[str(all_dtypes[name]).removeprefix("torch.")] for name in pointer_types
+    }
+    assert set(pointer_types) == set(spec.tensors) | set(spec.outputs)
+
+
+def inspect_parameters(kernel):
+    import inspect
+
+    return inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
+
+
+PTX = """//
+.visible .entry k(
+\t.param .u64 .ptr .global .align 1 k_param_0,
+\t.param .u64 .ptr .global .align 1 k_param_1,
+\t.param .u32 k_param_2,
+\t.param .u64 .ptr .global .align 1 k_param_3,
+\t.param .u64 .ptr .global .align 1 k_param_4
+)
+{
+\tld.param.u64 %rd1, [k_param_0];
+\tld.param.u64 %rd2, [k_param_1];
+\tld.param.u32 %r1, [k_param_2];
+BODY
+}
+"""
+
+
+def entry_params(ptx: str) -> list[str]:
+    header = re.search(r"\.entry k\(([^)]*)\)", ptx)[1]
+    return re.findall(r"k_param_\d+", header)
+
+
+def test_reorder_entry_params_permutes_and_drops_unread_hidden_params():
+    ptx = reorder_entry_params(PTX.replace("BODY", ""), "k", [0, 2, 1])
+    assert entry_params(ptx) == ["k_param_0", "k_param_2", "k_param_1"]
+    assert ptx.count("ld.param") == 3  # the body is untouched
+
+
+@pytest.mark.parametrize(
+    ("body", "name", "order", "message"),
+    [
+        ("ld.param.u64 %rd3, [k_param_3];", "k", [0, 2, 1], "hidden parameter 3"),
+        ("", "other", [0, 1, 2], "no .entry other"),
+        ("", "k", [0, 2, 2], "not a permutation"),
+    ],
+)
+def test_reorder_entry_params_refuses_what_tensorrt_cannot_launch(body, name, order, message):
+    with pytest.raises(AotError, match=message):
+        reorder_entry_params(PTX.replace("BODY", body), name, order)
+
+
+@pytest.mark.parametrize(
+    ("needs", "message"),
+    [
+        ({"global_scratch_size": 128}, "global scratch"),
+        ({"num_ctas": 2}, "cluster"),
+        ({"launch_pdl": True}, "dependent"),
+    ],
+)
+def test_kernels_needing_more_than_a_plain_launch_are_refused(needs, message):
+    with pytest.raises(AotError, match=message):
+        _check_launchable(PLUGIN_SPECS["mask2pos"], SimpleNamespace(**needs))
+
+
+AOT_SCRIPT = """
+import json, sys, torch
+from triton.backends.compiler import GPUTarget
+from anchordetr_trt.converters.aot import compile_kernel
+from anchordetr_trt.converters.specs import PLUGINS
+results = {}
+for name, case in json.loads(sys.argv[1]).items():
+    spec = PLUGINS[case["op"]].variant(frozenset(case["present"]))
+    dtypes = {n: getattr(torch, d) for n, d in case["dtypes"].items()}
+    kernel = compile_kernel(spec, dtypes, case["attrs"], case["shapes"], target=GPUTarget("cuda", 90, 32))
+    results[name] = {"name": kernel.name, "ptx": kernel.ptx, "params": kernel.params, "scalars": kernel.scalars}
+print(json.dumps(results))
+"""
+
+
+def kernel_param_sizes(cubin: Path, kernel: str) -> list[int]:
+    """Parameter sizes in bytes by ordinal, from the cubin's EIATTR_KPARAM_INFO records."""
+    cuobjdump = Path(triton.knobs.nvidia.ptxas.path).parent / "cuobjdump"
+    elf = subprocess.run([cuobjdump, "--dump-elf", cubin], capture_output=True, text=True, check=True).stdout
+    section = elf[elf.index(f".nv.info.{kernel}") :]
+    info = re.findall(
+        r"Ordinal\s*:\s*0x([0-9a-f]+)\s+Offset\s*:\s*0x[0-9a-f]+\s+Size\s*:\s*0x([0-9a-f]+)", section
+    )
+    sizes = {int(ordinal, 16): int(size, 16) for ordinal, size in info}
+    return [sizes[i] for i in range(len(sizes))]
+
+
+def test_kernels_compile_ahead_of_time_with_tensorrts_parameter_order(tmp_path):
+    """Each plugin's kernel compiled for sm_90 at the engine's largest shapes (in a process without the
+    interpreter), assembled by ptxas: input pointers (8 bytes), int32 scalars (4), output pointers (8)."""
+    cases = {}
+    for plugin, dtype in [*((name, F16) for name in PLUGIN_SPECS), ("rcda_aggregate", F32)]:
+        call = bind(PLUGIN_SPECS[plugin].op, example_args(plugin, ENGINE_MAX, dtype, device="meta"), {})
+        spec = call.spec
+        cases[f"{plugin}-{dtype}"] = {
+            "op": spec.op,
+            "present": [n for n in spec.optional if n not in spec.absent],
+            "dtypes": {n: str(d).removeprefix("torch.") for n, d in dtypes_of(spec, call).items()},
+            "attrs": call.attrs,
+            "shapes": shapes_of(spec, call),
+        }
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-c", AOT_SCRIPT, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for case, kernel in json.loads(run.stdout).items():
+        (tmp_path / f"{case}.ptx").write_text(kernel["ptx"])
+        cubin = tmp_path / f"{case}.cubin"
+        subprocess.run(
+            [triton.knobs.nvidia.ptxas.path, "--gpu-name=sm_90a", tmp_path / f"{case}.ptx", "-o", cubin],
+            check=True,
+        )
+        spec = PLUGINS[cases[case]["op"]].variant(frozenset(cases[case]["present"]))
+        param_of = {tensor: param for param, tensor in spec.pointers.items()}
+        assert kernel["params"] == [
+            *(param_of[n] for n in spec.tensors),
+            *kernel["scalars"],
+            *(param_of[n] for n in spec.outputs),
+        ]
+        expected_sizes = [4 if p in kernel["scalars"] else 8 for p in kernel["params"]]
+        assert kernel_param_sizes(cubin, kernel["name"]) == expected_sizes, case
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exported graphs
+
+
+class AllOps(nn.Module):
+    """Every anchordetr op once or more, wired as AnchorDETR wires them: x [B, H, W, C], mask [B, H, W]."""
+
+    def __init__(self, channels: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.weight, self.bias = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x, mask):
+        batch, height, width, channels = x.shape
+        pos_y, pos_x = ops.mask2pos(mask)
+        emb_y, _ = ops.mask2posemb(mask, channels, 10000.0)
+        x = ops.layer_norm(x, self.weight, self.bias, 1e-5)
+        x = ops.layer_norm(x, self.weight, self.bias, 1e-5, emb_y[:, :, None, :])
+        tokens = x.flatten(1, 2)
+
+        def heads(t, scale=1.0):
+            return ops.add_bias_transpose(t, self.bias, self.heads, scale)
+
+        def probabilities(keys, key_mask):
+            scores = torch.bmm(heads(tokens, 0.5), heads(keys).transpose(1, 2))
+            return ops.masked_softmax(scores.unflatten(0, (batch, self.heads)), key_mask).flatten(0, 1)
+
+        value = heads(tokens).unflatten(1, (height, width))
+        out = ops.rcda_aggregate(
+            probabilities(x.mean(2), mask[:, :, 0]), probabilities(x.mean(1), mask[:, 0, :]), value
+        )
+        return out, pos_y, pos_x
+
+
+ALL_OPS_COUNTS = {
+    "layer_norm": 2,
+    "mask2pos": 1,
+    "mask2posemb": 1,
+    "add_bias_transpose": 5,
+    "masked_softmax": 2,
+    "rcda_aggregate": 1,
+}
+
+
+def exported_op_nodes(exported):
+    return [node for node in exported.graph.nodes if node.op == "call_function" and op_name(node.target)]
+
+
+def test_exported_graph_nodes_bind_to_plugins():
+    size = {**SMALL, "batch": 2, "height": 6, "width": 9}
+    x, mask = torch.randn(2, 6, 9, 32), image_mask(size, "cpu")
+    batch, height, width = (torch.export.Dim(n, min=2, max=64) for n in ("batch", "height", "width"))
+    dynamic = {"x": {0: batch, 1: height, 2: width}, "mask": {0: batch, 1: height, 2: width}}
+    exported = torch.export.export(AllOps(), (x, mask), dynamic_shapes=dynamic)
+    nodes = exported_op_nodes(exported)
+    assert collections.Counter(op_name(n.target) for n in nodes) == ALL_OPS_COUNTS
+    variants = collections.Counter()
+    for node in nodes:
+        call = check_node(node)
+        variants[call.spec.name] += 1
+        assert all(isinstance(t, torch.fx.Node) for t in call.tensors)
+        assert all(
+            type(v) is kind for v, kind in zip(call.attrs.values(), call.spec.attrs().values(), strict=True)
+        )
+    assert variants["layer_norm"] == variants["layer_norm_with_residual"] == 1
+    assert trt_backend.ops_outside_tensorrt(exported.module()) == sorted(op_name(n.target) for n in nodes)
+
+
+class MaskedSoftmax(nn.Module):
+    def forward(self, scores, mask):
+        return ops.masked_softmax(scores, mask)
+
+
+def test_a_node_of_an_unsupported_dtype_stays_in_pytorch():
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    exported = torch.export.export(MaskedSoftmax(), (torch.randn(2, 1, 4, 3, dtype=torch.bfloat16), mask))
+    (node,) = exported_op_nodes(exported)
+    with pytest.raises(InputError, match="bfloat16"):
+        check_node(node)
+
+
+def expected_model_ops(config: at.AnchorDETRConfig) -> dict[str, int]:
+    """anchordetr op calls of AnchorDETR's forward: RCDA (5 projections, 2 softmaxes, 1 aggregation)
+    in every layer, the decoder's self-attention (3 projections), a residual norm after each
+    attention and FFN, one position embedding of the mask."""
+    encoder, decoder = config.num_encoder_layers, config.num_decoder_layers
+    return {
+        "add_bias_transpose": 5 * encoder + 8 * decoder,
+        "masked_softmax": 2 * (encoder + decoder),
+        "rcda_aggregate": encoder + decoder,
+        "layer_norm": 2 * encoder + 3 * decoder,
+        "mask2posemb": 1,
+    }
+
+
+def test_exported_model_holds_exactly_the_expected_plugin_nodes():
+    torch.manual_seed(0)
+    model = at.build_model(at.VARIANTS["r50-c5"]).set_fused_ops(True)
+    exported = export_model(model, min_shape=(1, 64, 64), max_shape=(2, 128, 128))
+    nodes = exported_op_nodes(exported)
+    assert collections.Counter(op_name(n.target) for n in nodes) == expected_model_ops(model.config)
+    assert {check_node(n).spec.name for n in nodes if op_name(n.target) == "layer_norm"} == {
+        "layer_norm_with_residual"
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tensorrt backend where TensorRT is missing
+
+
+@pytest.fixture
+def without_torch_tensorrt(monkeypatch):
+    """This process as if torch_tensorrt were not installed (None in sys.modules fails its import)."""
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
+    trt_backend.tensorrt_status.cache_clear()
+    yield
+    trt_backend.tensorrt_status.cache_clear()
+
+
+def test_tensorrt_status_names_what_is_missing(without_torch_tensorrt):
+    available, reason = trt_backend.tensorrt_status()
+    assert not available
+    assert "torch_tensorrt" in reason and "pip install" in reason
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compile_tensorrt_without_tensorrt_says_what_to_use_instead(without_torch_tensorrt, device):
+    with pytest.raises(BackendUnavailableError, match=r"torch_tensorrt.*backend='inductor'.*backend='eager'"):
+        trt_backend.compile_tensorrt(
+            nn.Linear(1, 1),
+            precision="fp16",
+            min_shape=(1, 64, 64),
+            opt_shape=(1, 64, 64),
+            max_shape=(1, 64, 64),
+            device=device,
+            cache_dir=None,
+        )
+
+
+def test_compile_with_backend_tensorrt_without_tensorrt_is_a_clear_error(without_torch_tensorrt):
+    from anchordetr_trt.compile import compile as compile_model
+
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    with pytest.raises(BackendUnavailableError, match=r"tensorrt.*torch_tensorrt.*backend='eager'"):
+        compile_model(model, backend="tensorrt", device="cpu", precision="fp32")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Engine cache key
+
+
+def test_cache_key_changes_with_everything_an_engine_depends_on():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    shapes = ((1, 320, 320), (1, 800, 800), (8, 1344, 1344))
+    versions = {"tensorrt": "10.13", "kernels": "abc"}
+    key = trt_backend.cache_key(model, "fp16", shapes, versions)
+    same_weights, changed_weights = nn.Linear(4, 2), nn.Linear(4, 2)
+    same_weights.load_state_dict(model.state_dict())
+    assert key == trt_backend.cache_key(same_weights, "fp16", shapes, versions)
+    others = [
+        trt_backend.cache_key(changed_weights, "fp16", shapes, versions),
+        trt_backend.cache_key(model, "fp32", shapes, versions),
+        trt_backend.cache_key(model, "fp16", ((1, 320, 320), (1, 800, 800), (4, 1344, 1344)), versions),
+        trt_backend.cache_key(model, "fp16", shapes, {**versions, "tensorrt": "10.14"}),
+    ]
+    assert len({key, *others}) == 5
+
+
+def test_library_versions_cover_the_libraries_and_the_kernel_sources():
+    versions = trt_backend.library_versions()
+    assert {"torch", "torch_tensorrt", "tensorrt", "triton", "anchordetr_trt", "kernels"} <= set(versions)
+    assert torch.__version__.startswith(versions["torch"])
+    assert re.fullmatch(r"[0-9a-f]{64}", versions["kernels"])
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 31, 64), (1, 64, 2000)])
+def test_inputs_outside_the_engine_range_are_input_errors(shape):
+    with pytest.raises(InputError, match=r"outside the engine's range"):
+        trt_backend.check_in_range(shape, (1, 32, 32), (2, 1344, 1344))
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: the plugins' runtime entries on raw device pointers and a CUDA stream
+
+
+GPU_SIZE = {"batch": 2, "heads": 8, "height": 25, "width": 38, "channels": 256, "queries": 900}
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [F16, F32])
+@pytest.mark.parametrize("plugin", sorted(PLUGIN_SPECS))
+def test_plugin_runtime_entries_on_device_pointers_match_the_reference(plugin, dtype):
+    """The AOT kernel (PTX loaded and launched through the CUDA driver, as TensorRT does, built for
+    twice these shapes) and the Python plugin entry, both on raw pointers and a side stream."""
+    from anchordetr_trt.converters.aot import compile_kernel
+    from anchordetr_trt.converters.cuda_driver import launch_aot
+    from anchordetr_trt.converters.launch import DeviceBuffer, run_plugin
+
+    args = example_args(plugin, GPU_SIZE, dtype, device="cuda")
+    call = bind(PLUGIN_SPECS[plugin].op, args, {})
+    spec = call.spec
+    expected = reference_outputs(spec.op, args)
+    shapes = shapes_of(spec, call)
+    kernel = compile_kernel(
+        spec, dtypes_of(spec, call), call.attrs, {n: tuple(2 * d for d in s) for n, s in shapes.items()}
+    )
+    stream = torch.cuda.Stream()
+    for route in ("aot", "jit"):
+        outputs = [torch.full_like(e, float("nan")) for e in expected]
+        torch.cuda.current_stream().synchronize()  # inputs and outputs are ready before the side stream runs
+        if route == "aot":
+            pointers = [t.data_ptr() for t in call.tensors], [o.data_ptr() for o in outputs]
+            launch_aot(spec, kernel, *pointers, shapes, call.attrs, stream.cuda_stream)
+        else:
+            buffers = [DeviceBuffer(t.data_ptr(), tuple(t.shape), t.dtype) for t in (*call.tensors, *outputs)]
+            run_plugin(
+                spec,
+                buffers[: len(call.tensors)],
+                buffers[len(call.tensors) :],
+                call.attrs,
+                stream.cuda_stream,
+            )
+        stream.synchronize()
+        for got, want in zip(outputs, expected, strict=True):
+            torch.testing.assert_close(
+                got, want, **TOLERANCE[want.dtype], msg=lambda m, route=route: f"{route}: {m}"
+            )
