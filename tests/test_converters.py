@@ -41,7 +41,7 @@ F16, F32 = torch.float16, torch.float32
 REGISTERED_OPS = registered_ops()  # imports every op module
 ops = torch.ops.anchordetr
 PLUGIN_SPECS = {spec.name: spec for spec in all_plugins()}
-TOLERANCE = {F32: {"atol": 1e-5, "rtol": 1e-4}, F16: {"atol": 2e-3, "rtol": 1e-2}}
+TOLERANCE = {F32: {"atol": 3e-5, "rtol": 1e-4}, F16: {"atol": 2e-3, "rtol": 1e-2}}  # fp32: sin, cos on a GPU
 interpreted = isinstance(PLUGINS["masked_softmax"].kernel_fn(), InterpretedFunction)
 needs_interpreter = pytest.mark.skipif(
     not interpreted,

@@ -1,0 +1,125 @@
+"""The tensorrt backend end to end: an FP16 engine of AnchorDETR (deterministic random weights) whose
+anchordetr ops run as this package's plugins, against the eager FP32 model.
+
+These tests run wherever Torch-TensorRT imports (``make gpu`` on a machine with TensorRT); elsewhere
+each is skipped with the reason ``tensorrt_status`` gives. One engine is built per session (a small
+dynamic range keeps the build short); the save/load test reloads it from the cache directory.
+"""
+
+import copy
+import logging
+
+import pytest
+import torch
+
+import anchordetr_trt as at
+from anchordetr_trt.backends.tensorrt import TensorRTModule, ops_outside_tensorrt, tensorrt_status
+from anchordetr_trt.converters.specs import NAMESPACE, PLUGINS
+from anchordetr_trt.export import example_inputs
+
+AVAILABLE, REASON = tensorrt_status()
+pytestmark = [
+    pytest.mark.tensorrt,
+    pytest.mark.skipif(not AVAILABLE, reason=f"TensorRT unavailable: {REASON}"),
+]
+
+MIN_SHAPE, OPT_SHAPE, MAX_SHAPE = (1, 320, 320), (2, 384, 448), (2, 448, 512)
+SHAPES = [MIN_SHAPE, OPT_SHAPE, (2, 352, 500), MAX_SHAPE]  # example_inputs pads the last image
+BOX_TOLERANCE, LOGIT_TOLERANCE = 5e-3, 5e-2
+
+
+def compile_engine(model, cache_dir):
+    from anchordetr_trt.compile import compile as compile_model
+
+    return compile_model(
+        copy.deepcopy(model),
+        backend="tensorrt",
+        precision="fp16",
+        min_shape=MIN_SHAPE,
+        opt_shape=OPT_SHAPE,
+        max_shape=MAX_SHAPE,
+        device="cuda",
+        cache_dir=cache_dir,
+    )
+
+
+@pytest.fixture(scope="module")
+def eager():
+    torch.manual_seed(0)
+    return at.build_model(at.VARIANTS["r50-c5"]).cuda()  # float32, plain PyTorch ops
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="module")
+def engine(eager, cache_dir):
+    return compile_engine(eager, cache_dir)
+
+
+def tensorrt_module(engine) -> TensorRTModule:
+    (module,) = (m for m in engine.modules() if isinstance(m, TensorRTModule))
+    return module
+
+
+def test_every_op_has_a_registered_converter(engine):
+    from torch_tensorrt.dynamo.conversion import DYNAMO_CONVERTERS
+
+    for op in PLUGINS:
+        assert getattr(getattr(torch.ops, NAMESPACE), op).default in DYNAMO_CONVERTERS, op
+
+
+def test_the_engine_runs_every_anchordetr_op(engine):
+    assert ops_outside_tensorrt(tensorrt_module(engine).runner) == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fp16_engine_matches_eager_fp32(engine, eager, shape):
+    images, mask = example_inputs(shape, "cuda")
+    with torch.no_grad():
+        expected = eager(images, mask)
+    got = engine(images, mask)
+    for key, tolerance in (("pred_boxes", BOX_TOLERANCE), ("pred_logits", LOGIT_TOLERANCE)):
+        assert got[key].shape == expected[key].shape
+        difference = (got[key].float() - expected[key]).abs().max().item()
+        assert difference <= tolerance, f"{key} at {shape}: max abs difference {difference}"
+
+
+def test_ahead_of_time_plugins_run_without_python(engine, monkeypatch):
+    """With AOT plugins the engine launches the embedded kernels itself: the Python plugin entry,
+    made to fail here, is never called."""
+    from anchordetr_trt.converters import qdp
+
+    route, reason = qdp.plugin_route()
+    if route != "aot":
+        pytest.skip(reason)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the engine called the Python (JIT) plugin entry")
+
+    monkeypatch.setattr(qdp, "run_plugin", fail)
+    images, mask = example_inputs(OPT_SHAPE, "cuda")
+    assert torch.isfinite(engine(images, mask)["pred_boxes"]).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 320, 320), (1, 288, 320), (1, 320, 640)])
+def test_inputs_outside_the_range_raise_input_error(engine, shape):
+    images, mask = example_inputs(shape, "cuda")
+    for module in (engine, tensorrt_module(engine)):
+        with pytest.raises(at.InputError, match="outside"):
+            module(images, mask)
+
+
+def test_engine_saves_and_loads_with_equal_outputs(engine, eager, cache_dir, caplog):
+    saved = list((cache_dir / "tensorrt").glob("*.pt2"))
+    assert len(saved) == 1, saved
+    with caplog.at_level(logging.INFO, logger="anchordetr_trt.backends.tensorrt"):
+        loaded = compile_engine(eager, cache_dir)
+    assert any("loading" in record.message for record in caplog.records)
+    for shape in (OPT_SHAPE, MAX_SHAPE):
+        images, mask = example_inputs(shape, "cuda")
+        built, reloaded = engine(images, mask), loaded(images, mask)
+        for key in built:
+            torch.testing.assert_close(reloaded[key], built[key], atol=1e-3, rtol=0)
