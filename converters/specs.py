@@ -5,7 +5,7 @@ pointer parameters (inputs and outputs), its runtime integer parameters as expre
 shapes, its compile-time parameters (block sizes for the largest shapes the engine accepts, and the
 op's float attributes, which TensorRT cannot pass at launch), the grid, and the output shapes and
 dtypes. Shape expressions must work on ints and on TensorRT's symbolic ``ShapeExpr`` alike, so they
-use only ``+ - * //`` with the shape on the left (``ShapeExpr`` has no reflected operators).
+use only ``+ - * // <`` with the shape on the left (``ShapeExpr`` has no reflected operators).
 
 An optional tensor input (layer_norm's residual) gives one plugin per presence: the kernel is
 compiled with the input's pointer fixed to None and its flag constexpr False when it is absent.
@@ -68,9 +68,8 @@ class PluginSpec:
     scalars: Callable[[Shapes, Attrs], dict[str, Any]]  # runtime int32 kernel parameters
     meta: Callable[[ModuleType, Shapes, Dtypes, Attrs], dict[str, Any]]  # constexprs and compile options
     grid: Callable[[Shapes, Attrs, Mapping[str, Any]], tuple[Any, ...]]  # constexprs in the mapping
-    pointer_dtypes: Mapping[str, torch.dtype] = field(
-        default_factory=dict
-    )  # a buffer the kernel reinterprets
+    # Buffers the kernel reads as another dtype (a bool mask as bytes).
+    pointer_dtypes: Mapping[str, torch.dtype] = field(default_factory=dict)
     optional: Mapping[str, str] = field(default_factory=dict)  # optional input -> its HAS_* constexpr
     absent: tuple[str, ...] = ()  # optional inputs this plugin is built without
 

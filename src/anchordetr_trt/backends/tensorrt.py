@@ -134,10 +134,8 @@ def compile_tensorrt(
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "tensorrt" / f"{cache_key(model, precision, shapes, library_versions())}.pt2"
-    if path is not None and path.exists():
-        logger.info("tensorrt: loading %s", path)
-        runner = torch_tensorrt.load(str(path)).module()
-    else:
+    runner = _load(path) if path is not None and path.exists() else None
+    if runner is None:
         logger.info(
             "tensorrt: building an engine for %s..%s (%s, %s plugins)", min_shape, max_shape, precision, route
         )
@@ -227,6 +225,17 @@ def _kernel_sources() -> Iterator[Path]:
 
     for package in (custom_ops, converters):
         yield from Path(package.__file__).parent.glob("*.py")
+
+
+def _load(path: Path) -> nn.Module | None:
+    import torch_tensorrt
+
+    logger.info("tensorrt: loading %s", path)
+    try:
+        return torch_tensorrt.load(str(path)).module()
+    except Exception as error:  # a truncated or foreign file: rebuild rather than fail
+        logger.warning("tensorrt: cannot load %s (%s: %s); rebuilding", path, type(error).__name__, error)
+        return None
 
 
 def _save(runner: nn.Module, path: Path) -> None:
