@@ -18,10 +18,10 @@ from anchordetr_trt.errors import InputError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Launch heuristics shared by the row-wise kernels: enough programs to fill an H100 (132 SMs) a few
-# times over, and tiles of at most MAX_TILE elements so that a program's rows stay in registers.
+# Launch heuristics shared by the row-wise kernels: a warp holds ELEMENTS_PER_WARP elements (32 per
+# thread, in registers) and there are enough programs to fill an H100 (132 SMs) a few times over.
+ELEMENTS_PER_WARP = 1024
 TARGET_PROGRAMS = 512
-MAX_TILE = 4096
 MAX_ROW_BLOCK = 16384  # longest row a row-wise kernel holds in registers (BLOCK of the last dim)
 
 
@@ -113,16 +113,20 @@ def launch_context(op: str, kernel: object, tensor: Tensor) -> contextlib.Abstra
 
 
 def row_tile(rows: int, row_block: int) -> tuple[int, int]:
-    """(rows per program, num_warps) for a kernel that keeps ``row_block`` elements of each row in
-    registers: tiles of at most MAX_TILE elements, fewer rows when that leaves too few programs."""
+    """(rows per program, num_warps) for ``rows`` rows of ``row_block`` elements held in registers.
+
+    A warp per ELEMENTS_PER_WARP elements of a row: a short row lies within one warp, whose max and
+    sum then need no shared memory or barrier. Rows per program fill the warps, fewer when that
+    would leave too few programs.
+    """
+    warps = max(1, min(8, row_block // ELEMENTS_PER_WARP))
     fill = max(1, rows // TARGET_PROGRAMS)
-    block_rows = max(1, min(MAX_TILE // row_block, 1 << (fill.bit_length() - 1)))
-    return block_rows, num_warps(block_rows * row_block)
+    return max(1, min(ELEMENTS_PER_WARP * warps // row_block, 1 << (fill.bit_length() - 1))), warps
 
 
 def num_warps(tile: int) -> int:
-    """Warps for a tile of ``tile`` elements: about a thousand elements per warp, 1 to 8 warps."""
-    return max(1, min(8, tile // 1024))
+    """Warps for a tile of ``tile`` elements: ELEMENTS_PER_WARP each, 1 to 8."""
+    return max(1, min(8, tile // ELEMENTS_PER_WARP))
 
 
 def row_block(length: int) -> int:

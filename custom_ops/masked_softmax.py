@@ -44,7 +44,8 @@ def masked_softmax_kernel(
     offsets = (rows - first_row)[:, None] * row_length + keys[None, :]
     x = tl.load(scores_ptr + offsets, mask=valid, other=float("-inf")).to(tl.float32)
     row_max = tl.max(x, axis=1)
-    # A fully padded row has max -inf: shift by 0 instead, its exponentials are all 0.
+    # A fully padded row has max -inf: shift it by 0 (not -inf, which makes NaN) and divide its zero
+    # sum by 1.
     row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
     e = tl.where(valid, tl.exp2((x - row_max[:, None]) * 1.4426950408889634), 0.0)
     total = tl.sum(e, axis=1)
