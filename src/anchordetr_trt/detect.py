@@ -1,0 +1,109 @@
+"""Detection on image files: finding and reading images, batched inference, JSON-ready detections."""
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from .errors import InputError
+from .transforms import postprocess, preprocess
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+Detector = Callable[[Tensor, Tensor], dict[str, Tensor]]
+
+
+def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders expanded to their images (sorted, not
+    recursive). Raises FileNotFoundError for a missing path and InputError when nothing is found."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise InputError(
+                    f"folder {path} has no images ({', '.join(IMAGE_SUFFIXES)}): pass image files or another folder"
+                )
+            found.extend(images)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {path}")
+    if not found:
+        raise InputError("no images given: pass image files or folders")
+    return found
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """The decoded image at ``path`` in its own mode (preprocess converts it); InputError if unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise InputError(
+            f"cannot read {path} as an image ({err}): pass a JPEG, PNG, BMP, WebP or TIFF file"
+        ) from err
+
+
+@torch.no_grad()
+def detect(
+    model: Detector,
+    images: Sequence[Image.Image],
+    class_names: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    top_k: int = 100,
+    batch_size: int = 1,
+    min_size: int = 800,
+    max_size: int = 1333,
+) -> list[list[dict]]:
+    """Per image, its detections scoring at least ``threshold`` among the ``top_k`` best, best first.
+
+    ``model(images [B, 3, H, W], mask [B, H, W])`` is a compiled or plain AnchorDETR; inputs go to its
+    ``.device``/``.dtype`` when it has them. Each detection is ``{"label": int, "name": str, "score":
+    float, "box": [x0, y0, x1, y1]}`` with the box in pixels of the original image, clipped to it.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"threshold must lie in [0, 1], got {threshold}")
+    if top_k < 1 or batch_size < 1:
+        raise InputError(f"top_k and batch_size must be >= 1, got top_k={top_k}, batch_size={batch_size}")
+    device, dtype = _input_device_dtype(model)
+    results = []
+    for start in range(0, len(images), batch_size):
+        batch, mask, sizes = preprocess(
+            images[start : start + batch_size], min_size=min_size, max_size=max_size
+        )
+        outputs = model(batch.to(device, dtype), mask.to(device))
+        for found, (height, width) in zip(postprocess(outputs, sizes, top_k), sizes.tolist(), strict=True):
+            keep = found["scores"] >= threshold
+            boxes = found["boxes"][keep].float().cpu()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            results.append(
+                [
+                    {"label": label, "name": _name(class_names, label), "score": score, "box": box}
+                    for label, score, box in zip(
+                        found["labels"][keep].tolist(),
+                        found["scores"][keep].tolist(),
+                        boxes.tolist(),
+                        strict=True,
+                    )
+                ]
+            )
+    return results
+
+
+def _name(class_names: Sequence[str], label: int) -> str:
+    return class_names[label] if 0 <= label < len(class_names) else f"class {label}"
+
+
+def _input_device_dtype(model: Detector) -> tuple[torch.device, torch.dtype]:
+    # Compiled modules say where their inputs go; a plain module is asked through its parameters.
+    if hasattr(model, "device") and hasattr(model, "dtype"):
+        return torch.device(model.device), model.dtype
+    param = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    return (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
