@@ -7,10 +7,13 @@ fresh random ones per test (the seed is printed on failure); outputs are pre-fil
 an element a kernel forgets to write fails the comparison.
 """
 
+import importlib.util
+import json
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -489,6 +492,48 @@ def test_launcher_rejects_a_wrong_out(spec):
     wrong = tuple(torch.empty((*o.shape[:-1], o.shape[-1] + 1), dtype=o.dtype) for o in expected)
     with pytest.raises(InputError, match="out must be"):
         spec.launcher(*args, out=wrong if len(wrong) > 1 else wrong[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# scripts/bench_ops.py: its arithmetic and report on CPU (its timings need the GPU)
+
+
+def load_bench_ops() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "bench_ops", Path(__file__).parents[1] / "scripts/bench_ops.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_bench_ops_without_gpu_fails_clearly(tmp_path, capsys):
+    assert load_bench_ops().main(["--out", str(tmp_path)]) != 0
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "bench_ops.json").exists()
+
+
+def test_bench_ops_report(tmp_path):
+    bench = load_bench_ops()
+    shapes = bench.Shapes(feature=(3, 5), heads=2, channels=8, decoder_queries=4, pos_feats=6)
+    cases = bench.make_cases((2,), F16, "cpu", shapes)
+
+    def time_ms(fn):  # the fused op takes 1 us, the eager graph 4 us
+        fn()
+        return 1e-3 if fn.__name__ == "run_fused" else 4e-3
+
+    bench.report(bench.measure(cases, time_ms, copy_gbps=100.0), 100.0, F16, "cpu", tmp_path)
+    results = json.loads((tmp_path / "bench_ops.json").read_text())["results"]
+    assert sorted({r["op"] for r in results}) == FUSED_OPS
+    assert all(r["matches_reference"] and r["speedup"] == 4.0 and r["fused_us"] == 1.0 for r in results)
+    softmax = next(r for r in results if r["op"] == "masked_softmax" and r["case"] == "encoder")
+    assert softmax["shapes"] == [[2, 2, 15, 5], [2, 5]]  # 3 x 5 feature map: 15 queries, 5 keys
+    assert softmax["bytes"] == 2 * (2 * 2 * 15 * 5) * 2 + 2 * 5  # fp16 scores in, probabilities out; mask
+    assert softmax["fused_gbps"] == round(softmax["bytes"] / 1e3, 1)  # bytes per microsecond / 1e3
+    assert softmax["roofline_pct"] == round(100 * (softmax["bytes"] / 1e3) / 100.0, 1)  # of 100 GB/s
+    posemb = next(r for r in results if r["op"] == "mask2posemb")
+    assert posemb["bytes"] == 2 * (3 + 5) * (1 + 4 * 6)  # first column and row of each mask; float32 out
 
 
 # ---------------------------------------------------------------------------------------------------
