@@ -201,7 +201,8 @@ def test_bench_cpu_smoke_run_writes_json_png_and_profile(tmp_path, capsys, cache
     code, stdout, stderr = run(argv, capsys)
     assert code == 0 and "needs a GPU" in stderr
     report = json.loads((out / "bench.json").read_text())
-    assert report["settings"]["device"] == "cpu" and report["environment"]["torch"] == torch.__version__
+    assert report["complete"] and report["settings"]["device"] == "cpu"
+    assert report["environment"]["torch"] == torch.__version__
     rows = {row["backend"]: row for row in report["results"]}
     assert set(rows) == {"eager-fp32", "eager", "torch-compile", "inductor"}
     for name in ("torch-compile", "inductor"):

@@ -39,6 +39,7 @@ BACKEND_LABELS = {
     "eager-fp32": "official-style eager fp32",
     "torch-compile": "torch.compile reduce-overhead (fp16 autocast)",
 }
+_BASELINE_PRECISION = {"eager-fp32": "fp32", "torch-compile": "fp16"}
 # Issue 5's bars, for R50-DC5 at 800x800 in FP16 on an H100.
 TARGETS = {
     "variant": "r50-dc5",
@@ -88,7 +89,7 @@ def default_configs(
                 f"unknown benchmark backend {backend!r}: choose from {', '.join(BASELINES + PACKAGE_BACKENDS)}"
             )
     return [
-        BenchConfig(backend, batch, height, width, {"eager-fp32": "fp32"}.get(backend, precision))
+        BenchConfig(backend, batch, height, width, _BASELINE_PRECISION.get(backend, precision))
         for backend in backends
         for height, width in sizes
         for batch in batches
@@ -108,8 +109,10 @@ def run_benchmark(
     profile: bool = True,
     startup: bool = True,
     log: Callable[[str], None] = print,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Measure ``configs`` and return a JSON-ready report (see ``save_benchmark``).
+    """Measure ``configs`` and return a JSON-ready report (see ``save_benchmark``); ``on_progress``
+    gets the report so far after each backend (e.g. to save partial results under a time limit).
 
     Per config: latency (median, p90, p99, mean, min in ms over ``iters`` synchronized calls after
     ``warmup``), throughput (img/s over ``iters`` back-to-back calls), the first call's time (which
@@ -136,48 +139,60 @@ def run_benchmark(
         os.environ["TRITON_CACHE_DIR"] = str(cache_dir / "triton")
     template = random_model(variant or "r50-dc5", seed) if ckpt is None else load_model(ckpt, variant=variant)
     variant = variant_name(template.config)
+    if ckpt is None:
+        weights = f"deterministic random (seed {seed})"
+    else:
+        weights = f"checkpoint {ckpt}" if isinstance(ckpt, str | os.PathLike) else "checkpoint (in memory)"
+    settings = {
+        "variant": variant,
+        "weights": weights,
+        "device": str(device),
+        "timer": "cuda events"
+        if device.type == "cuda"
+        else "time.perf_counter (CPU smoke run, not a benchmark)",
+        "warmup": warmup,
+        "iters": iters,
+        "cache_dir": str(cache_dir) if cache_dir is not None else None,
+        "cache_warm_at_start": cache_warm,  # a warm cache makes the first process's compile times short too
+    }
+    report = {
+        "complete": False,  # until every backend is measured: partial reports go to on_progress
+        "environment": environment() | _torch_flags(),
+        "settings": settings,
+        "results": [],
+        "backends": {},
+    }
 
     groups: dict[tuple[str, str], list[BenchConfig]] = {}
     for config in configs:
         groups.setdefault((config.backend, config.precision), []).append(config)
-    results, backends = [], {}
     for (backend, precision), group in groups.items():
         group = sorted(group, key=lambda c: (c.batch * c.height * c.width, c.shape))
-        info = backends[f"{backend} {precision}"] = {"backend": backend, "precision": precision}
+        info = report["backends"][f"{backend} {precision}"] = {"backend": backend, "precision": precision}
         log(f"== {group[0].label}")
-        results += _measure_backend(group, template, device, cache_dir, warmup, iters, profile, info, log)
+        report["results"] += _measure_backend(
+            group, template, device, cache_dir, warmup, iters, profile, info, log
+        )
         if (
             startup
-            and info.get("status") == "ok"
+            and info["status"] == "ok"
             and backend in ("inductor", "tensorrt")
             and device.type == "cuda"
         ):
             info["second_process"] = _second_process(group, variant, ckpt, seed, device, cache_dir, log)
         _release(device)
+        _summarize(report)
+        if on_progress is not None:
+            on_progress(report)
+    report["complete"] = True
+    return report
 
-    _add_speedups(results)
-    fastest = _fastest(results)
-    return {
-        "environment": environment() | _torch_flags(),
-        "settings": {
-            "variant": variant,
-            "weights": f"checkpoint {ckpt}"
-            if isinstance(ckpt, str | os.PathLike)
-            else ("checkpoint (in memory)" if ckpt is not None else f"deterministic random (seed {seed})"),
-            "device": str(device),
-            "timer": "cuda events"
-            if device.type == "cuda"
-            else "time.perf_counter (CPU smoke run, not a benchmark)",
-            "warmup": warmup,
-            "iters": iters,
-            "cache_dir": str(cache_dir) if cache_dir is not None else None,
-            "cache_warm_at_start": cache_warm,  # a warm cache makes the first-process compile times fast too
-        },
-        "results": results,
-        "backends": backends,
-        "fastest": fastest,
-        "targets": _targets(results, variant),
-    }
+
+def _summarize(report: dict) -> None:
+    """(Re)compute the speedups, the fastest backend and the target checks from the results so far."""
+    _add_speedups(report["results"])
+    report["fastest"] = _fastest(report["results"])
+    report["targets"] = _targets(report["results"], report["settings"]["variant"])
 
 
 def _measure_backend(
@@ -359,8 +374,11 @@ def _profile(call: Callable[[], object], device: torch.device, calls: int = 5, t
         for name, count, us in rows[:top]
     ]
     sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    kind = "CUDA kernels" if on_gpu else "CPU operators"
+    if not rows:
+        kind += " (none recorded: this profiler build may not trace kernels inside CUDA graph replays)"
     return {
-        "kind": "CUDA kernels" if on_gpu else "CPU operators",
+        "kind": kind,
         "calls": calls,
         "total_ms_per_call": total_us / 1000 / calls,
         "top": kernels,

@@ -390,6 +390,7 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_benchmark(
         configs, variant=args.variant, ckpt=args.ckpt, device=device, warmup=args.warmup, iters=args.iters,
         cache_dir=cache_dir, profile=not args.no_profile, startup=not args.no_startup,
+        on_progress=lambda partial: save_benchmark(partial, args.out),  # kept if a time limit cuts the run
     )  # fmt: skip
     written = save_benchmark(report, args.out)
     print(format_table(report))
