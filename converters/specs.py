@@ -263,9 +263,7 @@ def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dic
 def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
     n, queries, _ = s["probs_col"]
     _, meta = module.rcda_aggregate_launch_config(queries, n, s["probs_row"][2], s["value"][3])
-    # The same precision rule as the op's launcher: fp32 stays fp32 on the tensor cores.
-    precision = "ieee" if d["value"] == torch.float32 else "tf32"
-    return {**meta, "DOT_PRECISION": precision, "num_stages": module.NUM_STAGES}
+    return {**meta, "DOT_PRECISION": module.dot_precision(d["value"]), "num_stages": module.NUM_STAGES}
 
 
 PLUGINS: dict[str, PluginSpec] = {

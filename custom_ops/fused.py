@@ -13,6 +13,7 @@ from . import add_bias_transpose as _add_bias_transpose_module  # noqa: F401 (re
 from . import layer_norm as _layer_norm_module  # noqa: F401
 from . import mask2pos as _mask2pos_module  # noqa: F401
 from . import masked_softmax as _masked_softmax_module  # noqa: F401
+from . import rcda_aggregate as _rcda_aggregate_module  # noqa: F401
 
 _ops = torch.ops.anchordetr
 
@@ -35,3 +36,7 @@ def mask2pos(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 def mask2posemb(mask: Tensor, num_pos_feats: int, temperature: float) -> tuple[Tensor, Tensor]:
     return _ops.mask2posemb(mask, num_pos_feats, temperature)
+
+
+def rcda_aggregate(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tensor:
+    return _ops.rcda_aggregate(probs_col, probs_row, value)

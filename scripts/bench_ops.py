@@ -96,6 +96,14 @@ def make_cases(batches: tuple[int, ...], dtype: torch.dtype, device, shapes: Sha
             bias = torch.randn(shapes.channels, device=device, dtype=dtype)
             args = (x, bias, shapes.heads, (shapes.channels // shapes.heads) ** -0.5)
             cases.append(Case("add_bias_transpose", stage, batch, args, 2 * _nbytes(x) + _nbytes(bias)))
+        for stage, queries in stages:
+            n, head_dim = batch * shapes.heads, shapes.channels // shapes.heads
+            probs_col = torch.randn(n, queries, height, device=device).softmax(-1).to(dtype)
+            probs_row = torch.randn(n, queries, width, device=device).softmax(-1).to(dtype)
+            value = torch.randn(n, height, width, head_dim, device=device, dtype=dtype)
+            out_bytes = n * queries * head_dim * value.element_size()
+            args = (probs_col, probs_row, value)
+            cases.append(Case("rcda_aggregate", stage, batch, args, _nbytes(*args) + out_bytes))
         lines = batch * (height + width)  # the first column and the first row of every image
         cases.append(Case("mask2pos", "features", batch, (mask,), lines * (1 + 4)))
         posemb_bytes = lines * (1 + 4 * shapes.pos_feats)

@@ -27,6 +27,7 @@ from anchordetr_trt.custom_ops import (
     layer_norm,
     mask2pos,
     masked_softmax,
+    rcda_aggregate,
     reference,
 )
 from anchordetr_trt.errors import InputError
@@ -122,6 +123,14 @@ def mask2posemb_inputs(case: dict, dtype, device) -> tuple:
     return (*mask2pos_inputs(case, dtype, device), case.get("feats", 64), case.get("temperature", 10000.0))
 
 
+def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
+    batch, queries, height, width, head_dim = case["shape"]
+    probs_col = torch.randn(batch, queries, height).softmax(-1)
+    probs_row = torch.randn(batch, queries, width).softmax(-1)
+    value = values((batch, height, width, head_dim), dtype, device, case)
+    return probs_col.to(device, dtype), probs_row.to(device, dtype), value
+
+
 # ---------------------------------------------------------------------------------------------------
 # The ops, their cases and tolerances
 
@@ -138,6 +147,7 @@ class OpSpec:
     widen: Callable  # launch-config sizes -> 4x larger ones, for "any size <= BLOCK"
     dtypes: tuple = (F32, F16, BF16)  # of the float inputs; the mask ops have none
     tolerance: dict = field(default_factory=dict)  # dtype -> (atol, rtol); exact if absent
+    not_interpreted: tuple = ()  # dtypes the Triton interpreter cannot run (tested on the GPU instead)
 
     @property
     def op(self):
@@ -264,16 +274,43 @@ SPECS = [
         tolerance={None: (2e-5, 0.0)},  # float32 sin/cos of angles up to 2 pi
         widen=lambda batch, height, width, feats: (batch, 4 * height, 4 * width, 4 * feats),
     ),
+    OpSpec(
+        "rcda_aggregate",
+        rcda_aggregate,
+        rcda_aggregate_inputs,
+        cases={  # shape: (batch * heads, queries, height, width, head_dim)
+            "small": {"shape": (2, 5, 3, 4, 8)},
+            "length_1": {"shape": (1, 1, 1, 1, 1)},
+            "odd": {"shape": (3, 70, 5, 7, 9)},  # queries over two blocks, sizes below the blocks
+            "wide": {"shape": (2, 9, 2, 40, 20)},
+            "strided": {"shape": (2, 6, 3, 5, 8), "strided": True},
+        },
+        gpu_cases={
+            f"{name}_b{batch}": {"shape": (batch * 8, queries, 50, 50, 32)}
+            for batch in REAL_BATCHES
+            for name, queries in (("decoder", 900), ("encoder", 2500))
+        },
+        # The reference rounds its [N, W, Lq, D] intermediate to the input dtype, the kernel does not.
+        tolerance={F32: (1e-5, 1e-5), F16: (2e-3, 5e-3), BF16: (2e-2, 3e-2)},
+        not_interpreted=(BF16,),  # the interpreter's tl.dot reads bfloat16 as integers
+        widen=lambda queries, batch_heads, width, head_dim: (
+            4 * queries,
+            batch_heads,
+            4 * width,
+            4 * head_dim,
+        ),
+    ),
 ]
 
 
-def cases(gpu: bool = False):
+def cases(gpu: bool = False, interpreted: bool = False):
     return [
         pytest.param(spec, case, dtype, id=f"{spec.name}-{name}-{str(dtype).removeprefix('torch.')}")
         for spec in SPECS
         for name, case in (spec.gpu_cases if gpu else spec.cases).items()
         for dtype in spec.dtypes
         if not (gpu and dtype is BF16)  # bfloat16 on the GPU: covered by test_opcheck_cuda
+        and not (interpreted and dtype in spec.not_interpreted)
     ]
 
 
@@ -310,7 +347,7 @@ def run_launcher(spec: OpSpec, args: tuple, dtype) -> None:
 
 
 @needs_interpreter
-@pytest.mark.parametrize(("spec", "case", "dtype"), cases())
+@pytest.mark.parametrize(("spec", "case", "dtype"), cases(interpreted=True))
 def test_triton_matches_reference(spec, case, dtype):
     run_launcher(spec, spec.make_inputs(case, dtype, "cpu"), dtype)
 
@@ -353,14 +390,17 @@ def test_opcheck(spec, dtype):
     torch.library.opcheck(spec.op.default, spec.first_inputs(dtype, "cpu"))
 
 
-def fused_calls(scores, key_mask, x, weight, bias, residual, projection, proj_bias, mask):
+def fused_calls(
+    scores, key_mask, x, weight, bias, residual, projection, proj_bias, mask, probs_col, probs_row, value
+):
     """Every fused op once, through the wrappers the model calls."""
     probs = fused.masked_softmax(scores, key_mask)
     normed = fused.layer_norm(x, weight, bias, 1e-5, residual)
     heads = fused.add_bias_transpose(projection, proj_bias, 2, 0.5)
     pos_y, pos_x = fused.mask2pos(mask)
     emb_y, emb_x = fused.mask2posemb(mask, 16, 10000.0)
-    return probs, normed, heads, pos_y, pos_x, emb_y, emb_x
+    aggregated = fused.rcda_aggregate(probs_col, probs_row, value)
+    return probs, normed, heads, pos_y, pos_x, emb_y, emb_x, aggregated
 
 
 def fused_example(batch: int, width: int) -> tuple:
@@ -375,12 +415,42 @@ def fused_example(batch: int, width: int) -> tuple:
         torch.randn(batch, width, 8),
         torch.randn(8),
         image_mask(batch, 6, width, "tail", "cpu"),
+        torch.randn(batch * 2, 5, 3).softmax(-1),
+        torch.randn(batch * 2, 5, width).softmax(-1),
+        torch.randn(batch * 2, 3, width, 4),
     )
 
 
 class FusedCalls(nn.Module):
-    def forward(self, scores, key_mask, x, weight, bias, residual, projection, proj_bias, mask):
-        return fused_calls(scores, key_mask, x, weight, bias, residual, projection, proj_bias, mask)
+    def forward(
+        self,
+        scores,
+        key_mask,
+        x,
+        weight,
+        bias,
+        residual,
+        projection,
+        proj_bias,
+        mask,
+        probs_col,
+        probs_row,
+        value,
+    ):
+        return fused_calls(
+            scores,
+            key_mask,
+            x,
+            weight,
+            bias,
+            residual,
+            projection,
+            proj_bias,
+            mask,
+            probs_col,
+            probs_row,
+            value,
+        )
 
 
 def fused_op_names(graph) -> list[str]:
@@ -392,13 +462,16 @@ def fused_op_names(graph) -> list[str]:
     )
 
 
-FUSED_OPS = sorted(["masked_softmax", "layer_norm", "add_bias_transpose", "mask2pos", "mask2posemb"])
+FUSED_OPS = sorted(
+    ["masked_softmax", "layer_norm", "add_bias_transpose", "mask2pos", "mask2posemb", "rcda_aggregate"]
+)
 
 
 def test_export_keeps_each_op_as_one_node():
     batch, width = torch.export.Dim("batch", min=1, max=8), torch.export.Dim("width", min=2, max=64)
     dims = [{0: batch, 3: width}, {0: batch, 1: width}, {0: batch, 1: width}, None, None]
     dims += [{0: batch, 1: width}, {0: batch, 1: width}, None, {0: batch, 2: width}]
+    dims += [{0: 2 * batch}, {0: 2 * batch, 2: width}, {0: 2 * batch, 2: width}]
     exported = torch.export.export(FusedCalls(), fused_example(3, 7), dynamic_shapes=dims)
     assert fused_op_names(exported.graph) == FUSED_OPS
     other = [
@@ -437,6 +510,7 @@ def bad_inputs() -> list:
     scores, key_mask = torch.randn(2, 3, 4, 5), torch.zeros(2, 5, dtype=torch.bool)
     x, weight, bias = torch.randn(2, 4, 8), torch.randn(8), torch.randn(8)
     mask = torch.zeros(2, 4, 6, dtype=torch.bool)
+    probs_col, probs_row, value = torch.rand(4, 5, 3), torch.rand(4, 5, 6), torch.randn(4, 3, 6, 8)
     cases = [
         ("masked_softmax", (scores[0], key_mask), "must be 4-d"),
         ("masked_softmax", (scores.int(), key_mask), "dtype torch.int32"),
@@ -466,6 +540,15 @@ def bad_inputs() -> list:
         ("mask2pos", (mask[:, :, :0],), "needs H, W >= 1"),
         ("mask2posemb", (mask, 15, 10000.0), "positive even int"),
         ("mask2posemb", (mask, 16, 0.0), "temperature must be a positive float"),
+        ("rcda_aggregate", (probs_col, probs_row, value[0]), "value must be 4-d"),
+        ("rcda_aggregate", (probs_col, probs_row.half(), value), "share one dtype"),
+        (
+            "rcda_aggregate",
+            (probs_col[:, :, :2], probs_row, value),
+            r"probs_col.shape\[2\] \(H\) is 2 but must be 3",
+        ),
+        ("rcda_aggregate", (probs_col, probs_row[:, :4], value), r"probs_row.shape\[1\] \(queries\) is 4"),
+        ("rcda_aggregate", (probs_col, probs_row, value.to("meta")), "different devices"),
     ]
     return [
         pytest.param(name, args, match, entry, id=f"{name}-{index}-{entry}")
