@@ -45,8 +45,13 @@ class MultiheadAttention(_ProjectedAttention):
         super().__init__(embed_dim, num_heads, num_inputs=3)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        q, k, v = (self.project(x, i) for i, x in enumerate((query, key, value)))
-        return self.merge_heads(F.scaled_dot_product_attention(q, k, v), query.shape[0])
+        batch = query.shape[0]
+        # [B, heads, L, head_dim]: the 4-d layout lets SDPA pick a fused (flash) kernel.
+        q, k, v = (
+            self.project(x, i).unflatten(0, (batch, self.num_heads))
+            for i, x in enumerate((query, key, value))
+        )
+        return self.merge_heads(F.scaled_dot_product_attention(q, k, v).flatten(0, 1), batch)
 
 
 class RowColumnDecoupledAttention(_ProjectedAttention):

@@ -48,7 +48,9 @@ def export_model(
     batch = Dim("batch", min=min_shape[0], max=max_shape[0])
     height = Dim("height", min=min_shape[1], max=max_shape[1])
     width = Dim("width", min=min_shape[2], max=max_shape[2])
-    example = tuple(_inside(lo, hi, offset) for lo, hi, offset in zip(min_shape, max_shape, (1, 37, 53), strict=False))
+    example = tuple(
+        _inside(lo, hi, offset) for lo, hi, offset in zip(min_shape, max_shape, (1, 37, 53), strict=False)
+    )
     param = next(model.parameters())
     images, mask = example_inputs(example, param.device, param.dtype)
     dynamic_shapes = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}
