@@ -5,6 +5,7 @@ Public API: ``load_model``, ``compile``, ``preprocess``, ``postprocess``, ``buil
 """
 
 from .checkpoint import load_model
+from .compile import compile
 from .config import VARIANTS, AnchorDETRConfig
 from .errors import AnchorDETRError, BackendUnavailableError, CheckpointError, InputError
 from .model import AnchorDETR, build_model
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "InputError",
     "build_model",
+    "compile",
     "load_model",
     "postprocess",
     "preprocess",

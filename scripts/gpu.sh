@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one call (`make gpu`), on a machine with torch preinstalled and no
+# network. Results land in $OUT (default out/gpu): summary.txt, gpu.log, gpu_tests.xml, bench_ops.json,
+# bench.json, bench.png, parity.json, parity.md. Each stage has its own time limit, cut to what is left
+# of GPU_BUDGET_S (default 570 s: one device call); a stage that fails does not stop the next one.
+# STAGES="tests bench" runs a subset (e.g. to finish on a second call; the compile cache is kept).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# Compiled kernels and graphs are cached in the work tree, which a warm machine keeps between calls.
+export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
+
+if ! python3 -c "import anchordetr_trt" 2>/dev/null; then
+    site=/tmp/anchordetr_site
+    wheels=$(ls .whl/*.whl 2>/dev/null || true)  # e.g. pycocotools for the machine's Python
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" $wheels . \
+        || { echo "install failed" | tee "$OUT/summary.txt"; exit 1; }
+    export PYTHONPATH=$site
+fi
+
+: > "$OUT/summary.txt"
+BUDGET=${GPU_BUDGET_S:-570}
+STAGES=${STAGES:-info tests bench-ops bench parity}
+stage() {  # stage NAME SECONDS COMMAND...
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    [[ " $STAGES " == *" $name "* ]] || return 0
+    local left=$((BUDGET - SECONDS))
+    ((left < limit)) && limit=$left
+    if ((limit < 10)); then
+        printf '%-10s skipped: the %ss budget is spent\n' "$name" "$BUDGET" | tee -a "$OUT/summary.txt"
+        return 0
+    fi
+    echo "=== $name ($(date -u +%T), limit ${limit}s)" >> "$OUT/gpu.log"
+    timeout "$limit" "$@" >> "$OUT/gpu.log" 2>&1
+    local rc=$?
+    printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$OUT/summary.txt"
+}
+
+stage info 30 python3 -m anchordetr_trt.cli info
+stage tests 240 python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/gpu_tests.xml" tests
+stage bench-ops 60 python3 scripts/bench_ops.py --out "$OUT"
+stage bench 400 python3 -m anchordetr_trt.cli bench --out "$OUT" --cache-dir .cache/bench
+stage parity 150 python3 scripts/gpu_parity.py --out "$OUT"
+tail -n 60 "$OUT/gpu.log"
+cat "$OUT/summary.txt"

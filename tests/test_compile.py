@@ -1,0 +1,125 @@
+"""compile(): backend choice, precision and shape-range checks, and (on a GPU) parity with eager fp32."""
+
+import pytest
+import torch
+from official import fixture_state_dict
+
+import anchordetr_trt as at
+from anchordetr_trt.backends.inductor import batch_buckets, size_buckets
+from anchordetr_trt.export import example_inputs
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu`)")
+
+
+@pytest.fixture(scope="module")
+def dc5_weights():
+    return {"model": fixture_state_dict("r50-dc5")}
+
+
+def test_eager_fp32_on_cpu_equals_load_model(dc5_weights):
+    compiled = at.compile(dc5_weights, variant="r50-dc5", backend="eager", device="cpu", precision="fp32")
+    reference = at.load_model(dc5_weights, variant="r50-dc5")
+    images, mask = example_inputs((2, 96, 160))
+    with torch.no_grad():
+        expected = reference(images, mask)
+    got = compiled(images, mask)
+    assert compiled.backend == "eager" and compiled.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_auto_on_cpu_is_eager_fp32():
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    compiled = at.compile(model, backend="auto", device="cpu", precision="fp32")
+    assert compiled.backend == "eager"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"backend": "tensorrt", "device": "cpu", "precision": "fp32"},
+            at.BackendUnavailableError,
+            "backend='eager'",
+        ),
+        (
+            {"backend": "inductor", "device": "cpu", "precision": "fp32"},
+            at.BackendUnavailableError,
+            "needs a CUDA",
+        ),
+        (
+            {"backend": "eager", "device": "cpu", "precision": "fp16"},
+            at.BackendUnavailableError,
+            "precision='fp32'",
+        ),
+        ({"backend": "onnx"}, ValueError, "unknown backend"),
+        ({"precision": "int8"}, ValueError, "unknown precision"),
+        ({"min_shape": (1, 800, 800), "opt_shape": (1, 640, 640)}, at.InputError, "min <= opt <= max"),
+    ],
+)
+def test_bad_requests_are_explained(kwargs, error, message):
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    with pytest.raises(error, match=message):
+        at.compile(model, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_gpu_is_explained():
+    with pytest.raises(at.BackendUnavailableError, match="no CUDA GPU"):
+        at.compile(at.build_model(at.VARIANTS["r50-c5"]), device="cuda")
+
+
+def test_shape_buckets_are_bounded_and_keep_opt_and_max_exact():
+    heights = size_buckets(320, 800, 1344, 128)
+    assert heights[0] == 384 and 800 in heights and heights[-1] == 1344 and len(heights) <= 10
+    assert batch_buckets(1, 1, 8) == [1, 2, 4, 8] and batch_buckets(1, 3, 8) == [1, 2, 3, 4, 8]
+
+
+def _agreement(a: dict, b: dict, top_k: int = 100) -> float:
+    """Share of A's top-k detections (query, label) that B gives too: the same query's box with
+    IoU > 0.9 and the same label's score within 0.01.
+
+    Checked per query rather than as top-k sets: random weights score many queries almost equally, so
+    fp16 rounding reorders which of them enter a top-k set without changing any detection.
+    """
+    from torchvision.ops import box_convert, box_iou
+
+    scores_a, scores_b = a["pred_logits"].float().sigmoid(), b["pred_logits"].float().sigmoid()
+    matched = total = 0
+    for image in range(scores_a.shape[0]):
+        classes = scores_a.shape[-1]
+        top = scores_a[image].flatten().topk(top_k).indices
+        queries, labels = top // classes, top % classes
+        boxes_a, boxes_b = (
+            box_convert(x[image, queries].float(), "cxcywh", "xyxy")
+            for x in (a["pred_boxes"], b["pred_boxes"])
+        )
+        iou = box_iou(boxes_a, boxes_b).diagonal()
+        score_diff = (scores_a[image, queries, labels] - scores_b[image, queries, labels]).abs()
+        matched += ((iou > 0.9) & (score_diff < 0.01)).sum().item()
+        total += top_k
+    return matched / total
+
+
+@gpu
+@pytest.mark.gpu
+def test_inductor_fp16_matches_eager_fp32(dc5_weights):
+    reference = at.load_model(dc5_weights, variant="r50-dc5", device="cuda").set_fused_ops(False)
+    compiled = at.compile(dc5_weights, variant="r50-dc5", backend="inductor", max_shape=(2, 1344, 1344))
+    images, mask = example_inputs((1, 800, 800), "cuda")
+    mask[:] = False
+    with torch.no_grad():
+        expected = reference(images, mask)
+    got = compiled(images, mask)
+    assert (got["pred_boxes"] - expected["pred_boxes"]).abs().max() <= 5e-3
+    assert (got["pred_logits"] - expected["pred_logits"]).abs().max() <= 5e-2
+    assert _agreement(expected, got) >= 0.95
+
+    # A stream of varied sizes (bucketed), heavy padding, and a blank filler image: all finite.
+    for shape in [(2, 640, 1088), (1, 480, 352)]:  # each compiles a bucket (~45 s on an H100)
+        images, mask = example_inputs(shape, "cuda")
+        mask[0, shape[1] // 3 :] = True
+        out = compiled(images, mask)
+        assert out["pred_logits"].shape == (shape[0], 900, 91)
+        assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
+    with pytest.raises(at.InputError, match="outside the compiled range"):
+        compiled(*example_inputs((3, 800, 800), "cuda"))
