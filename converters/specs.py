@@ -262,8 +262,9 @@ def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dic
 
 def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
     n, queries, _ = s["probs_col"]
-    _, meta = module.rcda_aggregate_launch_config(queries, n, s["probs_row"][2], s["value"][3])
-    return {**meta, "DOT_PRECISION": module.dot_precision(d["value"]), "num_stages": module.NUM_STAGES}
+    width, head_dim = s["probs_row"][2], s["value"][3]
+    _, meta = module.rcda_aggregate_launch_config(queries, n, width, head_dim, d["value"].itemsize)
+    return {**meta, "DOT_PRECISION": module.dot_precision(d["value"])}
 
 
 PLUGINS: dict[str, PluginSpec] = {

@@ -115,7 +115,7 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights):
     assert _agreement(expected, got) >= 0.95
 
     # A stream of varied sizes (bucketed), heavy padding, and a blank filler image: all finite.
-    for shape in [(2, 640, 1088), (1, 480, 352)]:  # each compiles a bucket (~45 s on an H100)
+    for shape in [(2, 640, 1088), (1, 790, 770)]:  # a new bucket (~45 s to compile), then padded into 800x800
         images, mask = example_inputs(shape, "cuda")
         mask[0, shape[1] // 3 :] = True
         out = compiled(images, mask)

@@ -293,11 +293,12 @@ SPECS = [
         # The reference rounds its [N, W, Lq, D] intermediate to the input dtype, the kernel does not.
         tolerance={F32: (1e-5, 1e-5), F16: (2e-3, 5e-3), BF16: (2e-2, 3e-2)},
         not_interpreted=(BF16,),  # the interpreter's tl.dot reads bfloat16 as integers
-        widen=lambda queries, batch_heads, width, head_dim: (
+        widen=lambda queries, heads, width, head_dim, size: (
             4 * queries,
-            batch_heads,
+            heads,
             4 * width,
             4 * head_dim,
+            size,
         ),
     ),
 ]
