@@ -2,7 +2,8 @@
 # Every GPU check and benchmark in one call (`make gpu`), on a machine with torch preinstalled and no
 # network. Results land in $OUT (default out/gpu): summary.txt, gpu.log, gpu_tests.xml, bench_ops.json,
 # bench.json, bench.png, parity.json, parity.md. Each stage has its own time limit, cut to what is left
-# of GPU_BUDGET_S (default 570 s: one device call); a stage that fails does not stop the next one.
+# of GPU_BUDGET_S (default 575 s, one call of the GPU machine this project was built on: raise it where
+# there is no such limit); a stage that fails does not stop the next one.
 # STAGES="tests bench" runs a subset (e.g. to finish on a second call; the compile cache is kept).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ fi
 
 : > "$OUT/summary.txt"
 BUDGET=${GPU_BUDGET_S:-575}
-STAGES=${STAGES:-info tests bench-ops bench parity}
+STAGES=${STAGES:-info tests bench-ops parity bench}
 stage() {  # stage NAME SECONDS COMMAND...
     local name=$1 limit=$2 start=$SECONDS
     shift 2
@@ -42,7 +43,8 @@ stage() {  # stage NAME SECONDS COMMAND...
 stage info 30 python3 -m anchordetr_trt.cli info
 stage tests 300 python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/gpu_tests.xml" tests
 stage bench-ops 45 python3 scripts/bench_ops.py --out "$OUT"
-stage bench 260 python3 -m anchordetr_trt.cli bench --out "$OUT" --cache-dir .cache/bench
 stage parity 90 python3 scripts/gpu_parity.py --out "$OUT"
+# Last: its report is saved after each backend, so a cut-off run keeps what it measured.
+stage bench 300 python3 -m anchordetr_trt.cli bench --out "$OUT" --cache-dir .cache/bench
 tail -n 60 "$OUT/gpu.log"
 cat "$OUT/summary.txt"

@@ -27,10 +27,10 @@ def test_eager_fp32_on_cpu_equals_load_model(dc5_weights):
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
-def test_auto_on_cpu_is_eager_fp32():
+def test_defaults_on_cpu_are_eager_fp32():
     model = at.build_model(at.VARIANTS["r50-c5"])
-    compiled = at.compile(model, backend="auto", device="cpu", precision="fp32")
-    assert compiled.backend == "eager"
+    compiled = at.compile(model, device="cpu")
+    assert compiled.backend == "eager" and compiled.precision == "fp32"
 
 
 @pytest.mark.parametrize(

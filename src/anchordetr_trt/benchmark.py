@@ -173,6 +173,9 @@ def run_benchmark(
         report["results"] += _measure_backend(
             group, template, device, cache_dir, warmup, iters, profile, info, log
         )
+        _summarize(report)
+        if on_progress is not None:  # before the second-process probe, which takes a while
+            on_progress(report)
         if (
             startup
             and info["status"] == "ok"

@@ -74,7 +74,7 @@ def compile(
     *,
     variant: str | None = None,
     backend: str = "auto",
-    precision: str = "fp16",
+    precision: str | None = None,
     min_shape: Shape = (1, 320, 320),
     opt_shape: Shape = (1, 800, 800),
     max_shape: Shape = (8, 1344, 1344),
@@ -87,14 +87,17 @@ def compile(
     (torch.compile with the Triton ops and CUDA graphs), "eager" (the model itself), or "auto" (the
     first of these that runs here; the choice and its reason are logged). Shapes are (batch, height,
     width); compiled backends accept inputs within [min_shape, max_shape] and are tuned for opt_shape.
+    ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one, on the CPU).
     ``cache_dir`` keeps compiled artifacts so that a second process starts fast.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if precision is None:
+        precision = "fp32" if device.type == "cpu" else "fp16"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     check_shape_range(min_shape, max_shape, opt_shape)
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError(
             "device='cuda' was asked for but no CUDA GPU is visible: use device='cpu'"
