@@ -15,6 +15,7 @@ import time
 import torch
 
 import anchordetr_trt as at
+from anchordetr_trt.config import variant_name
 from anchordetr_trt.demo import random_model
 from anchordetr_trt.environment import auto_backend, backend_status
 from anchordetr_trt.eval import make_synthetic_coco, parity_report, write_report
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.ckpt is None
         else at.load_model(args.ckpt, variant=args.variant)
     )
-    reference = at.load_model(model.state_dict(), variant=args.variant or "r50-dc5", device="cuda")
+    # The same variant as the model: C5 and DC5 weights are identical, so the name cannot come from them.
+    reference = at.load_model(model.state_dict(), variant=variant_name(model.config), device="cuda")
     reference.set_fused_ops(False)  # the official computation: plain PyTorch ops, fp32
     backend = auto_backend(backend_status("cuda"))
     start = time.perf_counter()
