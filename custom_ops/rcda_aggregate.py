@@ -131,7 +131,8 @@ def rcda_aggregate_triton(
     shape = (n, num_queries, head_dim)
     if out is None:
         out = value.new_empty(shape)
-    _common.check_out(_OP, out, shape, value.dtype, value.device)
+    else:
+        _common.check_out(_OP, out, shape, value.dtype, value.device)
     if out.numel() == 0:
         return out
     grid, meta = rcda_aggregate_launch_config(num_queries, n, width, head_dim, value.element_size())
