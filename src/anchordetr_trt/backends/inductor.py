@@ -50,11 +50,12 @@ class _CapturedGraph:
 
     def __call__(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         batch, _, height, width = images.shape
-        self.images.zero_()
+        if images.shape != self.images.shape:  # pad: clear what the input does not cover
+            self.images.zero_()
+            self.mask.fill_(True)
+            self.mask[batch:] = False  # blank filler images, unpadded; their outputs are dropped
         self.images[:batch, :, :height, :width].copy_(images)
-        self.mask.fill_(True)
         self.mask[:batch, :height, :width].copy_(mask)
-        self.mask[batch:] = False  # blank filler images, unpadded; their outputs are dropped
         self.graph.replay()
         # The next replay overwrites the outputs: hand out copies.
         return {key: value[:batch].to(torch.float32, copy=True) for key, value in self.outputs.items()}
