@@ -27,6 +27,7 @@ from .checkpoint import Checkpoint, load_model
 from .compile import compile
 from .config import variant_name
 from .demo import random_model
+from .devices import resolve_device
 from .environment import environment
 from .errors import BackendUnavailableError
 from .export import Shape, example_inputs
@@ -124,7 +125,7 @@ def run_benchmark(
     Weights: ``ckpt`` (its variant unless ``variant`` is given) or deterministic random ones of ``variant``
     (default r50-dc5; speed does not depend on the values).
     """
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError(
             "device='cuda' was asked for but no CUDA GPU is visible: use device='cpu'"

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import VARIANTS
+from .devices import resolve_device
 from .errors import AnchorDETRError, InputError
 from .export import Shape
 
@@ -232,7 +233,7 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _device(args: argparse.Namespace) -> torch.device:
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(args.device or None)
 
 
 def _compiled_model(args: argparse.Namespace, *, batch: int, min_size: int = 800, max_size: int = 1333):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, load_model
+from .devices import resolve_device
 from .errors import BackendUnavailableError, InputError
 from .export import Shape, check_shape_range
 from .fold import fold_frozen_batchnorm
@@ -92,7 +93,7 @@ def compile(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     if precision is None:
         precision = "fp32" if device.type == "cpu" else "fp16"
     if precision not in PRECISIONS:

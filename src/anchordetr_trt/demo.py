@@ -16,6 +16,7 @@ from .checkpoint import Checkpoint, load_model
 from .compile import compile
 from .config import VARIANTS, variant_config
 from .detect import detect, load_image
+from .devices import resolve_device
 from .draw import draw_detections
 from .environment import backend_status, environment
 from .eval import COCO_CLASSES, make_synthetic_coco
@@ -50,7 +51,7 @@ def run_demo(
     ``inputs/`` (the images), ``annotated/*.png``, ``detections.json``, ``report.json`` and ``report.md``.
     Returns the report. ``ckpt`` None means deterministic random weights of ``variant`` (default r50-dc5)."""
     out_dir = Path(out_dir)
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     if ckpt is None:
         weights = (
             f"deterministic random weights (seed {seed}): an untrained model, its detections are meaningless"

@@ -8,6 +8,7 @@ import platform
 import torch
 
 from . import __version__
+from .devices import resolve_device
 
 # Tried in this order by compile(backend="auto").
 BACKEND_ORDER = ("tensorrt", "inductor", "eager")
@@ -42,7 +43,7 @@ def backend_status(device: str | torch.device | None = None) -> dict[str, tuple[
     to the GPU when there is one."""
     from .backends.tensorrt import tensorrt_status
 
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     on_gpu = device.type == "cuda" and torch.cuda.is_available()
     no_gpu = "needs a CUDA GPU" + ("" if device.type == "cuda" else f" (device is {device})")
     trt_ok, trt_reason = tensorrt_status()
