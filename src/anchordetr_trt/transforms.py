@@ -1,12 +1,13 @@
 """Pre- and post-processing matching the official COCO evaluation pipeline."""
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 
 from .errors import InputError
@@ -18,10 +19,16 @@ ImageLike = np.ndarray | Image.Image | Tensor
 
 
 def resized_size(height: int, width: int, min_size: int = 800, max_size: int = 1333) -> tuple[int, int]:
-    """(h, w) after scaling the short side to ``min_size`` unless the long side would pass ``max_size``."""
+    """(h, w) after scaling the short side to ``min_size`` unless the long side would pass ``max_size``.
+
+    This is the official evaluation transform, rounding included: the long side can end a few pixels
+    above ``max_size`` (a 10x2000 image becomes 7x1400 for 800/1333). The short side never drops
+    below 1 pixel, so an image longer than ``max_size`` times its short side keeps a long side above
+    ``max_size`` (1x5000 stays 1x5000) rather than vanishing.
+    """
     short, long = min(height, width), max(height, width)
     if long / short * min_size > max_size:
-        min_size = round(max_size * short / long)
+        min_size = max(1, round(max_size * short / long))
     if short == min_size:
         return height, width
     if width < height:
@@ -34,12 +41,30 @@ def preprocess(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Resize, normalize and pad images into one batch.
 
-    ``images``: HxWx3 uint8 arrays, PIL images, or CHW tensors (uint8, or float in [0, 1]); grayscale
-    and RGBA are converted to RGB. Returns ``(batch [B, 3, H, W] float32, mask [B, H, W] bool with True
-    on padding, sizes [B, 2] int64 original (h, w))``.
+    ``images``: one image or a list of them, each a PIL image, an HxW or HxWxC array or a CxHxW
+    tensor with C = 1, 3 or 4 (gray and RGBA become RGB). Values by dtype: uint8 0..255, uint16
+    0..65535, float in [0, 1]; other integer dtypes are refused (convert with ``.astype(np.uint8)``).
+    PIL images are turned upright by their EXIF orientation first. Each image is resized by
+    ``resized_size(h, w, min_size, max_size)``. Returns ``(batch [B, 3, H, W] float32, mask [B, H, W]
+    bool with True on padding, sizes [B, 2] int64 (h, w) of each upright image before resizing)``.
     """
+    _check_sizes(min_size, max_size)
+    if images is None:
+        raise InputError(
+            "preprocess() got None: pass an image (PIL image, HxWx3 array or CHW tensor) or a list"
+        )
     if isinstance(images, np.ndarray | Image.Image | Tensor) and not _is_batch_tensor(images):
         images = [images]
+    if isinstance(images, str | bytes | os.PathLike):
+        raise InputError(
+            f"preprocess() got a {type(images).__name__}, not an image: open the file first "
+            "(PIL.Image.open(path)) and pass the image"
+        )
+    if not isinstance(images, Iterable):
+        raise InputError(
+            f"preprocess() got a {type(images).__name__}: pass a PIL image, an array, a tensor or a list of them"
+        )
+    images = list(images)
     if len(images) == 0:
         raise InputError("preprocess() got no images: pass a list of arrays, PIL images or CHW tensors")
     tensors, sizes = [], []
@@ -55,6 +80,17 @@ def preprocess(
         tensors.append(TF.normalize(image, IMAGENET_MEAN, IMAGENET_STD))
     batch, mask = pad_batch(tensors)
     return batch, mask, torch.tensor(sizes, dtype=torch.int64)
+
+
+def _check_sizes(min_size: int, max_size: int) -> None:
+    for name, value in (("min_size", min_size), ("max_size", max_size)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise InputError(f"{name} must be a positive integer number of pixels, got {value!r}")
+    if max_size < min_size:
+        raise InputError(
+            f"max_size={max_size} is below min_size={min_size}: the long side cap must be at least "
+            "the short side target (the defaults are min_size=800, max_size=1333)"
+        )
 
 
 def pad_batch(images: Sequence[Tensor], size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
@@ -73,19 +109,36 @@ def pad_batch(images: Sequence[Tensor], size: tuple[int, int] | None = None) -> 
 
 
 def postprocess(
-    outputs: dict[str, Tensor], target_sizes: Tensor | Sequence, top_k: int = 100
+    outputs: dict[str, Tensor],
+    target_sizes: Tensor | Sequence,
+    top_k: int = 100,
+    *,
+    check_finite: bool = True,
 ) -> list[dict[str, Tensor]]:
     """Top-k detections per image: ``scores`` [k], ``labels`` [k] (COCO category ids) and ``boxes``
-    [k, 4] (x0, y0, x1, y1 in pixels of the image of size ``target_sizes[i]`` = (h, w))."""
-    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-    sizes = torch.as_tensor(target_sizes, device=logits.device)
-    if sizes.dim() != 2 or sizes.shape != (logits.shape[0], 2):
+    [k, 4] (x0, y0, x1, y1 in pixels of the image of size ``target_sizes[i]`` = (h, w)).
+
+    ``outputs``: the model's ``pred_logits`` [B, Q, classes] and ``pred_boxes`` [B, Q, 4];
+    ``target_sizes`` [B, 2] positive integers; ``top_k`` at most Q * classes. NaN or infinite outputs
+    raise InputError unless ``check_finite=False`` (one check per call: a single host sync).
+    """
+    logits, boxes = _check_outputs(outputs)
+    num_queries, num_classes = logits.shape[1:]
+    if (
+        isinstance(top_k, bool)
+        or not isinstance(top_k, int | np.integer)
+        or not 1 <= top_k <= num_queries * num_classes
+    ):
         raise InputError(
-            f"target_sizes must be [B, 2] (h, w) with B = {logits.shape[0]}, got {list(sizes.shape)}"
+            f"top_k must be an integer in 1..{num_queries * num_classes} (queries x classes), got {top_k!r}"
         )
-    num_classes = logits.shape[-1]
-    top_k = min(top_k, logits.shape[1] * num_classes)
-    scores, index = logits.float().sigmoid().flatten(1).topk(top_k, dim=1)
+    sizes = _check_target_sizes(target_sizes, logits.shape[0], logits.device)
+    if check_finite and not (torch.isfinite(logits).all() & torch.isfinite(boxes).all()):
+        raise InputError(
+            "the model produced NaN or infinite outputs: check the images for NaN/Inf pixels and the "
+            "weights, or compare with an fp32 model (precision='fp32')"
+        )
+    scores, index = logits.float().sigmoid().flatten(1).topk(int(top_k), dim=1)
     query, labels = index // num_classes, index % num_classes
     cx, cy, w, h = boxes.float().unbind(-1)
     xyxy = torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
@@ -95,19 +148,61 @@ def postprocess(
     return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy, strict=True)]
 
 
+def _check_outputs(outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    if not isinstance(outputs, dict) or not {"pred_logits", "pred_boxes"} <= outputs.keys():
+        got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
+        raise InputError(f"outputs must be the model's dict with 'pred_logits' and 'pred_boxes', got {got}")
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    if not (isinstance(logits, Tensor) and isinstance(boxes, Tensor)):
+        raise InputError("outputs['pred_logits'] and outputs['pred_boxes'] must be tensors")
+    if logits.dim() != 3 or boxes.shape != (*logits.shape[:2], 4):
+        raise InputError(
+            f"outputs have pred_logits {list(logits.shape)} and pred_boxes {list(boxes.shape)}: expected "
+            "[B, Q, classes] and [B, Q, 4] with the same B and Q (pass the model's outputs unchanged)"
+        )
+    return logits, boxes
+
+
+def _check_target_sizes(target_sizes: Tensor | Sequence, batch: int, device: torch.device) -> Tensor:
+    try:
+        sizes = torch.as_tensor(target_sizes)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(
+            f"target_sizes must be [B, 2] (h, w) integers, got {type(target_sizes).__name__}: "
+            "pass the sizes returned by preprocess()"
+        ) from None
+    if sizes.dim() != 2 or sizes.shape != (batch, 2):
+        raise InputError(f"target_sizes must be [B, 2] (h, w) with B = {batch}, got {list(sizes.shape)}")
+    if sizes.is_floating_point() or sizes.is_complex() or sizes.dtype == torch.bool:
+        raise InputError(
+            f"target_sizes must hold integer pixel sizes, got {sizes.dtype}: pass the sizes returned by "
+            "preprocess() or convert with .long()"
+        )
+    if (sizes < 1).any():
+        raise InputError(
+            f"target_sizes must be positive (h, w), got {sizes.tolist()}: pass each image's height and width"
+        )
+    return sizes.to(device)
+
+
 def _is_batch_tensor(images: Any) -> bool:
     return isinstance(images, Tensor) and images.dim() == 4
 
 
 def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
-    """8-bit images -> RGB PIL image; 16-bit and float images -> float32 RGB [3, H, W] in [0, 1]."""
+    """8-bit images -> RGB PIL image (upright by EXIF); 16-bit and float images -> float32 RGB [3, H, W]
+    in [0, 1]."""
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image)
+        return pil_to_rgb(upright(image), f"image {index}")
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
             raise InputError(f"image {index}: array of shape {image.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
+        if image.dtype == np.uint16:  # torch has few uint16 kernels: scale in numpy
+            image = image.astype(np.float32) / 65535
+        elif image.dtype.kind not in "uf" or (image.dtype.kind == "f" and image.dtype.itemsize > 8):
+            raise _dtype_error(index, str(image.dtype), "array")
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     elif isinstance(image, Tensor):
         if image.dim() == 2:
@@ -117,6 +212,8 @@ def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
                 f"image {index}: tensor of shape {list(image.shape)} is not CHW with 1, 3 or 4 channels"
             )
         tensor = image.detach().cpu()
+        if tensor.dtype == torch.uint16:
+            tensor = tensor.to(torch.float32) / 65535
     else:
         raise InputError(
             f"image {index}: unsupported type {type(image).__name__}; pass an array, PIL image or tensor"
@@ -128,27 +225,51 @@ def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
     tensor = tensor[:3]  # RGBA: the alpha channel is dropped
     if tensor.dtype == torch.uint8:
         return Image.fromarray(tensor.permute(1, 2, 0).numpy())
-    return _scale_to_unit(tensor.contiguous(), index)
+    if not tensor.is_floating_point() or tensor.is_complex():
+        raise _dtype_error(index, str(tensor.dtype).removeprefix("torch."), "tensor")
+    return _check_unit_range(tensor.contiguous().float(), f"image {index}")
 
 
-def _scale_to_unit(tensor: Tensor, index: int) -> Tensor:
-    if tensor.dtype in (torch.uint16, torch.int16, torch.int32, torch.int64):
-        return tensor.float() / 65535  # 16-bit images
-    if not tensor.is_floating_point():
-        raise InputError(f"image {index}: unsupported dtype {tensor.dtype}")
+def _dtype_error(index: int, dtype: str, kind: str) -> InputError:
+    convert = ".astype(np.uint8)" if kind == "array" else ".to(torch.uint8)"
+    return InputError(
+        f"image {index}: {kind} of dtype {dtype} is ambiguous (8-bit? 16-bit?): pass uint8 (0..255), "
+        f"uint16 (0..65535) or float in [0, 1], e.g. {convert} for values 0..255"
+    )
+
+
+def _check_unit_range(tensor: Tensor, name: str) -> Tensor:
     if not torch.isfinite(tensor).all():
-        raise InputError(f"image {index} has NaN or infinite values")
-    if tensor.min() < 0 or tensor.max() > 1:
+        raise InputError(f"{name} has NaN or infinite pixel values: fix or drop the image")
+    low, high = tensor.min().item(), tensor.max().item()
+    if low < 0 or high > 1:
         raise InputError(
-            f"image {index}: float values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}]; "
+            f"{name}: float values must lie in [0, 1], got [{low:.3g}, {high:.3g}]; "
             "pass uint8 images or divide by 255"
         )
-    return tensor.float()
+    return tensor
 
 
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (phone photos), or itself when it has none."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def pil_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """An 8-bit RGB copy of ``image`` in any PIL mode. 16-bit gray ("I;16*", and "I" as 16-bit PNGs
+    open) is scaled by 1/257; "F" must lie in [0, 1]. Raises InputError for values outside those ranges."""
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        array = array / (65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0))
-        return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)).convert("RGB")
+        array = np.array(image, dtype=np.float32)
+        if image.mode == "F":
+            array = _check_unit_range(torch.from_numpy(array), name).numpy()
+        elif array.min() < 0 or array.max() > 65535:
+            raise InputError(
+                f"{name}: 32-bit integer pixels in [{array.min():.0f}, {array.max():.0f}] are outside the "
+                "16-bit range 0..65535: convert the image to 8 or 16 bits first"
+            )
+        else:
+            array = array / 65535
+        return Image.fromarray((array * 255).round().astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
