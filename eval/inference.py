@@ -65,8 +65,12 @@ def non_finite_counts(outputs: dict[str, Tensor]) -> Tensor:
 
 
 def detections(outputs: dict[str, Tensor], sizes: Tensor, top_k: int) -> list[np.ndarray]:
-    """Per image, [top_k, 6] float64 rows (x, y, w, h, score, label) in pixels of the original image."""
-    results = postprocess(outputs, sizes.to(outputs["pred_logits"].device), top_k=top_k)
+    """Per image, [top_k, 6] float64 rows (x, y, w, h, score, label) in pixels of the original image.
+    Non-finite outputs are the callers' to report per image (evaluate_coco refuses them, parity counts them)."""
+    num_candidates = outputs["pred_logits"].shape[1] * outputs["pred_logits"].shape[2]
+    results = postprocess(
+        outputs, sizes.to(outputs["pred_logits"].device), top_k=min(top_k, num_candidates), check_finite=False
+    )
     rows = []
     for result in results:
         x0, y0, x1, y1 = result["boxes"].double().unbind(-1)

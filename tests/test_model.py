@@ -1,5 +1,11 @@
 """Our AnchorDETR against outputs of the official implementation, and model-level invariants."""
 
+import copy
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +13,9 @@ from official import fixture_state_dict, fixture_variants, load_fixture
 
 import anchordetr_trt as at
 from anchordetr_trt.backbone import downsample_mask
+from anchordetr_trt.custom_ops import fused, ops, reference
 from anchordetr_trt.export import example_inputs
+from anchordetr_trt.transformer import ResidualLayerNorm
 
 VARIANTS_WITH_FIXTURES = fixture_variants()
 
@@ -98,12 +106,96 @@ def test_downsample_mask_equals_nearest_interpolation(in_size):
         (torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64), "bool"),
         (torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 32, dtype=torch.bool), "does not match"),
         (torch.zeros(1, 3, 64, 64), torch.zeros(64, 64, dtype=torch.bool), "[B, H, W]"),
+        (torch.zeros(0, 3, 64, 64), None, "images has batch size 0"),
+        (torch.zeros(0, 3, 64, 64), torch.zeros(0, 64, 64, dtype=torch.bool), "images has batch size 0"),
+        (torch.zeros(1, 3, 0, 64), None, "images has height 0"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.float64), None, "images are torch.float64 but the model's weights "
+         "are torch.float32: pass images.to(torch.float32)"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.float16), None, "images are torch.float16 but the model's weights "
+         "are torch.float32: pass images.to(torch.float32)"),
+        (torch.zeros(1, 3, 64, 64, device="meta"), None, "images are on meta but the model is on cpu: pass "
+         "images.to('cpu')"),
     ],
-)
-def test_bad_inputs_raise_input_error(images, mask, message):
-    model = at.build_model(at.VARIANTS["r50-c5"])
-    with pytest.raises(at.InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        model(images, mask)
+)  # fmt: skip
+def test_bad_inputs_raise_input_error(model_r50_c5, images, mask, message):
+    with pytest.raises(at.InputError, match=re.escape(message)):
+        model_r50_c5(images, mask)
+
+
+@pytest.fixture(scope="module")
+def model_r50_c5():
+    return at.build_model(at.VARIANTS["r50-c5"])
+
+
+def test_half_model_takes_half_images(model_r50_c5):
+    # The dtype rule is "match the weights": a converted model takes inputs of its own dtype.
+    model = copy.deepcopy(model_r50_c5).to(torch.bfloat16)
+    images, mask = example_inputs((1, 64, 64), dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert model(images, mask)["pred_logits"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"backbone": "resnet18"}, "backbone='resnet18' is not supported: choose one of resnet50, resnet101"),
+        ({"dilation": "yes"}, "dilation must be True (DC5) or False (C5), got 'yes'"),
+        ({"hidden_dim": 100}, "hidden_dim=100 must be a multiple of 32 (GroupNorm groups) and of num_heads=8"),
+        ({"hidden_dim": 96, "num_heads": 5}, "hidden_dim=96 must be a multiple of 32 (GroupNorm groups) and of num_heads=5"),
+        ({"num_heads": 0}, "num_heads must be an integer >= 1, got 0"),
+        ({"num_heads": 8.0}, "num_heads must be an integer >= 1, got 8.0"),
+        ({"num_decoder_layers": 0}, "num_decoder_layers must be an integer >= 1, got 0"),
+        ({"num_encoder_layers": -1}, "num_encoder_layers must be an integer >= 0, got -1"),
+        ({"num_classes": 0}, "num_classes must be an integer >= 1, got 0"),
+        ({"num_query_pattern": True}, "num_query_pattern must be an integer >= 1, got True"),
+    ],
+)  # fmt: skip
+def test_bad_config_fields(fields, message):
+    with pytest.raises(at.InputError, match=re.escape(message)):
+        at.AnchorDETRConfig(**fields)
+
+
+def test_config_checks_allow_what_the_model_builds():
+    # The smallest config the checks allow builds and runs: they refuse nothing the model can do.
+    config = at.AnchorDETRConfig(
+        hidden_dim=32, num_heads=1, num_encoder_layers=0, num_decoder_layers=1, dim_feedforward=8,
+        num_query_position=2, num_query_pattern=1, num_classes=1, dilation=False,
+    )  # fmt: skip
+    images, mask = example_inputs((1, 64, 64))
+    with torch.no_grad():
+        out = at.build_model(config)(images, mask)
+    assert out["pred_logits"].shape == (1, 2, 1) and torch.isfinite(out["pred_boxes"]).all()
+
+
+def test_one_op_rule_for_built_and_loaded_models(model_r50_c5):
+    # build_model and load_model leave the choice to the input's device (None): same weights, same code.
+    loaded = at.load_model(model_r50_c5.state_dict(), variant="r50-c5")
+    for model in (model_r50_c5, loaded):
+        assert {m.fused_ops for m in model.modules() if hasattr(m, "fused_ops")} == {None}
+    cpu, cuda = torch.zeros(1), SimpleNamespace(is_cuda=True)
+    assert ops(None, cpu) is reference and ops(None, cuda) is fused and ops(True, cpu) is fused
+    assert ops(False, cuda) is reference
+
+
+def test_ops_are_registered_on_package_import():
+    names = (
+        "masked_softmax",
+        "layer_norm",
+        "add_bias_transpose",
+        "mask2pos",
+        "mask2posemb",
+        "rcda_aggregate",
+    )
+    code = f"import anchordetr_trt, torch; print(all(hasattr(torch.ops.anchordetr, n) for n in {names}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
+
+
+def test_residual_layer_norm_keeps_layer_norm_keys():
+    norm = ResidualLayerNorm(8)
+    assert set(norm.state_dict()) == {"weight", "bias"}
+    x, residual = torch.randn(2, 8), torch.randn(2, 8)
+    torch.testing.assert_close(norm(x, residual), F.layer_norm(x + residual, (8,), norm.weight, norm.bias))
 
 
 def test_fully_padded_image_gives_finite_outputs():

@@ -20,14 +20,14 @@ class _ProjectedAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(num_inputs * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(num_inputs * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
-        self.fused_ops = False
+        self.fused_ops: bool | None = None  # see AnchorDETR.set_fused_ops
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def project(self, x: Tensor, index: int, scale: float = 1.0) -> Tensor:
         """Input projection ``index`` of x [B, L, C], split into heads: [B * heads, L, head_dim]."""
         chunk = slice(index * self.embed_dim, (index + 1) * self.embed_dim)
         projected = torch.matmul(x, self.in_proj_weight[chunk].t())
-        return ops(self.fused_ops).add_bias_transpose(
+        return ops(self.fused_ops, x).add_bias_transpose(
             projected, self.in_proj_bias[chunk], self.num_heads, scale
         )
 
@@ -79,7 +79,7 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         """query_row, query_col [B, Lq, C]; key_row [B, W, C]; key_col [B, H, C]; value [B, H, W, C];
         mask_row [B, W], mask_col [B, H] (True = padding). Returns [B, Lq, C]."""
         batch, height, width, channels = value.shape
-        f = ops(self.fused_ops)
+        f = ops(self.fused_ops, value)
         scale = self.head_dim**-0.5
         q_row, q_col = self.project(query_row, 0, scale), self.project(query_col, 1, scale)
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)

@@ -3,12 +3,16 @@
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
+
+BACKBONES = ("resnet50", "resnet101")
+NORM_GROUPS = 32  # GroupNorm groups of the input projection: hidden_dim must be a multiple
 
 
 @dataclass(frozen=True)
 class AnchorDETRConfig:
-    """Hyper-parameters of an AnchorDETR (defaults: the paper's R50-DC5 model)."""
+    """Hyper-parameters of an AnchorDETR (defaults: the paper's R50-DC5 model); checked on creation
+    (InputError names the field and the values it takes)."""
 
     backbone: str = "resnet50"  # "resnet50" or "resnet101"
     dilation: bool = True  # DC5: the last ResNet stage dilated instead of strided
@@ -20,6 +24,25 @@ class AnchorDETRConfig:
     num_query_position: int = 300  # anchor points
     num_query_pattern: int = 3  # patterns per anchor point
     num_classes: int = 91  # COCO category ids 0..90
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise InputError(
+                f"backbone={self.backbone!r} is not supported: choose one of {', '.join(BACKBONES)}"
+            )
+        if not isinstance(self.dilation, bool):
+            raise InputError(f"dilation must be True (DC5) or False (C5), got {self.dilation!r}")
+        minimums = {"num_encoder_layers": 0, "num_decoder_layers": 1}
+        for name in ("hidden_dim", "num_heads", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",
+                     "num_query_position", "num_query_pattern", "num_classes"):  # fmt: skip
+            value, low = getattr(self, name), minimums.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.hidden_dim % NORM_GROUPS or self.hidden_dim % self.num_heads:
+            raise InputError(
+                f"hidden_dim={self.hidden_dim} must be a multiple of {NORM_GROUPS} (GroupNorm groups) and of "
+                f"num_heads={self.num_heads}, e.g. 256 (the released models)"
+            )
 
     @property
     def num_queries(self) -> int:
@@ -83,10 +106,13 @@ def config_from_args(args: Any) -> AnchorDETRConfig:
                 "only (the released single-level RCDA detectors)"
             )
     fields = {field: values[arg] for arg, field in _ARG_FIELDS.items() if arg in values}
-    if fields.get("backbone", "resnet50") not in ("resnet50", "resnet101"):
-        raise CheckpointError(f"unsupported backbone {fields['backbone']!r}: use resnet50 or resnet101")
     fields["dilation"] = _as_bool(fields.get("dilation", True), "dilation")
-    return AnchorDETRConfig(**fields)
+    try:
+        return AnchorDETRConfig(**fields)
+    except InputError as error:
+        raise CheckpointError(
+            f"checkpoint args describe a model anchordetr_trt cannot build ({error}): pass variant=... to load_model"
+        ) from None
 
 
 def _as_bool(value: Any, name: str) -> bool:

@@ -31,15 +31,18 @@ class AnchorDETR(nn.Module):
         )
         self.transformer = Transformer(config)
 
-    def set_fused_ops(self, enabled: bool) -> "AnchorDETR":
-        """Use the ``torch.ops.anchordetr`` custom ops (True) or their plain PyTorch reference (False)."""
+    def set_fused_ops(self, enabled: bool | None) -> "AnchorDETR":
+        """Choose the op path: the ``torch.ops.anchordetr`` custom ops (True), their plain PyTorch
+        reference (False), or, the default of every model however it was made (``build_model``,
+        ``load_model``), None: the custom ops for inputs on CUDA and the reference elsewhere. So the
+        same weights on the same device run the same code."""
         for module in self.modules():
             if hasattr(module, "fused_ops"):
                 module.fused_ops = enabled
         return self
 
     def forward(self, images: Tensor, mask: Tensor | None = None, *, aux: bool = False) -> dict:
-        check_inputs(images, mask)
+        check_inputs(images, mask, weight=self.input_proj[0][0].weight)
         features = self.backbone(images)
         if mask is None:
             feature_mask = torch.zeros_like(features[:, 0], dtype=torch.bool)
@@ -55,8 +58,10 @@ class AnchorDETR(nn.Module):
         return out
 
 
-def check_inputs(images: Tensor, mask: Tensor | None) -> None:
-    """Raise InputError for images or masks the model cannot take (checks on static properties only)."""
+def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = None) -> None:
+    """Raise InputError for images or masks the model cannot take (checks on static properties only;
+    a size that is symbolic while tracing is not compared). With ``weight``, a parameter of the model,
+    the images must also have its dtype and device: the plain model makes no hidden copies."""
     if not isinstance(images, Tensor):
         raise InputError(
             f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}: use preprocess()"
@@ -67,6 +72,24 @@ def check_inputs(images: Tensor, mask: Tensor | None) -> None:
         )
     if not images.is_floating_point():
         raise InputError(f"images must be a normalized float tensor, got {images.dtype}: use preprocess()")
+    sizes = dict(zip(("batch size", "height", "width"), (images.shape[0], *images.shape[2:]), strict=True))
+    if all(isinstance(size, int) for size in sizes.values()) and 0 in sizes.values():
+        empty = " and ".join(name for name, size in sizes.items() if size == 0)
+        raise InputError(
+            f"images has {empty} 0 (shape {list(images.shape)}): pass at least one "
+            "image of at least 1x1 pixels"
+        )
+    if weight is not None and images.dtype != weight.dtype:
+        raise InputError(
+            f"images are {images.dtype} but the model's weights are {weight.dtype}: pass "
+            f"images.to({weight.dtype}) or convert the model (model.to({images.dtype})); "
+            "compile() does the cast for you"
+        )
+    if weight is not None and images.device != weight.device:
+        raise InputError(
+            f"images are on {images.device} but the model is on {weight.device}: pass "
+            f"images.to('{weight.device}') or move the model (model.to('{images.device}'))"
+        )
     if mask is None:
         return
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:

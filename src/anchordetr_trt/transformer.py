@@ -13,15 +13,16 @@ from .attention import MultiheadAttention, RowColumnDecoupledAttention
 from .config import AnchorDETRConfig
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm that can add a residual first: ``norm(x, residual) == LayerNorm(x + residual)``."""
+class ResidualLayerNorm(nn.LayerNorm):
+    """LayerNorm that can add a residual first: ``norm(x, residual) == LayerNorm(x + residual)``.
+    Its parameters are those of ``nn.LayerNorm`` (``weight``, ``bias``), so checkpoint keys are unchanged."""
 
     def __init__(self, dim: int):
         super().__init__(dim)
-        self.fused_ops = False
+        self.fused_ops: bool | None = None  # see AnchorDETR.set_fused_ops
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        return ops(self.fused_ops).layer_norm(x, self.weight, self.bias, self.eps, residual)
+        return ops(self.fused_ops, x).layer_norm(x, self.weight, self.bias, self.eps, residual)
 
 
 class FFN(nn.Module):
@@ -31,7 +32,7 @@ class FFN(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(dim, hidden_dim)
         self.linear2 = nn.Linear(hidden_dim, dim)
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = ResidualLayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm2(x, self.linear2(F.relu(self.linear1(x))))
@@ -73,7 +74,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, ffn_dim: int):
         super().__init__()
         self.self_attn = RowColumnDecoupledAttention(dim, num_heads)
-        self.norm1 = LayerNorm(dim)
+        self.norm1 = ResidualLayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
 
     def forward(
@@ -96,9 +97,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, ffn_dim: int):
         super().__init__()
         self.cross_attn = RowColumnDecoupledAttention(dim, num_heads)
-        self.norm1 = LayerNorm(dim)
+        self.norm1 = ResidualLayerNorm(dim)
         self.self_attn = MultiheadAttention(dim, num_heads)
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = ResidualLayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
 
     def forward(
@@ -150,14 +151,14 @@ class Transformer(nn.Module):
         bbox_embed = MLP(dim, dim, 4, 3)
         self.class_embed = nn.ModuleList([class_embed] * config.num_decoder_layers)
         self.bbox_embed = nn.ModuleList([bbox_embed] * config.num_decoder_layers)
-        self.fused_ops = False
+        self.fused_ops: bool | None = None  # see AnchorDETR.set_fused_ops
         nn.init.uniform_(self.position.weight, 0, 1)
 
     def forward(self, src: Tensor, mask: Tensor, aux: bool = False) -> tuple[Tensor, Tensor]:
         """src [B, C, H, W], mask [B, H, W] (True = padding) -> logits [L, B, Q, classes], boxes
         [L, B, Q, 4] with L = 1 (last decoder layer) or, with ``aux``, every decoder layer."""
         mask_row, mask_col = mask[:, 0, :], mask[:, :, 0]
-        posemb_y, posemb_x = ops(self.fused_ops).mask2posemb(mask, self.d_model, 10000.0)
+        posemb_y, posemb_x = ops(self.fused_ops, src).mask2posemb(mask, self.d_model, 10000.0)
         posemb_row = self.adapt_pos1d(posemb_x.to(src.dtype))
         posemb_col = self.adapt_pos1d(posemb_y.to(src.dtype))
 
@@ -171,7 +172,7 @@ class Transformer(nn.Module):
         num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
         anchors = self.position.weight.repeat(num_pattern, 1)  # [Q, 2], pattern-major
         tgt = self.pattern.weight.repeat_interleave(num_position, dim=0)[None].expand(src.shape[0], -1, -1)
-        query_pos = self.adapt_pos2d(pos2posemb2d(anchors).to(src.dtype))[None]
+        query_pos = self.adapt_pos2d(pos2posemb2d(anchors, self.d_model // 2).to(src.dtype))[None]
         query_pos_x = self.adapt_pos1d(pos2posemb1d(anchors[:, 0], self.d_model).to(src.dtype))[None]
         query_pos_y = self.adapt_pos1d(pos2posemb1d(anchors[:, 1], self.d_model).to(src.dtype))[None]
         anchor_logits = inverse_sigmoid(anchors)
