@@ -1,6 +1,7 @@
 """load_model: the released checkpoint layout, and clear errors for every kind of bad checkpoint."""
 
 import argparse
+import re
 
 import pytest
 import torch
@@ -143,3 +144,59 @@ def test_dict_without_model():
 def test_unsupported_training_args(state_dict):
     args = argparse.Namespace(backbone="resnet50", dilation=True, num_feature_levels=3)
     _expect({"model": state_dict, "args": args}, "num_feature_levels=3")
+
+
+def test_legacy_serialization_loads(tmp_path, released_file, state_dict):
+    # torch.save(..., _use_new_zipfile_serialization=False) writes a pickle stream, not a zip archive.
+    path = tmp_path / "legacy.pth"
+    torch.save(torch.load(released_file, weights_only=False), path, _use_new_zipfile_serialization=False)
+    model = at.load_model(path)
+    assert model.config == at.VARIANTS["r50-c5"]
+    assert torch.equal(model.state_dict()["input_proj.0.0.weight"], state_dict["input_proj.0.0.weight"])
+
+
+def test_truncated_legacy_file(tmp_path, state_dict):
+    path = tmp_path / "legacy.pth"
+    torch.save(state_dict, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:100_000])
+    _expect(path, r"could not be read as a checkpoint .* truncated", variant="r50-c5")
+
+
+def test_html_page_saved_as_checkpoint(tmp_path):
+    path = tmp_path / "model.pth"
+    path.write_text("\n<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>")
+    _expect(path, r"not a PyTorch checkpoint but a web page \(HTML\).*download it in a browser")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("tpu", "device='tpu' is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'"),
+        ("mps", "device='mps' is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'"),
+        ("gpu", "device='gpu' is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'"),
+        (3.5, "device=3.5 is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'"),
+    ],
+)
+def test_unknown_device(state_dict, device, message):
+    with pytest.raises(at.InputError, match=re.escape(message)):
+        at.load_model(state_dict, variant="r50-c5", device=device)
+
+
+def test_cuda_without_gpu_says_use_cpu(state_dict, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        at.BackendUnavailableError, match=re.escape("no CUDA GPU is visible: use device='cpu'")
+    ):
+        at.load_model(state_dict, variant="r50-c5", device="cuda")
+
+
+def test_cuda_index_past_the_visible_gpus(state_dict, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(at.InputError, match=re.escape("device='cuda:3' but only 1 CUDA GPU(s) are visible")):
+        at.load_model(state_dict, variant="r50-c5", device="cuda:3")
+
+
+def test_checkpoint_args_the_model_cannot_build(state_dict):
+    args = argparse.Namespace(backbone="resnet18", dilation=False)
+    _expect({"model": state_dict, "args": args}, "backbone='resnet18' is not supported.*pass variant=")

@@ -14,39 +14,69 @@ import torch
 from torch import Tensor, nn
 
 from .config import AnchorDETRConfig, config_from_args, variant_config, variant_name
-from .errors import CheckpointError
+from .errors import BackendUnavailableError, CheckpointError, InputError
+from .hub import OFFICIAL_CHECKPOINTS, fetch, is_remote
 from .model import AnchorDETR, build_model
 
 logger = logging.getLogger(__name__)
 
 Checkpoint = str | os.PathLike | Mapping[str, Any]
 _MAX_LISTED = 8
+_DEVICE_TYPES = ("cpu", "cuda")
+_PICKLE_PROTOCOL_OPCODE = b"\x80"
 
 
 def load_model(
-    ckpt: Checkpoint, *, variant: str | None = None, device: str | torch.device = "cpu"
+    ckpt: Checkpoint,
+    *,
+    variant: str | None = None,
+    device: str | torch.device = "cpu",
+    download_dir: str | os.PathLike | None = None,
 ) -> AnchorDETR:
     """AnchorDETR in eval mode with the weights of ``ckpt``.
 
-    ``ckpt`` is a path or an already loaded object: ``{"model": state_dict, "args": ...}`` as released,
-    or a bare state dict. Backbone and dilation come from the checkpoint's ``args``; without them
-    ``variant`` ("r50-c5", "r50-dc5", "r101-c5", "r101-dc5") is required, because C5 and DC5 have the
-    same weights. Every key and shape is checked before anything is loaded. On CUDA the fused
-    ``torch.ops.anchordetr`` kernels are used, on CPU their PyTorch reference.
+    ``ckpt`` is a path, a released model's name ("R50-C5", "R50-DC5", "R101-C5", "R101-DC5", any
+    case), an http(s) URL, or an already loaded object: ``{"model": state_dict, "args": ...}`` as
+    released, or a bare state dict. Names and URLs are downloaded once into ``download_dir`` (default:
+    $ANCHORDETR_CACHE, else ``torch.hub.get_dir()/checkpoints/anchordetr``). Backbone and dilation
+    come from the checkpoint's ``args``; without them ``variant`` ("r50-c5", "r50-dc5", "r101-c5",
+    "r101-dc5") is required, because C5 and DC5 have the same weights; a released model's name
+    implies its variant. Every key and shape is checked before anything is loaded. ``device``: "cpu",
+    "cuda" or "cuda:N". The op path follows the device (``AnchorDETR.set_fused_ops``).
     """
-    state_dict, args = _unpack(_read(ckpt) if isinstance(ckpt, str | os.PathLike) else ckpt)
+    device = _check_device(device)
+    if is_remote(ckpt):
+        if variant is None and ckpt.lower() in OFFICIAL_CHECKPOINTS:
+            variant = ckpt.lower()
+        ckpt = fetch(ckpt, _read, download_dir=download_dir)
+    elif isinstance(ckpt, str | os.PathLike):
+        ckpt = _read(ckpt)
+    state_dict, args = _unpack(ckpt)
     config = resolve_config(state_dict, args, variant)
     model = build_model(config)
     _check_state_dict(model, state_dict, config)
     model.load_state_dict(state_dict, strict=True)
-    device = torch.device(device)
-    return model.to(device).set_fused_ops(device.type == "cuda").eval()
+    return model.to(device).eval()
 
 
-def read_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, Tensor], AnchorDETRConfig | None]:
-    """The cleaned state dict of ``ckpt`` and the config its ``args`` describe (None without args)."""
-    state_dict, args = _unpack(_read(ckpt) if isinstance(ckpt, str | os.PathLike) else ckpt)
-    return state_dict, (config_from_args(args) if args is not None else None)
+def _check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device the model can run on; InputError or BackendUnavailableError (no
+    GPU visible) otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in _DEVICE_TYPES:
+        raise InputError(f"device={device!r} is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"device={device!r} but no CUDA GPU is visible: use device='cpu'")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(
+                f"device={device!r} but only {count} CUDA GPU(s) are visible: use an index below {count}"
+            )
+    return parsed
 
 
 def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | None) -> AnchorDETRConfig:
@@ -81,9 +111,15 @@ def _read(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     data = path.read_bytes()
-    if not zipfile.is_zipfile(io.BytesIO(data)):
+    # torch.save writes a zip archive, or with _use_new_zipfile_serialization=False a pickle stream.
+    if not zipfile.is_zipfile(io.BytesIO(data)) and not data.startswith(_PICKLE_PROTOCOL_OPCODE):
         if data[:2] == b"PK":
             raise CheckpointError(f"{path} is truncated or corrupt (broken zip archive): download it again")
+        if data.lstrip()[:1] == b"<":
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint but a web page (HTML): the link served a page instead "
+                "of the file; download it in a browser and pass its path"
+            )
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (expected a file written by torch.save)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
