@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 from pycocotools.coco import COCO
 
 from anchordetr_trt.errors import InputError
+
+from .categories import COCO_CLASSES
 
 _REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -38,13 +41,22 @@ class CocoDataset:
 
 
 def load_dataset(
-    ann_file: str | os.PathLike, image_dir: str | os.PathLike, max_images: int | None = None
+    ann_file: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    max_images: int | None = None,
+    category_map: Mapping[int, int] | None = None,
 ) -> CocoDataset:
     """Read and check ``ann_file``, index it, pick the first ``max_images`` images and check that their
-    files exist under ``image_dir``. Raises InputError naming the file and the problem."""
+    files exist under ``image_dir``. Model labels are COCO category ids: without ``category_map``
+    (dataset category id -> model label, covering every category) a category with a COCO name must
+    have that name's COCO id. Raises InputError naming the file and the problem."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     data = _read_json(ann_file)
     _check_dataset(data, ann_file)
+    if category_map is None:
+        _check_category_names(data["categories"], ann_file)
+    else:
+        check_category_map(category_map, [cat["id"] for cat in data["categories"]], ann_file)
     if max_images is not None:
         check_counts(max_images=max_images)
     image_ids = tuple(image["id"] for image in data["images"][:max_images])
@@ -143,6 +155,45 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
     for ann in data["annotations"]:
         if "id" not in ann:
             ann["id"], next_id = next_id, next_id + 1
+
+
+def _check_category_names(categories: list[dict[str, Any]], ann_file: Path) -> None:
+    coco_ids = {name: i for i, name in enumerate(COCO_CLASSES) if name != "N/A"}
+    moved = [
+        (cat["name"], cat["id"], coco_ids[cat["name"].strip().lower()])
+        for cat in categories
+        if cat["name"].strip().lower() in coco_ids and cat["id"] != coco_ids[cat["name"].strip().lower()]
+    ]
+    if moved:
+        shown = ", ".join(f"{name!r} has id {got} (COCO: {want})" for name, got, want in moved[:3])
+        example = ", ".join(f"{got}: {want}" for _, got, want in moved[:2])
+        raise InputError(
+            f"annotation file {ann_file}: {len(moved)} categories carry COCO names under other ids ({shown}"
+            f"{', ...' if len(moved) > 3 else ''}); the model's labels are COCO category ids, so they would be "
+            "scored against the wrong classes: renumber the categories to COCO ids, or pass "
+            f"category_map={{dataset id: COCO id, ...}} covering every category (e.g. {{{example}, ...}})"
+        )
+
+
+def check_category_map(category_map: Mapping[int, int], category_ids: list[int], ann_file: Path) -> None:
+    """Raise InputError unless ``category_map`` maps every category id of the file to a distinct model
+    label (an integer >= 0)."""
+    if not isinstance(category_map, Mapping):
+        raise InputError(
+            f"category_map must be a dict {{dataset category id: model label}}, got {type(category_map).__name__}"
+        )
+    bad = [(k, v) for k, v in category_map.items() if not (_is_int(k) and _is_int(v) and v >= 0)]
+    if bad:
+        raise InputError(f"category_map entries must be integer ids -> integer labels >= 0, got {bad[:3]}")
+    missing = sorted(set(category_ids) - set(category_map))
+    if missing:
+        raise InputError(
+            f"category_map lacks categories {missing[:5]}{' ...' if len(missing) > 5 else ''} of {ann_file}: "
+            "map every category id of the file to the model's label for it"
+        )
+    labels = list(category_map.values())
+    if len(set(labels)) != len(labels):
+        raise InputError("category_map maps two categories to one model label: each label may be used once")
 
 
 def _check_image_files(

@@ -2,9 +2,13 @@
 
 import os
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import torch
+
+from anchordetr_trt.errors import InputError
 
 from .annotations import CocoDataset, check_counts, load_dataset
 from .inference import Detector, Runner, check_num_classes, detections, non_finite_counts
@@ -26,6 +30,8 @@ def evaluate_coco(
     top_k: int = 100,
     num_workers: int = 4,
     progress: bool = True,
+    skip_bad_images: bool = False,
+    category_map: Mapping[int, int] | None = None,
 ) -> dict | None:
     """COCO bbox evaluation of ``model(images [B, 3, H, W], mask [B, H, W]) -> {"pred_logits": [B, Q, C],
     "pred_boxes": [B, Q, 4] cxcywh in [0, 1]}`` whose labels are category ids (C = 91 for COCO).
@@ -34,23 +40,35 @@ def evaluate_coco(
     batched ``batch_size`` at a time and scored with pycocotools on the ``top_k`` detections per image.
     ``device``: where the inputs go (default: the model's ``.device``, else its parameters', else CPU).
     Under torchrun (or with torch.distributed initialized) each rank evaluates a share of the batches.
+    ``skip_bad_images``: leave unreadable images out (logged, listed in the result, not scored) instead of
+    raising. ``category_map``: {dataset category id: model label} for datasets not numbered as COCO;
+    without it, a category with a COCO name must have its COCO id (else InputError).
 
     Returns, on rank 0 (other ranks return None): the 12 COCO stats ``AP, AP50, AP75, APs, APm, APl,
     AR1, AR10, AR100, ARs, ARm, ARl`` (None where COCO leaves one undefined), ``per_class_AP``
     {class name: AP}, ``num_images`` and ``timing`` {``wall_s``, ``model_s`` (the slowest rank's time in
-    the model), ``images_per_s`` (end to end)}. Raises InputError for bad annotations or images and
+    the model), ``images_per_s`` (end to end)}, and with ``skip_bad_images`` ``skipped_images``
+    [{``image_id``, ``file``, ``error``}]; ``num_images`` counts the images scored. Raises InputError for bad annotations or images and
     FloatingPointError if the model returns NaN or infinite values.
     """
     start = time.perf_counter()
     check_counts(top_k=top_k)
-    dataset = load_dataset(ann_file, image_dir, max_images)
+    if not isinstance(skip_bad_images, bool):
+        raise InputError(f"skip_bad_images must be True or False, got {skip_bad_images!r}")
+    dataset = load_dataset(ann_file, image_dir, max_images, category_map)
     runner = Runner(model, device)
+    to_category = _label_lookup(category_map)
 
-    def per_batch(batch: Batch) -> list[tuple[int, np.ndarray]]:
+    def per_batch(batch: Batch) -> list[tuple[int, np.ndarray | str]]:
+        skipped: list[tuple[int, np.ndarray | str]] = list(batch.skipped)
+        if not batch.image_ids:
+            return skipped
         outputs = runner(batch)
-        check_num_classes(dataset.coco.cats, outputs, dataset.ann_file)
+        labels = dataset.coco.cats if category_map is None else category_map.values()
+        check_num_classes(labels, outputs, dataset.ann_file)
         _check_finite(dataset, batch.image_ids, non_finite_counts(outputs))
-        return list(zip(batch.image_ids, detections(outputs, batch.sizes, top_k), strict=True))
+        found = [to_category(rows) for rows in detections(outputs, batch.sizes, top_k)]
+        return list(zip(batch.image_ids, found, strict=True)) + skipped
 
     done = sweep(
         dataset,
@@ -62,15 +80,41 @@ def evaluate_coco(
         num_workers=num_workers,
         progress=progress,
         desc="COCO eval",
+        skip_bad_images=skip_bad_images,
     )
     if done is None:
         return None
     records, (model_seconds,) = done
-    result = score(dataset, dict(records))
+    skipped = {image_id: error for image_id, error in records if isinstance(error, str)}
+    if len(skipped) == len(dataset.image_ids):
+        raise InputError(f"none of the {len(skipped)} images could be read: there is nothing to score")
+    scored = replace(dataset, image_ids=tuple(i for i in dataset.image_ids if i not in skipped))
+    result = score(scored, {image_id: rows for image_id, rows in records if image_id not in skipped})
     wall = time.perf_counter() - start
-    num_images = len(dataset.image_ids)
+    num_images = len(scored.image_ids)
     timing = {"wall_s": wall, "model_s": model_seconds, "images_per_s": num_images / wall}
-    return {**result, "num_images": num_images, "timing": timing}
+    result = {**result, "num_images": num_images, "timing": timing}
+    if skip_bad_images:
+        result["skipped_images"] = [
+            {"image_id": image_id, "file": str(dataset.image_path(image_id)), "error": error}
+            for image_id, error in skipped.items()
+        ]
+    return result
+
+
+def _label_lookup(category_map: Mapping[int, int] | None) -> Callable[[np.ndarray], np.ndarray]:
+    """Detection rows with model labels -> rows with dataset category ids (unmapped labels dropped)."""
+    if category_map is None:
+        return lambda rows: rows
+    to_category = {label: category_id for category_id, label in category_map.items()}
+
+    def convert(rows: np.ndarray) -> np.ndarray:
+        categories = np.array([to_category.get(int(label), -1) for label in rows[:, 5]], dtype=np.float64)
+        rows = rows[categories >= 0].copy()
+        rows[:, 5] = categories[categories >= 0]
+        return rows
+
+    return convert
 
 
 def _check_finite(dataset: CocoDataset, image_ids: list[int], counts: torch.Tensor) -> None:

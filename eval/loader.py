@@ -1,5 +1,7 @@
 """Images of a dataset in padded batches, read and preprocessed in threads ahead of the model."""
 
+import functools
+import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,12 +15,15 @@ from anchordetr_trt.transforms import preprocess
 
 from .annotations import CocoDataset, check_counts
 
+logger = logging.getLogger(__name__)
+
 
 class Batch(NamedTuple):
     image_ids: list[int]
-    images: Tensor  # [B, 3, H, W] float32, normalized and padded
-    mask: Tensor  # [B, H, W] bool, True on padding
-    sizes: Tensor  # [B, 2] int64, original (h, w)
+    images: Tensor | None  # [B, 3, H, W] float32, normalized and padded (None when B = 0)
+    mask: Tensor | None  # [B, H, W] bool, True on padding
+    sizes: Tensor | None  # [B, 2] int64, original (h, w)
+    skipped: tuple[tuple[int, str], ...] = ()  # (image id, why) of unreadable images left out, with skip_bad
 
 
 def chunk(image_ids: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -28,32 +33,54 @@ def chunk(image_ids: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def iter_batches(
-    dataset: CocoDataset, batches: Sequence[Sequence[int]], *, min_size: int, max_size: int, num_workers: int
+    dataset: CocoDataset,
+    batches: Sequence[Sequence[int]],
+    *,
+    min_size: int,
+    max_size: int,
+    num_workers: int,
+    skip_bad: bool = False,
 ) -> Iterator[Batch]:
-    """Yield ``batches`` in order; up to ``num_workers`` of them are read and resized while the model runs."""
+    """Yield ``batches`` in order; up to ``num_workers`` of them are read and resized while the model runs.
+    With ``skip_bad``, unreadable images are left out of their batch and listed in its ``skipped``."""
+    load = functools.partial(load_batch, min_size=min_size, max_size=max_size, skip_bad=skip_bad)
     if num_workers <= 0:
         for ids in batches:
-            yield load_batch(dataset, ids, min_size, max_size)
+            yield load(dataset, ids)
         return
     with ThreadPoolExecutor(num_workers, thread_name_prefix="coco-load") as pool:
         pending: deque[Future[Batch]] = deque()
         queued = iter(batches)
         for ids in queued:
-            pending.append(pool.submit(load_batch, dataset, ids, min_size, max_size))
+            pending.append(pool.submit(load, dataset, ids))
             if len(pending) == num_workers:
                 break
         while pending:
             batch = pending.popleft().result()
             ids = next(queued, None)
             if ids is not None:
-                pending.append(pool.submit(load_batch, dataset, ids, min_size, max_size))
+                pending.append(pool.submit(load, dataset, ids))
             yield batch
 
 
-def load_batch(dataset: CocoDataset, image_ids: Sequence[int], min_size: int, max_size: int) -> Batch:
-    images = [load_image(dataset, image_id) for image_id in image_ids]
+def load_batch(
+    dataset: CocoDataset, image_ids: Sequence[int], min_size: int, max_size: int, skip_bad: bool = False
+) -> Batch:
+    images, kept, skipped = [], [], []
+    for image_id in image_ids:
+        try:
+            images.append(load_image(dataset, image_id))
+        except InputError as error:
+            if not skip_bad:
+                raise
+            logger.warning("skipped: %s", error)
+            skipped.append((image_id, str(error)))
+        else:
+            kept.append(image_id)
+    if not kept:
+        return Batch([], None, None, None, tuple(skipped))
     batch, mask, sizes = preprocess(images, min_size=min_size, max_size=max_size)
-    return Batch(list(image_ids), batch, mask, sizes)
+    return Batch(kept, batch, mask, sizes, tuple(skipped))
 
 
 def load_image(dataset: CocoDataset, image_id: int) -> Image.Image:

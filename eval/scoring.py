@@ -26,14 +26,15 @@ def score(dataset: CocoDataset, detections: Mapping[int, np.ndarray]) -> dict:
     """
     rows = [np.column_stack((np.full(len(d), image_id), d)) for image_id, d in detections.items() if len(d)]
     log = io.StringIO()
-    with contextlib.redirect_stdout(log):  # pycocotools reports on stdout
+    # pycocotools reports on stdout; its report is kept for logging at DEBUG, the caller prints the stats.
+    with contextlib.redirect_stdout(log):
         results = dataset.coco.loadRes(np.concatenate(rows)) if rows else _no_results(dataset.coco)
         coco_eval = COCOeval(dataset.coco, results, "bbox")
         coco_eval.params.imgIds = list(dataset.image_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    logger.info("COCOeval:\n%s", log.getvalue().strip())
+    logger.debug("COCOeval:\n%s", log.getvalue().strip())
     stats = {name: _defined(value) for name, value in zip(STAT_NAMES, coco_eval.stats, strict=True)}
     return {**stats, "per_class_AP": _per_class_ap(coco_eval, dataset.category_names())}
 

@@ -28,10 +28,12 @@ def sweep(
     num_workers: int,
     progress: bool,
     desc: str,
+    skip_bad_images: bool = False,
 ) -> tuple[list[R], list[float]] | None:
     """``per_batch`` (which calls the runners) on every batch of ``dataset.image_ids``, under
     ``torch.inference_mode`` with the models in eval mode. Each distributed rank takes every
-    world_size-th batch.
+    world_size-th batch. With ``skip_bad_images``, batches leave unreadable images out (``Batch.skipped``;
+    a batch may then hold no image) and ``per_batch`` reports them in its records.
 
     Returns on rank 0 ``(records of all ranks, seconds in each runner on the slowest rank)``; None on
     other ranks.
@@ -44,7 +46,14 @@ def sweep(
     @torch.inference_mode()
     def run_share(share: list[list[int]]) -> tuple[list[R], list[float]]:
         records: list[R] = []
-        loaded = iter_batches(dataset, share, min_size=min_size, max_size=max_size, num_workers=num_workers)
+        loaded = iter_batches(
+            dataset,
+            share,
+            min_size=min_size,
+            max_size=max_size,
+            num_workers=num_workers,
+            skip_bad=skip_bad_images,
+        )
         total = sum(map(len, share))
         with contextlib.ExitStack() as stack:
             for runner in runners:
@@ -54,7 +63,7 @@ def sweep(
             )
             for batch in loaded:
                 records.extend(per_batch(batch))
-                bar.update(len(batch.image_ids))
+                bar.update(len(batch.image_ids) + len(batch.skipped))
         return records, [runner.seconds for runner in runners]
 
     shares = distributed.run_sharded(run_share, batches, ranks)

@@ -3,6 +3,7 @@ and a two-process torchrun evaluation on the CPU."""
 
 import datetime
 import json
+import logging
 import math
 import os
 import shutil
@@ -387,6 +388,94 @@ def test_unreadable_image_is_named(synthetic, tmp_path, oracle):
     (image_dir / "000002.png").write_bytes(b"not a png")
     with pytest.raises(at.InputError, match=r"cannot read image .*000002\.png"):
         _evaluate(oracle, ann_file, image_dir)
+
+
+def test_bad_images_are_skipped_and_listed_on_request(synthetic, tmp_path, oracle):
+    ann_file, image_dir = _copy_dataset(synthetic, tmp_path)
+    (image_dir / "000002.png").write_bytes(b"not a png")
+    (image_dir / "000005.png").write_bytes((image_dir / "000005.png").read_bytes()[:60])  # truncated
+    result = _evaluate(oracle, ann_file, image_dir, batch_size=4, skip_bad_images=True)
+    assert [(s["image_id"], Path(s["file"]).name) for s in result["skipped_images"]] == [
+        (2, "000002.png"),
+        (5, "000005.png"),
+    ]
+    assert all("cannot read image" in s["error"] for s in result["skipped_images"])
+    # The skipped images' ground truth is not scored: the oracle is perfect on the rest.
+    assert result["num_images"] == 4 and result["AP"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_skipping_every_image_leaves_nothing_to_score(synthetic, tmp_path, oracle):
+    ann_file, image_dir = _copy_dataset(synthetic, tmp_path)
+    for path in image_dir.iterdir():
+        path.write_bytes(b"broken")
+    with pytest.raises(at.InputError, match="none of the 6 images could be read: there is nothing to score"):
+        _evaluate(oracle, ann_file, image_dir, skip_bad_images=True)
+
+
+def _contiguous_ids(data):
+    """The common remapping: COCO's 80 names renumbered 1..N in order (ids 12, 26, ... are gaps in COCO)."""
+    new_id = {cat["id"]: i for i, cat in enumerate(sorted(data["categories"], key=lambda c: c["id"]), 1)}
+    for cat in data["categories"]:
+        cat["id"] = new_id[cat["id"]]
+    for ann in data["annotations"]:
+        ann["category_id"] = new_id[ann["category_id"]]
+    return {new: old for old, new in new_id.items()}
+
+
+def test_coco_names_under_other_ids_are_refused(synthetic, tmp_path):
+    ann_file, image_dir = _copy_dataset(synthetic, tmp_path)
+    data = json.loads(ann_file.read_text())
+    _contiguous_ids(data)
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(
+        at.InputError, match=r"categories carry COCO names under other ids .*pass category_map="
+    ):
+        _evaluate(never_called, ann_file, image_dir)
+
+
+def test_category_map_scores_a_renumbered_dataset(synthetic, tmp_path, oracle):
+    # The oracle answers COCO ids (it reads the original file); the map turns them into the file's ids.
+    ann_file, image_dir = _copy_dataset(synthetic, tmp_path)
+    data = json.loads(ann_file.read_text())
+    category_map = _contiguous_ids(data)
+    ann_file.write_text(json.dumps(data))
+    result = _evaluate(oracle, ann_file, image_dir, category_map=category_map)
+    assert result["AP"] == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("category_map", "message"),
+    [
+        ({}, r"category_map lacks categories \["),
+        ([(1, 1)], "category_map must be a dict"),
+        ({"person": 1}, "category_map entries must be integer ids -> integer labels >= 0"),
+        ({1: -1}, "category_map entries must be integer ids -> integer labels >= 0"),
+        ("all", "category_map must be a dict"),
+    ],
+)
+def test_bad_category_map(synthetic, category_map, message):
+    with pytest.raises(at.InputError, match=message):
+        _evaluate(never_called, *synthetic, category_map=category_map)
+
+
+def test_category_map_with_a_label_used_twice(synthetic):
+    ids = [cat["id"] for cat in json.loads(synthetic[0].read_text())["categories"]]
+    with pytest.raises(at.InputError, match="maps two categories to one model label"):
+        _evaluate(never_called, *synthetic, category_map=dict.fromkeys(ids, 1))
+
+
+def test_skip_bad_images_must_be_a_bool(synthetic):
+    with pytest.raises(at.InputError, match="skip_bad_images must be True or False, got 'yes'"):
+        _evaluate(never_called, *synthetic, skip_bad_images="yes")
+
+
+def test_pycocotools_report_only_at_debug(synthetic, oracle, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="anchordetr_trt.eval"):
+        _evaluate(oracle, *synthetic, max_images=2)
+    assert capsys.readouterr().out == "" and not any("COCOeval" in r.message for r in caplog.records)
+    with caplog.at_level(logging.DEBUG, logger="anchordetr_trt.eval"):
+        _evaluate(oracle, *synthetic, max_images=2)
+    assert any("Average Precision" in r.message for r in caplog.records)
 
 
 def test_non_finite_predictions_are_not_scored(synthetic, oracle):
