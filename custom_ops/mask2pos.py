@@ -6,6 +6,11 @@ kernels per axis for the embedding. A program here handles BLOCK_L positions of 
 column, for rows y, or the first row, for columns x) of one image: it counts the line's unpadded
 entries in blocks (any length works with any BLOCK_L), takes the cumulative count within its block,
 and writes positions or [BLOCK_L, BLOCK_F] embeddings.
+
+The model calls only ``mask2posemb`` (mask2pos and the sine embedding in one launch). ``mask2pos``
+stays because it is one of the seed's four TensorRT plugins, kept op for op (with its converter) so
+that a graph using it still converts; it shares the kernel helper with ``mask2posemb`` and its tests
+check the positions that the embedding is built from.
 """
 
 import math
