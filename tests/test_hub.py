@@ -169,3 +169,10 @@ def test_download_folder_that_is_a_file(tmp_path):
     ):
         at.load_model("http://127.0.0.1:9/model.pth", download_dir=blocker / "sub")
     assert blocker.read_text() == "a user's file"
+
+
+def test_a_local_file_named_like_a_release_wins(tmp_path, monkeypatch, checkpoint_bytes):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "gdown", None)  # a download attempt would raise
+    (tmp_path / "R50-C5").write_bytes(checkpoint_bytes)
+    assert at.load_model("R50-C5").config == at.VARIANTS["r50-c5"]

@@ -36,16 +36,16 @@ def load_model(
     """AnchorDETR in eval mode with the weights of ``ckpt``.
 
     ``ckpt`` is a path, a released model's name ("R50-C5", "R50-DC5", "R101-C5", "R101-DC5", any
-    case), an http(s) URL, or an already loaded object: ``{"model": state_dict, "args": ...}`` as
-    released, or a bare state dict. Names and URLs are downloaded once into ``download_dir`` (default:
-    $ANCHORDETR_CACHE, else ``torch.hub.get_dir()/checkpoints/anchordetr``). Backbone and dilation
-    come from the checkpoint's ``args``; without them ``variant`` ("r50-c5", "r50-dc5", "r101-c5",
-    "r101-dc5") is required, because C5 and DC5 have the same weights; a released model's name
-    implies its variant. Every key and shape is checked before anything is loaded. ``device``: "cpu",
-    "cuda" or "cuda:N". The op path follows the device (``AnchorDETR.set_fused_ops``).
+    case; a file of that name wins), an http(s) URL, or an already loaded object: ``{"model":
+    state_dict, "args": ...}`` as released, or a bare state dict. Names and URLs are downloaded once
+    into ``download_dir`` (default: $ANCHORDETR_CACHE, else ``torch.hub.get_dir()/checkpoints/anchordetr``).
+    Backbone and dilation come from the checkpoint's ``args``; without them ``variant`` ("r50-c5",
+    "r50-dc5", "r101-c5", "r101-dc5") is required, because C5 and DC5 have the same weights; a released
+    model's name implies its variant. Every key and shape is checked before anything is loaded.
+    ``device``: "cpu", "cuda" or "cuda:N". The op path follows the device (``AnchorDETR.set_fused_ops``).
     """
     device = _check_device(device)
-    if is_remote(ckpt):
+    if is_remote(ckpt) and not Path(ckpt).exists():  # a file of that name wins
         if variant is None and ckpt.lower() in OFFICIAL_CHECKPOINTS:
             variant = ckpt.lower()
         ckpt = fetch(ckpt, _read, download_dir=download_dir)
