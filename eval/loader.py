@@ -79,7 +79,8 @@ def load_batch(
             kept.append(image_id)
     if not kept:
         return Batch([], None, None, None, tuple(skipped))
-    batch, mask, sizes = preprocess(images, min_size=min_size, max_size=max_size)
+    # COCO boxes are drawn on the stored pixels: EXIF orientation is not applied.
+    batch, mask, sizes = preprocess(images, min_size=min_size, max_size=max_size, exif_orientation=False)
     return Batch(kept, batch, mask, sizes, tuple(skipped))
 
 

@@ -223,6 +223,24 @@ def test_image_files_of_every_mode_load_as_their_rgb_source(tmp_path):
     torch.testing.assert_close(gray_levels[0], gray_levels[2], atol=1e-6, rtol=0)
 
 
+def test_eval_reads_the_stored_pixels_whatever_the_exif_orientation(tmp_path):
+    # COCO's boxes are drawn on the stored pixels; preprocess() alone would turn the photo upright.
+    stored = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to view
+    (tmp_path / "images").mkdir()
+    stored.save(tmp_path / "images" / "photo.jpg", exif=exif.tobytes())
+    data = {
+        "images": [{"id": 1, "file_name": "photo.jpg", "height": 40, "width": 56}],
+        "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": "person"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    batch = load_batch(load_dataset(tmp_path / "ann.json", tmp_path / "images"), [1], **SIZES)
+    assert batch.sizes.tolist() == [[40, 56]]
+    assert at.preprocess(Image.open(tmp_path / "images" / "photo.jpg"), **SIZES)[2].tolist() == [[56, 40]]
+
+
 # --- scoring ---------------------------------------------------------------------------------------------
 
 

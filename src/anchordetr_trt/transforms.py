@@ -37,14 +37,19 @@ def resized_size(height: int, width: int, min_size: int = 800, max_size: int = 1
 
 
 def preprocess(
-    images: Sequence[ImageLike] | ImageLike, *, min_size: int = 800, max_size: int = 1333
+    images: Sequence[ImageLike] | ImageLike,
+    *,
+    min_size: int = 800,
+    max_size: int = 1333,
+    exif_orientation: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Resize, normalize and pad images into one batch.
 
     ``images``: one image or a list of them, each a PIL image, an HxW or HxWxC array or a CxHxW
     tensor with C = 1, 3 or 4 (gray and RGBA become RGB). Values by dtype: uint8 0..255, uint16
     0..65535, float in [0, 1]; other integer dtypes are refused (convert with ``.astype(np.uint8)``).
-    PIL images are turned upright by their EXIF orientation first. Each image is resized by
+    PIL images are turned upright by their EXIF orientation first, unless ``exif_orientation=False``
+    (datasets annotated on the stored pixels, as COCO is). Each image is resized by
     ``resized_size(h, w, min_size, max_size)``. Returns ``(batch [B, 3, H, W] float32, mask [B, H, W]
     bool with True on padding, sizes [B, 2] int64 (h, w) of each upright image before resizing)``.
     """
@@ -69,6 +74,8 @@ def preprocess(
         raise InputError("preprocess() got no images: pass a list of arrays, PIL images or CHW tensors")
     tensors, sizes = [], []
     for index, image in enumerate(images):
+        if exif_orientation and isinstance(image, Image.Image):
+            image = upright(image)
         image = _as_rgb(image, index)
         height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
         sizes.append((height, width))
@@ -190,10 +197,10 @@ def _is_batch_tensor(images: Any) -> bool:
 
 
 def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
-    """8-bit images -> RGB PIL image (upright by EXIF); 16-bit and float images -> float32 RGB [3, H, W]
+    """8-bit images -> RGB PIL image; 16-bit and float images -> float32 RGB [3, H, W]
     in [0, 1]."""
     if isinstance(image, Image.Image):
-        return pil_to_rgb(upright(image), f"image {index}")
+        return pil_to_rgb(image, f"image {index}")
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = image[..., None]
