@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import AnchorDETRConfig, config_from_args, variant_config, variant_name
-from .errors import BackendUnavailableError, CheckpointError, InputError
+from .devices import check_device
+from .errors import CheckpointError
 from .hub import OFFICIAL_CHECKPOINTS, fetch, is_remote
 from .model import AnchorDETR, build_model
 
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 Checkpoint = str | os.PathLike | Mapping[str, Any]
 _MAX_LISTED = 8
-_DEVICE_TYPES = ("cpu", "cuda")
 _PICKLE_PROTOCOL_OPCODE = b"\x80"
 
 
@@ -44,7 +44,7 @@ def load_model(
     model's name implies its variant. Every key and shape is checked before anything is loaded.
     ``device``: "cpu", "cuda" or "cuda:N". The op path follows the device (``AnchorDETR.set_fused_ops``).
     """
-    device = _check_device(device)
+    device = check_device(device)
     if is_remote(ckpt) and not Path(ckpt).exists():  # a file of that name wins
         if variant is None and ckpt.lower() in OFFICIAL_CHECKPOINTS:
             variant = ckpt.lower()
@@ -57,26 +57,6 @@ def load_model(
     _check_state_dict(model, state_dict, config)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()
-
-
-def _check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device the model can run on; InputError or BackendUnavailableError (no
-    GPU visible) otherwise."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        parsed = None
-    if parsed is None or parsed.type not in _DEVICE_TYPES:
-        raise InputError(f"device={device!r} is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError(f"device={device!r} but no CUDA GPU is visible: use device='cpu'")
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise InputError(
-                f"device={device!r} but only {count} CUDA GPU(s) are visible: use an index below {count}"
-            )
-    return parsed
 
 
 def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | None) -> AnchorDETRConfig:

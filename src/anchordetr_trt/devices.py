@@ -2,7 +2,31 @@
 
 import torch
 
+from .errors import BackendUnavailableError, InputError
+
+_DEVICE_TYPES = ("cpu", "cuda")
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a torch.device; None means "cuda" where a GPU is visible, else "cpu"."""
     return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device the model can run on; InputError or BackendUnavailableError (no
+    GPU visible) otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in _DEVICE_TYPES:
+        raise InputError(f"device={device!r} is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"device={device!r} but no CUDA GPU is visible: use device='cpu'")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(
+                f"device={device!r} but only {count} CUDA GPU(s) are visible: use an index below {count}"
+            )
+    return parsed
