@@ -9,6 +9,7 @@ from PIL import Image
 from torch import Tensor
 
 from anchordetr_trt.errors import InputError
+from anchordetr_trt.images import load_image
 from anchordetr_trt.transforms import preprocess
 
 from .annotations import CocoDataset, check_counts
@@ -51,19 +52,16 @@ def iter_batches(
 
 
 def load_batch(dataset: CocoDataset, image_ids: Sequence[int], min_size: int, max_size: int) -> Batch:
-    images = [load_image(dataset, image_id) for image_id in image_ids]
+    images = [dataset_image(dataset, image_id) for image_id in image_ids]
     batch, mask, sizes = preprocess(images, min_size=min_size, max_size=max_size)
     return Batch(list(image_ids), batch, mask, sizes)
 
 
-def load_image(dataset: CocoDataset, image_id: int) -> Image.Image:
-    """The image file as stored (EXIF orientation is not applied, as in COCO's own annotations)."""
+def dataset_image(dataset: CocoDataset, image_id: int) -> Image.Image:
+    """The image file as stored (EXIF orientation is not applied, as in COCO's own annotations),
+    checked against the size the annotation file states."""
     path = dataset.image_path(image_id)
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read image {path} (image id {image_id}): {error}") from None
+    image = load_image(path, upright=False)
     expected = dataset.image_size(image_id)
     if expected is not None and expected != (image.height, image.width):
         raise InputError(
