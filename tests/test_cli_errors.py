@@ -2,7 +2,6 @@
 exit code, no traceback, and every file the user had unchanged."""
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +35,15 @@ CASES = {
     "missing image": (["detect", "{tmp}/missing.png", "--random-weights"], "no such image file or folder"),
     "folder without images": (["detect", "{empty}", "--random-weights"], "has no images"),
     "text file as image": (["detect", "{fake}", "--random-weights"], "cannot read image"),
-    "missing checkpoint": (["detect", "{images}", "--out", "{tmp}/out", "--ckpt", "{tmp}/missing.pth"], "checkpoint file not found"),
+    "missing checkpoint": (
+        ["detect", "{images}", "--out", "{tmp}/out", "--ckpt", "{tmp}/missing.pth"],
+        "checkpoint file not found",
+    ),
     "corrupt checkpoint": ([*DETECT[:2], "--ckpt", "{corrupt}"], "truncated or corrupt"),
-    "checkpoint without args": ([*DETECT[:2], "--ckpt", "{bare}"], "--variant r50-c5, r50-dc5, r101-c5 or r101-dc5"),
+    "checkpoint without args": (
+        [*DETECT[:2], "--ckpt", "{bare}"],
+        "--variant r50-c5, r50-dc5, r101-c5 or r101-dc5",
+    ),
     "no weights": (["detect", "{images}"], "one of the arguments --ckpt --random-weights is required"),
     "no command": ([], "the following arguments are required: COMMAND"),
     "unknown command": (["serve"], "invalid choice: 'serve'"),
@@ -56,7 +61,10 @@ CASES = {
     "min-size -5": ([*DETECT, "--min-size", "-5"], "argument --min-size: expected a side in pixels"),
     "min-size 64.5": ([*DETECT, "--min-size", "64.5"], "argument --min-size: expected a side in pixels"),
     "max-size 0": ([*DETECT, "--max-size", "0"], "argument --max-size: expected a side in pixels"),
-    "max below min": ([*DETECT, "--min-size", "800", "--max-size", "400"], "--max-size 400 is below --min-size 800"),
+    "max below min": (
+        [*DETECT, "--min-size", "800", "--max-size", "400"],
+        "--max-size 400 is below --min-size 800",
+    ),
     "device tpu": ([*DETECT, "--device", "tpu"], "argument --device: expected cpu, cuda or cuda:N"),
     "device tpu, info": (["info", "--device", "tpu"], "argument --device: expected cpu, cuda or cuda:N"),
     "device cuda:x": (["info", "--device", "cuda:x"], "argument --device: expected cpu, cuda or cuda:N"),
@@ -72,28 +80,46 @@ CASES = {
     "demo seed -1": (["demo", "--seed", "-1"], "argument --seed: expected an integer >= 0"),
     # what cannot run here
     "device cuda without GPU": pytest.param(
-        [*DETECT, "--device", "cuda"], "--device cuda: no CUDA GPU is visible here: use --device cpu", marks=no_gpu
+        [*DETECT, "--device", "cuda"],
+        "--device cuda: no CUDA GPU is visible here: use --device cpu",
+        marks=no_gpu,
     ),
     "inductor without GPU": pytest.param(
-        [*DETECT, "--backend", "inductor"], "--backend inductor needs a CUDA GPU; none is visible: use --backend eager",
+        [*DETECT, "--backend", "inductor"],
+        "--backend inductor needs a CUDA GPU; none is visible: use --backend eager",
         marks=no_gpu,
-    ),  # fmt: skip
-    "fp16 on the CPU": ([*DETECT, "--device", "cpu", "--precision", "fp16"], "--precision fp16 needs a CUDA GPU"),
-    "compile eager": ([*COMPILE, "--backend", "eager"], "--backend eager has nothing to compile ahead of time"),
+    ),
+    "fp16 on the CPU": (
+        [*DETECT, "--device", "cpu", "--precision", "fp16"],
+        "--precision fp16 needs a CUDA GPU",
+    ),
+    "compile eager": (
+        [*COMPILE, "--backend", "eager"],
+        "--backend eager has nothing to compile ahead of time",
+    ),
     "compile without GPU": pytest.param(COMPILE, "compile needs a CUDA GPU (none is visible)", marks=no_gpu),
     # output locations: refused before any work, the user's files untouched
     "out is a file": ([*DETECT[:3], "--out", "{afile}"], "--out {afile} is a file, not a folder"),
     "out under a file": ([*DETECT[:3], "--out", "{afile}/sub"], "part of its path is a file"),
     "out is the input folder": ([*DETECT[:3], "--out", "{images}"], "holds the input"),
-    "inputs inside out": (["detect", "{previous}/annotated", "--random-weights", "--out", "{previous}"], "holds the input"),
+    "inputs inside out": (
+        ["detect", "{previous}/annotated", "--random-weights", "--out", "{previous}"],
+        "holds the input",
+    ),
     "out inside the inputs": ([*DETECT[:3], "--out", "{images}/detections"], "lies inside the input folder"),
-    "out holds user files": ([*DETECT[:3], "--out", "{user}"], "did not write or that changed since (notes.txt)"),
+    "out holds user files": (
+        [*DETECT[:3], "--out", "{user}"],
+        "did not write or that changed since (notes.txt)",
+    ),
     "cache-dir is a file": ([*DETECT, "--cache-dir", "{afile}"], "--cache-dir {afile} is a file"),
     "eval out exists": ([*EVAL, "--out", "{afile}"], "exists and anchordetr-trt did not write it"),
     "eval out is a folder": ([*EVAL, "--out", "{empty}"], "is a folder: pass a file name"),
     "bench out holds user files": (BENCH, "(compile_cache/user.bin)"),
-    "demo out holds user files": (["demo", "--out", "{user}"], "did not write or that changed since (notes.txt)"),
-}  # fmt: skip
+    "demo out holds user files": (
+        ["demo", "--out", "{user}"],
+        "did not write or that changed since (notes.txt)",
+    ),
+}
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
