@@ -6,7 +6,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 # The RGB conversion that preprocess uses: the drawing shows what the model saw.
-from .transforms import _pil_to_rgb
+from .transforms import pil_to_rgb
 
 # Distinct, saturated colors; a class always gets the same one.
 _PALETTE = (
@@ -21,7 +21,7 @@ def draw_detections(image: Image.Image, detections: Iterable[Mapping[str, Any]])
     A detection is a mapping with ``box`` (x0, y0, x1, y1 in pixels), ``label`` (int), ``name`` (str)
     and ``score`` (float), as written by ``anchordetr-trt detect``; higher scores are drawn last (on top).
     """
-    canvas = _pil_to_rgb(image)  # a copy; 16-bit and 32-bit gray scaled to 8 bits
+    canvas = pil_to_rgb(image)  # a copy; 16-bit and 32-bit gray scaled to 8 bits
     draw = ImageDraw.Draw(canvas)
     line = max(1, round(min(canvas.size) / 200))
     font = _font(max(10, round(min(canvas.size) / 30)))
