@@ -27,8 +27,7 @@ class Runner:
 
     def __init__(self, model: Detector, device: str | torch.device | None = None):
         self.model = model
-        self.device = _device_of(model, device)
-        self.dtype = _input_dtype(model)
+        self.device, self.dtype = input_device_dtype(model, device)
         self.seconds = 0.0  # time spent in the model, synchronized on CUDA
 
     def __call__(self, batch: Batch) -> dict[str, Tensor]:
@@ -80,6 +79,18 @@ def detections(outputs: dict[str, Tensor], sizes: Tensor, top_k: int) -> list[np
             .numpy()
         )
     return rows
+
+
+def input_device_dtype(
+    model: Detector, device: str | torch.device | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """Where ``model``'s inputs go and in which floating dtype.
+
+    Device: ``device`` if given, else the model's ``.device`` attribute (compiled modules), else the
+    device of its parameters or buffers, else the CPU. Dtype: its ``.dtype`` attribute, else its first
+    floating parameter's, else float32.
+    """
+    return _device_of(model, device), _input_dtype(model)
 
 
 def _device_of(model: Detector, device: str | torch.device | None) -> torch.device:

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from anchordetr_trt.errors import InputError
+from anchordetr_trt.images import load_image
 from anchordetr_trt.transforms import preprocess
 
 from .annotations import CocoDataset, check_counts
@@ -69,7 +70,7 @@ def load_batch(
     images, kept, skipped = [], [], []
     for image_id in image_ids:
         try:
-            images.append(load_image(dataset, image_id))
+            images.append(dataset_image(dataset, image_id))
         except InputError as error:
             if not skip_bad:
                 raise
@@ -84,14 +85,11 @@ def load_batch(
     return Batch(kept, batch, mask, sizes, tuple(skipped))
 
 
-def load_image(dataset: CocoDataset, image_id: int) -> Image.Image:
-    """The image file as stored (EXIF orientation is not applied, as in COCO's own annotations)."""
+def dataset_image(dataset: CocoDataset, image_id: int) -> Image.Image:
+    """The image file as stored (EXIF orientation is not applied, as in COCO's own annotations),
+    checked against the size the annotation file states."""
     path = dataset.image_path(image_id)
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read image {path} (image id {image_id}): {error}") from None
+    image = load_image(path, upright=False)
     expected = dataset.image_size(image_id)
     if expected is not None and expected != (image.height, image.width):
         raise InputError(

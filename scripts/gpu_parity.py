@@ -16,9 +16,9 @@ import torch
 
 import anchordetr_trt as at
 from anchordetr_trt.config import variant_name
-from anchordetr_trt.demo import random_model
 from anchordetr_trt.environment import auto_backend, backend_status
 from anchordetr_trt.eval import make_synthetic_coco, parity_report, write_report
+from anchordetr_trt.weights import random_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,12 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
+import anchordetr_trt
+from anchordetr_trt import cli
 from anchordetr_trt.backends.tensorrt import tensorrt_status
 from anchordetr_trt.cli import main
-from anchordetr_trt.demo import random_model
 from anchordetr_trt.detect import detect
 from anchordetr_trt.draw import draw_detections
 from anchordetr_trt.eval import COCO_CLASSES, make_synthetic_coco
+from anchordetr_trt.weights import random_model
 
 COMMANDS = ["info", "detect", "eval", "bench", "compile", "demo"]
 SMALL = ["--variant", "r50-c5", "--min-size", "320", "--max-size", "512"]  # the quickest model and inputs
@@ -125,16 +127,24 @@ def test_detect_writes_json_and_annotated_images(image_dir, checkpoint, tmp_path
             assert annotated.size == (record["width"], record["height"]) and annotated.mode == "RGB"
             assert (np.asarray(annotated) != plain).any()
     assert "3 images" in stdout and stdout.count(": 7 detections") == 3
+    streamed = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert streamed == records, "each image's line, written as it finished, holds the same record"
 
 
 class _FixedDetector:
     """Stands in for a model: the same logits and boxes for every image, to check what detect() keeps."""
 
-    def __init__(self, logits: torch.Tensor, boxes: torch.Tensor):
+    backend, precision = "fixed", "fp32"
+
+    def __init__(self, logits: torch.Tensor, boxes: torch.Tensor, interrupt_at: int | None = None):
         self.logits, self.boxes = logits, boxes
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.calls, self.interrupt_at = 0, interrupt_at
 
     def __call__(self, images, mask):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt  # as Ctrl-C during this call
         batch = images.shape[0]
         return {
             "pred_logits": self.logits.expand(batch, -1, -1),
@@ -238,10 +248,13 @@ def test_eval_on_synthetic_coco(tmp_path, capsys):
     ann_file, images = make_synthetic_coco(tmp_path / "coco", num_images=2, seed=1)
     result_file = tmp_path / "eval.json"
     argv = ["eval", "--random-weights", *SMALL, "--ann-file", str(ann_file), "--image-dir", str(images)]
-    code, out, _ = run([*argv, "--batch-size", "2", "--out", str(result_file)], capsys)
+    code, out, err = run([*argv, "--batch-size", "2", "--out", str(result_file)], capsys)
     result = json.loads(result_file.read_text())
     assert code == 0 and result["num_images"] == 2 and 0 <= result["AP"] <= 1
     assert f"AP {result['AP']:.3f}" in out
+    assert "Average Precision" not in out + err, "pycocotools' table shows with --debug only"
+    code, out, err = run([*argv, "--batch-size", "2", "--max-images", "1", "--out", str(result_file)], capsys)
+    assert code == 0 and json.loads(result_file.read_text())["num_images"] == 1, "our own result is replaced"
 
 
 def test_demo_writes_report_and_says_weights_are_random(tmp_path, capsys):
@@ -263,48 +276,13 @@ def test_demo_writes_report_and_says_weights_are_random(tmp_path, capsys):
     assert "random weights detect nothing meaningful" in stdout
     assert json.loads((out / "detections.json").read_text()) == report["images"]
 
-
-def _corrupt_checkpoint(folder: Path) -> Path:
-    path = folder / "corrupt.pth"
-    path.write_bytes(
-        b"PK\x03\x04" + bytes(range(256)) * 4
-    )  # a zip header, then garbage: a truncated download
-    return path
-
-
-def _not_an_image(folder: Path) -> Path:
-    path = folder / "fake.png"
-    path.write_text("this is text")
-    return path
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["detect", "{tmp}/missing.png", "--random-weights"], "no such image file or folder"),
-        (["detect", "{empty}", "--random-weights"], "has no images"),
-        (["detect", "{fake}", "--random-weights"], "cannot read"),
-        (["detect", "{images}", "--ckpt", "{tmp}/missing.pth"], "checkpoint file not found"),
-        (["detect", "{images}", "--ckpt", "{corrupt}"], "truncated or corrupt"),
-        (["detect", "{images}", "--random-weights", "--backend", "onnx"], "invalid choice: 'onnx'"),
-        (["detect", "{images}"], "one of the arguments --ckpt --random-weights is required"),
-        (["detect", "{images}", "--random-weights", "--threshold", "2"], "--threshold must lie in [0, 1]"),
-        (
-            ["eval", "--random-weights", "--ann-file", "{tmp}/none.json", "--image-dir", "{tmp}"],
-            "no such file",
-        ),
-        (["compile", "--random-weights", "--backend", "eager", "--out", "{tmp}/c"], "nothing to compile"),
-        (["bench", "--device", "cpu", "--size", "10"], "expected HxW or S"),
-    ],
-)
-def test_bad_input_is_one_line_with_exit_code_2(argv, message, image_dir, tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    paths = {"tmp": tmp_path, "empty": tmp_path / "empty", "images": image_dir}
-    paths |= {"corrupt": _corrupt_checkpoint(tmp_path), "fake": _not_an_image(tmp_path)}
-    code, _, err = run([arg.format(**paths) for arg in argv], capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and message in lines[-1] and "error:" in lines[-1]
-    assert sum("error" in line for line in lines) == 1 and "Traceback" not in err
+    code, _, _ = run(["demo", "--out", str(out), "--variant", "r50-c5", "--num-images", "1"], capsys)
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0 and len(report["images"]) == 1, "the earlier run's inputs are not reprocessed"
+    assert (
+        len(list((out / "inputs" / "images").iterdir())) == 1
+        and len(list((out / "annotated").iterdir())) == 1
+    )
 
 
 @pytest.mark.skipif(tensorrt_status()[0], reason="checks the message where TensorRT cannot run")
@@ -313,13 +291,29 @@ def test_tensorrt_without_tensorrt_is_explained(image_dir, capsys):
         ["detect", str(image_dir), "--random-weights", *SMALL, "--backend", "tensorrt"], capsys
     )
     last = err.strip().splitlines()[-1]
-    assert code == 2 and last.startswith("anchordetr-trt detect: error: backend='tensorrt' cannot run here")
-    assert tensorrt_status()[1] in last and "Traceback" not in err
+    assert code == 2 and last.startswith("anchordetr-trt detect: error: --backend tensorrt ")
+    if torch.cuda.is_available():
+        assert tensorrt_status()[1] in last and last.endswith("use --backend inductor")
+    else:
+        assert last.endswith("--backend tensorrt needs a CUDA GPU; none is visible: use --backend eager")
+    assert "Traceback" not in err
 
 
-def test_debug_shows_the_traceback(tmp_path):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_before_or_after_the_command(where, tmp_path):
+    argv = ["detect", str(tmp_path / "missing.png"), "--random-weights"]
     with pytest.raises(FileNotFoundError, match=r"missing\.png"):
-        main(["detect", str(tmp_path / "missing.png"), "--random-weights", "--debug"])
+        main(["--debug", *argv] if where == "before" else [*argv, "--debug"])
+
+
+def test_unexpected_failure_is_one_line_with_exit_code_1(image_dir, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+
+    monkeypatch.setattr(cli, "_compiled_model", broken)
+    code, _, err = run(["detect", str(image_dir), "--random-weights", "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "RuntimeError: CUDA error: an illegal memory access" in err and "--debug" in err
 
 
 def test_console_script_and_module_run_as_processes(tmp_path):
@@ -336,6 +330,36 @@ def test_console_script_and_module_run_as_processes(tmp_path):
         error.returncode == 2
         and error.stderr.strip() == f"anchordetr-trt detect: error: no such image file or folder: {missing}"
     )
+    version = subprocess.run(
+        [sys.executable, "-m", "anchordetr_trt", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (
+        version.returncode == 0 and version.stdout.strip() == f"anchordetr-trt {anchordetr_trt.__version__}"
+    )
+
+
+def test_help_does_not_import_torch():
+    # --help answers at once: torch (seconds to import) is imported by the commands that need it.
+    probe = (
+        "import sys, contextlib, io\n"
+        "from anchordetr_trt.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "print('torch' in sys.modules)\n"
+        "import anchordetr_trt.compile, anchordetr_trt\n"
+        "print(anchordetr_trt.compile.__name__, anchordetr_trt.compile.__module__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "compile", "anchordetr_trt.compile"], (
+        "the function, not its module"
+    )
 
 
 @gpu
@@ -349,3 +373,179 @@ def test_compile_warms_a_cache_for_the_inductor_backend(tmp_path, capsys, cache_
     assert code == 0 and manifest["backend"] == "inductor" and manifest["opt_shape"] == [1, 320, 320]
     assert any((out / "inductor").rglob("*")), "the Inductor cache under --out holds the compiled graph"
     assert str(out.resolve()) in stdout
+
+
+# detect on a folder: streamed, resumable after Ctrl-C, tolerant of bad files on request, upright.
+
+
+def _fixed_model(monkeypatch, interrupt_at: int | None = None) -> _FixedDetector:
+    """detect's model replaced by one fixed detection (a dog over the left half): fast and exact."""
+    logits = torch.full((1, 2, len(COCO_CLASSES)), -20.0)
+    logits[0, 0, 18] = 3.0
+    boxes = torch.tensor([[[0.25, 0.5, 0.5, 1.0], [0.5, 0.5, 0.1, 0.1]]])
+    model = _FixedDetector(logits, boxes, interrupt_at)
+    monkeypatch.setattr(cli, "_compiled_model", lambda *args, **kwargs: model)
+    return model
+
+
+def _write_images(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, (height, width) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def test_detect_rerun_replaces_its_own_outputs_and_stops_at_a_user_file(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    out = tmp_path / "out"
+    first = _write_images(tmp_path / "first", {"a.png": (40, 50), "b.png": (50, 40), "c.png": (40, 40)})
+    second = _write_images(tmp_path / "second", {"d.png": (40, 50)})
+    assert run(["detect", str(first), "--random-weights", "--out", str(out)], capsys)[0] == 0
+    code, stdout, _ = run(["detect", str(second), "--random-weights", "--out", str(out)], capsys)
+    records = json.loads((out / "detections.json").read_text())
+    assert code == 0 and [Path(r["image"]).name for r in records] == ["d.png"], stdout
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["d.png"], "no stale drawing of a, b, c"
+    assert len((out / "detections.jsonl").read_text().splitlines()) == 1
+
+    (out / "annotated" / "d.png").write_bytes(b"edited by the user")  # ours once, changed since
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run(["detect", str(first), "--random-weights", "--out", str(out)], capsys)
+    assert code == 2 and "annotated/d.png, notes.txt" in err and "left alone" in err
+    assert (out / "annotated" / "d.png").read_bytes() == b"edited by the user"
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_detect_ctrl_c_keeps_the_finished_images(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch, interrupt_at=2)
+    images = _write_images(tmp_path / "images", {"a.png": (40, 50), "b.png": (50, 40), "c.png": (40, 40)})
+    out = tmp_path / "out"
+    code, stdout, err = run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)
+    assert code == 130 and "interrupted: the 1 images done so far are in" in err
+    [line] = (out / "detections.jsonl").read_text().splitlines()
+    assert Path(json.loads(line)["image"]).name == "a.png" and (out / "annotated" / "a.png").is_file()
+    assert "a.png: 1 detections" in stdout
+    _fixed_model(monkeypatch)  # the interrupted run's files are ours: a new run may replace them
+    assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 0
+
+
+def test_detect_skip_bad_reports_unreadable_files_and_goes_on(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    images = _write_images(tmp_path / "images", {"a.png": (40, 50), "c.png": (50, 40)})
+    (images / "b.jpg").write_text("not an image")
+    truncated = images / "d.png"
+    _write_images(tmp_path / "whole", {"d.png": (60, 60)})
+    truncated.write_bytes((tmp_path / "whole" / "d.png").read_bytes()[:200])  # header fine, pixels cut off
+    out = tmp_path / "out"
+
+    code, _, err = run(
+        ["detect", str(images), "--random-weights", "--out", str(out), "--batch-size", "2"], capsys
+    )
+    assert code == 2 and err.count("\n") == 1 and f"cannot read image {images / 'b.jpg'}" in err
+    argv = ["detect", str(images), "--random-weights", "--out", str(out), "--batch-size", "2"]
+    code, _, err = run([*argv, "--skip-bad"], capsys)
+    records = json.loads((out / "detections.json").read_text())
+    assert code == 0 and [Path(r["image"]).name for r in records] == ["a.png", "c.png"]
+    assert f"skipped {images / 'b.jpg'}" in err and f"skipped {truncated}" in err
+    assert [line.split("\t")[0] for line in (out / "skipped.txt").read_text().splitlines()] == [
+        str(images / "b.jpg"),
+        str(truncated),
+    ]
+
+
+def test_detect_without_skip_bad_stops_at_a_truncated_file_naming_it(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    images = _write_images(tmp_path / "images", {"a.png": (40, 50), "b.png": (60, 60)})
+    (images / "b.png").write_bytes((images / "b.png").read_bytes()[:200])
+    code, _, err = run(["detect", str(images), "--random-weights", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"cannot read image {images / 'b.png'}" in err
+
+
+def test_detect_applies_exif_orientation(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    stored = np.zeros((40, 80, 3), dtype=np.uint8)  # stored 80 wide, 40 high; the camera was turned
+    stored[:, :40] = 255  # the stored left half is white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    (tmp_path / "images").mkdir()
+    Image.fromarray(stored).save(tmp_path / "images" / "phone.jpg", exif=exif, quality=95)
+    out = tmp_path / "out"
+    assert run(["detect", str(tmp_path / "images"), "--random-weights", "--out", str(out)], capsys)[0] == 0
+    [record] = json.loads((out / "detections.json").read_text())
+    assert (record["width"], record["height"]) == (40, 80), "sizes are those of the upright photo"
+    assert record["detections"][0]["box"] == pytest.approx([0.0, 0.0, 20.0, 80.0])
+    with Image.open(record["annotated"]) as drawn:
+        pixels = np.asarray(drawn.convert("L"), dtype=float)
+    assert drawn.size == (40, 80) and pixels[5:35, 25:35].mean() > 200 > pixels[45:75, 25:35].mean(), (
+        "drawn on the upright image: the white half is now on top"
+    )
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_detect_progress_bar_on_a_terminal_unless_quiet(quiet, tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    images = _write_images(tmp_path / "images", {"a.png": (40, 50), "b.png": (50, 40)})
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ["detect", str(images), "--random-weights", "--out", str(tmp_path / "out")]
+    code, stdout, err = run([*argv, "--quiet"] if quiet else argv, capsys)
+    assert code == 0 and ("2/2" in err) != quiet and ("a.png: 1 detections" in stdout) != quiet
+    assert "2 images in" in stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report on a machine without a GPU")
+def test_info_on_cuda_without_a_gpu_says_none_is_visible(capsys):
+    code, text, _ = run(["info", "--device", "cuda"], capsys)
+    assert code == 0 and "backends on cuda: none (no CUDA GPU is visible here" in text
+    assert "picks" not in text and "eager    yes" not in text
+    code, out, _ = run(["info", "--device", "cuda", "--json"], capsys)
+    report = json.loads(out)
+    assert report["auto"] is None and report["backends"] == {} and "no CUDA GPU" in report["device_problem"]
+
+
+def test_bench_where_nothing_can_be_measured_fails_and_says_why(tmp_path, capsys, cache_env):
+    out = tmp_path / "bench"
+    argv = ["bench", "--device", "cpu", "--variant", "r50-c5", "--size", "64", "--batch", "1", "--iters", "1"]
+    argv += [
+        "--warmup",
+        "0",
+        "--backends",
+        "torch-compile",
+        "--no-profile",
+        "--no-startup",
+        "--out",
+        str(out),
+    ]
+    code, _, err = run(argv, capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("anchordetr-trt bench: error: nothing could be measured (")
+    assert "needs a CUDA GPU" in last and not (out / "bench.png").exists()
+
+
+def test_eval_skip_bad_asks_evaluate_coco_and_lists_what_was_skipped(tmp_path, capsys, monkeypatch):
+    ann_file, images = make_synthetic_coco(tmp_path / "coco", num_images=1, seed=0)
+    seen = {}
+
+    def evaluate_coco(model, ann, image_dir, **options):
+        seen.update(options)
+        stats = dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"), 0.5)
+        skipped = [{"file": str(images / "000002.png"), "reason": "truncated"}]
+        return {**stats, "num_images": 1, "timing": {"images_per_s": 1.0}, "skipped_images": skipped}
+
+    _fixed_model(monkeypatch)
+    monkeypatch.setattr("anchordetr_trt.eval.evaluate_coco", evaluate_coco)
+    argv = ["eval", "--random-weights", "--ann-file", str(ann_file), "--image-dir", str(images), "--skip-bad"]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and seen["skip_bad_images"] is True and "AP 0.500" in out
+    assert f"skipped {images / '000002.png'}: truncated" in err
+
+
+def test_library_errors_are_worded_in_flags():
+    args = cli._parser().parse_args(["detect", "x.png", "--random-weights"])
+    assert (
+        cli.in_flags("pass variant='r50-c5', 'r50-dc5' or 'r101-c5'; use device='cpu'", None, args)
+        == "pass --variant r50-c5, r50-dc5 or r101-c5; use --device cpu"
+    )
+    assert cli.in_flags("min_shape (1, 0, 0) is too small", "min_shape", args) == (
+        "min_shape (1, 0, 0) is too small"
+    ), "detect has no --min-shape: nothing to map it to"
+    assert cli.in_flags("must be >= 1, got 0", "top_k", args) == "--top-k: must be >= 1, got 0"

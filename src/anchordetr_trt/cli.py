@@ -1,29 +1,51 @@
 """``anchordetr-trt``: info, detect, eval, bench, compile and demo from the command line.
 
-Errors in the user's input end the command with one line on stderr and exit code 2 (``--debug``
-shows the traceback instead).
+Errors in the user's input end the command with one line on stderr, in terms of the command's flags,
+and exit code 2; any other failure is one line and exit code 1. ``--debug`` shows the traceback instead.
+Every flag is checked, and every output location, before any work; torch is imported only by the
+commands (``--help`` and ``--version`` stay fast).
 """
 
 import argparse
 import json
 import logging
-import os
-import shutil
+import math
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from .checkpoint import load_model
+from . import __version__
 from .config import VARIANTS
-from .devices import resolve_device
 from .errors import AnchorDETRError, InputError
-from .export import Shape
 
 PROG = "anchordetr-trt"
 _USER_ERRORS = (AnchorDETRError, OSError, ValueError, FloatingPointError)
+DEVICE_HELP = "cpu, cuda or cuda:N (default: the GPU if there is one)"
+
+# The library's argument names -> this command line's flags, to word the library's errors in flags.
+_FLAGS = {
+    "variant": "--variant",
+    "ckpt": "--ckpt",
+    "device": "--device",
+    "backend": "--backend",
+    "precision": "--precision",
+    "cache_dir": "--cache-dir",
+    "min_shape": "--min-shape",
+    "opt_shape": "--opt-shape",
+    "max_shape": "--max-shape",
+    "min_size": "--min-size",
+    "max_size": "--max-size",
+    "top_k": "--top-k",
+    "threshold": "--threshold",
+    "batch_size": "--batch-size",
+    "max_images": "--max-images",
+    "num_images": "--num-images",
+    "seed": "--seed",
+}
+# name='a', name='a' or 'b', name='a', 'b' or 'c', name=3: an argument as the Python API spells it.
+_ASSIGNMENT = re.compile(r"\b(\w+)=('[^']*'(?:(?:, | or )'[^']*')*|[^\s,;:)]+)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,15 +54,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.debug)
     try:
         return args.run(args) or 0
-    except _USER_ERRORS as err:
-        if args.debug:
-            raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"{PROG} {args.command}: {_one_line(err, args)}", file=sys.stderr)
+        return 2 if isinstance(err, _USER_ERRORS) else 1
+
+
+def _one_line(err: Exception, args: argparse.Namespace) -> str:
+    message = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, _USER_ERRORS):
+        return f"error: {type(err).__name__}: {message[:300]} (rerun with --debug for the traceback)"
+    return f"error: {in_flags(message, getattr(err, 'argument', None), args)}"
+
+
+def in_flags(message: str, argument: str | None, args: argparse.Namespace) -> str:
+    """``message`` with each ``name=value`` of an argument this command has as a flag written
+    ``--flag value``; prefixed with the flag of ``argument`` where the message does not name it."""
+
+    def as_flag(match: re.Match) -> str:
+        name, value = match.groups()
+        if name not in _FLAGS or not hasattr(args, name):
+            return match.group(0)
+        return f"{_FLAGS[name]} {value.replace(chr(39), '')}"
+
+    message = _ASSIGNMENT.sub(as_flag, message)
+    flag = _FLAGS.get(argument or "")
+    if flag and hasattr(args, argument) and flag not in message:
+        message = f"{flag}: {message}"
+    return message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,14 +97,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="AnchorDETR checkpoints compiled to fast FP16 inference modules.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
-    common.add_argument("--device", help="cuda, cuda:N or cpu (default: the GPU if there is one)")
+    # SUPPRESS: the subcommand's default must not undo a --debug given before the subcommand.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument("--device", type=_device_name, help=DEVICE_HELP)
 
     model = _Parser(add_help=False)
     weights = model.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--ckpt", type=Path, help="AnchorDETR checkpoint (.pth), e.g. the released R50-DC5")
+    weights.add_argument("--ckpt", help="AnchorDETR checkpoint (.pth), e.g. the released R50-DC5")
     weights.add_argument(
         "--random-weights",
         action="store_true",
@@ -78,15 +126,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     detect.add_argument(
-        "--out", type=Path, default=Path("out/detect"), help="output folder (default out/detect)"
+        "--out", type=Path, default=Path("out/detect"),
+        help="output folder (default out/detect): new, empty, or an earlier detect output, which is replaced",
+    )  # fmt: skip
+    detect.add_argument(
+        "--threshold", type=_fraction, default=0.5, help="minimum score to keep (default 0.5)"
     )
-    detect.add_argument("--threshold", type=float, default=0.5, help="minimum score to keep (default 0.5)")
-    detect.add_argument("--top-k", type=int, default=100, help="at most this many detections per image")
-    detect.add_argument("--batch-size", type=int, default=1, help="images per model call (default 1)")
+    detect.add_argument("--top-k", type=_positive, default=100, help="at most this many detections per image")
+    detect.add_argument("--batch-size", type=_positive, default=1, help="images per model call (default 1)")
     _size_options(detect)
     detect.add_argument(
-        "--no-draw", action="store_true", help="write detections.json only, no annotated images"
+        "--no-draw", action="store_true", help="write the detections only, no annotated images"
     )
+    detect.add_argument(
+        "--skip-bad", action="store_true", help="report unreadable image files and go on (default: stop)"
+    )
+    detect.add_argument("--quiet", action="store_true", help="no progress bar and no line per image")
     detect.set_defaults(run=_detect)
 
     evaluate = commands.add_parser(
@@ -96,36 +151,39 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--image-dir", type=Path, required=True, help="folder of the annotation file's images"
     )
-    evaluate.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
-    evaluate.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    evaluate.add_argument("--batch-size", type=_positive, default=8, help="images per model call (default 8)")
+    evaluate.add_argument("--max-images", type=_positive, help="evaluate only the first N images")
     _size_options(evaluate)
-    evaluate.add_argument("--out", type=Path, help="also write the results to this JSON file")
+    evaluate.add_argument("--out", type=Path, help="also write the results to this JSON file (a new file)")
+    evaluate.add_argument(
+        "--skip-bad", action="store_true", help="leave out unreadable images and list them (default: stop)"
+    )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_eval)
 
     bench = commands.add_parser(
         "bench", parents=[common], help="latency and throughput against eager fp32 and plain torch.compile"
     )
     bench.add_argument(
-        "--out", type=Path, default=Path("out/bench"), help="output folder (default out/bench)"
-    )
-    bench.add_argument(
-        "--ckpt", type=Path, help="checkpoint (default: random weights; speed does not depend on them)"
-    )
+        "--out", type=Path, default=Path("out/bench"),
+        help="output folder (default out/bench): new, empty, or an earlier bench output, which is replaced",
+    )  # fmt: skip
+    bench.add_argument("--ckpt", help="checkpoint (default: random weights; speed does not depend on them)")
     bench.add_argument("--variant", choices=list(VARIANTS), help="model variant (default r50-dc5)")
     bench.add_argument(
         "--size", type=_size, action="append", help="input HxW or S for SxS, repeatable (default 800)"
     )
-    bench.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    bench.add_argument("--batch", type=_positive, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     bench.add_argument(
         "--backends", nargs="+", choices=["eager-fp32", "torch-compile", "eager", "inductor", "tensorrt"],
         help="what to measure (default on a GPU: eager-fp32 torch-compile inductor tensorrt)",
     )  # fmt: skip
     bench.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="package backends' precision")
-    bench.add_argument("--warmup", type=int, default=10, help="untimed calls per config (default 10)")
-    bench.add_argument("--iters", type=int, default=100, help="timed calls per config (default 100)")
+    bench.add_argument("--warmup", type=_count, default=10, help="untimed calls per config (default 10)")
+    bench.add_argument("--iters", type=_positive, default=100, help="timed calls per config (default 100)")
     bench.add_argument(
         "--cache-dir", type=Path,
-        help="compile cache to use as is (default: OUT/compile_cache, emptied first so compile times are cold)",
+        help="compile cache to use as is (default: a new OUT/compile_cache, so that compile times are cold)",
     )  # fmt: skip
     bench.add_argument("--no-profile", action="store_true", help="skip the torch.profiler kernel summary")
     bench.add_argument(
@@ -138,8 +196,9 @@ def _parser() -> argparse.ArgumentParser:
         help="compile ahead: warm an Inductor cache or save a TensorRT engine in a folder for later processes",
     )  # fmt: skip
     compile_.add_argument(
-        "--out", type=Path, required=True, help="folder for the compiled artifacts (the cache dir)"
-    )
+        "--out", type=Path, required=True,
+        help="folder for the compiled artifacts (the cache dir): new, empty, or an earlier compile output",
+    )  # fmt: skip
     compile_.add_argument("--min-shape", type=_shape, default=(1, 320, 320), help="B,H,W (default 1,320,320)")
     compile_.add_argument("--opt-shape", type=_shape, default=(1, 800, 800), help="B,H,W (default 1,800,800)")
     compile_.add_argument(
@@ -157,14 +216,19 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", parents=[common], help="detect on generated images with the best backend here (no download)"
     )
-    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
-    demo.add_argument("--ckpt", type=Path, help="checkpoint (default: deterministic random weights)")
+    demo.add_argument(
+        "--out", type=Path, default=Path("out/demo"),
+        help="output folder (default out/demo): new, empty, or an earlier demo output, which is replaced",
+    )  # fmt: skip
+    demo.add_argument("--ckpt", help="checkpoint (default: deterministic random weights)")
     demo.add_argument(
         "--variant", choices=list(VARIANTS), help="model variant (default: the checkpoint's, or r50-dc5)"
     )
-    demo.add_argument("--num-images", type=int, default=4, help="generated images (default 4)")
-    demo.add_argument("--top-k", type=int, default=5, help="detections drawn per image (default 5)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the images and random weights (default 0)")
+    demo.add_argument("--num-images", type=_positive, default=4, help="generated images (default 4)")
+    demo.add_argument("--top-k", type=_positive, default=5, help="detections drawn per image (default 5)")
+    demo.add_argument(
+        "--seed", type=_count, default=0, help="seed of the images and random weights (default 0)"
+    )
     demo.set_defaults(run=_demo)
     return parser
 
@@ -175,7 +239,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         choices=list(VARIANTS),
         help="model variant (needed when the checkpoint has no args; default r50-dc5)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
+    parser.add_argument("--seed", type=_count, default=0, help="seed of --random-weights (default 0)")
     parser.add_argument("--backend", choices=["auto", "tensorrt", "inductor", "eager"], default="auto",
                         help="auto: tensorrt, else inductor on a GPU, else eager (default auto)")  # fmt: skip
     parser.add_argument(
@@ -186,16 +250,61 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 def _size_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--min-size", type=int, default=800, help="resize the short side to this (default 800)"
+        "--min-size", type=_side, default=800, help="resize the short side to this (default 800)"
     )
-    parser.add_argument("--max-size", type=int, default=1333, help="cap on the long side (default 1333)")
+    parser.add_argument("--max-size", type=_side, default=1333, help="cap on the long side (default 1333)")
 
 
-def _shape(text: str) -> Shape:
+# Flag types: argparse prefixes each message with the flag ("argument --top-k: ...").
+
+
+def _integer(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, "an integer >= 1")
+
+
+def _count(text: str) -> int:
+    return _integer(text, 0, "an integer >= 0")
+
+
+def _side(text: str) -> int:
+    return _integer(text, 32, "a side in pixels, an integer >= 32")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _device_name(text: str) -> str:
+    if re.fullmatch(r"cpu|cuda(:\d+)?", text.strip().lower()) is None:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N (N a GPU index), got {text!r}")
+    return text.strip().lower()
+
+
+def _shape(text: str) -> tuple[int, int, int]:
     try:
         batch, height, width = (int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected B,H,W such as 1,800,800, got {text!r}") from None
+        batch = height = width = 0
+    if batch < 1 or min(height, width) < 32:
+        raise argparse.ArgumentTypeError(
+            f"expected B,H,W with B >= 1 and H, W >= 32, such as 1,800,800, got {text!r}"
+        )
     return (batch, height, width)
 
 
@@ -214,6 +323,8 @@ def _size(text: str) -> tuple[int, int]:
 def _configure_logging(debug: bool) -> None:
     logger = logging.getLogger("anchordetr_trt")
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    # pycocotools' summary table goes to this logger: shown with --debug only.
+    logging.getLogger("anchordetr_trt.eval.scoring").setLevel(logging.DEBUG if debug else logging.WARNING)
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -232,16 +343,81 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _device(args: argparse.Namespace) -> torch.device:
-    return resolve_device(args.device or None)
+# Checks shared by the commands, all run before any work.
 
 
-def _compiled_model(args: argparse.Namespace, *, batch: int, min_size: int = 800, max_size: int = 1333):
+def _device(args: argparse.Namespace):
+    """--device as a torch.device that exists here; InputError naming the flag otherwise."""
+    import torch
+
+    from .devices import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {args.device}: no CUDA GPU is visible here: use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(
+                f"--device {args.device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    return device
+
+
+def _check_backend(args: argparse.Namespace, device) -> None:
+    """--backend and --precision can run on ``device``, said in flags (compile() would say it in arguments)."""
+    import torch
+
+    from .environment import auto_backend, backend_status
+
+    if args.backend in ("inductor", "tensorrt") and device.type != "cuda":
+        where = "none is visible" if not torch.cuda.is_available() else "--device is the CPU"
+        raise InputError(f"--backend {args.backend} needs a CUDA GPU; {where}: use --backend eager")
+    status = backend_status(device)
+    if args.backend != "auto" and not status[args.backend][0]:
+        raise InputError(
+            f"--backend {args.backend} cannot run here ({status[args.backend][1]}): "
+            f"use --backend {auto_backend(status)}"
+        )
+    if device.type == "cpu" and args.precision not in (None, "fp32"):
+        raise InputError(
+            f"--precision {args.precision} needs a CUDA GPU; on the CPU use --precision fp32 (the default there)"
+        )
+
+
+def _check_sizes(args: argparse.Namespace) -> None:
+    if args.max_size < args.min_size:
+        raise InputError(
+            f"--max-size {args.max_size} is below --min-size {args.min_size}: the long side's cap must be "
+            "at least the short side's size"
+        )
+
+
+def _check_cache_dir(args: argparse.Namespace, out: Path | None = None) -> None:
+    if args.cache_dir is None:
+        return
+    if args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise InputError(f"--cache-dir {args.cache_dir} is a file: pass a folder")
+    if out is not None and args.cache_dir.resolve().is_relative_to(out.resolve()):
+        raise InputError(
+            f"--cache-dir {args.cache_dir} lies inside --out {out}, whose earlier outputs each run replaces: "
+            "pass a cache folder outside it"
+        )
+
+
+def _local_files(*paths: str | Path | None) -> list[Path]:
+    """The given paths that are files here (a checkpoint may also be a name or URL)."""
+    return [Path(p) for p in paths if p is not None and Path(p).exists()]
+
+
+def _compiled_model(
+    args: argparse.Namespace, device, *, batch: int, min_size: int = 800, max_size: int = 1333
+):
     """The command's model compiled for batches of up to ``batch`` images resized to [min_size, max_size]."""
+    from .checkpoint import load_model
     from .compile import compile
-    from .demo import random_model
+    from .weights import random_model
 
-    device = _device(args)
     if args.ckpt is not None:
         model = load_model(args.ckpt, variant=args.variant)
     else:
@@ -251,32 +427,40 @@ def _compiled_model(args: argparse.Namespace, *, batch: int, min_size: int = 800
             file=sys.stderr,
         )
         model = random_model(args.variant or "r50-dc5", args.seed)
-    precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     side = min(320, min_size)
     return compile(
-        model, backend=args.backend, precision=precision, device=device, cache_dir=args.cache_dir,
+        model, backend=args.backend, precision=args.precision, device=device, cache_dir=args.cache_dir,
         min_shape=(1, side, side), opt_shape=(1, max(side, min_size), max(side, min_size)),
         max_shape=(max(8, batch), max(1344, max_size), max(1344, max_size)),
     )  # fmt: skip
 
 
+# The commands.
+
+
 def _info(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
     from .environment import auto_backend, backend_status, environment
 
-    device = _device(args)
-    env, status = environment(), backend_status(device)
+    env = environment()
+    try:
+        device = _device(args)
+    except InputError as err:  # info still reports the machine; it says why nothing runs on --device
+        device, problem = resolve_device(args.device), str(err)
+        status, auto = {}, None
+    else:
+        problem = None
+        status = backend_status(device)
+        auto = auto_backend(status)
     if args.json:
         backends = {name: {"available": ok, "reason": why} for name, (ok, why) in status.items()}
-        print(
-            json.dumps(
-                {**env, "device": str(device), "backends": backends, "auto": auto_backend(status)}, indent=1
-            )
-        )
+        report = {**env, "device": str(device), "backends": backends, "auto": auto}
+        print(json.dumps(report | ({"device_problem": problem} if problem else {}), indent=1))
         return 0
     gpu = (
         f"{env['gpu']} (compute {env['gpu_capability']}, {env['gpu_memory_gib']} GiB)"
         if env["gpu"]
-        else "none (CPU only)"
+        else "none visible (CPU only)"
     )
     lines = [
         f"anchordetr_trt {env['anchordetr_trt']}  python {env['python']}  {env['platform']}",
@@ -285,47 +469,108 @@ def _info(args: argparse.Namespace) -> int:
         f"torch_tensorrt {env['torch_tensorrt'] or 'not installed'}",
         f"tensorrt       {env['tensorrt'] or 'not installed'}",
         f"GPU            {gpu}",
-        f"backends on {device}:",
-        *(f"  {name:<9} {'yes' if ok else 'no ':<4} {why}" for name, (ok, why) in status.items()),
-        f"backend='auto' picks: {auto_backend(status)}",
     ]
+    if problem:
+        lines.append(f"backends on {device}: none ({problem.removeprefix(f'--device {args.device}: ')})")
+    else:
+        lines += [
+            f"backends on {device}:",
+            *(f"  {name:<9} {'yes' if ok else 'no ':<4} {why}" for name, (ok, why) in status.items()),
+            f"backend='auto' picks: {auto}",
+        ]
     print("\n".join(lines))
     return 0
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from .detect import detect, find_images, load_image
+    from tqdm.auto import tqdm
+
+    from .detect import detect_files, find_images
     from .draw import draw_detections
     from .eval import COCO_CLASSES
+    from .images import check_image
+    from .outputs import RunFolder
 
-    if not 0.0 <= args.threshold <= 1.0 or args.top_k < 1 or args.batch_size < 1:
-        raise InputError("--threshold must lie in [0, 1]; --top-k and --batch-size must be >= 1")
+    _check_sizes(args)
+    _check_cache_dir(args, args.out)
+    device = _device(args)
+    _check_backend(args, device)
     paths = find_images(args.images)
-    images = [load_image(p) for p in paths]  # every input is checked before the model is built
-    model = _compiled_model(args, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size)
-    start = time.perf_counter()
-    found = detect(
-        model, images, COCO_CLASSES, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-        min_size=args.min_size, max_size=args.max_size,
-    )  # fmt: skip
-    seconds = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    records, names = [], set()
-    for path, image, dets in zip(paths, images, found, strict=True):
-        record = {"image": str(path), "height": image.height, "width": image.width, "detections": dets}
+    skipped: list[tuple[Path, str]] = []
+
+    def skip(path: Path, err: Exception) -> None:
+        skipped.append((path, str(err)))
+        tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
+
+    readable = []
+    for path in paths:  # headers only, so that a file that is no image stops the run before the model loads
+        try:
+            check_image(path)
+            readable.append(path)
+        except InputError as err:
+            if not args.skip_bad:
+                raise
+            skip(path, err)
+    if not readable:
+        raise InputError(f"none of the {len(paths)} image files could be read (see the lines above)")
+
+    with RunFolder(args.out, inputs=[*args.images, *_local_files(args.ckpt)]) as folder:
+        model = _compiled_model(
+            args, device, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size
+        )
+        stream_path, records, names = folder.path / "detections.jsonl", [], set()
         if not args.no_draw:
-            name = _unique(path.stem, names)
-            record["annotated"] = str(args.out / "annotated" / f"{name}.png")
-            (args.out / "annotated").mkdir(exist_ok=True)
-            draw_detections(image, dets).save(record["annotated"])
-        records.append(record)
-        best = ", ".join(f"{d['name']} {d['score']:.2f}" for d in dets[:3]) or "-"
-        print(f"{path.name}: {len(dets)} detections  {best}")
-    (args.out / "detections.json").write_text(json.dumps(records, indent=1))
+            (folder.path / "annotated").mkdir()
+        start = time.perf_counter()
+        results = detect_files(
+            model, readable, COCO_CLASSES, batch_size=args.batch_size, threshold=args.threshold,
+            top_k=args.top_k, min_size=args.min_size, max_size=args.max_size,
+            on_unreadable=skip if args.skip_bad else None,
+        )  # fmt: skip
+        show = not args.quiet and sys.stderr.isatty()
+        try:
+            with (
+                stream_path.open("w") as stream,
+                tqdm(
+                    total=len(readable), unit="img", desc="detect", file=sys.stderr, disable=not show
+                ) as bar,
+            ):
+                for path, image, dets in results:
+                    # The image is the upright one (EXIF orientation applied), as are the boxes.
+                    record = {
+                        "image": str(path),
+                        "height": image.height,
+                        "width": image.width,
+                        "detections": dets,
+                    }
+                    if not args.no_draw:
+                        record["annotated"] = str(
+                            folder.path / "annotated" / f"{_unique(path.stem, names)}.png"
+                        )
+                        draw_detections(image, dets).save(record["annotated"])
+                    stream.write(json.dumps(record) + "\n")
+                    stream.flush()  # each image's result is kept as soon as it is done
+                    records.append(record)
+                    bar.update(1)
+                    if not args.quiet:
+                        best = ", ".join(f"{d['name']} {d['score']:.2f}" for d in dets[:3]) or "-"
+                        tqdm.write(f"{path.name}: {len(dets)} detections  {best}", file=sys.stdout)
+        except KeyboardInterrupt:
+            print(f"interrupted: the {len(records)} images done so far are in {stream_path}", file=sys.stderr)
+            raise
+        seconds = time.perf_counter() - start
+        (folder.path / "detections.json").write_text(json.dumps(records, indent=1))
+        if skipped:
+            (folder.path / "skipped.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
     print(
-        f"{len(images)} images in {seconds:.2f} s with {model.backend} {model.precision} on {model.device}; "
+        f"{len(records)} images in {seconds:.2f} s with {model.backend} {model.precision} on {model.device}; "
         f"wrote {args.out / 'detections.json'}"
         + ("" if args.no_draw else f" and {args.out / 'annotated'}/*.png")
+        + (
+            f"; skipped {len(skipped)} unreadable files, listed in {args.out / 'skipped.txt'}"
+            if skipped
+            else ""
+        )
     )
     return 0
 
@@ -340,31 +585,46 @@ def _unique(stem: str, taken: set[str]) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_coco
+    from .outputs import check_new_file
 
     for path in (args.ann_file, args.image_dir):
         if not path.exists():
             raise FileNotFoundError(f"no such file or folder: {path}")
-    if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
-        raise InputError("--batch-size and --max-images must be >= 1")
-    model = _compiled_model(args, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size)
+    _check_sizes(args)
+    _check_cache_dir(args)
+    if args.out is not None:
+        check_new_file(args.out)
+    device = _device(args)
+    _check_backend(args, device)
+    model = _compiled_model(
+        args, device, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size
+    )
+    # skip_bad_images: evaluate_coco's option to leave unreadable images out and list them.
+    options = {"skip_bad_images": True} if args.skip_bad else {}
     result = evaluate_coco(
         model, args.ann_file, args.image_dir, batch_size=args.batch_size, max_images=args.max_images,
-        min_size=args.min_size, max_size=args.max_size, progress=sys.stderr.isatty(),
+        min_size=args.min_size, max_size=args.max_size, progress=not args.quiet and sys.stderr.isatty(),
+        **options,
     )  # fmt: skip
+    for item in result.get("skipped_images") or []:
+        path, why = (item.get("file"), item.get("reason")) if isinstance(item, dict) else (item, None)
+        print(f"skipped {path}" + (f": {why}" if why else ""), file=sys.stderr)
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
     stats = "  ".join(f"{n} {result[n]:.3f}" if result.get(n) is not None else f"{n} n/a" for n in names)
     print(f"{result['num_images']} images, {model.backend} {model.precision}: {stats}")
     print(f"{result['timing']['images_per_s']:.1f} images/s end to end")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        args.out.write_text(json.dumps({"tool": f"{PROG} eval", **result}, indent=1))
         print(f"wrote {args.out}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import torch
+
     from .benchmark import default_configs, format_table, run_benchmark, save_benchmark
     from .errors import BackendUnavailableError
+    from .outputs import RunFolder
 
     if args.device is None and not torch.cuda.is_available():
         raise BackendUnavailableError(
@@ -372,11 +632,7 @@ def _bench(args: argparse.Namespace) -> int:
             "--device cpu, e.g. --device cpu --variant r50-c5 --size 320 --batch 1 --iters 2"
         )
     device = _device(args)
-    if device.type == "cpu":
-        print(
-            "CPU smoke run: these numbers only exercise the harness; the benchmark needs a GPU",
-            file=sys.stderr,
-        )
+    _check_cache_dir(args, args.out)
     configs = default_configs(
         device,
         sizes=args.size or [(800, 800)],
@@ -384,16 +640,28 @@ def _bench(args: argparse.Namespace) -> int:
         backends=args.backends,
         precision=args.precision,
     )
-    cache_dir = args.cache_dir
-    if cache_dir is None:  # our own folder, emptied so that first-call compile times are cold
-        cache_dir = args.out / "compile_cache"
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    report = run_benchmark(
-        configs, variant=args.variant, ckpt=args.ckpt, device=device, warmup=args.warmup, iters=args.iters,
-        cache_dir=cache_dir, profile=not args.no_profile, startup=not args.no_startup,
-        on_progress=lambda partial: save_benchmark(partial, args.out),  # kept if a time limit cuts the run
-    )  # fmt: skip
-    written = save_benchmark(report, args.out)
+    # The folder is checked, and the files of an earlier bench run there removed, before any work.
+    with RunFolder(args.out, inputs=_local_files(args.ckpt)):
+        if device.type == "cpu":
+            print(
+                "CPU smoke run: these numbers only exercise the harness; the benchmark needs a GPU",
+                file=sys.stderr,
+            )
+        # Default: a cache in the run's own folder, new for each run so that first-call compile times are cold.
+        cache_dir = args.cache_dir if args.cache_dir is not None else args.out / "compile_cache"
+        report = run_benchmark(
+            configs, variant=args.variant, ckpt=args.ckpt, device=device, warmup=args.warmup, iters=args.iters,
+            cache_dir=cache_dir, profile=not args.no_profile, startup=not args.no_startup,
+            on_progress=lambda partial: _measured(partial) and save_benchmark(partial, args.out),  # kept if cut short
+        )  # fmt: skip
+        if not _measured(report):
+            reasons = {f"{row['label']}: {row['reason']}" for row in report["results"]}
+            print(
+                f"{PROG} bench: error: nothing could be measured ({'; '.join(sorted(reasons))})",
+                file=sys.stderr,
+            )
+            return 1
+        written = save_benchmark(report, args.out)
     print(format_table(report))
     for check in report["targets"]["checks"]:
         verdict = "meets" if check["met"] else "misses"
@@ -404,51 +672,77 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measured(report: dict) -> bool:
+    return any(row["status"] == "ok" for row in report["results"])
+
+
 def _compile(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from .checkpoint import load_model
     from .compile import compile
     from .config import variant_name
-    from .demo import random_model
     from .environment import environment
     from .export import example_inputs
+    from .outputs import RunFolder
+    from .weights import random_model
 
     device = _device(args)
-    if args.backend == "eager" or (args.backend == "auto" and device.type != "cuda"):
+    if args.backend == "eager":
         raise InputError(
-            "the eager backend has nothing to compile ahead of time: choose --backend inductor or tensorrt on a GPU"
+            "--backend eager has nothing to compile ahead of time: use --backend inductor or tensorrt "
+            "(on a machine with a CUDA GPU)"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out.resolve()
-    # Set, not defaulted: this command exists to fill this folder, whatever the environment says.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(out / "inductor")
-    os.environ["TRITON_CACHE_DIR"] = str(out / "triton")
-    start = time.perf_counter()
-    model = (
-        load_model(args.ckpt, variant=args.variant)
-        if args.ckpt
-        else random_model(args.variant or "r50-dc5", args.seed)
-    )
-    compiled = compile(
-        model, backend=args.backend, precision=args.precision or "fp16", device=device, cache_dir=out,
-        min_shape=args.min_shape, opt_shape=args.opt_shape, max_shape=args.max_shape,
-    )  # fmt: skip
-    for shape in args.warm:
-        compiled(*example_inputs(shape, device, compiled.dtype))
-    seconds = time.perf_counter() - start
-    manifest = {
-        "backend": compiled.backend,
-        "precision": compiled.precision,
-        "weights": str(args.ckpt) if args.ckpt else f"deterministic random (seed {args.seed})",
-        "variant": variant_name(model.config),
-        "min_shape": args.min_shape,
-        "opt_shape": args.opt_shape,
-        "max_shape": args.max_shape,
-        "warmed_shapes": args.warm,
-        "compile_s": seconds,
-        "environment": environment(),
-        "reuse": f"anchordetr_trt.compile(ckpt, backend={compiled.backend!r}, precision={compiled.precision!r}, "
-        f"min_shape={args.min_shape}, opt_shape={args.opt_shape}, max_shape={args.max_shape}, cache_dir={str(out)!r})",
-    }
-    (out / "compile.json").write_text(json.dumps(manifest, indent=1))
+    if device.type != "cuda":
+        where = "none is visible" if not torch.cuda.is_available() else "--device is the CPU"
+        raise InputError(
+            f"compile needs a CUDA GPU ({where}): run it on the machine that will run the model "
+            "(on the CPU the eager backend runs the model as is, with nothing to compile)"
+        )
+    _check_backend(args, device)
+    for low, high in (("min", "opt"), ("opt", "max"), ("min", "max")):
+        lo, hi = getattr(args, f"{low}_shape"), getattr(args, f"{high}_shape")
+        if any(a > b for a, b in zip(lo, hi, strict=True)):
+            raise InputError(
+                f"--{low}-shape {','.join(map(str, lo))} exceeds --{high}-shape {','.join(map(str, hi))} "
+                "in some dimension: each of B, H, W must satisfy min <= opt <= max"
+            )
+    # A cache folder: an earlier compile output there is kept and reused; anything else stops here.
+    with RunFolder(args.out, replace=False, inputs=_local_files(args.ckpt)):
+        out = args.out.resolve()
+        # Set, not defaulted: this command exists to fill this folder, whatever the environment says.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(out / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(out / "triton")
+        start = time.perf_counter()
+        model = (
+            load_model(args.ckpt, variant=args.variant)
+            if args.ckpt
+            else random_model(args.variant or "r50-dc5", args.seed)
+        )
+        compiled = compile(
+            model, backend=args.backend, precision=args.precision, device=device, cache_dir=out,
+            min_shape=args.min_shape, opt_shape=args.opt_shape, max_shape=args.max_shape,
+        )  # fmt: skip
+        for shape in args.warm:
+            compiled(*example_inputs(shape, device, compiled.dtype))
+        seconds = time.perf_counter() - start
+        manifest = {
+            "backend": compiled.backend,
+            "precision": compiled.precision,
+            "weights": str(args.ckpt) if args.ckpt else f"deterministic random (seed {args.seed})",
+            "variant": variant_name(model.config),
+            "min_shape": args.min_shape,
+            "opt_shape": args.opt_shape,
+            "max_shape": args.max_shape,
+            "warmed_shapes": args.warm,
+            "compile_s": seconds,
+            "environment": environment(),
+            "reuse": f"anchordetr_trt.compile(ckpt, backend={compiled.backend!r}, precision={compiled.precision!r}, "
+            f"min_shape={args.min_shape}, opt_shape={args.opt_shape}, max_shape={args.max_shape}, cache_dir={str(out)!r})",
+        }
+        (out / "compile.json").write_text(json.dumps(manifest, indent=1))
     print(
         f"compiled {compiled.backend} {compiled.precision} in {seconds:.1f} s into {out}; see {out / 'compile.json'}"
     )
@@ -457,13 +751,14 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .outputs import RunFolder
 
-    if args.num_images < 1 or args.top_k < 1:
-        raise InputError("--num-images and --top-k must be >= 1")
-    run_demo(
-        args.out, ckpt=args.ckpt, variant=args.variant, num_images=args.num_images, seed=args.seed,
-        top_k=args.top_k, device=args.device,
-    )  # fmt: skip
+    device = _device(args)
+    with RunFolder(args.out, inputs=_local_files(args.ckpt)):
+        run_demo(
+            args.out, ckpt=args.ckpt, variant=args.variant, num_images=args.num_images, seed=args.seed,
+            top_k=args.top_k, device=device,
+        )  # fmt: skip
     return 0
 
 

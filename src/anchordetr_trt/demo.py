@@ -14,26 +14,17 @@ import torch
 
 from .checkpoint import Checkpoint, load_model
 from .compile import compile
-from .config import VARIANTS, variant_config
-from .detect import detect, load_image
+from .config import variant_name
+from .detect import detect
 from .devices import resolve_device
 from .draw import draw_detections
 from .environment import backend_status, environment
 from .eval import COCO_CLASSES, make_synthetic_coco
-from .model import AnchorDETR, build_model
+from .images import load_image
 from .transforms import resized_size
+from .weights import random_model
 
 MIN_SIZE, MAX_SIZE = 320, 512  # small inputs keep the demo at about a minute on two CPU cores
-
-
-def random_model(variant: str = "r50-dc5", seed: int = 0) -> AnchorDETR:
-    """An AnchorDETR ``variant`` with PyTorch's default initialization under ``torch.manual_seed(seed)``:
-    the same weights on every machine, and no download. It is untrained: its detections are noise,
-    nearly the same for every query and image."""
-    config = variant_config(variant)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(config)
 
 
 def run_demo(
@@ -60,10 +51,11 @@ def run_demo(
         weights = f"checkpoint {ckpt}" if isinstance(ckpt, str | os.PathLike) else "checkpoint (in memory)"
     log(f"weights: {weights}")
 
-    _, image_dir = make_synthetic_coco(
+    ann_file, image_dir = make_synthetic_coco(
         out_dir / "inputs", num_images=num_images, seed=seed, min_size=160, max_size=320
     )
-    paths = sorted(image_dir.iterdir())
+    # The images this call wrote, as its annotation file lists them (not whatever the folder holds).
+    paths = [image_dir / image["file_name"] for image in json.loads(ann_file.read_text())["images"]]
     images = [load_image(p) for p in paths]
 
     start = time.perf_counter()
@@ -78,7 +70,6 @@ def run_demo(
     compiled = compile(
         model,
         backend="auto",
-        precision="fp16" if device.type == "cuda" else "fp32",
         min_shape=(1, MIN_SIZE, MIN_SIZE),
         opt_shape=shape,
         max_shape=shape,
@@ -113,7 +104,7 @@ def run_demo(
     report = {
         "weights": weights,
         "random_weights": ckpt is None,
-        "variant": _variant_of(model),
+        "variant": variant_name(model.config),
         "device": str(device),
         "backend": compiled.backend,
         "precision": compiled.precision,
@@ -139,10 +130,6 @@ def run_demo(
         )
     log(f"wrote {out_dir}/report.md, report.json, detections.json and annotated/*.png")
     return report
-
-
-def _variant_of(model: AnchorDETR) -> str:
-    return next((name for name, config in VARIANTS.items() if config == model.config), "custom")
 
 
 def _table(records: list[dict]) -> str:

@@ -1,19 +1,16 @@
-"""Detection on image files: finding and reading images, batched inference, JSON-ready detections."""
+"""Detection on image files: finding them, batched inference, JSON-ready detections as each batch ends."""
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch import Tensor
+from PIL import Image
 
 from .errors import InputError
+from .eval.inference import Detector, input_device_dtype
+from .images import IMAGE_SUFFIXES, load_image
 from .transforms import postprocess, preprocess
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-Detector = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
 
 def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -37,18 +34,6 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """The decoded image at ``path`` in its own mode (preprocess converts it); InputError if unreadable."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise InputError(
-            f"cannot read {path} as an image ({err}): pass a JPEG, PNG, BMP, WebP or TIFF file"
-        ) from err
-
-
 @torch.no_grad()
 def detect(
     model: Detector,
@@ -68,10 +53,10 @@ def detect(
     float, "box": [x0, y0, x1, y1]}`` with the box in pixels of the original image, clipped to it.
     """
     if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold must lie in [0, 1], got {threshold}")
+        raise InputError(f"threshold must lie in [0, 1], got {threshold}", argument="threshold")
     if top_k < 1 or batch_size < 1:
         raise InputError(f"top_k and batch_size must be >= 1, got top_k={top_k}, batch_size={batch_size}")
-    device, dtype = _input_device_dtype(model)
+    device, dtype = input_device_dtype(model)
     results = []
     for start in range(0, len(images), batch_size):
         batch, mask, sizes = preprocess(
@@ -97,13 +82,32 @@ def detect(
     return results
 
 
+def detect_files(
+    model: Detector,
+    paths: Sequence[Path],
+    class_names: Sequence[str],
+    *,
+    batch_size: int = 1,
+    on_unreadable: Callable[[Path, InputError], None] | None = None,
+    **options,
+) -> Iterator[tuple[Path, Image.Image, list[dict]]]:
+    """``detect`` on image files, read upright (EXIF orientation applied) one batch at a time: yields
+    ``(path, image, detections)`` as each batch finishes. An unreadable file raises InputError, or,
+    with ``on_unreadable``, is reported to it and passed over. ``options``: those of ``detect``."""
+    pending: list[tuple[Path, Image.Image]] = []
+    for index, path in enumerate(paths):
+        try:
+            pending.append((path, load_image(path)))
+        except InputError as err:
+            if on_unreadable is None:
+                raise
+            on_unreadable(path, err)
+        if pending and (len(pending) == batch_size or index == len(paths) - 1):
+            images = [image for _, image in pending]
+            found = detect(model, images, class_names, batch_size=batch_size, **options)
+            yield from ((path, image, dets) for (path, image), dets in zip(pending, found, strict=True))
+            pending = []
+
+
 def _name(class_names: Sequence[str], label: int) -> str:
     return class_names[label] if 0 <= label < len(class_names) else f"class {label}"
-
-
-def _input_device_dtype(model: Detector) -> tuple[torch.device, torch.dtype]:
-    # Compiled modules say where their inputs go; a plain module is asked through its parameters.
-    if hasattr(model, "device") and hasattr(model, "dtype"):
-        return torch.device(model.device), model.dtype
-    param = next(model.parameters(), None) if hasattr(model, "parameters") else None
-    return (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)

@@ -3,8 +3,10 @@
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+# The RGB conversion that preprocess uses: the drawing shows what the model saw.
+from .transforms import pil_to_rgb
 
 # Distinct, saturated colors; a class always gets the same one.
 _PALETTE = (
@@ -19,7 +21,7 @@ def draw_detections(image: Image.Image, detections: Iterable[Mapping[str, Any]])
     A detection is a mapping with ``box`` (x0, y0, x1, y1 in pixels), ``label`` (int), ``name`` (str)
     and ``score`` (float), as written by ``anchordetr-trt detect``; higher scores are drawn last (on top).
     """
-    canvas = to_rgb(image)
+    canvas = pil_to_rgb(image)  # a copy; 16-bit and 32-bit gray scaled to 8 bits
     draw = ImageDraw.Draw(canvas)
     line = max(1, round(min(canvas.size) / 200))
     font = _font(max(10, round(min(canvas.size) / 30)))
@@ -34,15 +36,6 @@ def draw_detections(image: Image.Image, detections: Iterable[Mapping[str, Any]])
         draw.rectangle((x0, label_y, x0 + right - left + 4, label_y + bottom - top + 2), fill=color)
         draw.text((x0 + 2 - left, label_y + 1 - top), text, fill=(255, 255, 255), font=font)
     return canvas
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """An RGB copy for display; 16-bit and 32-bit gray images are scaled to 8 bits rather than clipped."""
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        gray = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if image.mode.startswith("I;16") else max(float(gray.max()), 1.0)
-        return Image.fromarray((np.clip(gray / peak, 0, 1) * 255).round().astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -2,7 +2,12 @@
 
 
 class AnchorDETRError(Exception):
-    """Base class of the package's own errors."""
+    """Base class of the package's own errors. ``argument``, when given, names the caller's argument at
+    fault (e.g. "variant"), so that the command line can name its flag instead."""
+
+    def __init__(self, *args: object, argument: str | None = None):
+        super().__init__(*args)
+        self.argument = argument
 
 
 class CheckpointError(AnchorDETRError, ValueError):
