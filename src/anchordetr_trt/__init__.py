@@ -5,8 +5,11 @@ Public API: ``load_model``, ``compile``, ``preprocess``, ``postprocess``, ``buil
 """
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 import types
+import warnings
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -71,3 +74,50 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+
+def _register_ops() -> None:
+    try:
+        importlib.import_module(".custom_ops", __name__)
+    except Exception as error:  # noqa: BLE001 - a failed registration must not break `import torch`
+        warnings.warn(f"torch.ops.anchordetr.* could not be registered: {error}", stacklevel=2)
+
+
+class _RegisterOpsAfterTorch(importlib.abc.MetaPathFinder):
+    """Registers ``torch.ops.anchordetr.*`` right after torch is imported.
+
+    So ``import anchordetr_trt`` registers the ops in either import order, yet does not import
+    torch itself (3 s): ``anchordetr-trt --help`` never waits for it.
+    """
+
+    def find_spec(self, name, path, target=None):
+        if name != "torch" or self not in sys.meta_path:
+            return None
+        sys.meta_path.remove(self)  # also keeps the lookup below from coming back here
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        torch_loader, finder = spec.loader, self
+
+        class _Loader(importlib.abc.Loader):
+            def create_module(self, spec):
+                return torch_loader.create_module(spec)
+
+            def exec_module(self, module):
+                spec.loader = module.__loader__ = torch_loader  # torch sees its own loader
+                if finder in sys.meta_path:
+                    sys.meta_path.remove(finder)
+                torch_loader.exec_module(module)
+                _register_ops()
+
+        spec.loader = _Loader()
+        return spec
+
+
+if "torch" in sys.modules:
+    _register_ops()
+else:
+    sys.meta_path.insert(0, _RegisterOpsAfterTorch())
