@@ -79,7 +79,7 @@ sys.modules[__name__].__class__ = _Package
 def _register_ops() -> None:
     try:
         importlib.import_module(".custom_ops", __name__)
-    except Exception as error:  # noqa: BLE001 - a failed registration must not break `import torch`
+    except Exception as error:  # a failed registration must not break `import torch`
         warnings.warn(f"torch.ops.anchordetr.* could not be registered: {error}", stacklevel=2)
 
 
