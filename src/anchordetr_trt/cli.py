@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model
+from .checks import add_arguments as add_check_arguments
 from .config import VARIANTS
 from .devices import resolve_device
 from .errors import AnchorDETRError, InputError
@@ -166,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--top-k", type=int, default=5, help="detections drawn per image (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the images and random weights (default 0)")
     demo.set_defaults(run=_demo)
+
+    check = commands.add_parser(
+        "check", parents=[common], help="parity suite on this machine: fused ops, backends, export, TensorRT"
+    )
+    add_check_arguments(check)
+    check.set_defaults(run=_check)
     return parser
 
 
@@ -465,6 +472,12 @@ def _demo(args: argparse.Namespace) -> int:
         top_k=args.top_k, device=args.device,
     )  # fmt: skip
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .checks import run_command
+
+    return run_command(args)
 
 
 if __name__ == "__main__":
