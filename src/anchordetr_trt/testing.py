@@ -78,6 +78,7 @@ class DetectionComparison:
     tolerance: Tolerance
     max_abs_diff: dict[str, float]  # output -> largest |actual - expected| over values finite in both
     worst_at: dict[str, tuple[int, ...]]  # output -> (image, query[, class]) of that difference
+    finite_in_both: dict[str, tuple[int, int]]  # output -> (values finite in both, values)
     matched: int
     compared: int  # the reference's detections (see the module docstring)
     per_image: list[tuple[int, int]]  # (matched, compared) per image
@@ -119,7 +120,9 @@ class DetectionComparison:
             names = ("image", "query", "class")
             at = ", ".join(f"{name} {index}" for name, index in zip(names, where, strict=False))
             verdict = "FAIL" if diff > atol else "ok"
-            lines.append(f"  {verdict:<4} {key}: max abs diff {diff:.3g} (limit {atol:g}) at {at}")
+            finite, total = self.finite_in_both[key]
+            over = f" over the {finite} of {total} values finite in both" if finite < total else ""
+            lines.append(f"  {verdict:<4} {key}: max abs diff {diff:.3g} (limit {atol:g}) at {at}{over}")
         if self.compared:
             m, c = self.per_image[self.worst_image]
             rate = f"{self.matched} of {self.compared} ({self.match_rate:.1%}, at least {tol.min_match_rate:.0%})"
@@ -155,8 +158,10 @@ def compare_detections(
     _check_outputs(actual, expected)
     actual = {key: actual[key].detach().float().to(expected[key].device) for key in OUTPUTS}
     expected = {key: expected[key].detach().float() for key in OUTPUTS}
-    max_diff, worst_at = {}, {}
+    max_diff, worst_at, finite_in_both = {}, {}, {}
     for key in OUTPUTS:
+        both = torch.isfinite(actual[key]) & torch.isfinite(expected[key])
+        finite_in_both[key] = (int(both.sum()), both.numel())
         diff = finite_abs_diff(actual[key], expected[key])
         flat = int(diff.argmax())
         max_diff[key] = float(diff.flatten()[flat])
@@ -176,6 +181,7 @@ def compare_detections(
         tolerance=tol,
         max_abs_diff=max_diff,
         worst_at=worst_at,
+        finite_in_both=finite_in_both,
         matched=sum(m for m, _ in per_image),
         compared=sum(c for _, c in per_image),
         per_image=per_image,
