@@ -15,6 +15,7 @@ import torch
 
 import anchordetr_trt as at
 from anchordetr_trt import checks, cli
+from anchordetr_trt.custom_ops.cases import SPECS, as_tuple
 from anchordetr_trt.demo import random_model
 from anchordetr_trt.environment import backend_status
 from anchordetr_trt.testing import (
@@ -106,6 +107,7 @@ def test_a_moved_box_is_unmatched(expected):
     [
         ({"precision": "int8"}, ValueError, "unknown precision 'int8'"),
         ({"logit_atol": 0.1}, TypeError, "unknown tolerance logit_atol"),
+        ({"top_k": 0}, ValueError, "top_k must be an int >= 1"),
     ],
 )
 def test_bad_arguments_are_named(expected, kwargs, error, match):
@@ -256,6 +258,14 @@ def test_plugin_rejects_an_unknown_backend(pytester):
 # anchordetr-trt check on the CPU
 
 
+def interpreted() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from anchordetr_trt.custom_ops import masked_softmax
+
+    return isinstance(masked_softmax.masked_softmax_kernel, InterpretedFunction)
+
+
 def run_check(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -288,6 +298,28 @@ def test_check_runs_on_the_cpu(check_run):
     assert rows[("tensorrt", "tensorrt")]["status"] == "skip" and rows[("tensorrt", "tensorrt")]["detail"]
     assert rows[("ops", "fused kernels")]["status"] == "skip"
     assert "PASS" in printed and "0 failed" in printed
+
+
+@pytest.mark.skipif(
+    not interpreted(), reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 (make test)"
+)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+def test_op_check_runs_the_kernel_against_the_reference(spec, monkeypatch):
+    """check's op row on a small case under the interpreter (on a GPU it runs spec.gpu_cases), and its
+    failure when the kernel is wrong."""
+    name, case = next(iter(spec.cases.items()))
+    figures = checks.check_op(spec, torch.device("cpu"), {name: case})
+    assert figures["cases"] == [name] and all(0 <= diff < 1e-2 for diff in figures["max_abs_diff"].values())
+    launcher = spec.launcher
+
+    def off_by_one(*args, out):
+        for tensor in as_tuple(launcher(*args, out=out)):
+            tensor.add_(1)
+        return out
+
+    monkeypatch.setattr(spec.module, f"{spec.name}_triton", off_by_one)
+    with pytest.raises(AssertionError):
+        checks.check_op(spec, torch.device("cpu"), {name: case})
 
 
 def test_a_failing_check_exits_non_zero(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .config import VARIANTS
 from .devices import resolve_device
 from .errors import InputError
 
@@ -121,7 +122,7 @@ class CheckSuite:
         from .custom_ops.cases import SPECS
 
         for spec in SPECS:
-            yield spec.name, lambda spec=spec: _check_op(spec, self.device)
+            yield spec.name, lambda spec=spec: check_op(spec, self.device)
 
     def _backends(self):
         from .environment import backend_status
@@ -180,9 +181,9 @@ class CheckSuite:
         return self._compiled[backend]
 
     def _compile(self, backend: str):
-        from .compile import compile
+        import anchordetr_trt  # the public compile(), whichever module defines it
 
-        return compile(
+        return anchordetr_trt.compile(
             {"model": self.state_dict},
             variant=self.variant,
             backend=backend,
@@ -288,13 +289,15 @@ def _skip(reason: str) -> Callable[[], dict]:
     return check
 
 
-def _check_op(spec, device: torch.device) -> dict:
-    """The op's kernel (its launcher, and the op dispatching to it) against the reference, every real-shape case."""
+def check_op(spec, device: torch.device, cases: dict[str, dict] | None = None) -> dict:
+    """The op's kernel (its launcher, and the op dispatching to it) against the reference on each of
+    ``cases`` (default: the real shapes, ``spec.gpu_cases``); returns the cases and largest differences."""
     from .custom_ops.cases import assert_matches, run_launcher
 
+    cases = spec.gpu_cases if cases is None else cases
     torch.manual_seed(0)
     largest = {}
-    for case in spec.gpu_cases.values():
+    for case in cases.values():
         for dtype in OP_DTYPES if spec.dtypes != (None,) else (None,):
             args = spec.make_inputs(case, dtype, str(device))
             diff = max(
@@ -303,7 +306,7 @@ def _check_op(spec, device: torch.device) -> dict:
             )
             key = str(dtype).removeprefix("torch.") if dtype else "mask"
             largest[key] = max(largest.get(key, 0.0), diff)
-    return {"cases": list(spec.gpu_cases), "max_abs_diff": largest}
+    return {"cases": list(cases), "max_abs_diff": largest}
 
 
 class _LogRecords(logging.Handler):
@@ -373,7 +376,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``anchordetr-trt check``."""
     parser.add_argument("--ckpt", type=Path, help="checkpoint to check (default: seeded random weights)")
     parser.add_argument(
-        "--variant", help="model variant, e.g. r50-dc5 (default: the checkpoint's, or r50-dc5)"
+        "--variant", choices=list(VARIANTS), help="model variant (default: the checkpoint's, or r50-dc5)"
     )
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
                         help="backends to compare with eager fp32 (default: all; those that cannot run are skipped)")  # fmt: skip

@@ -155,6 +155,10 @@ def compare_detections(
 ) -> DetectionComparison:
     """Compare two model outputs; see ``assert_detections_close`` for the arguments."""
     tol = _tolerance(precision or _precision_of(actual), tolerance)
+    if not (isinstance(top_k, int) and top_k >= 1 and 0.0 <= score_threshold <= 1.0):
+        raise ValueError(
+            f"top_k must be an int >= 1 and score_threshold in [0, 1], got {top_k!r} and {score_threshold!r}"
+        )
     _check_outputs(actual, expected)
     actual = {key: actual[key].detach().float().to(expected[key].device) for key in OUTPUTS}
     expected = {key: expected[key].detach().float() for key in OUTPUTS}
