@@ -91,6 +91,8 @@ def test_defaults_follow_the_precision_and_can_be_overridden(expected):
         assert_detections_close(actual, expected, precision="fp16")
     assert_detections_close(actual, expected, precision="fp16", boxes_atol=0.02)
     assert_detections_close(actual, expected, precision="bf16")
+    half = compare_detections({k: v.half() for k, v in actual.items()}, expected)  # fp16 by its dtype
+    assert half.precision == "fp16" and half.tolerance == TOLERANCES["fp16"] and half.failures
     assert TOLERANCES["fp32"].logits_atol < TOLERANCES["fp16"].logits_atol < TOLERANCES["bf16"].logits_atol
 
 

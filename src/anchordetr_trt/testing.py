@@ -154,12 +154,13 @@ def compare_detections(
     **tolerance: float,
 ) -> DetectionComparison:
     """Compare two model outputs; see ``assert_detections_close`` for the arguments."""
-    tol = _tolerance(precision or _precision_of(actual), tolerance)
+    _check_outputs(actual, expected)
+    precision = precision or _precision_of(actual)
+    tol = _tolerance(precision, tolerance)
     if not (isinstance(top_k, int) and top_k >= 1 and 0.0 <= score_threshold <= 1.0):
         raise ValueError(
             f"top_k must be an int >= 1 and score_threshold in [0, 1], got {top_k!r} and {score_threshold!r}"
         )
-    _check_outputs(actual, expected)
     actual = {key: actual[key].detach().float().to(expected[key].device) for key in OUTPUTS}
     expected = {key: expected[key].detach().float() for key in OUTPUTS}
     max_diff, worst_at, finite_in_both = {}, {}, {}
@@ -181,7 +182,7 @@ def compare_detections(
         for side, out in (("actual", actual), ("expected", expected))
     }
     comparison = DetectionComparison(
-        precision=precision or _precision_of(actual),
+        precision=precision,
         tolerance=tol,
         max_abs_diff=max_diff,
         worst_at=worst_at,
