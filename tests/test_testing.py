@@ -340,3 +340,9 @@ def test_a_failing_check_exits_non_zero(tmp_path, monkeypatch):
     assert [r["status"] for r in report["results"]] == ["fail", "fail"]
     assert "FAIL pred_logits: max abs diff 0.1" in report["results"][0]["detail"]
     assert "FAILED backends eager (2, 160, 160):" in printed and "0 passed, 2 failed" in printed
+
+
+def test_a_backend_that_cannot_compile_fails_each_of_its_checks():
+    code, printed = run_check("--only", "backends", "--backends", "eager", "--precision", "fp16")
+    assert code == 1 and "0 passed, 2 failed, 0 skipped" in printed
+    assert printed.count("BackendUnavailableError: precision='fp16' is for GPUs") >= 2

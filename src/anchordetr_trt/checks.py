@@ -77,7 +77,7 @@ class CheckSuite:
         shapes = [(images.shape[0], *images.shape[2:]) for images, _ in self.batches]
         self.min_shape = tuple(min(s[i] for s in shapes) for i in range(3))
         self.max_shape = tuple(max(s[i] for s in shapes) for i in range(3))
-        self._compiled: dict[str, tuple[torch.nn.Module, float]] = {}
+        self._compiled: dict[str, tuple[torch.nn.Module, float] | Exception] = {}
         self._expected: dict[int, dict] = {}
         self._cache_dir = tempfile.TemporaryDirectory(prefix="anchordetr_check_")
 
@@ -173,11 +173,16 @@ class CheckSuite:
     # -- the checks --------------------------------------------------------------------------------
 
     def compiled(self, backend: str) -> tuple[torch.nn.Module, float]:
-        """(the model compiled with ``backend``, seconds it took), compiled once."""
+        """(the model compiled with ``backend``, seconds it took), compiled once: a compile that failed
+        fails every check of that backend with its error, without trying again."""
         if backend not in self._compiled:
             start = time.perf_counter()
-            model = self._compile(backend)
-            self._compiled[backend] = (model, time.perf_counter() - start)
+            try:
+                self._compiled[backend] = (self._compile(backend), time.perf_counter() - start)
+            except Exception as error:
+                self._compiled[backend] = error
+        if isinstance(self._compiled[backend], Exception):
+            raise self._compiled[backend]
         return self._compiled[backend]
 
     def _compile(self, backend: str):
