@@ -1,11 +1,11 @@
 """The fused ops against their PyTorch reference: one suite, parametrized over ops.
 
-The ops, their cases and tolerances live in ``anchordetr_trt.custom_ops.cases`` (``anchordetr-trt check``
-runs the GPU cases too). On CPU the Triton kernels run under the interpreter (``TRITON_INTERPRET=1``, as ``make test`` sets)
-on small shapes; ``@pytest.mark.gpu`` tests run them compiled at AnchorDETR's real shapes (DC5
-800x800: a 50x50 feature map, 8 heads, 900 decoder and 2500 encoder queries, C = 256). Inputs are
-fresh random ones per test (the seed is printed on failure); outputs are pre-filled with NaN so that
-an element a kernel forgets to write fails the comparison.
+The ops, their cases and tolerances live in ``anchordetr_trt.custom_ops.cases`` (``anchordetr-trt
+check`` runs the GPU cases with the same check). On CPU the Triton kernels run under the interpreter
+(``TRITON_INTERPRET=1``, as ``make test`` sets) on small shapes; ``@pytest.mark.gpu`` tests run them
+compiled at AnchorDETR's real shapes (DC5 800x800: a 50x50 feature map, 8 heads, 900 decoder and 2500
+encoder queries, C = 256). Inputs are fresh random ones per test (the seed is printed on failure);
+outputs are pre-filled with NaN so that an element a kernel forgets to write fails the comparison.
 """
 
 import importlib.util
