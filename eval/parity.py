@@ -6,9 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
-from torchvision.ops import box_iou
 
+from anchordetr_trt.comparison import abs_diff, count_matches
 from anchordetr_trt.errors import InputError
 
 from .annotations import CocoDataset, check_counts, load_dataset
@@ -132,12 +131,12 @@ def _compare(
                 "compare models of the same variant"
             )
     out_b = {key: out_b[key].to(out_a[key].device) for key in ("pred_logits", "pred_boxes")}
-    diffs = {key: _abs_diff(out_a[key], out_b[key]) for key in ("pred_logits", "pred_boxes")}
+    diffs = {key: abs_diff(out_a[key], out_b[key]) for key in ("pred_logits", "pred_boxes")}
     non_finite = [non_finite_counts(out).tolist() for out in (out_a, out_b)]
     dets_a, dets_b = (detections(out, batch.sizes, top_k) for out in (out_a, out_b))
     records = []
     for i, image_id in enumerate(batch.image_ids):
-        matched, compared, score_diff = _match(dets_a[i][:match_top_k], dets_b[i], iou_threshold)
+        matched, compared, score_diff = count_matches(dets_a[i][:match_top_k], dets_b[i], iou_threshold)
         records.append(
             _ImageComparison(
                 image_id=image_id,
@@ -150,32 +149,6 @@ def _compare(
             )
         )
     return records
-
-
-def _abs_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per image: max, sum and count of |a - b| over the values finite in both."""
-    both_finite = (torch.isfinite(a) & torch.isfinite(b)).flatten(1)
-    diff = (a.double() - b.double()).abs().flatten(1).where(both_finite, 0)
-    return diff.max(1).values, diff.sum(1), both_finite.sum(1)
-
-
-def _match(rows_a: np.ndarray, rows_b: np.ndarray, iou_threshold: float) -> tuple[int, int, float]:
-    """How many detections (x, y, w, h, score, label) of ``rows_a`` have a same-label one in ``rows_b``
-    with IoU > ``iou_threshold``, out of how many, and the largest score change of those matches."""
-    if len(rows_a) == 0 or len(rows_b) == 0:
-        return 0, len(rows_a), 0.0
-    a, b = torch.from_numpy(rows_a), torch.from_numpy(rows_b)
-    iou = box_iou(_xyxy(a[:, :4]), _xyxy(b[:, :4]))
-    iou = iou.where(a[:, None, 5] == b[None, :, 5], 0).nan_to_num(0)
-    best_iou, best = iou.max(1)
-    matched = best_iou > iou_threshold
-    score_diff = (a[:, 4] - b[best, 4]).abs()[matched]
-    score_diff = score_diff[score_diff.isfinite()]  # NaN outputs are counted and reported on their own
-    return int(matched.sum()), len(rows_a), float(score_diff.max()) if len(score_diff) else 0.0
-
-
-def _xyxy(xywh: Tensor) -> Tensor:
-    return torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1)
 
 
 def _delta(stats_a: dict | None, stats_b: dict | None) -> dict[str, float | None]:

@@ -1,18 +1,17 @@
 """The fused ops against their PyTorch reference: one suite, parametrized over ops.
 
-On CPU the Triton kernels run under the interpreter (``TRITON_INTERPRET=1``, as ``make test`` sets)
-on small shapes; ``@pytest.mark.gpu`` tests run them compiled at AnchorDETR's real shapes (DC5
-800x800: a 50x50 feature map, 8 heads, 900 decoder and 2500 encoder queries, C = 256). Inputs are
-fresh random ones per test (the seed is printed on failure); outputs are pre-filled with NaN so that
-an element a kernel forgets to write fails the comparison.
+The ops, their cases and tolerances live in ``anchordetr_trt.custom_ops.cases`` (``anchordetr-trt
+check`` runs the GPU cases with the same check). On CPU the Triton kernels run under the interpreter
+(``TRITON_INTERPRET=1``, as ``make test`` sets) on small shapes; ``@pytest.mark.gpu`` tests run them
+compiled at AnchorDETR's real shapes (DC5 800x800: a 50x50 feature map, 8 heads, 900 decoder and 2500
+encoder queries, C = 256). Inputs are fresh random ones per test (the seed is printed on failure);
+outputs are pre-filled with NaN so that an element a kernel forgets to write fails the comparison.
 """
 
 import importlib.util
 import json
 import random
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -21,14 +20,17 @@ import torch
 from torch import Tensor, nn
 from triton.runtime.interpreter import InterpretedFunction
 
-from anchordetr_trt.custom_ops import (
-    add_bias_transpose,
-    fused,
-    layer_norm,
-    mask2pos,
-    masked_softmax,
-    rcda_aggregate,
-    reference,
+from anchordetr_trt.custom_ops import fused, masked_softmax
+from anchordetr_trt.custom_ops.cases import (
+    BF16,
+    F16,
+    F32,
+    SPECS,
+    as_tuple,
+    assert_matches,
+    image_mask,
+    padding,
+    run_launcher,
 )
 from anchordetr_trt.errors import InputError
 
@@ -38,8 +40,6 @@ needs_interpreter = pytest.mark.skipif(
     reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 set before import (make test)",
 )
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu`)")
-F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
-FP16_MAX_MAGNITUDE = 6e4
 
 
 @pytest.fixture(autouse=True)
@@ -47,261 +47,6 @@ def fresh_seed():
     seed = random.randrange(2**31)
     torch.manual_seed(seed)
     print(f"torch seed {seed}")  # shown by pytest when the test fails
-
-
-# ---------------------------------------------------------------------------------------------------
-# Inputs
-
-
-def values(shape, dtype, device, case) -> Tensor:
-    """Random values of ``shape``; case "extreme": uniform in +-6e4 (fp16's range); "strided": a
-    non-contiguous view (the last two dims transposed in memory)."""
-    if case.get("strided") and len(shape) >= 2:
-        return values(
-            (*shape[:-2], shape[-1], shape[-2]), dtype, device, case | {"strided": False}
-        ).transpose(-1, -2)
-    if case.get("extreme"):
-        return ((torch.rand(shape) * 2 - 1) * case["extreme"]).to(device, dtype)
-    return (torch.randn(shape) * case.get("scale", 1.0)).to(device, dtype)
-
-
-def padding(batch: int, length: int, mode: str, device) -> Tensor:
-    """[batch, length] bool, True = padded: "random" any pattern, "tail" a padded end of random
-    length, "all" like tail with the first row fully padded, "none"."""
-    if mode == "random":
-        mask = torch.rand(batch, length) < 0.4
-    else:
-        valid = torch.randint(1, length + 1, (batch, 1))
-        mask = torch.arange(length)[None] >= valid
-        if mode == "all":
-            mask[0] = True
-        if mode == "none":
-            mask[:] = False
-    return mask.to(device)
-
-
-def image_mask(batch: int, height: int, width: int, mode: str, device, strided: bool = False) -> Tensor:
-    """[batch, height, width] padding mask; "tail" pads the bottom and right of each image as
-    preprocess does, "all" pads the first image entirely, "random" is any pattern."""
-    if strided:  # a [:, :, :width] view of a wider mask
-        return image_mask(batch, height, width + 3, mode, device)[:, :, :width]
-    if mode == "random":
-        return (torch.rand(batch, height, width) < 0.4).to(device)
-    rows, cols = padding(batch, height, mode, "cpu"), padding(batch, width, mode, "cpu")
-    return (rows[:, :, None] | cols[:, None, :]).to(device)
-
-
-def masked_softmax_inputs(case: dict, dtype, device) -> tuple:
-    batch, heads, queries, keys = case["shape"]
-    scores = values((batch, heads, queries, keys), dtype, device, case | {"scale": 4.0})
-    if case.get("strided"):  # the model's row mask is mask[:, 0, :], a strided view
-        return scores, image_mask(batch, 2, keys, case["padding"], device)[:, 0, :]
-    return scores, padding(batch, keys, case["padding"], device)
-
-
-def layer_norm_inputs(case: dict, dtype, device) -> tuple:
-    shape, channels = case["shape"], case["shape"][-1]
-    affine_dtype = case.get("affine_dtype", dtype)
-    weight = (1 + 0.2 * torch.randn(channels)).to(device, affine_dtype)
-    bias = (0.2 * torch.randn(channels)).to(device, affine_dtype)
-    residual = values(shape, dtype, device, case) if case.get("residual") else None
-    return values(shape, dtype, device, case), weight, bias, 1e-5, residual
-
-
-def add_bias_transpose_inputs(case: dict, dtype, device) -> tuple:
-    batch, length, channels = case["shape"]
-    extreme = {"extreme": case["extreme"] / 2} if case.get("extreme") else {}  # x + bias stays finite
-    x = values((batch, length, channels), dtype, device, case | extreme)
-    return x, values((channels,), dtype, device, extreme), case["heads"], case.get("scale", 0.25)
-
-
-def mask2pos_inputs(case: dict, dtype, device) -> tuple:
-    return (image_mask(*case["shape"], case["padding"], device, case.get("strided", False)),)
-
-
-def mask2posemb_inputs(case: dict, dtype, device) -> tuple:
-    return (*mask2pos_inputs(case, dtype, device), case.get("feats", 64), case.get("temperature", 10000.0))
-
-
-def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
-    batch, queries, height, width, head_dim = case["shape"]
-    probs_col = torch.randn(batch, queries, height).softmax(-1)
-    probs_row = torch.randn(batch, queries, width).softmax(-1)
-    value = values((batch, height, width, head_dim), dtype, device, case)
-    return probs_col.to(device, dtype), probs_row.to(device, dtype), value
-
-
-# ---------------------------------------------------------------------------------------------------
-# The ops, their cases and tolerances
-
-
-@dataclass(frozen=True)
-class OpSpec:
-    """An op ``name`` of ``module``, which holds ``<name>_triton`` and ``<name>_launch_config``."""
-
-    name: str
-    module: ModuleType
-    make_inputs: Callable[[dict, torch.dtype, str], tuple]
-    cases: dict[str, dict]  # small shapes, for the interpreter
-    gpu_cases: dict[str, dict]  # AnchorDETR's shapes
-    widen: Callable  # launch-config sizes -> 4x larger ones, for "any size <= BLOCK"
-    dtypes: tuple = (F32, F16, BF16)  # of the float inputs; the mask ops have none
-    tolerance: dict = field(default_factory=dict)  # dtype -> (atol, rtol); exact if absent
-    not_interpreted: tuple = ()  # dtypes the Triton interpreter cannot run (tested on the GPU instead)
-
-    @property
-    def op(self):
-        return getattr(torch.ops.anchordetr, self.name)
-
-    @property
-    def reference(self):
-        return getattr(reference, self.name)
-
-    @property
-    def launcher(self):
-        return getattr(self.module, f"{self.name}_triton")
-
-    def first_inputs(self, dtype, device: str) -> tuple:
-        return self.make_inputs(next(iter(self.cases.values())), dtype, device)
-
-
-REAL_BATCHES = (1, 8)
-SPECS = [
-    OpSpec(
-        "masked_softmax",
-        masked_softmax,
-        masked_softmax_inputs,
-        cases={
-            "small": {"shape": (2, 3, 5, 7), "padding": "random"},
-            "length_1": {"shape": (3, 2, 1, 1), "padding": "random"},
-            "odd": {"shape": (3, 2, 13, 37), "padding": "tail"},
-            "fully_padded": {"shape": (2, 2, 9, 21), "padding": "all"},
-            "long_rows": {"shape": (1, 1, 3, 300), "padding": "random"},
-            "extreme": {"shape": (2, 2, 7, 19), "padding": "random", "extreme": FP16_MAX_MAGNITUDE},
-            "strided": {"shape": (2, 3, 6, 11), "padding": "tail", "strided": True},
-        },
-        gpu_cases={
-            f"{name}_b{batch}": {"shape": (batch, 8, queries, 50), "padding": padding_mode}
-            for batch in REAL_BATCHES
-            for name, queries, padding_mode in (("decoder", 900, "tail"), ("encoder", 2500, "all"))
-        },
-        tolerance={F32: (1e-6, 1e-5), F16: (1e-5, 1e-3), BF16: (1e-4, 1.6e-2)},
-        widen=lambda rows, length: (rows, 4 * length),
-    ),
-    OpSpec(
-        "layer_norm",
-        layer_norm,
-        layer_norm_inputs,
-        cases={
-            "small": {"shape": (2, 5, 32), "residual": True},
-            "no_residual": {"shape": (2, 5, 32)},
-            "length_1": {"shape": (1, 1, 1), "residual": True},
-            "odd_4d": {"shape": (3, 5, 7, 45), "residual": True},
-            "fp32_affine": {"shape": (2, 3, 24), "residual": True, "affine_dtype": F32},
-            "extreme": {"shape": (2, 9, 40), "residual": True, "extreme": FP16_MAX_MAGNITUDE},
-            "strided": {"shape": (2, 6, 20), "residual": True, "strided": True},
-        },
-        gpu_cases={
-            f"{name}_b{batch}": {"shape": (batch, length, 256), "residual": residual}
-            for batch in REAL_BATCHES
-            for name, length, residual in (
-                ("decoder", 900, True),
-                ("encoder", 2500, True),
-                ("plain", 900, False),
-            )
-        },
-        tolerance={F32: (1e-5, 1e-5), F16: (1e-3, 2e-3), BF16: (1e-2, 1.6e-2)},
-        widen=lambda rows, length: (rows, 4 * length),
-    ),
-    OpSpec(
-        "add_bias_transpose",
-        add_bias_transpose,
-        add_bias_transpose_inputs,
-        cases={
-            "small": {"shape": (2, 5, 16), "heads": 4},
-            "length_1": {"shape": (1, 1, 8), "heads": 2, "scale": 1.0},
-            "odd": {"shape": (3, 13, 24), "heads": 8, "scale": 24**-0.5},  # head_dim 3
-            "wide": {"shape": (2, 3, 600), "heads": 6},  # head_dim 100, channels in 3 blocks
-            "extreme": {"shape": (2, 7, 32), "heads": 8, "scale": 1.0, "extreme": FP16_MAX_MAGNITUDE},
-            "strided": {"shape": (2, 6, 12), "heads": 3, "strided": True},
-        },
-        gpu_cases={
-            f"{name}_b{batch}": {"shape": (batch, length, 256), "heads": 8, "scale": 32**-0.5}
-            for batch in REAL_BATCHES
-            for name, length in (("decoder", 900), ("encoder", 2500))
-        },
-        # Bit-exact on fp32 and fp16; the interpreter truncates float32 -> bfloat16 (1 ulp).
-        tolerance={BF16: (1e-2, 1.6e-2)},
-        widen=lambda batch, length, channels: (batch, 4 * length, 4 * channels),
-    ),
-    OpSpec(
-        "mask2pos",
-        mask2pos,
-        mask2pos_inputs,
-        cases={
-            "small": {"shape": (3, 11, 6), "padding": "tail"},
-            "length_1": {"shape": (2, 1, 1), "padding": "random"},
-            "fully_padded": {"shape": (3, 7, 9), "padding": "all"},
-            "random": {"shape": (2, 13, 5), "padding": "random"},
-            "long_line": {"shape": (1, 3, 1100), "padding": "tail"},  # longer than MAX_BLOCK_L
-            "strided": {"shape": (2, 5, 8), "padding": "tail", "strided": True},
-        },
-        gpu_cases={
-            f"{padding_mode}_b{batch}": {"shape": (batch, 50, 50), "padding": padding_mode}
-            for batch in REAL_BATCHES
-            for padding_mode in ("tail", "all")
-        },
-        dtypes=(None,),
-        widen=lambda batch, height, width: (batch, 4 * height, 4 * width),
-    ),
-    OpSpec(
-        "mask2posemb",
-        mask2pos,
-        mask2posemb_inputs,
-        cases={
-            "small": {"shape": (3, 11, 6), "padding": "tail"},
-            "length_1": {"shape": (1, 1, 1), "padding": "none", "feats": 2},
-            "fully_padded": {"shape": (2, 7, 9), "padding": "all", "feats": 18},
-            "many_features": {"shape": (2, 37, 5), "padding": "tail", "feats": 600, "temperature": 20.0},
-            "strided": {"shape": (2, 5, 8), "padding": "random", "strided": True},
-        },
-        gpu_cases={
-            f"{padding_mode}_b{batch}": {"shape": (batch, 50, 50), "padding": padding_mode, "feats": 256}
-            for batch in REAL_BATCHES
-            for padding_mode in ("tail", "all")
-        },
-        dtypes=(None,),
-        tolerance={None: (2e-5, 0.0)},  # float32 sin/cos of angles up to 2 pi
-        widen=lambda batch, height, width, feats: (batch, 4 * height, 4 * width, 4 * feats),
-    ),
-    OpSpec(
-        "rcda_aggregate",
-        rcda_aggregate,
-        rcda_aggregate_inputs,
-        cases={  # shape: (batch * heads, queries, height, width, head_dim)
-            "small": {"shape": (2, 5, 3, 4, 8)},
-            "length_1": {"shape": (1, 1, 1, 1, 1)},
-            "odd": {"shape": (3, 70, 5, 7, 9)},  # queries over two blocks, sizes below the blocks
-            "wide": {"shape": (2, 9, 2, 40, 20)},
-            "strided": {"shape": (2, 6, 3, 5, 8), "strided": True},
-        },
-        gpu_cases={
-            f"{name}_b{batch}": {"shape": (batch * 8, queries, 50, 50, 32)}
-            for batch in REAL_BATCHES
-            for name, queries in (("decoder", 900), ("encoder", 2500))
-        },
-        # The reference rounds its [N, W, Lq, D] intermediate to the input dtype, the kernel does not.
-        tolerance={F32: (1e-5, 1e-5), F16: (2e-3, 5e-3), BF16: (2e-2, 3e-2)},
-        not_interpreted=(BF16,),  # the interpreter's tl.dot reads bfloat16 as integers
-        widen=lambda queries, heads, width, head_dim, size: (
-            4 * queries,
-            heads,
-            4 * width,
-            4 * head_dim,
-            size,
-        ),
-    ),
-]
 
 
 def cases(gpu: bool = False, interpreted: bool = False):
@@ -313,34 +58,6 @@ def cases(gpu: bool = False, interpreted: bool = False):
         if not (gpu and dtype is BF16)  # bfloat16 on the GPU: covered by test_opcheck_cuda
         and not (interpreted and dtype in spec.not_interpreted)
     ]
-
-
-def as_tuple(out) -> tuple[Tensor, ...]:
-    return tuple(out) if isinstance(out, tuple | list) else (out,)
-
-
-def poisoned_like(outputs: tuple[Tensor, ...]):
-    poisoned = tuple(torch.full(o.shape, float("nan"), dtype=o.dtype, device=o.device) for o in outputs)
-    return poisoned if len(poisoned) > 1 else poisoned[0]
-
-
-def assert_matches(spec: OpSpec, got, expected, dtype) -> None:
-    atol, rtol = spec.tolerance.get(dtype, (0.0, 0.0))
-    for g, e in zip(as_tuple(got), as_tuple(expected), strict=True):
-        assert g.dtype == e.dtype and g.shape == e.shape
-        assert not g.isnan().any(), "NaN in the output: an element was not written, or a padded row is NaN"
-        torch.testing.assert_close(g, e, atol=atol, rtol=rtol)
-
-
-def run_launcher(spec: OpSpec, args: tuple, dtype) -> None:
-    """The launcher writes NaN-poisoned outputs in place and matches the reference."""
-    expected = spec.reference(*args)
-    out = poisoned_like(as_tuple(expected))
-    got = spec.launcher(*args, out=out)
-    assert all(g is o for g, o in zip(as_tuple(got), as_tuple(out), strict=True)), (
-        "outputs not written in place"
-    )
-    assert_matches(spec, got, expected, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------

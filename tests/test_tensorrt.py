@@ -16,6 +16,7 @@ import anchordetr_trt as at
 from anchordetr_trt.backends.tensorrt import TensorRTModule, ops_outside_tensorrt, tensorrt_status
 from anchordetr_trt.converters.specs import NAMESPACE, PLUGINS
 from anchordetr_trt.export import example_inputs
+from anchordetr_trt.testing import assert_detections_close
 
 AVAILABLE, REASON = tensorrt_status()
 pytestmark = [
@@ -25,7 +26,6 @@ pytestmark = [
 
 MIN_SHAPE, OPT_SHAPE, MAX_SHAPE = (1, 320, 320), (2, 384, 448), (2, 448, 512)
 SHAPES = [MIN_SHAPE, OPT_SHAPE, (2, 352, 500), MAX_SHAPE]  # example_inputs pads the last image
-BOX_TOLERANCE, LOGIT_TOLERANCE = 5e-3, 5e-2
 
 
 def compile_engine(model, cache_dir):
@@ -80,11 +80,7 @@ def test_fp16_engine_matches_eager_fp32(engine, eager, shape):
     images, mask = example_inputs(shape, "cuda")
     with torch.no_grad():
         expected = eager(images, mask)
-    got = engine(images, mask)
-    for key, tolerance in (("pred_boxes", BOX_TOLERANCE), ("pred_logits", LOGIT_TOLERANCE)):
-        assert got[key].shape == expected[key].shape
-        difference = (got[key].float() - expected[key]).abs().max().item()
-        assert difference <= tolerance, f"{key} at {shape}: max abs difference {difference}"
+    assert_detections_close(engine(images, mask), expected, precision="fp16", msg=f"engine at {shape}")
 
 
 def test_ahead_of_time_plugins_run_without_python(engine, monkeypatch):

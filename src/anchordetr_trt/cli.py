@@ -230,6 +230,30 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=_count, default=0, help="seed of the images and random weights (default 0)"
     )
     demo.set_defaults(run=_demo)
+
+    check = commands.add_parser(
+        "check", parents=[common], help="parity suite on this machine: fused ops, backends, export, TensorRT"
+    )
+    check.add_argument("--ckpt", help="checkpoint to check (default: seeded random weights)")
+    check.add_argument(
+        "--variant", choices=list(VARIANTS), help="model variant (default: the checkpoint's, or r50-dc5)"
+    )
+    check.add_argument(
+        "--backends", nargs="+", choices=["eager", "inductor", "tensorrt"], default=["eager", "inductor", "tensorrt"],
+        help="backends to compare with eager fp32 (default: all; those that cannot run here are skipped)",
+    )  # fmt: skip
+    check.add_argument(
+        "--precision", choices=["fp16", "bf16", "fp32"], help="default fp16 on a GPU, fp32 on the CPU"
+    )
+    check.add_argument(
+        "--only", nargs="+", choices=["ops", "backends", "export", "tensorrt"],
+        default=["ops", "backends", "export", "tensorrt"], help="run these groups only (default: all)",
+    )  # fmt: skip
+    check.add_argument(
+        "--out", type=Path,
+        help="also write check.json into this folder: new, empty, or an earlier check output, which is replaced",
+    )  # fmt: skip
+    check.set_defaults(run=_check)
     return parser
 
 
@@ -760,6 +784,25 @@ def _demo(args: argparse.Namespace) -> int:
             top_k=args.top_k, device=device,
         )  # fmt: skip
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Prints the pass/fail table (and writes check.json with --out); exit code 1 if a check failed."""
+    import contextlib
+
+    from .checks import run_checks
+    from .outputs import RunFolder
+
+    device = _device(args)
+    if args.ckpt is None:
+        print("no --ckpt: checking seeded random weights (an untrained model)", file=sys.stderr)
+    folder = RunFolder(args.out, inputs=_local_files(args.ckpt)) if args.out else contextlib.nullcontext()
+    with folder:
+        passed = run_checks(
+            args.ckpt, variant=args.variant, backends=args.backends, precision=args.precision,
+            device=device, groups=args.only, out=args.out, log=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,348 @@
+"""anchordetr_trt.testing, the pytest plugin (run by pytester as a user would) and ``anchordetr-trt check``.
+
+The model is the seeded random r50-c5 at 96..160 pixels, built once per module. Its untrained boxes
+look alike for every query, so each planted fault is one that the logits, the per-query matching or
+the NaN count must expose.
+"""
+
+import contextlib
+import copy
+import io
+import json
+
+import pytest
+import torch
+
+import anchordetr_trt as at
+from anchordetr_trt import checks, cli
+from anchordetr_trt.custom_ops.cases import SPECS, as_tuple
+from anchordetr_trt.environment import backend_status
+from anchordetr_trt.testing import (
+    TOLERANCES,
+    assert_detections_close,
+    assert_parity,
+    compare_detections,
+    example_batches,
+)
+from anchordetr_trt.weights import random_model
+
+pytest_plugins = ["pytester"]
+
+IMAGE_SIZES = (((120, 160), (160, 100)),)  # one batch of two images, both padded to 160x160
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return random_model("r50-c5").set_fused_ops(False)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    ((images, mask),) = example_batches(IMAGE_SIZES)
+    assert mask[0].any() and mask[1].any(), "both images should be padded"
+    return images, mask
+
+
+@pytest.fixture(scope="module")
+def expected(reference, batch):
+    with torch.no_grad():
+        return reference(*batch)
+
+
+def perturbed(reference, change) -> torch.nn.Module:
+    """A copy of ``reference`` after ``change(model)`` (under no_grad)."""
+    model = copy.deepcopy(reference)
+    with torch.no_grad():
+        change(model)
+    return model
+
+
+def class_head(model) -> torch.nn.Linear:
+    return model.transformer.class_embed[0]  # shared by every decoder layer
+
+
+# ---------------------------------------------------------------------------------------------------
+# assert_detections_close on outputs
+
+
+def test_equal_outputs_are_close(expected):
+    assert_detections_close(expected, {k: v.clone() for k, v in expected.items()})
+    comparison = compare_detections(expected, expected)
+    assert comparison.failures == [] and comparison.match_rate == 1.0
+    assert comparison.compared == 200  # top 100 of each image: random weights score every class ~0.5
+
+
+def test_one_changed_logit_is_reported_where_it_is(expected):
+    actual = {k: v.clone() for k, v in expected.items()}
+    actual["pred_logits"][1, 7, 3] += 0.1
+    with pytest.raises(AssertionError) as error:
+        assert_detections_close(actual, expected, msg="my model vs eager")
+    report = str(error.value)
+    assert report.startswith("my model vs eager\nDetections are not close (tolerances for fp32")
+    assert "FAIL pred_logits: max abs diff 0.1 (limit 0.005) at image 1, query 7, class 3" in report
+    assert "ok   pred_boxes: max abs diff 0 " in report
+
+
+def test_defaults_follow_the_precision_and_can_be_overridden(expected):
+    actual = {k: v + 0.01 for k, v in expected.items()}  # logits and boxes off by 0.01
+    with pytest.raises(AssertionError, match="tolerances for fp32"):
+        assert_detections_close(actual, expected)
+    with pytest.raises(AssertionError, match=r"pred_boxes: max abs diff 0\.01 \(limit 0\.005\)"):
+        assert_detections_close(actual, expected, precision="fp16")
+    assert_detections_close(actual, expected, precision="fp16", boxes_atol=0.02)
+    assert_detections_close(actual, expected, precision="bf16")
+    half = compare_detections({k: v.half() for k, v in actual.items()}, expected)  # fp16 by its dtype
+    assert half.precision == "fp16" and half.tolerance == TOLERANCES["fp16"] and half.failures
+    assert TOLERANCES["fp32"].logits_atol < TOLERANCES["fp16"].logits_atol < TOLERANCES["bf16"].logits_atol
+
+
+def test_a_moved_box_is_unmatched(expected):
+    actual = {k: v.clone() for k, v in expected.items()}
+    actual["pred_boxes"][0, :, :2] += 0.2  # every box of image 0 moves; logits unchanged
+    comparison = compare_detections(actual, expected, precision="fp16", boxes_atol=1.0)
+    assert comparison.per_image == [(0, 100), (100, 100)] and comparison.worst_image == 0
+    assert any("matched 50.0% < 95%" in failure for failure in comparison.failures)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"precision": "int8"}, ValueError, "unknown precision 'int8'"),
+        ({"logit_atol": 0.1}, TypeError, "unknown tolerance logit_atol"),
+        ({"top_k": 0}, ValueError, "top_k must be an int >= 1"),
+    ],
+)
+def test_bad_arguments_are_named(expected, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        assert_detections_close(expected, expected, **kwargs)
+
+
+def test_shapes_that_differ_are_reported(expected):
+    actual = {k: v[:1] for k, v in expected.items()}
+    with pytest.raises(
+        AssertionError, match=r"pred_logits shapes differ: actual \[1, 900, 91\], expected \[2"
+    ):
+        assert_detections_close(actual, expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# assert_parity on models: it passes for the same computation and catches planted faults
+
+
+def test_parity_of_the_eager_backend(reference, batch):
+    compiled = at.compile(copy.deepcopy(reference), backend="eager", device="cpu")
+    assert_parity(compiled, reference, *batch)
+
+
+def test_parity_on_a_list_of_images(reference):
+    images = [torch.randint(0, 256, (3, 100, 150), dtype=torch.uint8), torch.rand(3, 140, 90)]
+    assert_parity(copy.deepcopy(reference), reference, images, min_size=96, max_size=128)
+
+
+def plant_fp16_overflow(model):
+    """The first decoder FFN's activations exceed fp16's range (65504) and are stored in fp16."""
+    layer = model.transformer.decoder_layers[0].ffn.linear1
+    layer.weight *= 1e6
+    layer.register_forward_hook(lambda module, inputs, output: output.half().float())
+
+
+def plant_nan(model):
+    """The box head returns NaN for one query of each image."""
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[:, 5] = float("nan")
+        return output
+
+    model.transformer.bbox_embed[0].register_forward_hook(hook)
+
+
+def swap_top_label(model, expected):
+    """Swap the class head's rows of the reference's best class and its worst one at that query."""
+    image_scores = expected["pred_logits"][0]
+    query, best = divmod(int(image_scores.argmax()), image_scores.shape[1])
+    worst = int(image_scores[query].argmin())
+    head = class_head(model)
+    for param in (head.weight, head.bias):
+        param[[best, worst]] = param[[worst, best]].clone()
+
+
+@pytest.mark.parametrize(
+    ("fault", "messages"),
+    [
+        (
+            "fp16 overflow",
+            ["FAIL NaN/inf values: actual", "expected 0", "over the 0 of 163800 values finite"],
+        ),
+        ("nan", ["FAIL NaN/inf values: actual 8 (pred_logits 0, pred_boxes 8), expected 0"]),
+        ("label swap", ["FAIL pred_logits", "FAIL matched detections"]),
+    ],
+)
+def test_parity_catches_a_planted_fault(reference, batch, expected, fault, messages):
+    change = {
+        "fp16 overflow": plant_fp16_overflow,
+        "nan": plant_nan,
+        "label swap": lambda model: swap_top_label(model, expected),
+    }[fault]
+    with pytest.raises(AssertionError) as error:
+        assert_parity(perturbed(reference, change), reference, *batch)
+    report = str(error.value)
+    assert report.startswith("AnchorDETR vs AnchorDETR on 2 image(s) of (160, 160)\nDetections are not close")
+    for message in messages:
+        assert message in report
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pytest plugin, as a user runs it
+
+USER_TEST = """
+from anchordetr_trt.testing import assert_parity
+
+def test_parity(anchordetr_model, anchordetr_reference, anchordetr_batches):
+    for images, mask in anchordetr_batches:
+        assert_parity(anchordetr_model, anchordetr_reference, images, mask)
+"""
+
+NUDGED_TEST = """
+import copy, torch
+from anchordetr_trt.testing import assert_parity
+
+def test_parity_of_a_nudged_model(anchordetr_model, anchordetr_reference, anchordetr_batches):
+    nudged = copy.deepcopy(anchordetr_reference)
+    with torch.no_grad():
+        nudged.transformer.class_embed[0].bias[3] += 0.1
+    assert_parity(anchordetr_model, nudged, *anchordetr_batches[0])
+"""
+
+
+def skip_reasons() -> dict[str, str]:
+    return {name: why for name, (ok, why) in backend_status("cpu").items() if not ok}
+
+
+def test_plugin_passes_matching_models_and_skips_what_cannot_run(pytester):
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest(
+        "--anchordetr-variant", "r50-c5", "--anchordetr-device", "cpu", "-rs", "-W", "always"
+    )
+    reasons = skip_reasons()
+    result.assert_outcomes(passed=1, skipped=len(reasons))
+    output = result.stdout.str()
+    assert "test_parity[eager] PASSED" in output or "1 passed" in output
+    for backend, why in reasons.items():
+        assert f"backend {backend!r} cannot run on cpu: {why}" in output
+    assert "seeded random weights (seed 0) of r50-c5" in output  # said, since no checkpoint was given
+    assert "anchordetr_trt: seeded random weights" in output  # the header line
+
+
+def test_plugin_fails_a_nudged_model_with_a_report(pytester, reference, monkeypatch):
+    ckpt = pytester.path / "model.pth"
+    torch.save({"model": reference.state_dict()}, ckpt)
+    monkeypatch.setenv("ANCHORDETR_CKPT", str(ckpt))
+    monkeypatch.setenv("ANCHORDETR_BACKENDS", "eager")
+    pytester.makepyfile(test_user=NUDGED_TEST)
+    result = pytester.runpytest("--anchordetr-variant", "r50-c5", "--anchordetr-device", "cpu")
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert f"anchordetr_trt: {ckpt}; backends eager" in output
+    assert "eager fp32 vs AnchorDETR on 2 image(s) of (160, 160)" in output
+    assert "FAIL pred_logits: max abs diff 0.1 (limit 0.005) at image 0, query" in output
+    assert "class 3" in output and "seeded random weights" not in output
+
+
+def test_plugin_rejects_an_unknown_backend(pytester):
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest("--anchordetr-backends", "eager,onnx")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--anchordetr-backends: unknown onnx; choose from eager, inductor, tensorrt" in result.stderr.str()
+
+
+# ---------------------------------------------------------------------------------------------------
+# anchordetr-trt check on the CPU
+
+
+def interpreted() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from anchordetr_trt.custom_ops import masked_softmax
+
+    return isinstance(masked_softmax.masked_softmax_kernel, InterpretedFunction)
+
+
+def run_check(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["check", "--variant", "r50-c5", "--device", "cpu", *args])
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def check_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("check")
+    code, printed = run_check("--out", str(out))
+    return code, printed, json.loads((out / "check.json").read_text())
+
+
+def test_check_runs_on_the_cpu(check_run):
+    code, printed, report = check_run
+    assert code == 0 and report["passed"] and report["device"] == "cpu" and report["variant"] == "r50-c5"
+    rows = {(r["group"], r["name"]): r for r in report["results"]}
+    eager = [r for (group, name), r in rows.items() if group == "backends" and name.startswith("eager")]
+    assert len(eager) == 2 and all(r["status"] == "pass" for r in eager)
+    assert all(r["figures"]["max_abs_diff"] == {"pred_logits": 0.0, "pred_boxes": 0.0} for r in eager)
+    exported = [r for (group, name), r in rows.items() if group == "export" and name.startswith("exported")]
+    assert len(exported) == 3 and all(r["status"] == "pass" for r in exported)
+    assert all(r["figures"]["max_abs_diff"]["pred_logits"] < 1e-3 for r in exported)
+    for backend, why in skip_reasons().items():
+        assert rows[("backends", backend)] == {
+            "group": "backends", "name": backend, "status": "skip", "figures": {},
+            "detail": f"cannot run on cpu: {why}",
+        }  # fmt: skip
+    assert rows[("tensorrt", "tensorrt")]["status"] == "skip" and rows[("tensorrt", "tensorrt")]["detail"]
+    assert rows[("ops", "fused kernels")]["status"] == "skip"
+    assert "PASS" in printed and "0 failed" in printed
+
+
+@pytest.mark.skipif(
+    not interpreted(), reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 (make test)"
+)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+def test_op_check_runs_the_kernel_against_the_reference(spec, monkeypatch):
+    """check's op row on a small case under the interpreter (on a GPU it runs spec.gpu_cases), and its
+    failure when the kernel is wrong."""
+    name, case = next(iter(spec.cases.items()))
+    figures = checks.check_op(spec, torch.device("cpu"), {name: case})
+    assert figures["cases"] == [name] and all(0 <= diff < 1e-2 for diff in figures["max_abs_diff"].values())
+    launcher = spec.launcher
+
+    def off_by_one(*args, out):
+        for tensor in as_tuple(launcher(*args, out=out)):
+            tensor.add_(1)
+        return out
+
+    monkeypatch.setattr(spec.module, f"{spec.name}_triton", off_by_one)
+    with pytest.raises(AssertionError):
+        checks.check_op(spec, torch.device("cpu"), {name: case})
+
+
+def test_a_failing_check_exits_non_zero(tmp_path, monkeypatch):
+    compile_model = checks.CheckSuite._compile
+
+    def nudged(suite, backend):
+        model = compile_model(suite, backend)
+        with torch.no_grad():
+            class_head(model.runner).bias[3] += 0.1
+        return model
+
+    monkeypatch.setattr(checks.CheckSuite, "_compile", nudged)
+    code, printed = run_check("--only", "backends", "--backends", "eager", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert code == 1 and not report["passed"]
+    assert [r["status"] for r in report["results"]] == ["fail", "fail"]
+    assert "FAIL pred_logits: max abs diff 0.1" in report["results"][0]["detail"]
+    assert "FAILED backends eager (2, 160, 160):" in printed and "0 passed, 2 failed" in printed
+
+
+def test_a_backend_that_cannot_compile_fails_each_of_its_checks():
+    code, printed = run_check("--only", "backends", "--backends", "eager", "--precision", "fp16")
+    assert code == 1 and "0 passed, 2 failed, 0 skipped" in printed
+    assert printed.count("BackendUnavailableError: precision='fp16' is for GPUs") >= 2
