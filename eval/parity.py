@@ -43,6 +43,8 @@ def parity_report(
     top_k: int = 100,
     match_top_k: int = 10,
     iou_threshold: float = 0.9,
+    match_min_score: float | None = None,
+    match_max_score_diff: float | None = None,
     num_workers: int = 4,
     progress: bool = True,
 ) -> dict | None:
@@ -53,9 +55,13 @@ def parity_report(
     values), ``non_finite_values``, ``non_finite_images``, ``model_s``}}, ``delta`` {stat: b - a},
     ``agreement`` (per image, the share of a's top ``match_top_k`` detections that b's top ``top_k``
     has with the same label and IoU > ``iou_threshold``: ``mean``, ``min``, ``images_below_1``, the
-    ``worst`` images, ``max_score_diff`` of the matched detections), ``numeric`` {``pred_logits``,
+    ``worst`` images, ``max_score_diff`` of the matched detections, ``matched`` of ``compared``
+    detections over all images), ``numeric`` {``pred_logits``,
     ``pred_boxes``: ``max_abs_diff``, ``mean_abs_diff``} over the values both give as finite numbers,
     ``problems`` (sentences; empty when nothing is off) and ``settings``.
+
+    ``match_min_score``: compare a's detections with at least this score instead of its top
+    ``match_top_k``; ``match_max_score_diff``: a match must also keep the score within this distance.
 
     Agreement is meaningful for trained weights: the near-equal scores of random weights are reordered
     by any rounding difference.
@@ -65,6 +71,12 @@ def parity_report(
     check_counts(top_k=top_k, match_top_k=match_top_k)
     if not 0 < iou_threshold < 1:
         raise InputError(f"iou_threshold must lie in (0, 1), got {iou_threshold!r}")
+    for name, value in (("match_min_score", match_min_score), ("match_max_score_diff", match_max_score_diff)):
+        if value is not None and not 0 <= value <= 1:
+            raise InputError(
+                f"{name} must lie in [0, 1] (scores are probabilities) or be None, got {value!r}"
+            )
+    matching = {"min_score": match_min_score, "max_score_diff": match_max_score_diff}
     dataset = load_dataset(ann_file, image_dir, max_images)
     runners = [Runner(model, device) for model, device in zip((model_a, model_b), devices, strict=True)]
 
@@ -72,7 +84,9 @@ def parity_report(
         outputs = [runner(batch) for runner in runners]
         for out in outputs:
             check_num_classes(dataset.coco.cats, out, dataset.ann_file)
-        return _compare(batch, *outputs, top_k=top_k, match_top_k=match_top_k, iou_threshold=iou_threshold)
+        return _compare(
+            batch, *outputs, top_k=top_k, match_top_k=match_top_k, iou_threshold=iou_threshold, **matching
+        )
 
     done = sweep(
         dataset,
@@ -113,6 +127,8 @@ def parity_report(
             "top_k": top_k,
             "match_top_k": match_top_k,
             "iou_threshold": iou_threshold,
+            "match_min_score": match_min_score,
+            "match_max_score_diff": match_max_score_diff,
         },
         "models": models,
         "delta": _delta(models[names[0]]["stats"], models[names[1]]["stats"]),
@@ -123,7 +139,15 @@ def parity_report(
 
 
 def _compare(
-    batch: Batch, out_a: dict, out_b: dict, *, top_k: int, match_top_k: int, iou_threshold: float
+    batch: Batch,
+    out_a: dict,
+    out_b: dict,
+    *,
+    top_k: int,
+    match_top_k: int,
+    iou_threshold: float,
+    min_score: float | None = None,
+    max_score_diff: float | None = None,
 ) -> list[_ImageComparison]:
     for key in ("pred_logits", "pred_boxes"):
         if out_a[key].shape != out_b[key].shape:
@@ -137,7 +161,8 @@ def _compare(
     dets_a, dets_b = (detections(out, batch.sizes, top_k) for out in (out_a, out_b))
     records = []
     for i, image_id in enumerate(batch.image_ids):
-        matched, compared, score_diff = _match(dets_a[i][:match_top_k], dets_b[i], iou_threshold)
+        rows_a = dets_a[i][:match_top_k] if min_score is None else dets_a[i][dets_a[i][:, 4] >= min_score]
+        matched, compared, score_diff = _match(rows_a, dets_b[i], iou_threshold, max_score_diff)
         records.append(
             _ImageComparison(
                 image_id=image_id,
@@ -159,14 +184,19 @@ def _abs_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return diff.max(1).values, diff.sum(1), both_finite.sum(1)
 
 
-def _match(rows_a: np.ndarray, rows_b: np.ndarray, iou_threshold: float) -> tuple[int, int, float]:
+def _match(
+    rows_a: np.ndarray, rows_b: np.ndarray, iou_threshold: float, max_score_diff: float | None = None
+) -> tuple[int, int, float]:
     """How many detections (x, y, w, h, score, label) of ``rows_a`` have a same-label one in ``rows_b``
-    with IoU > ``iou_threshold``, out of how many, and the largest score change of those matches."""
+    with IoU > ``iou_threshold`` (and, if given, a score within ``max_score_diff``), out of how many,
+    and the largest score change of those matches."""
     if len(rows_a) == 0 or len(rows_b) == 0:
         return 0, len(rows_a), 0.0
     a, b = torch.from_numpy(rows_a), torch.from_numpy(rows_b)
     iou = box_iou(_xyxy(a[:, :4]), _xyxy(b[:, :4]))
     iou = iou.where(a[:, None, 5] == b[None, :, 5], 0).nan_to_num(0)
+    if max_score_diff is not None:
+        iou = iou.where((a[:, None, 4] - b[None, :, 4]).abs() <= max_score_diff, 0)
     best_iou, best = iou.max(1)
     matched = best_iou > iou_threshold
     score_diff = (a[:, 4] - b[best, 4]).abs()[matched]
@@ -204,6 +234,8 @@ def _agreement_summary(records: list[_ImageComparison], dataset: CocoDataset) ->
             if share < 1
         ],
         "max_score_diff": max(r.max_score_diff for r in records),
+        "matched": sum(r.matched for r in records),
+        "compared": sum(r.compared for r in records),
     }
 
 
