@@ -85,16 +85,14 @@ def _tensors(value: object) -> Iterator[Tensor]:
 def headroom(peaks: Mapping[str, Tensor], top: int = 15) -> dict:
     """Summary of per-module peaks against FP16_MAX: the largest, the ``top`` modules, and all."""
     values = {name: float(peak) for name, peak in peaks.items()}
-    ranked = sorted(values.items(), key=lambda item: -item[1] if math.isfinite(item[1]) else -math.inf)
-    non_finite = sorted(name for name, value in values.items() if not math.isfinite(value))
-    largest = max((v for v in values.values() if math.isfinite(v)), default=0.0)
+    finite = sorted(((v, n) for n, v in values.items() if math.isfinite(v)), reverse=True)
     return {
-        "max_abs": largest,
-        "module": ranked[0][0] if ranked else None,
-        "fraction_of_fp16_max": largest / FP16_MAX,
-        "non_finite_modules": non_finite,
-        "top": [{"module": name, "max_abs": value} for name, value in ranked[:top]],
-        "modules": values,
+        "max_abs": finite[0][0] if finite else None,
+        "module": finite[0][1] if finite else None,
+        "fraction_of_fp16_max": finite[0][0] / FP16_MAX if finite else None,
+        "non_finite_modules": sorted(n for n, v in values.items() if not math.isfinite(v)),
+        "top": [{"module": name, "max_abs": value} for value, name in finite[:top]],
+        "modules": {n: v if math.isfinite(v) else None for n, v in values.items()},  # JSON has no inf/NaN
     }
 
 
@@ -214,8 +212,8 @@ def markdown(report: dict) -> str:
             "",
             f"## FP16 headroom (eager fp16, largest |output| per module; fp16 max {FP16_MAX:.0f})",
             "",
-            f"Largest: {peaks['max_abs']:.1f} in `{peaks['module']}` ({100 * peaks['fraction_of_fp16_max']:.2f}% of the "
-            "fp16 range)."
+            f"Largest: {_fmt(peaks['max_abs'], '.1f')} in `{peaks['module']}` "
+            f"({_fmt(peaks['fraction_of_fp16_max'] and 100 * peaks['fraction_of_fp16_max'], '.2f')}% of the fp16 range)."
             + (
                 f" Non-finite in: {', '.join(peaks['non_finite_modules'])}."
                 if peaks["non_finite_modules"]
@@ -294,11 +292,22 @@ def run(
     return report
 
 
+def trained_recipe(ckpt: Path, data_dir: Path | None) -> tuple[Recipe, Path]:
+    """The data recipe and val folder the checkpoint was trained with (its training log beside it), so
+    that the val split and input size match; the defaults where there is no log."""
+    log = ckpt.with_suffix(".json")
+    trained = json.loads(log.read_text()) if log.is_file() else {}
+    recipe = Recipe(**trained["recipe"]) if "recipe" in trained else Recipe()
+    return recipe, data_dir or Path(trained.get("data_dir", ".cache/train"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT)
-    parser.add_argument("--data-dir", type=Path, default=Path(".cache/train"), help="where the val split is")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="where the val split is (default: as trained)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
         "--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS)
@@ -318,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(wanted) - set(CONFIGS))
     if unknown:
         parser.error(f"--configs {','.join(unknown)} unknown: choose from {','.join(CONFIGS)}")
-    recipe = Recipe()
-    ann_file, image_dir = recipe.val_split(args.data_dir)
+    recipe, data_dir = trained_recipe(args.ckpt, args.data_dir)
+    ann_file, image_dir = recipe.val_split(data_dir)
     ckpt_args = torch.load(args.ckpt, map_location="cpu", weights_only=True)["args"]
     size = recipe.input_size
     shapes = {"min_shape": (1, size // 2, size // 2), "opt_shape": (args.batch_size, size, size)}

@@ -425,7 +425,7 @@ def train(
     max_steps: int | None = None,
     batch_size: int = 32,
     lr: float = 2e-4,
-    backbone_lr: float = 2e-4,
+    backbone_lr: float = 4e-4,
     weight_decay: float = 1e-4,
     clip_norm: float = 0.1,
     seed: int = 0,
@@ -437,14 +437,14 @@ def train(
 ) -> tuple[at.AnchorDETR, dict]:
     """Train until ``deadline`` (a time.perf_counter() value) or ``max_steps``; the learning rate
     follows ``Schedule`` over whichever of the two is nearer. Returns the model with frozen batch norms
-    (eval mode) and the curve: ``log`` entries of mean losses every ``log_every`` steps, and ``val``
-    entries: AP on the first VAL_PROBE val images every ``val_every_s`` once ``val()`` gives the split."""
+    (eval mode) and the curve: ``log`` entries of mean losses every ``log_every`` steps, and
+    ``val_probes``: AP on the first VAL_PROBE val images every ``val_every_s`` once ``val()`` gives the split."""
     model = build_for_training(config, device, seed)
     criterion = SetCriterion(HungarianMatcher())
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     groups = [{"params": rest, "lr": lr}, {"params": backbone, "lr": backbone_lr}]
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     schedule = Schedule()
     loader = torch.utils.data.DataLoader(
@@ -458,7 +458,7 @@ def train(
         prefetch_factor=4 if workers else None,
     )
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    curve = {"log": [], "val": [], "skipped_steps": 0}
+    curve = {"log": [], "val_probes": [], "skipped_steps": 0}
     start = time.perf_counter()
     next_val = start + val_every_s if val_every_s > 0 else math.inf
     window: dict[str, list[Tensor]] = {}
@@ -503,7 +503,9 @@ def train(
         if time.perf_counter() >= next_val and (paths := val()) is not None:
             stats = evaluate_coco(model, *paths, **val_settings(recipe, batch_size, max_images=VAL_PROBE))
             elapsed = round(time.perf_counter() - start, 1)
-            curve["val"].append({"step": step, "time_s": elapsed, "AP": stats["AP"], "AP50": stats["AP50"]})
+            curve["val_probes"].append(
+                {"step": step, "time_s": elapsed, "AP": stats["AP"], "AP50": stats["AP50"]}
+            )
             log(f"val ({VAL_PROBE} images) at step {step}: AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f}")
             next_val = time.perf_counter() + val_every_s
     curve["steps"] = step
@@ -525,13 +527,15 @@ def val_settings(recipe: Recipe, batch_size: int, **extra) -> dict:
 
 
 def git_commit() -> str | None:
+    """The work tree's commit, else $GIT_COMMIT (a copied tree without .git), else None."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
         )
+        commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        commit = ""
+    return commit or os.environ.get("GIT_COMMIT") or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,7 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--backbone-lr", type=float, default=2e-4)
+    parser.add_argument(
+        "--backbone-lr", type=float, default=4e-4, help="higher: the ResNet starts from scratch"
+    )
     parser.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 3)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=50)
@@ -560,9 +566,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", type=Path, default=Path(".cache/train"), help="where the val split is written"
     )
+    defaults = Recipe()
+    parser.add_argument(
+        "--input-size", type=int, default=defaults.input_size, help="long side fed to the model"
+    )
+    parser.add_argument(
+        "--min-size", type=int, default=defaults.min_size, help="original image sides: at least"
+    )
+    parser.add_argument(
+        "--max-size", type=int, default=defaults.max_size, help="original image sides: at most"
+    )
+    parser.add_argument("--val-images", type=int, default=defaults.val_images)
     args = parser.parse_args(argv)
-    if args.budget_min <= 0 or args.batch_size < 1 or args.reserve_s < 0:
-        parser.error("--budget-min and --batch-size must be positive and --reserve-s >= 0")
+    if args.budget_min <= 0 or args.batch_size < 1 or args.reserve_s < 0 or args.val_images < 1:
+        parser.error("--budget-min, --batch-size and --val-images must be positive and --reserve-s >= 0")
+    if not 16 <= args.min_size <= args.max_size or args.input_size < 64:
+        parser.error("image sizes need 16 <= --min-size <= --max-size and --input-size >= 64")
     try:
         import scipy.optimize  # noqa: F401
     except ImportError:
@@ -586,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    recipe = Recipe()
+    recipe = Recipe(
+        min_size=args.min_size, max_size=args.max_size, input_size=args.input_size, val_images=args.val_images
+    )
     config = at.VARIANTS[args.variant]
     deadline = START + args.budget_min * 60 - args.reserve_s
     with ProcessPoolExecutor(1) as pool:  # the val split is written while the GPU trains
@@ -617,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         train_minutes=round(train_minutes, 2),
     )
-    trained = at.load_model(args.ckpt, device=device)  # the strict loader: the checkpoint is usable
+    # The strict loader (the checkpoint is usable) and the reference computation (plain PyTorch ops, fp32).
+    trained = at.load_model(args.ckpt, device=device).set_fused_ops(False)
     stats = evaluate_coco(trained, *val, **val_settings(recipe, args.batch_size))
     summary = {
         "variant": variant_name(config),
@@ -626,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "recipe": recipe.__dict__,
+        "data_dir": str(args.data_dir),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "ckpt", "data_dir", "device")},
         "train_minutes": round(train_minutes, 2),
         "total_minutes": round((time.perf_counter() - START) / 60, 2),

@@ -292,3 +292,19 @@ def test_accuracy_report_of_equal_and_perturbed_models(ts, tiny_recipe, tmp_path
     assert not any(m.startswith("eager_fp16") for m in missed)  # delta 0, all matched, all finite
     markdown = (tmp_path / "out" / "accuracy.md").read_text()
     assert "| eager_fp16 | +0.000 | 1.0000" in markdown and "FP16 headroom" in markdown
+
+
+def test_headroom_ranks_modules_and_names_overflow():
+    accuracy = _load("gpu_accuracy")
+    peaks = {"a": torch.tensor(10.0), "b": torch.tensor(70000.0).half().float(), "c": torch.tensor(300.0)}
+    summary = accuracy.headroom(peaks, top=2)
+    assert summary["max_abs"] == 300.0 and summary["module"] == "c" and summary["non_finite_modules"] == ["b"]
+    assert [t["module"] for t in summary["top"]] == ["c", "a"]
+    assert summary["fraction_of_fp16_max"] == pytest.approx(300 / 65504)
+    json.dumps(summary, allow_nan=False)  # an overflowed module is listed, not written as Infinity
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_accuracy_stage_without_gpu_fails_clearly(tmp_path, capsys):
+    assert _load("gpu_accuracy").main(["--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "accuracy.json").exists()
