@@ -1,5 +1,6 @@
 """The `make gpu` accuracy stage: the trained synthetic-shapes AnchorDETR (scripts/train_synthetic.py)
-scored on its val split in eager fp32 (the reference), eager fp16, inductor fp16 and inductor bf16.
+scored on its val split in eager fp32 (the reference: the PyTorch reference ops, TF32 off), eager
+fp16, inductor fp16 and inductor bf16.
 
 Each configuration gets ``evaluate_coco`` (the 12 COCO stats) and a ``parity_report`` against the
 reference on the same batches: the matched-detection rate (of the reference's detections with score
@@ -331,10 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     ann_file, image_dir = recipe.val_split(data_dir)
     ckpt_args = torch.load(args.ckpt, map_location="cpu", weights_only=True)["args"]
     size = recipe.input_size
-    shapes = {"min_shape": (1, size // 2, size // 2), "opt_shape": (args.batch_size, size, size)}
+    short = size * recipe.min_size // recipe.max_size  # the shortest side preprocess can give
+    shapes = {"min_shape": (1, short, short), "opt_shape": (args.batch_size, size, size)}
     shapes["max_shape"] = shapes["opt_shape"]
 
-    reference = at.load_model(args.ckpt, device="cuda").set_fused_ops(False)  # plain PyTorch ops, fp32
+    # The reference: plain PyTorch ops in true fp32 (PyTorch lets cuDNN use TF32 unless told not to).
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    reference = at.load_model(args.ckpt, device="cuda").set_fused_ops(False)
     builders = {
         name: (
             lambda backend=backend, precision=precision: at.compile(

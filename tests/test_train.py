@@ -57,6 +57,39 @@ def _targets(*boxes_and_labels):
     ]
 
 
+# --- data ----------------------------------------------------------------------------------------------
+
+
+def test_training_batches_are_what_preprocess_gives_the_evaluation(ts, tiny_recipe):
+    from PIL import Image
+
+    from anchordetr_trt.eval.synthetic import synthetic_image
+
+    dataset = ts.ShapesDataset(tiny_recipe)
+    images, mask, targets = ts.to_device(ts.collate(64)([dataset[0], dataset[1]]), torch.device("cpu"))
+    assert images.shape == (2, 3, 64, 64) and images.is_contiguous(memory_format=torch.channels_last)
+    for i in range(2):
+        pixels, objects = synthetic_image(
+            tiny_recipe.train_seed, i, min_size=64, max_size=96, max_objects=tiny_recipe.max_objects
+        )
+        expected, _, _ = at.preprocess([Image.fromarray(pixels)], min_size=64, max_size=64)
+        h, w = expected.shape[-2:]
+        torch.testing.assert_close(images[i, :, :h, :w], expected[0], rtol=0, atol=1e-6)
+        assert (
+            not mask[i, :h, :w].any()
+            and mask[i].sum() == 64 * 64 - h * w
+            and images[i][:, mask[i]].eq(0).all()
+        )
+        height, width = pixels.shape[:2]
+        scale = torch.tensor([width, height, width, height])
+        xywh = [o["bbox"] for o in objects]
+        got = targets[i]["boxes"] * scale
+        torch.testing.assert_close(
+            got[:, :2] - got[:, 2:] / 2, torch.tensor(xywh, dtype=torch.float32)[:, :2]
+        )
+        assert targets[i]["labels"].tolist() == [o["category_id"] for o in objects]
+
+
 # --- matcher and loss ------------------------------------------------------------------------------------
 
 
@@ -156,8 +189,8 @@ def test_batchnorm_is_trainable_then_folds_back_to_the_same_function(ts):
 @pytest.mark.slow
 def test_training_steps_lower_the_loss_on_one_image(ts, tiny_recipe):
     image, target = ts.ShapesDataset(tiny_recipe)[0]
-    images, mask, targets = ts.collate(tiny_recipe.input_size)([(image, target)])
-    images = ts.normalize(images, mask)
+    batch = ts.collate(tiny_recipe.input_size)([(image, target)])
+    images, mask, targets = ts.to_device(batch, torch.device("cpu"))
     model = ts.build_for_training(SMALL, torch.device("cpu"), seed=0)
     criterion = ts.SetCriterion(ts.HungarianMatcher())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
