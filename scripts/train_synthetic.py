@@ -6,7 +6,7 @@ paper: Hungarian matching (scipy) on focal class cost + L1 + GIoU, sigmoid focal
 losses on every decoder layer (auxiliary losses), AdamW, bf16 autocast, gradient clipping, a fixed seed.
 
 Variant: r50-c5. Its weights are the same tensors as r50-dc5's and every op the backends compile is the
-same (DC5 only dilates the last ResNet stage); at stride 32 a step costs about half of DC5's (4x fewer
+same (DC5 only dilates the last ResNet stage); at stride 32 a step should cost about half of DC5's (4x fewer
 encoder tokens, an undilated stage 5), so twice the steps fit in the budget, which is what decides
 accuracy here. ``--variant r50-dc5`` trains the product default instead.
 
