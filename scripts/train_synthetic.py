@@ -369,7 +369,7 @@ def save_checkpoint(model: at.AnchorDETR, path: Path, **extra) -> Path:
 class Schedule:
     """Linear warm-up, then cosine decay to ``floor * lr``, over the training progress in [0, 1]."""
 
-    warmup: float = 0.03
+    warmup: float = 0.05
     floor: float = 0.05
 
     def factor(self, progress: float) -> float:
