@@ -42,6 +42,8 @@ def parity_report(
     top_k: int = 100,
     match_top_k: int = 10,
     iou_threshold: float = 0.9,
+    match_min_score: float | None = None,
+    match_max_score_diff: float | None = None,
     num_workers: int = 4,
     progress: bool = True,
 ) -> dict | None:
@@ -52,9 +54,13 @@ def parity_report(
     values), ``non_finite_values``, ``non_finite_images``, ``model_s``}}, ``delta`` {stat: b - a},
     ``agreement`` (per image, the share of a's top ``match_top_k`` detections that b's top ``top_k``
     has with the same label and IoU > ``iou_threshold``: ``mean``, ``min``, ``images_below_1``, the
-    ``worst`` images, ``max_score_diff`` of the matched detections), ``numeric`` {``pred_logits``,
+    ``worst`` images, ``max_score_diff`` of the matched detections, ``matched`` of ``compared``
+    detections over all images), ``numeric`` {``pred_logits``,
     ``pred_boxes``: ``max_abs_diff``, ``mean_abs_diff``} over the values both give as finite numbers,
     ``problems`` (sentences; empty when nothing is off) and ``settings``.
+
+    ``match_min_score``: compare a's detections with at least this score instead of its top
+    ``match_top_k``; ``match_max_score_diff``: a match must also keep the score within this distance.
 
     Agreement is meaningful for trained weights: the near-equal scores of random weights are reordered
     by any rounding difference.
@@ -64,6 +70,12 @@ def parity_report(
     check_counts(top_k=top_k, match_top_k=match_top_k)
     if not 0 < iou_threshold < 1:
         raise InputError(f"iou_threshold must lie in (0, 1), got {iou_threshold!r}")
+    for name, value in (("match_min_score", match_min_score), ("match_max_score_diff", match_max_score_diff)):
+        if value is not None and not 0 <= value <= 1:
+            raise InputError(
+                f"{name} must lie in [0, 1] (scores are probabilities) or be None, got {value!r}"
+            )
+    matching = {"min_score": match_min_score, "max_score_diff": match_max_score_diff}
     dataset = load_dataset(ann_file, image_dir, max_images)
     runners = [Runner(model, device) for model, device in zip((model_a, model_b), devices, strict=True)]
 
@@ -71,7 +83,9 @@ def parity_report(
         outputs = [runner(batch) for runner in runners]
         for out in outputs:
             check_num_classes(dataset.coco.cats, out, dataset.ann_file)
-        return _compare(batch, *outputs, top_k=top_k, match_top_k=match_top_k, iou_threshold=iou_threshold)
+        return _compare(
+            batch, *outputs, top_k=top_k, match_top_k=match_top_k, iou_threshold=iou_threshold, **matching
+        )
 
     done = sweep(
         dataset,
@@ -112,6 +126,8 @@ def parity_report(
             "top_k": top_k,
             "match_top_k": match_top_k,
             "iou_threshold": iou_threshold,
+            "match_min_score": match_min_score,
+            "match_max_score_diff": match_max_score_diff,
         },
         "models": models,
         "delta": _delta(models[names[0]]["stats"], models[names[1]]["stats"]),
@@ -122,7 +138,15 @@ def parity_report(
 
 
 def _compare(
-    batch: Batch, out_a: dict, out_b: dict, *, top_k: int, match_top_k: int, iou_threshold: float
+    batch: Batch,
+    out_a: dict,
+    out_b: dict,
+    *,
+    top_k: int,
+    match_top_k: int,
+    iou_threshold: float,
+    min_score: float | None = None,
+    max_score_diff: float | None = None,
 ) -> list[_ImageComparison]:
     for key in ("pred_logits", "pred_boxes"):
         if out_a[key].shape != out_b[key].shape:
@@ -136,7 +160,8 @@ def _compare(
     dets_a, dets_b = (detections(out, batch.sizes, top_k) for out in (out_a, out_b))
     records = []
     for i, image_id in enumerate(batch.image_ids):
-        matched, compared, score_diff = count_matches(dets_a[i][:match_top_k], dets_b[i], iou_threshold)
+        rows_a = dets_a[i][:match_top_k] if min_score is None else dets_a[i][dets_a[i][:, 4] >= min_score]
+        matched, compared, score_diff = count_matches(rows_a, dets_b[i], iou_threshold, max_score_diff)
         records.append(
             _ImageComparison(
                 image_id=image_id,
@@ -177,6 +202,8 @@ def _agreement_summary(records: list[_ImageComparison], dataset: CocoDataset) ->
             if share < 1
         ],
         "max_score_diff": max(r.max_score_diff for r in records),
+        "matched": sum(r.matched for r in records),
+        "compared": sum(r.compared for r in records),
     }
 
 

@@ -24,22 +24,27 @@ def abs_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return diff.max(1).values, diff.sum(1), both_finite.sum(1)
 
 
-def match_rows(rows_a: Tensor, rows_b: Tensor) -> tuple[Tensor, Tensor]:
+def match_rows(rows_a: Tensor, rows_b: Tensor, max_score_diff: float | None = None) -> tuple[Tensor, Tensor]:
     """For each detection of ``rows_a`` [Na, 5 + K]: the best IoU with a detection of ``rows_b``
-    [Nb, 5 + K] with the same K keys (0 where none), and the |score change| to that detection
-    (NaN where a score is NaN)."""
+    [Nb, 5 + K] with the same K keys (and a score within ``max_score_diff``, if given; 0 where none),
+    and the |score change| to that detection (NaN where a score is NaN)."""
     if len(rows_a) == 0 or len(rows_b) == 0:
         return rows_a.new_zeros(len(rows_a)), rows_a.new_full((len(rows_a),), float("nan"))
     iou = box_iou(xyxy(rows_a[:, :4]), xyxy(rows_b[:, :4]))
     same_keys = (rows_a[:, None, 5:] == rows_b[None, :, 5:]).all(-1)
+    if max_score_diff is not None:
+        same_keys &= (rows_a[:, None, 4] - rows_b[None, :, 4]).abs() <= max_score_diff
     best_iou, best = iou.where(same_keys, 0).nan_to_num(0).max(1)
     return best_iou, (rows_a[:, 4] - rows_b[best, 4]).abs()
 
 
-def count_matches(rows_a: np.ndarray, rows_b: np.ndarray, iou_threshold: float) -> tuple[int, int, float]:
+def count_matches(
+    rows_a: np.ndarray, rows_b: np.ndarray, iou_threshold: float, max_score_diff: float | None = None
+) -> tuple[int, int, float]:
     """How many detections of ``rows_a`` have one in ``rows_b`` with the same keys and IoU >
-    ``iou_threshold``, out of how many, and the largest score change of those matches."""
-    best_iou, score_diff = match_rows(torch.from_numpy(rows_a), torch.from_numpy(rows_b))
+    ``iou_threshold`` (and a score within ``max_score_diff``, if given), out of how many, and the
+    largest score change of those matches."""
+    best_iou, score_diff = match_rows(torch.from_numpy(rows_a), torch.from_numpy(rows_b), max_score_diff)
     matched = best_iou > iou_threshold
     score_diff = score_diff[matched]
     score_diff = score_diff[score_diff.isfinite()]  # NaN outputs are counted and reported on their own
