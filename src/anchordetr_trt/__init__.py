@@ -1,11 +1,11 @@
 """anchordetr_trt: AnchorDETR checkpoints compiled to fast FP16 inference modules.
 
-Public API: ``load_model``, ``compile``, ``preprocess``, ``postprocess``, ``build_model``,
+Public API: ``load_model``, ``compile`` (returning a ``CompiledAnchorDETR``), ``preprocess``, ``postprocess``, ``build_model``,
 ``AnchorDETRConfig``, ``VARIANTS`` and the error classes.
 """
 
 from .checkpoint import load_model
-from .compile import compile
+from .compiled import CompiledAnchorDETR, compile
 from .config import VARIANTS, AnchorDETRConfig
 from .errors import AnchorDETRError, BackendUnavailableError, CheckpointError, InputError
 from .model import AnchorDETR, build_model
@@ -17,6 +17,7 @@ __all__ = [
     "AnchorDETRConfig",
     "AnchorDETRError",
     "BackendUnavailableError",
+    "CompiledAnchorDETR",
     "CheckpointError",
     "InputError",
     "build_model",

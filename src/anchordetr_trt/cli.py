@@ -7,7 +7,6 @@ shows the traceback instead).
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -238,7 +237,7 @@ def _device(args: argparse.Namespace) -> torch.device:
 
 def _compiled_model(args: argparse.Namespace, *, batch: int, min_size: int = 800, max_size: int = 1333):
     """The command's model compiled for batches of up to ``batch`` images resized to [min_size, max_size]."""
-    from .compile import compile
+    from .compiled import compile
     from .demo import random_model
 
     device = _device(args)
@@ -251,25 +250,26 @@ def _compiled_model(args: argparse.Namespace, *, batch: int, min_size: int = 800
             file=sys.stderr,
         )
         model = random_model(args.variant or "r50-dc5", args.seed)
-    precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     side = min(320, min_size)
     return compile(
-        model, backend=args.backend, precision=precision, device=device, cache_dir=args.cache_dir,
+        model, backend=args.backend, precision=args.precision, device=device, cache_dir=args.cache_dir,
         min_shape=(1, side, side), opt_shape=(1, max(side, min_size), max(side, min_size)),
         max_shape=(max(8, batch), max(1344, max_size), max(1344, max_size)),
     )  # fmt: skip
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .environment import auto_backend, backend_status, environment
+    from .backends import backend_status, choose_backend
+    from .environment import environment
 
     device = _device(args)
     env, status = environment(), backend_status(device)
+    auto = choose_backend("auto", device)[0]
     if args.json:
         backends = {name: {"available": ok, "reason": why} for name, (ok, why) in status.items()}
         print(
             json.dumps(
-                {**env, "device": str(device), "backends": backends, "auto": auto_backend(status)}, indent=1
+                {**env, "device": str(device), "backends": backends, "auto": auto}, indent=1
             )
         )
         return 0
@@ -287,7 +287,7 @@ def _info(args: argparse.Namespace) -> int:
         f"GPU            {gpu}",
         f"backends on {device}:",
         *(f"  {name:<9} {'yes' if ok else 'no ':<4} {why}" for name, (ok, why) in status.items()),
-        f"backend='auto' picks: {auto_backend(status)}",
+        f"backend='auto' picks: {auto}",
     ]
     print("\n".join(lines))
     return 0
@@ -405,7 +405,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import compile
+    from .compiled import compile
     from .config import variant_name
     from .demo import random_model
     from .environment import environment
@@ -416,11 +416,7 @@ def _compile(args: argparse.Namespace) -> int:
         raise InputError(
             "the eager backend has nothing to compile ahead of time: choose --backend inductor or tensorrt on a GPU"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
-    # Set, not defaulted: this command exists to fill this folder, whatever the environment says.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(out / "inductor")
-    os.environ["TRITON_CACHE_DIR"] = str(out / "triton")
     start = time.perf_counter()
     model = (
         load_model(args.ckpt, variant=args.variant)
@@ -428,7 +424,7 @@ def _compile(args: argparse.Namespace) -> int:
         else random_model(args.variant or "r50-dc5", args.seed)
     )
     compiled = compile(
-        model, backend=args.backend, precision=args.precision or "fp16", device=device, cache_dir=out,
+        model, backend=args.backend, precision=args.precision, device=device, cache_dir=out,
         min_shape=args.min_shape, opt_shape=args.opt_shape, max_shape=args.max_shape,
     )  # fmt: skip
     for shape in args.warm:

@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Checkpoint, load_model
-from .compile import compile
+from .backends import backend_status
+from .compiled import compile
 from .config import VARIANTS, variant_config
 from .detect import detect, load_image
 from .devices import resolve_device
 from .draw import draw_detections
-from .environment import backend_status, environment
+from .environment import environment
 from .eval import COCO_CLASSES, make_synthetic_coco
 from .model import AnchorDETR, build_model
 from .transforms import resized_size
@@ -78,7 +79,6 @@ def run_demo(
     compiled = compile(
         model,
         backend="auto",
-        precision="fp16" if device.type == "cuda" else "fp32",
         min_shape=(1, MIN_SIZE, MIN_SIZE),
         opt_shape=shape,
         max_shape=shape,
