@@ -18,7 +18,7 @@ _OP = "add_bias_transpose"
 MAX_BLOCK_C = 256
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["length"])  # sizes vary per image: one build serves all
 def add_bias_transpose_kernel(
     x_ptr,
     bias_ptr,

@@ -56,7 +56,7 @@ def _image_line(mask_ptr, height, width, axis):
     return line_ptr, tl.where(is_y, width, 1), tl.where(is_y, height, width)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["height", "width"])  # sizes vary per image: one build serves all
 def mask2pos_kernel(mask_ptr, pos_y_ptr, pos_x_ptr, height, width, BLOCK_L: tl.constexpr):
     """Grid (cdiv(max(height, width), BLOCK_L), batch, 2), the last axis y or x; mask [batch,
     height, width] uint8 (nonzero = padded) contiguous, pos_y [batch, height] and pos_x [batch, width]
@@ -72,7 +72,7 @@ def mask2pos_kernel(mask_ptr, pos_y_ptr, pos_x_ptr, height, width, BLOCK_L: tl.c
     tl.store(pos_x_ptr + image * width + at, pos, mask=(at < length) & (axis == 1))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["height", "width"])  # sizes vary per image: one build serves all
 def mask2posemb_kernel(
     mask_ptr,
     emb_y_ptr,

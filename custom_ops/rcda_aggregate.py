@@ -25,7 +25,9 @@ MAX_STAGES = 3
 SHARED_BUDGET = 160 * 1024
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["num_queries", "height", "width"]
+)  # sizes vary per image: one build serves all
 def rcda_aggregate_kernel(
     probs_col_ptr,
     probs_row_ptr,

@@ -15,8 +15,8 @@ import time
 import torch
 
 import anchordetr_trt as at
+from anchordetr_trt.backends import choose_backend
 from anchordetr_trt.config import variant_name
-from anchordetr_trt.environment import auto_backend, backend_status
 from anchordetr_trt.eval import make_synthetic_coco, parity_report, write_report
 from anchordetr_trt.weights import random_model
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     # The same variant as the model: C5 and DC5 weights are identical, so the name cannot come from them.
     reference = at.load_model(model.state_dict(), variant=variant_name(model.config), device="cuda")
     reference.set_fused_ops(False)  # the official computation: plain PyTorch ops, fp32
-    backend = auto_backend(backend_status("cuda"))
+    backend = choose_backend("auto", torch.device("cuda"))[0]
     start = time.perf_counter()
     fast = at.compile(
         model, backend=backend, opt_shape=(args.batch_size, 800, 800), max_shape=(args.batch_size, 800, 800)

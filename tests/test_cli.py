@@ -15,7 +15,7 @@ from PIL import Image
 
 import anchordetr_trt
 from anchordetr_trt import cli
-from anchordetr_trt.backends.tensorrt import tensorrt_status
+from anchordetr_trt.backends import tensorrt as trt_backend
 from anchordetr_trt.cli import main
 from anchordetr_trt.detect import detect
 from anchordetr_trt.draw import draw_detections
@@ -87,7 +87,7 @@ def test_info_reports_versions_and_why_backends_cannot_run(capsys):
     assert code == 0 and info["torch"] == torch.__version__
     assert set(info["backends"]) == {"eager", "inductor", "tensorrt"}
     assert info["backends"]["eager"]["available"]
-    trt_ok, trt_reason = tensorrt_status()
+    trt_ok, trt_reason = trt_backend.status(torch.device("cuda"))
     if not torch.cuda.is_available():
         assert info["gpu"] is None and info["auto"] == "eager"
         assert (
@@ -285,7 +285,9 @@ def test_demo_writes_report_and_says_weights_are_random(tmp_path, capsys):
     )
 
 
-@pytest.mark.skipif(tensorrt_status()[0], reason="checks the message where TensorRT cannot run")
+@pytest.mark.skipif(
+    trt_backend.status(torch.device("cuda"))[0], reason="checks the message where TensorRT cannot run"
+)
 def test_tensorrt_without_tensorrt_is_explained(image_dir, capsys):
     code, _, err = run(
         ["detect", str(image_dir), "--random-weights", *SMALL, "--backend", "tensorrt"], capsys
@@ -293,7 +295,7 @@ def test_tensorrt_without_tensorrt_is_explained(image_dir, capsys):
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("anchordetr-trt detect: error: --backend tensorrt ")
     if torch.cuda.is_available():
-        assert tensorrt_status()[1] in last and last.endswith("use --backend inductor")
+        assert trt_backend.status(torch.device("cuda"))[1] in last and last.endswith("use --backend inductor")
     else:
         assert last.endswith("--backend tensorrt needs a CUDA GPU; none is visible: use --backend eager")
     assert "Traceback" not in err

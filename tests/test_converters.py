@@ -36,6 +36,7 @@ from anchordetr_trt.converters.specs import PLUGINS, all_plugins, bind, check_no
 from anchordetr_trt.custom_ops import reference
 from anchordetr_trt.errors import BackendUnavailableError, InputError
 from anchordetr_trt.export import export_model
+from anchordetr_trt.spec import CompileSpec
 
 F16, F32 = torch.float16, torch.float32
 REGISTERED_OPS = registered_ops()  # imports every op module
@@ -564,13 +565,13 @@ def test_exported_model_holds_exactly_the_expected_plugin_nodes():
 def without_torch_tensorrt(monkeypatch):
     """This process as if torch_tensorrt were not installed (None in sys.modules fails its import)."""
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
-    trt_backend.tensorrt_status.cache_clear()
+    trt_backend._import_status.cache_clear()
     yield
-    trt_backend.tensorrt_status.cache_clear()
+    trt_backend._import_status.cache_clear()
 
 
 def test_tensorrt_status_names_what_is_missing(without_torch_tensorrt):
-    available, reason = trt_backend.tensorrt_status()
+    available, reason = trt_backend.status(torch.device("cuda"))
     assert not available
     assert "torch_tensorrt" in reason and "pip install" in reason
 
@@ -578,23 +579,22 @@ def test_tensorrt_status_names_what_is_missing(without_torch_tensorrt):
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_compile_tensorrt_without_tensorrt_says_what_to_use_instead(without_torch_tensorrt, device):
     with pytest.raises(BackendUnavailableError, match=r"torch_tensorrt.*backend='inductor'.*backend='eager'"):
-        trt_backend.compile_tensorrt(
+        trt_backend.build(
             nn.Linear(1, 1),
-            precision="fp16",
-            min_shape=(1, 64, 64),
-            opt_shape=(1, 64, 64),
-            max_shape=(1, 64, 64),
-            device=device,
-            cache_dir=None,
+            CompileSpec(
+                precision="fp16" if device == "cuda" else "fp32",
+                device=torch.device(device),
+                min_shape=(1, 64, 64),
+                opt_shape=(1, 64, 64),
+                max_shape=(1, 64, 64),
+            ),
         )
 
 
 def test_compile_with_backend_tensorrt_without_tensorrt_is_a_clear_error(without_torch_tensorrt):
-    from anchordetr_trt.compile import compile as compile_model
-
     model = at.build_model(at.VARIANTS["r50-c5"])
     with pytest.raises(BackendUnavailableError, match=r"tensorrt.*torch_tensorrt.*backend='eager'"):
-        compile_model(model, backend="tensorrt", device="cpu", precision="fp32")
+        at.compile(model, backend="tensorrt", device="cpu", precision="fp32")
 
 
 # ---------------------------------------------------------------------------------------------------

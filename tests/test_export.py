@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import anchordetr_trt as at
-from anchordetr_trt.export import check_shape_range, example_inputs, export_model
+from anchordetr_trt.export import example_inputs, export_model
+from anchordetr_trt.spec import check_shape_range
 
 
 @pytest.fixture(scope="module")

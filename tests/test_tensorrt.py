@@ -2,7 +2,7 @@
 anchordetr ops run as this package's plugins, against the eager FP32 model.
 
 These tests run wherever Torch-TensorRT imports (``make gpu`` on a machine with TensorRT); elsewhere
-each is skipped with the reason ``tensorrt_status`` gives. One engine is built per session (a small
+each is skipped with the reason ``backends.tensorrt.status`` gives. One engine is built per session (a small
 dynamic range keeps the build short); the save/load test reloads it from the cache directory.
 """
 
@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import anchordetr_trt as at
-from anchordetr_trt.backends.tensorrt import TensorRTModule, ops_outside_tensorrt, tensorrt_status
+from anchordetr_trt.backends import tensorrt as trt_backend
+from anchordetr_trt.backends.tensorrt import ops_outside_tensorrt
 from anchordetr_trt.converters.specs import NAMESPACE, PLUGINS
 from anchordetr_trt.export import example_inputs
 from anchordetr_trt.testing import assert_detections_close
 
-AVAILABLE, REASON = tensorrt_status()
+AVAILABLE, REASON = trt_backend.status(torch.device("cuda"))
 pytestmark = [
     pytest.mark.tensorrt,
     pytest.mark.skipif(not AVAILABLE, reason=f"TensorRT unavailable: {REASON}"),
@@ -29,9 +30,7 @@ SHAPES = [MIN_SHAPE, OPT_SHAPE, (2, 352, 500), MAX_SHAPE]  # example_inputs pads
 
 
 def compile_engine(model, cache_dir):
-    from anchordetr_trt.compile import compile as compile_model
-
-    return compile_model(
+    return at.compile(
         copy.deepcopy(model),
         backend="tensorrt",
         precision="fp16",
@@ -59,9 +58,9 @@ def engine(eager, cache_dir):
     return compile_engine(eager, cache_dir)
 
 
-def tensorrt_module(engine) -> TensorRTModule:
-    (module,) = (m for m in engine.modules() if isinstance(m, TensorRTModule))
-    return module
+def tensorrt_module(engine) -> torch.nn.Module:
+    """The Torch-TensorRT module inside the compiled wrapper."""
+    return engine.runner.engine
 
 
 def test_every_op_has_a_registered_converter(engine):
@@ -72,7 +71,7 @@ def test_every_op_has_a_registered_converter(engine):
 
 
 def test_the_engine_runs_every_anchordetr_op(engine):
-    assert ops_outside_tensorrt(tensorrt_module(engine).runner) == []
+    assert ops_outside_tensorrt(tensorrt_module(engine)) == []
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -15,8 +15,8 @@ import torch
 
 import anchordetr_trt as at
 from anchordetr_trt import checks, cli
+from anchordetr_trt.backends import backend_status
 from anchordetr_trt.custom_ops.cases import SPECS, as_tuple
-from anchordetr_trt.environment import backend_status
 from anchordetr_trt.testing import (
     TOLERANCES,
     assert_detections_close,
@@ -216,7 +216,7 @@ def test_parity_of_a_nudged_model(anchordetr_model, anchordetr_reference, anchor
 
 
 def skip_reasons() -> dict[str, str]:
-    return {name: why for name, (ok, why) in backend_status("cpu").items() if not ok}
+    return {name: why for name, (ok, why) in backend_status(torch.device("cpu")).items() if not ok}
 
 
 def test_plugin_passes_matching_models_and_skips_what_cannot_run(pytester):

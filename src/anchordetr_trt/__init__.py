@@ -1,6 +1,6 @@
 """anchordetr_trt: AnchorDETR checkpoints compiled to fast FP16 inference modules.
 
-Public API: ``load_model``, ``compile``, ``preprocess``, ``postprocess``, ``build_model``,
+Public API: ``load_model``, ``compile`` (returning a ``CompiledAnchorDETR``), ``preprocess``, ``postprocess``, ``build_model``,
 ``AnchorDETRConfig``, ``VARIANTS`` and the error classes.
 """
 
@@ -8,7 +8,6 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-import types
 import warnings
 from typing import TYPE_CHECKING
 
@@ -22,9 +21,10 @@ _EXPORTS = {
     "AnchorDETRError": "errors",
     "BackendUnavailableError": "errors",
     "CheckpointError": "errors",
+    "CompiledAnchorDETR": "compiled",
     "InputError": "errors",
     "build_model": "model",
-    "compile": "compile",
+    "compile": "compiled",
     "load_model": "checkpoint",
     "postprocess": "transforms",
     "preprocess": "transforms",
@@ -36,6 +36,7 @@ __all__ = [
     "AnchorDETRError",
     "BackendUnavailableError",
     "CheckpointError",
+    "CompiledAnchorDETR",
     "InputError",
     "build_model",
     "compile",
@@ -46,7 +47,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .checkpoint import load_model
-    from .compile import compile
+    from .compiled import CompiledAnchorDETR, compile
     from .config import VARIANTS, AnchorDETRConfig
     from .errors import AnchorDETRError, BackendUnavailableError, CheckpointError, InputError
     from .model import AnchorDETR, build_model
@@ -63,17 +64,6 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: object) -> None:
-        # Importing the submodule `compile` binds it on the package; the function keeps the name.
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def _register_ops() -> None:

@@ -26,7 +26,7 @@ class _ProjectedAttention(nn.Module):
     def project(self, x: Tensor, index: int, scale: float = 1.0) -> Tensor:
         """Input projection ``index`` of x [B, L, C], split into heads: [B * heads, L, head_dim]."""
         chunk = slice(index * self.embed_dim, (index + 1) * self.embed_dim)
-        projected = torch.matmul(x, self.in_proj_weight[chunk].t())
+        projected = F.linear(x, self.in_proj_weight[chunk])
         return ops(self.fused_ops, x).add_bias_transpose(
             projected, self.in_proj_bias[chunk], self.num_heads, scale
         )

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, load_model
-from .compile import compile
+from .compiled import compile
 from .config import variant_name
 from .demo import random_model
 from .devices import resolve_device

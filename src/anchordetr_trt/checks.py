@@ -122,7 +122,7 @@ class CheckSuite:
             yield spec.name, lambda spec=spec: check_op(spec, self.device)
 
     def _backends(self):
-        from .environment import backend_status
+        from .backends import backend_status
 
         status = backend_status(self.device)
         for backend in self.backends:
@@ -156,11 +156,11 @@ class CheckSuite:
             yield name, lambda i=images, m=mask: self._check_exported(state, i, m)
 
     def _tensorrt(self):
-        from .backends.tensorrt import tensorrt_status
+        from .backends import tensorrt
 
-        ok, reason = tensorrt_status()
-        if not ok or self.device.type != "cuda":
-            yield "tensorrt", _skip(reason if not ok else f"TensorRT needs a CUDA device, not {self.device}")
+        ok, reason = tensorrt.status(self.device)
+        if not ok:
+            yield "tensorrt", _skip(reason)
             return
         yield "engine build", lambda: {"build_s": round(self.compiled("tensorrt")[1], 1)}
         yield "plugins in engine", self._check_plugins
@@ -228,16 +228,11 @@ class CheckSuite:
             raise _Failed(comparison.report(), comparison.figures())
         return comparison.figures()
 
-    def _tensorrt_module(self):
-        from .backends.tensorrt import TensorRTModule
-
-        model, _ = self.compiled("tensorrt")
-        return next(m for m in model.modules() if isinstance(m, TensorRTModule))
-
     def _check_plugins(self) -> dict:
         from .backends.tensorrt import ops_outside_tensorrt
 
-        outside = ops_outside_tensorrt(self._tensorrt_module().runner)
+        model, _ = self.compiled("tensorrt")
+        outside = ops_outside_tensorrt(model.runner)
         if outside:
             raise _Failed(f"anchordetr ops left to PyTorch (not TensorRT plugins): {', '.join(outside)}")
         return {"ops_outside_tensorrt": outside}

@@ -392,7 +392,7 @@ def _check_backend(args: argparse.Namespace, device) -> None:
     """--backend and --precision can run on ``device``, said in flags (compile() would say it in arguments)."""
     import torch
 
-    from .environment import auto_backend, backend_status
+    from .backends import backend_status, choose_backend
 
     if args.backend in ("inductor", "tensorrt") and device.type != "cuda":
         where = "none is visible" if not torch.cuda.is_available() else "--device is the CPU"
@@ -401,7 +401,7 @@ def _check_backend(args: argparse.Namespace, device) -> None:
     if args.backend != "auto" and not status[args.backend][0]:
         raise InputError(
             f"--backend {args.backend} cannot run here ({status[args.backend][1]}): "
-            f"use --backend {auto_backend(status)}"
+            f"use --backend {choose_backend('auto', device)[0]}"
         )
     if device.type == "cpu" and args.precision not in (None, "fp32"):
         raise InputError(
@@ -439,7 +439,7 @@ def _compiled_model(
 ):
     """The command's model compiled for batches of up to ``batch`` images resized to [min_size, max_size]."""
     from .checkpoint import load_model
-    from .compile import compile
+    from .compiled import compile
     from .weights import random_model
 
     if args.ckpt is not None:
@@ -463,8 +463,9 @@ def _compiled_model(
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .backends import backend_status, choose_backend
     from .devices import resolve_device
-    from .environment import auto_backend, backend_status, environment
+    from .environment import environment
 
     env = environment()
     try:
@@ -475,7 +476,7 @@ def _info(args: argparse.Namespace) -> int:
     else:
         problem = None
         status = backend_status(device)
-        auto = auto_backend(status)
+        auto = choose_backend("auto", device)[0]
     if args.json:
         backends = {name: {"available": ok, "reason": why} for name, (ok, why) in status.items()}
         report = {**env, "device": str(device), "backends": backends, "auto": auto}
@@ -701,12 +702,10 @@ def _measured(report: dict) -> bool:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    import os
-
     import torch
 
     from .checkpoint import load_model
-    from .compile import compile
+    from .compiled import compile
     from .config import variant_name
     from .environment import environment
     from .export import example_inputs
@@ -736,9 +735,6 @@ def _compile(args: argparse.Namespace) -> int:
     # A cache folder: an earlier compile output there is kept and reused; anything else stops here.
     with RunFolder(args.out, replace=False, inputs=_local_files(args.ckpt)):
         out = args.out.resolve()
-        # Set, not defaulted: this command exists to fill this folder, whatever the environment says.
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(out / "inductor")
-        os.environ["TRITON_CACHE_DIR"] = str(out / "triton")
         start = time.perf_counter()
         model = (
             load_model(args.ckpt, variant=args.variant)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
+from .backends import backend_status
 from .checkpoint import Checkpoint, load_model
-from .compile import compile
+from .compiled import compile
 from .config import variant_name
 from .detect import detect
 from .devices import resolve_device
 from .draw import draw_detections
-from .environment import backend_status, environment
+from .environment import environment
 from .eval import COCO_CLASSES, make_synthetic_coco
 from .images import load_image
 from .transforms import resized_size

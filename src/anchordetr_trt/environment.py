@@ -1,17 +1,12 @@
-"""What this machine has (versions, GPU) and which backends of ``compile`` can run on it, and why not."""
+"""What this machine has: versions of the stack and the GPU (which backends run: ``backends.backend_status``)."""
 
 import importlib.metadata
-import importlib.util
 import os
 import platform
 
 import torch
 
 from . import __version__
-from .devices import resolve_device
-
-# Tried in this order by compile(backend="auto").
-BACKEND_ORDER = ("tensorrt", "inductor", "eager")
 
 
 def environment() -> dict:
@@ -36,30 +31,6 @@ def environment() -> dict:
             "gpu_count": torch.cuda.device_count(),
         }
     return env
-
-
-def backend_status(device: str | torch.device | None = None) -> dict[str, tuple[bool, str]]:
-    """For each backend of ``compile``: (can it run on ``device``, why or why not). ``device`` defaults
-    to the GPU when there is one."""
-    from .backends.tensorrt import tensorrt_status
-
-    device = resolve_device(device)
-    on_gpu = device.type == "cuda" and torch.cuda.is_available()
-    no_gpu = "needs a CUDA GPU" + ("" if device.type == "cuda" else f" (device is {device})")
-    trt_ok, trt_reason = tensorrt_status()
-    status = {
-        "eager": (True, "plain PyTorch: runs anywhere (fp32 on the CPU)"),
-        "inductor": (on_gpu, "torch.compile with Triton kernels and CUDA graphs" if on_gpu else no_gpu),
-        "tensorrt": (on_gpu and trt_ok, trt_reason if not trt_ok else (trt_reason if on_gpu else no_gpu)),
-    }
-    if on_gpu and importlib.util.find_spec("triton") is None:
-        status["inductor"] = (False, "triton is not installed: pip install triton")
-    return status
-
-
-def auto_backend(status: dict[str, tuple[bool, str]]) -> str:
-    """The backend ``compile(backend="auto")`` picks given ``backend_status()``: the first that runs."""
-    return next(name for name in BACKEND_ORDER if status[name][0])
 
 
 def _installed_version(distribution: str) -> str | None:

@@ -1,29 +1,17 @@
-"""torch.export of AnchorDETR with dynamic batch, height and width."""
+"""torch.export of AnchorDETR with dynamic batch, height and width.
 
-import itertools
+Height and width are exported as multiples of 32 (``SIZE_MULTIPLE``): on that grid every size the
+backbone computes is exact, so the export carries no shape guard and passes on every supported torch
+(torch 2.11 rejects free height and width: its guards on the strided convolutions' sizes cannot be
+proven). Callers pad inputs up to the grid with masked pixels, as ``CompiledAnchorDETR`` does.
+"""
 
 import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from .errors import InputError
-
-Shape = tuple[int, int, int]  # (batch, height, width)
-
-
-def check_shape_range(min_shape: Shape, max_shape: Shape, opt_shape: Shape | None = None) -> None:
-    """Raise InputError unless 1 <= min <= opt <= max elementwise and images are at least 32 pixels."""
-    shapes = {"min_shape": min_shape, "max_shape": max_shape} | (
-        {"opt_shape": opt_shape} if opt_shape else {}
-    )
-    for name, shape in shapes.items():
-        if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
-            raise InputError(f"{name} must be (batch, height, width) of positive ints, got {shape!r}")
-    if min(min_shape[1:]) < 32:
-        raise InputError(f"min_shape {min_shape}: images smaller than 32 pixels vanish in the backbone")
-    order = (min_shape, opt_shape or min_shape, max_shape)
-    if not all(a <= b for lo, hi in itertools.pairwise(order) for a, b in zip(lo, hi, strict=False)):
-        raise InputError(f"shape range must satisfy min <= opt <= max elementwise, got {order}")
+from .spec import SIZE_MULTIPLE, Shape, check_shape_range, padded_shape
 
 
 def example_inputs(shape: Shape, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
@@ -40,24 +28,26 @@ def example_inputs(shape: Shape, device: torch.device | str = "cpu", dtype: torc
 def export_model(
     model: nn.Module, *, min_shape: Shape = (1, 320, 320), max_shape: Shape = (8, 1344, 1344)
 ) -> ExportedProgram:
-    """Export ``model(images, mask)`` with batch, height and width dynamic within [min_shape, max_shape].
+    """Export ``model(images, mask)`` for batch in [min, max] and height and width multiples of 32 in
+    [min, max] rounded up to 32 (the program accepts only sizes on that grid).
 
     The example used for tracing sits strictly inside the range so that no dimension is specialized.
     """
     check_shape_range(min_shape, max_shape)
-    batch = Dim("batch", min=min_shape[0], max=max_shape[0])
-    height = Dim("height", min=min_shape[1], max=max_shape[1])
-    width = Dim("width", min=min_shape[2], max=max_shape[2])
-    example = tuple(
-        _inside(lo, hi, offset) for lo, hi, offset in zip(min_shape, max_shape, (1, 37, 53), strict=False)
-    )
+    low, high = padded_shape(min_shape), padded_shape(max_shape)
+    dims = []
+    for name, lo, hi in zip(("batch", "height", "width"), low, high, strict=True):
+        step = 1 if name == "batch" else SIZE_MULTIPLE
+        if hi - lo < 2 * step:
+            raise InputError(
+                f"export needs at least three {name} values in its range, got {lo}..{hi}: widen min_shape/max_shape"
+            )
+        dim = Dim(name if step == 1 else f"{name}_blocks", min=lo // step, max=hi // step)
+        dims.append(dim if step == 1 else step * dim)
+    batch, height, width = dims
+    example = tuple(lo + step for lo, step in zip(low, (1, SIZE_MULTIPLE, SIZE_MULTIPLE), strict=True))
     param = next(model.parameters())
     images, mask = example_inputs(example, param.device, param.dtype)
     dynamic_shapes = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}
     with torch.no_grad():
         return torch.export.export(model, (images, mask), dynamic_shapes=dynamic_shapes)
-
-
-def _inside(low: int, high: int, offset: int) -> int:
-    # A traced size equal to a bound, or a round multiple of the stride, would let export specialize on it.
-    return low if low == high else min(low + offset, high - 1) if high - low > 1 else high

@@ -123,7 +123,7 @@ def anchordetr_model(
     """The model compiled with the backend of this test's parameter; skipped where it cannot run."""
     import anchordetr_trt  # the public compile(), whichever module defines it
 
-    from .environment import backend_status
+    from .backends import backend_status
 
     backend = request.param
     ok, reason = backend_status(anchordetr_device)[backend]

@@ -162,7 +162,7 @@ class Transformer(nn.Module):
         posemb_row = self.adapt_pos1d(posemb_x.to(src.dtype))
         posemb_col = self.adapt_pos1d(posemb_y.to(src.dtype))
 
-        memory = src.permute(0, 2, 3, 1)
+        memory = src.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]; a no-op for channels_last features
         for layer in self.encoder_layers:
             memory = layer(memory, posemb_row, posemb_col, mask_row, mask_col)
         key_row = memory.mean(1) + posemb_row
@@ -171,7 +171,7 @@ class Transformer(nn.Module):
         # Queries depend on the weights only: computed once, broadcast over the batch.
         num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
         anchors = self.position.weight.repeat(num_pattern, 1)  # [Q, 2], pattern-major
-        tgt = self.pattern.weight.repeat_interleave(num_position, dim=0)[None].expand(src.shape[0], -1, -1)
+        tgt = self.pattern.weight.repeat_interleave(num_position, dim=0).repeat(src.shape[0], 1, 1)
         query_pos = self.adapt_pos2d(pos2posemb2d(anchors, self.d_model // 2).to(src.dtype))[None]
         query_pos_x = self.adapt_pos1d(pos2posemb1d(anchors[:, 0], self.d_model).to(src.dtype))[None]
         query_pos_y = self.adapt_pos1d(pos2posemb1d(anchors[:, 1], self.d_model).to(src.dtype))[None]

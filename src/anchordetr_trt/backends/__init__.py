@@ -1,1 +1,48 @@
-"""Backends behind ``anchordetr_trt.compile``: inductor (torch.compile), tensorrt (Torch-TensorRT)."""
+"""The backends behind ``anchordetr_trt.compile``, one module each, all with one interface:
+
+- ``status(device) -> (available, reason)``: whether it can run on ``device`` here, and why (not);
+- ``build(model, spec) -> runner``: ``runner(images [B, 3, H, W], mask [B, H, W])`` returns the
+  model's output dict; it receives inputs already checked, cast to ``spec.dtype`` on ``spec.device``
+  and, where ``PADDED`` is true, padded to multiples of ``spec.SIZE_MULTIPLE``;
+- ``PADDED``: whether the backend compiles for padded shapes.
+
+``choose_backend`` is the one rule for which backend runs: ``compile``, ``anchordetr-trt info``, the
+demo and the benchmark all ask it.
+"""
+
+from types import ModuleType
+
+import torch
+
+from ..errors import BackendUnavailableError
+from . import eager, inductor, tensorrt
+
+# Fastest first: compile(backend="auto") takes the first available.
+BACKENDS: dict[str, ModuleType] = {"tensorrt": tensorrt, "inductor": inductor, "eager": eager}
+
+
+def backend_status(device: torch.device) -> dict[str, tuple[bool, str]]:
+    """For each backend: (can it run on ``device`` here, why or why not)."""
+    return {name: module.status(device) for name, module in BACKENDS.items()}
+
+
+def choose_backend(requested: str, device: torch.device) -> tuple[str, str]:
+    """(backend, reason) for ``requested`` ("auto" or a name) on ``device``; BackendUnavailableError
+    naming what is missing and the backend to use instead when the requested one cannot run."""
+    if requested != "auto" and requested not in BACKENDS:
+        raise BackendUnavailableError(
+            f"unknown backend {requested!r}: choose one of auto, {', '.join(BACKENDS)}"
+        )
+    status = backend_status(device)
+    available = [name for name, (ok, _) in status.items() if ok]
+    if requested == "auto":
+        choice = available[0]
+        names = list(BACKENDS)
+        skipped = [f"{name}: {status[name][1]}" for name in names[: names.index(choice)]]
+        return choice, status[choice][1] + (f" (not {'; '.join(skipped)})" if skipped else "")
+    ok, reason = status[requested]
+    if not ok:
+        raise BackendUnavailableError(
+            f"backend={requested!r} cannot run here: {reason}; use backend={available[0]!r}"
+        )
+    return requested, reason

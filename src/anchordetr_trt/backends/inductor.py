@@ -1,129 +1,194 @@
-"""torch.compile (Inductor) backend: FP16, the Triton ops kept as opaque kernels, one CUDA graph per
-shape bucket.
+"""The "inductor" backend: one ``torch.compile`` of the model for the whole shape range, and CUDA
+graphs for the shapes that recur.
 
-Shapes are bucketed so that a stream of varied images compiles a bounded number of graphs: the batch
-rounds up to a power of two, height and width up to the next multiple of ``size_step`` (the
-optimization shape and the maximum are buckets of their own, so they run unpadded). Padding adds
-masked pixels and blank images whose outputs are dropped. Each bucket is compiled once, then captured
-in a CUDA graph; a call copies its inputs into the graph's static buffers and replays it, which costs
-a few microseconds of CPU instead of one launch per kernel.
+Compiled once. Dynamo traces the model with batch, height / 32 and width / 32 symbolic: inputs reach
+the compiled function as views [B, 3, H/32, 32, W/32, 32], so height and width are known multiples
+of 32 and every size in the backbone is an exact expression of them (nothing to guard on), and the
+batch is traced size-obliviously (no separate graph for batch 1). Any padded shape in the spec's
+range then runs without recompiling; the custom ops' Triton kernels do not specialize on sizes either.
+
+CUDA graphs where they pay. Batch 1 is launch bound (some 600 kernels), so a shape's second call
+captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the
+compiled function directly, so that a stream of one-off shapes costs no captures. The graphs share
+one memory pool and one static input buffer sized for the largest shape, and at most ``max_graphs``
+are kept (least recently used first out): the memory held is bounded by the largest shape's
+activations plus ``max_graphs`` graphs' small static outputs and executables, whatever the stream.
 """
 
-import bisect
+import collections
 import logging
 import time
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 
-from ..export import Shape, example_inputs
+from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
 from .cudnn_fusion import fuse_conv_epilogues
 
 logger = logging.getLogger(__name__)
 
+PADDED = True
+MAX_GRAPHS = 32
+# cuDNN's autotuning times every algorithm of every convolution at each new shape (seconds per shape);
+# its heuristics choose at once. Measured choice: see the README's speed section.
+CUDNN_BENCHMARK = False
 
-def size_buckets(low: int, opt: int, high: int, step: int) -> list[int]:
-    """Sorted sizes that inputs in [low, high] are padded up to: multiples of ``step``, ``opt`` and ``high``."""
-    multiples = range(-(-low // step) * step, high, step)
-    return sorted({*multiples, opt, high})
+
+def status(device: torch.device) -> tuple[bool, str]:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False, "needs a CUDA GPU" + ("" if device.type == "cuda" else f" (device is {device})")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False, "triton is not installed: pip install triton"
+    return True, "torch.compile with the Triton ops and CUDA graphs, one compile for the shape range"
 
 
-def batch_buckets(low: int, opt: int, high: int) -> list[int]:
-    powers = [2**i for i in range(high.bit_length()) if low <= 2**i < high]
-    return sorted({*powers, opt, high})
+class _Unfolded(nn.Module):
+    """``model`` on images [B, 3, h, 32, w, 32] and mask [B, h, 32, w, 32]: the 32s tell the tracer
+    that height and width are multiples of 32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        batch, channels, rows, _, columns, _ = images.shape
+        height, width = rows * SIZE_MULTIPLE, columns * SIZE_MULTIPLE
+        images = images.reshape(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
+        out = self.model(images, mask.reshape(batch, height, width))
+        return {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}
+
+
+def unfold(images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """images [B, 3, H, W], mask [B, H, W] (H, W multiples of 32) as the compiled function's views."""
+    batch, channels, height, width = images.shape
+    rows, columns = height // SIZE_MULTIPLE, width // SIZE_MULTIPLE
+    return (
+        images.contiguous().view(batch, channels, rows, SIZE_MULTIPLE, columns, SIZE_MULTIPLE),
+        mask.contiguous().view(batch, rows, SIZE_MULTIPLE, columns, SIZE_MULTIPLE),
+    )
 
 
 class _CapturedGraph:
-    """``fn`` on static input buffers of one shape, captured in a CUDA graph."""
+    """``fn(images [B, 3, H, W], mask [B, H, W])`` on static inputs of one shape, captured in a CUDA
+    graph; ``replay`` copies inputs in and the outputs out (the next replay of any graph in the pool
+    may overwrite them)."""
 
     def __init__(self, fn, images: Tensor, mask: Tensor, pool: tuple):
         self.images, self.mask = images, mask
         side = torch.cuda.Stream(images.device)
         side.wait_stream(torch.cuda.current_stream(images.device))
-        with torch.cuda.stream(side):  # compile, autotune and pick cuDNN algorithms outside the capture
-            for _ in range(2):
-                fn(images, mask)
+        with torch.cuda.stream(
+            side
+        ):  # lazy initialization (cuBLAS workspaces, cuDNN plans) outside the capture
+            fn(images, mask)
         torch.cuda.current_stream(images.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
             self.outputs = fn(images, mask)
 
-    def __call__(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        batch, _, height, width = images.shape
-        if images.shape != self.images.shape:  # pad: clear what the input does not cover
-            self.images.zero_()
-            self.mask.fill_(True)
-            self.mask[batch:] = False  # blank filler images, unpadded; their outputs are dropped
-        self.images[:batch, :, :height, :width].copy_(images)
-        self.mask[:batch, :height, :width].copy_(mask)
+    def replay(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        self.images.copy_(images)
+        self.mask.copy_(mask)
         self.graph.replay()
-        # The next replay overwrites the outputs: hand out copies.
-        return {key: value[:batch].to(torch.float32, copy=True) for key, value in self.outputs.items()}
+        return {key: value.clone() for key, value in self.outputs.items()}
 
 
-class BucketedCompiledModel(nn.Module):
-    """A torch.compile'd model run through one captured CUDA graph per shape bucket."""
+class InductorRunner(nn.Module):
+    """The compiled model for every padded shape of ``spec``'s range: ``forward(images [B, 3, H, W],
+    mask [B, H, W])`` with H and W multiples of 32, in the spec's dtype and device."""
 
-    def __init__(
-        self, model: nn.Module, *, min_shape: Shape, opt_shape: Shape, max_shape: Shape, size_step: int = 128
-    ):
+    def __init__(self, model: nn.Module, spec: CompileSpec, max_graphs: int = MAX_GRAPHS):
         super().__init__()
         self.model = model
-        self.buckets = (
-            batch_buckets(min_shape[0], opt_shape[0], max_shape[0]),
-            size_buckets(min_shape[1], opt_shape[1], max_shape[1], size_step),
-            size_buckets(min_shape[2], opt_shape[2], max_shape[2], size_step),
-        )
-        self.max_graphs = len(self.buckets[0]) * len(self.buckets[1]) * len(self.buckets[2])
-        self.compiled = torch.compile(model, dynamic=False, fullgraph=True)
-        self.graphs: dict[Shape, _CapturedGraph] = {}
+        self.spec = spec
+        self.max_graphs = max_graphs
+        self.compiles = 0  # Dynamo graphs compiled: 1 for the whole range
+        self.captures = 0
+        self.compiled = torch.compile(_Unfolded(model), backend=self._inductor, fullgraph=True, dynamic=False)
+        self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
+        self.seen: set[Shape] = set()
         self.pool = torch.cuda.graph_pool_handle()
+        batch, height, width = spec.padded_range[2]
+        self.static_images = torch.empty(batch * 3 * height * width, dtype=spec.dtype, device=spec.device)
+        self.static_mask = torch.empty(batch * height * width, dtype=torch.bool, device=spec.device)
 
-    def bucket(self, shape: Shape) -> Shape:
-        return tuple(
-            sizes[bisect.bisect_left(sizes, s)] for sizes, s in zip(self.buckets, shape, strict=True)
-        )
+    def _inductor(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
+        from torch._inductor.compile_fx import compile_fx
+
+        self.compiles += 1
+        if self.compiles > 1:
+            logger.warning(
+                "inductor: compiling a %s graph for the range (expected one)", _ordinal(self.compiles)
+            )
+        return compile_fx(graph_module, example_inputs)
 
     def forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        shape = self.bucket((images.shape[0], images.shape[2], images.shape[3]))
+        shape = (images.shape[0], images.shape[2], images.shape[3])
         graph = self.graphs.get(shape)
-        if graph is None:
-            graph = self.graphs[shape] = self._capture(shape, images.dtype)
-        return graph(images, mask)
+        if graph is not None:
+            self.graphs.move_to_end(shape)
+            return graph.replay(images, mask)
+        if shape not in self.seen or self.max_graphs == 0:
+            self.seen.add(shape)
+            return self._call_padded(images, mask)
+        return self._capture(shape).replay(images, mask)
 
-    def _capture(self, shape: Shape, dtype: torch.dtype) -> _CapturedGraph:
-        start = time.perf_counter()
-        images, mask = example_inputs(shape, self.model_device, dtype)
-        images = images.contiguous(memory_format=torch.channels_last)
-        limit = self.max_graphs + 8  # every bucket may compile once; never fall back to eager
+    def _call_padded(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        images, mask = unfold(images, mask)
+        if self.compiles == 0:  # the trace: mark the dims that vary within the range
+            self._mark_dynamic(images, mask)
         with (
             torch.no_grad(),
-            torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=limit),
-            torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False),
+            fx_config.patch(backed_size_oblivious=True),
+            torch.backends.cudnn.flags(enabled=True, benchmark=CUDNN_BENCHMARK, deterministic=False),
         ):
-            graph = _CapturedGraph(self.compiled, images, mask, self.pool)
-        logger.info("inductor: compiled and captured %s in %.1f s", shape, time.perf_counter() - start)
+            return self.compiled(images, mask)
+
+    def _mark_dynamic(self, images: Tensor, mask: Tensor) -> None:
+        low, _, high = self.spec.padded_range
+        bounds = [
+            (low[0], high[0]),
+            *((lo // SIZE_MULTIPLE, hi // SIZE_MULTIPLE) for lo, hi in zip(low[1:], high[1:], strict=True)),
+        ]
+        for (lo, hi), image_dim, mask_dim in zip(bounds, (0, 2, 4), (0, 1, 3), strict=True):
+            if lo < hi:
+                torch._dynamo.mark_dynamic(images, image_dim, min=lo, max=hi)
+                torch._dynamo.mark_dynamic(mask, mask_dim, min=lo, max=hi)
+
+    def _capture(self, shape: Shape) -> _CapturedGraph:
+        start = time.perf_counter()
+        while len(self.graphs) >= self.max_graphs:
+            self.graphs.popitem(last=False)
+        batch, height, width = shape
+        images = self.static_images[: batch * 3 * height * width].view(batch, 3, height, width)
+        mask = self.static_mask[: batch * height * width].view(batch, height, width)
+        graph = self.graphs[shape] = _CapturedGraph(self._call_padded, images, mask, self.pool)
+        self.captures += 1
+        logger.info("inductor: captured a CUDA graph for %s in %.2f s", shape, time.perf_counter() - start)
         return graph
 
-    @property
-    def model_device(self) -> torch.device:
-        return next(self.model.parameters()).device
+
+def _ordinal(n: int) -> str:
+    return {2: "second", 3: "third"}.get(n, f"{n}th")
 
 
-def compile_inductor(
-    model: nn.Module,
-    *,
-    dtype: torch.dtype,
-    device: torch.device,
-    min_shape: Shape,
-    opt_shape: Shape,
-    max_shape: Shape,
-) -> BucketedCompiledModel:
-    """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) and capture the opt shape."""
+def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
+    """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range:
+    one trace at the optimization shape, whose CUDA graph is captured too."""
     fuse_conv_epilogues(model.backbone.body)
-    model = (
-        model.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval().requires_grad_(False)
+    model = model.to(device=spec.device, dtype=spec.dtype, memory_format=torch.channels_last)
+    model = model.eval().requires_grad_(False).set_fused_ops(True)
+    runner = InductorRunner(model, spec)
+    start = time.perf_counter()
+    from ..export import example_inputs
+
+    opt = spec.padded_range[1]
+    for _ in range(2):  # compile, then capture
+        runner(*example_inputs(opt, spec.device, spec.dtype))
+    logger.info(
+        "inductor: compiled for %s..%s in %.1f s", *spec.padded_range[::2], time.perf_counter() - start
     )
-    compiled = BucketedCompiledModel(model, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape)
-    compiled(*example_inputs(opt_shape, device, dtype))
-    return compiled
+    return runner

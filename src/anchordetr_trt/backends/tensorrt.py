@@ -6,7 +6,7 @@ The engine is strongly typed: the model is cast to the requested precision befor
 TensorRT keeps the graph's dtypes (the plugins accumulate in float32). Built modules are saved with
 ``torch_tensorrt.save`` under ``cache_dir``, keyed by the weights, shape range, precision, library
 versions and GPU. tensorrt and torch_tensorrt are imported inside functions only: this module, and
-``tensorrt_status``, work where they are missing.
+``status``, work where they are missing.
 """
 
 import functools
@@ -23,20 +23,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import BackendUnavailableError, InputError
-from ..export import Shape, check_shape_range, export_model
-from ..model import check_inputs
+from ..errors import BackendUnavailableError
+from ..export import export_model
+from ..spec import CompileSpec, Shape
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
 OUTPUTS = ("pred_logits", "pred_boxes")
 _LIBRARIES = ("torch", "torch_tensorrt", "tensorrt", "triton", "anchordetr_trt")
 
 
+PADDED = True
+PRECISIONS = ("fp16", "fp32")  # the plugins' kernels are built for these
+
+
 @functools.cache
-def tensorrt_status() -> tuple[bool, str]:
-    """(whether the tensorrt backend can run here, why or why not)."""
+def _import_status() -> tuple[bool, str]:
     missing = [name for name in ("torch_tensorrt", "tensorrt") if importlib.util.find_spec(name) is None]
     if missing:
         return False, f"{' and '.join(missing)} not installed (pip install 'anchordetr_trt[tensorrt]')"
@@ -51,104 +53,71 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"Torch-TensorRT {torch_tensorrt.__version__} with TensorRT {tensorrt.__version__}"
 
 
-class TensorRTModule(nn.Module):
-    """A Torch-TensorRT compiled AnchorDETR: ``forward(images [B, 3, H, W], mask [B, H, W] bool or None)``
-    returns ``pred_logits`` and ``pred_boxes``; (B, H, W) outside [min_shape, max_shape] raise InputError."""
-
-    def __init__(
-        self,
-        runner: nn.Module,
-        *,
-        min_shape: Shape,
-        max_shape: Shape,
-        dtype: torch.dtype,
-        device: torch.device,
-    ):
-        super().__init__()
-        self.runner = runner
-        self.min_shape, self.max_shape = min_shape, max_shape
-        self.dtype, self.device = dtype, device
-
-    def extra_repr(self) -> str:
-        return f"shapes={self.min_shape}..{self.max_shape}, dtype={self.dtype}, device={self.device}"
-
-    @torch.no_grad()
-    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        check_inputs(images, mask)
-        check_in_range((images.shape[0], images.shape[2], images.shape[3]), self.min_shape, self.max_shape)
-        images = images.to(device=self.device, dtype=self.dtype).contiguous()
-        if mask is None:
-            mask = torch.zeros_like(images[:, 0], dtype=torch.bool)
-        out = self.runner(images, mask.to(self.device).contiguous())
-        # The engine keeps the model's output dict; a flattened (logits, boxes) pair is accepted too.
-        values = [out[key] for key in OUTPUTS] if isinstance(out, Mapping) else list(out)
-        return dict(zip(OUTPUTS, values, strict=True))
+def status(device: torch.device) -> tuple[bool, str]:
+    """(whether the tensorrt backend can run on ``device`` here, why or why not)."""
+    available, reason = _import_status()
+    if available and device.type != "cuda":
+        return False, f"needs a CUDA GPU (device is {device})"
+    return available, reason
 
 
-def check_in_range(shape: Shape, min_shape: Shape, max_shape: Shape) -> None:
-    """Raise InputError unless min_shape <= shape <= max_shape elementwise (batch, height, width)."""
-    if not all(lo <= s <= hi for lo, s, hi in zip(min_shape, shape, max_shape, strict=True)):
-        raise InputError(
-            f"input (batch, height, width) = {tuple(shape)} is outside the engine's range {min_shape}..{max_shape}: "
-            "split the batch, resize the images (preprocess(min_size=..., max_size=...)), or compile with a wider "
-            "min_shape/max_shape"
-        )
-
-
-def compile_tensorrt(
-    model: nn.Module,
-    *,
-    precision: str,
-    min_shape: Shape,
-    opt_shape: Shape,
-    max_shape: Shape,
-    device: str | torch.device,
-    cache_dir: str | os.PathLike | None,
-) -> TensorRTModule:
-    """Build (or load from ``cache_dir``) a TensorRT module of ``model``, an AnchorDETR."""
-    available, reason = tensorrt_status()
+def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
+    """Build (or load from ``spec.cache_dir``) a TensorRT module of ``model``, an AnchorDETR whose
+    frozen batch norms are folded, for ``spec``'s padded shape range."""
+    available, reason = status(spec.device)
     if not available:
         raise BackendUnavailableError(
-            f"backend='tensorrt' cannot run here: {reason}. Use backend='inductor' on a CUDA GPU, or "
-            "backend='eager' on the CPU"
+            f"backend='tensorrt' cannot run here: {reason}: use backend='inductor' (a GPU with Triton) "
+            "or backend='eager'"
         )
-    device = torch.device(device)
-    if device.type != "cuda":
+    if spec.precision not in PRECISIONS:
         raise BackendUnavailableError(
-            f"backend='tensorrt' needs a CUDA device, got {device}: use backend='eager'"
-        )
-    if precision not in PRECISIONS:
-        raise BackendUnavailableError(
-            f"backend='tensorrt' builds {' or '.join(PRECISIONS)} engines, not {precision!r}: "
+            f"backend='tensorrt' builds {' or '.join(PRECISIONS)} engines, not precision={spec.precision!r}: "
             "choose one of those, or backend='inductor'"
         )
-    check_shape_range(min_shape, max_shape, opt_shape)
     import torch_tensorrt
 
     from anchordetr_trt.converters import register_converters
 
     route = register_converters()
-    dtype = PRECISIONS[precision]
-    model = model.to(device=device, dtype=dtype).eval().set_fused_ops(True)
-    shapes = (min_shape, opt_shape, max_shape)
+    model = model.to(device=spec.device, dtype=spec.dtype).eval().set_fused_ops(True)
+    shapes = spec.padded_range
     path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / "tensorrt" / f"{cache_key(model, precision, shapes, library_versions())}.pt2"
+    if spec.cache_dir is not None:
+        key = cache_key(model, spec.precision, shapes, library_versions())
+        path = spec.cache_dir / "tensorrt" / f"{key}.pt2"
     runner = _load(path) if path is not None and path.exists() else None
     if runner is None:
         logger.info(
-            "tensorrt: building an engine for %s..%s (%s, %s plugins)", min_shape, max_shape, precision, route
+            "tensorrt: building an engine for %s..%s (%s, %s plugins)",
+            shapes[0],
+            shapes[2],
+            spec.precision,
+            route,
         )
-        exported = export_model(model, min_shape=min_shape, max_shape=max_shape)
+        exported = export_model(model, min_shape=shapes[0], max_shape=shapes[2])
         runner = torch_tensorrt.dynamo.compile(
-            exported, arg_inputs=engine_inputs(shapes, dtype), device=device, min_block_size=1
+            exported, arg_inputs=engine_inputs(shapes, spec.dtype), device=spec.device, min_block_size=1
         )
         outside = ops_outside_tensorrt(runner)
         if outside:
             logger.warning("tensorrt: anchordetr ops left to PyTorch: %s", outside)
         if path is not None:
             _save(runner, path)
-    return TensorRTModule(runner, min_shape=min_shape, max_shape=max_shape, dtype=dtype, device=device)
+    return _OutputDict(runner)
+
+
+class _OutputDict(nn.Module):
+    """The engine's outputs as the model's dict (a flattened (logits, boxes) pair is accepted too)."""
+
+    def __init__(self, engine: nn.Module):
+        super().__init__()
+        self.engine = engine
+
+    def forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        out = self.engine(images, mask)
+        values = [out[key] for key in OUTPUTS] if isinstance(out, Mapping) else list(out)
+        return dict(zip(OUTPUTS, values, strict=True))
 
 
 def engine_inputs(shapes: tuple[Shape, Shape, Shape], dtype: torch.dtype) -> list[Any]:

@@ -1,0 +1,19 @@
+"""The "eager" backend: the model itself at the requested precision. Runs anywhere; the reference."""
+
+import torch
+from torch import nn
+
+from ..spec import CompileSpec
+
+PADDED = False  # nothing is compiled: inputs run at their own size, exactly as load_model's model
+
+
+def status(device: torch.device) -> tuple[bool, str]:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return False, "no CUDA GPU is visible"
+    return True, "plain PyTorch: runs anywhere (fp32 on the CPU)"
+
+
+def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
+    """``model`` (an AnchorDETR) at ``spec``'s device and precision, the fused ops on CUDA."""
+    return model.to(device=spec.device, dtype=spec.dtype).set_fused_ops(spec.device.type == "cuda")

@@ -1,0 +1,48 @@
+"""Where anchordetr_trt keeps files between processes: the one rule for every cache location.
+
+``cache_home()`` is ``$ANCHORDETR_CACHE`` if set, else ``<torch.hub.get_dir()>/anchordetr`` (so
+``$TORCH_HOME`` moves it too). Compiled artifacts go under a ``cache_dir`` the caller names; Inductor
+and Triton are pointed at it with ``use_compile_cache``.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+
+def cache_home() -> Path:
+    """The package's default cache folder (downloads, compiled artifacts when asked for)."""
+    explicit = os.environ.get("ANCHORDETR_CACHE")
+    return Path(explicit) if explicit else Path(torch.hub.get_dir()) / "anchordetr"
+
+
+def prepare_dir(path: str | os.PathLike, argument: str = "cache_dir") -> Path:
+    """``path`` as a folder that exists and is writable; InputError naming ``argument`` otherwise."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{argument}={str(path)!r} is a file, not a folder: pass a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"{argument}={str(path)!r} cannot be created ({error.strerror}): pass a writable folder"
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"{argument}={str(path)!r} is not writable: pass a writable folder")
+    return path
+
+
+def use_compile_cache(cache_dir: str | os.PathLike) -> Path:
+    """Make Inductor and Triton keep their compiled artifacts in ``cache_dir`` for this process.
+
+    Set, not defaulted: the caller asked for this folder, and ``import torchvision`` already sets
+    TORCHINDUCTOR_CACHE_DIR, so a default would never apply. Both libraries read the variables
+    when they compile, so this takes effect for everything compiled afterwards.
+    """
+    cache_dir = prepare_dir(cache_dir)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(cache_dir / "triton")
+    return cache_dir

@@ -1,0 +1,127 @@
+"""``anchordetr_trt.compile``: a checkpoint in, a ``CompiledAnchorDETR`` out."""
+
+import copy
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import backends
+from .cache import use_compile_cache
+from .checkpoint import Checkpoint, load_model
+from .devices import check_device, resolve_device
+from .fold import fold_frozen_batchnorm
+from .model import AnchorDETR, check_inputs
+from .spec import SIZE_MULTIPLE, CompileSpec, Shape, default_precision, round_up
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("pred_logits", "pred_boxes")
+
+
+class CompiledAnchorDETR(nn.Module):
+    """A detector built by ``compile``: ``forward(images [B, 3, H, W] float, mask [B, H, W] bool or
+    None)`` returns ``pred_logits`` [B, Q, classes] and ``pred_boxes`` [B, Q, 4] in float32, as the model.
+
+    Every backend runs behind this one wrapper, which checks the inputs, rejects (B, H, W) outside
+    ``[spec.min_shape, spec.max_shape]`` with InputError, moves and casts the inputs, and for the
+    compiled backends pads height and width to multiples of 32 with masked pixels.
+    """
+
+    def __init__(self, runner: nn.Module, *, backend: str, spec: CompileSpec):
+        super().__init__()
+        self.runner = runner
+        self.backend = backend
+        self.spec = spec
+        self.padded = backends.BACKENDS[backend].PADDED
+
+    @property
+    def device(self) -> torch.device:
+        return self.spec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.spec.dtype
+
+    @property
+    def precision(self) -> str:
+        return self.spec.precision
+
+    def extra_repr(self) -> str:
+        spec = self.spec
+        return (
+            f"backend={self.backend!r}, precision={spec.precision!r}, device={spec.device}, "
+            f"shapes={spec.min_shape}..{spec.max_shape}"
+        )
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        check_inputs(images, mask)
+        batch, _, height, width = images.shape
+        self.spec.check_contains((batch, height, width))
+        images = images.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        mask = (
+            torch.zeros_like(images[:, 0], dtype=torch.bool)
+            if mask is None
+            else mask.to(self.device, non_blocking=True)
+        )
+        if self.padded:
+            images, mask = pad_to_multiple(images, mask)
+        out = self.runner(images, mask)
+        return {key: out[key].float() for key in OUTPUTS}
+
+
+def pad_to_multiple(images: Tensor, mask: Tensor, multiple: int = SIZE_MULTIPLE) -> tuple[Tensor, Tensor]:
+    """Pad images [B, 3, H, W] with zeros and mask [B, H, W] with True (padding) at the bottom and
+    right, up to multiples of ``multiple``; inputs already on the grid are returned as they are."""
+    pad_h, pad_w = (
+        round_up(images.shape[2], multiple) - images.shape[2],
+        round_up(images.shape[3], multiple) - images.shape[3],
+    )
+    if not pad_h and not pad_w:
+        return images, mask
+    return F.pad(images, (0, pad_w, 0, pad_h)), F.pad(mask, (0, pad_w, 0, pad_h), value=True)
+
+
+def compile(
+    ckpt: Checkpoint | AnchorDETR,
+    *,
+    variant: str | None = None,
+    backend: str = "auto",
+    precision: str | None = None,
+    min_shape: Shape = (1, 320, 320),
+    opt_shape: Shape = (1, 800, 800),
+    max_shape: Shape = (8, 1344, 1344),
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> CompiledAnchorDETR:
+    """Compile an AnchorDETR (a checkpoint path, a loaded checkpoint dict, or an ``AnchorDETR``, which
+    is copied, never changed) for inference.
+
+    ``backend``: "tensorrt" (Torch-TensorRT engine with this package's plugins), "inductor"
+    (torch.compile with the Triton ops and CUDA graphs), "eager" (the model itself), or "auto" (the
+    first of these that runs here; the choice and its reason are logged). Shapes are (batch, height,
+    width): one compiled module serves every input within [min_shape, max_shape] and is tuned for
+    opt_shape. ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one,
+    on the CPU). ``cache_dir`` keeps compiled artifacts so that a second process starts fast.
+    """
+    device = check_device(resolve_device(device))
+    spec = CompileSpec(
+        precision=precision or default_precision(device),
+        device=device,
+        min_shape=min_shape,
+        opt_shape=opt_shape,
+        max_shape=max_shape,
+        cache_dir=cache_dir,
+    )
+    backend, reason = backends.choose_backend(backend, device)
+    logger.info("compile: backend %r (%s)", backend, reason)
+    if spec.cache_dir is not None:
+        use_compile_cache(spec.cache_dir)
+    model = copy.deepcopy(ckpt).eval() if isinstance(ckpt, AnchorDETR) else load_model(ckpt, variant=variant)
+    if backend != "eager":
+        model = fold_frozen_batchnorm(model)
+    runner = backends.BACKENDS[backend].build(model, spec)
+    return CompiledAnchorDETR(runner, backend=backend, spec=spec)
