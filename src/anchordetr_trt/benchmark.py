@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .checkpoint import Checkpoint, load_model
 from .compiled import compile
 from .config import variant_name
-from .demo import random_model
+from .weights import random_model
 from .devices import resolve_device
 from .environment import environment
 from .errors import BackendUnavailableError
