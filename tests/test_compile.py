@@ -5,8 +5,10 @@ import torch
 from official import fixture_state_dict
 
 import anchordetr_trt as at
-from anchordetr_trt.backends.inductor import batch_buckets, size_buckets
+from anchordetr_trt.backends.inductor import batch_classes
+from anchordetr_trt.compiled import pad_to_multiple
 from anchordetr_trt.export import example_inputs
+from anchordetr_trt.spec import CompileSpec
 from anchordetr_trt.testing import assert_detections_close
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu`)")
@@ -69,10 +71,27 @@ def test_cuda_without_gpu_is_explained():
         at.compile(at.build_model(at.VARIANTS["r50-c5"]), device="cuda")
 
 
-def test_shape_buckets_are_bounded_and_keep_opt_and_max_exact():
-    heights = size_buckets(320, 800, 1344, 128)
-    assert heights[0] == 384 and 800 in heights and heights[-1] == 1344 and len(heights) <= 10
-    assert batch_buckets(1, 1, 8) == [1, 2, 4, 8] and batch_buckets(1, 3, 8) == [1, 2, 3, 4, 8]
+@pytest.mark.parametrize(
+    ("min_batch", "max_batch", "classes"), [(1, 8, [1, 8]), (2, 8, [8]), (1, 1, [1]), (3, 3, [3])]
+)
+def test_inductor_compiles_one_graph_per_batch_class(min_batch, max_batch, classes):
+    spec = CompileSpec(
+        "fp32", torch.device("cpu"), (min_batch, 320, 320), (max_batch, 800, 800), (max_batch, 1344, 1344)
+    )
+    assert batch_classes(spec) == classes
+
+
+def test_pad_to_multiple_pads_bottom_right_as_masked_pixels():
+    images, mask = example_inputs((2, 70, 100))
+    padded_images, padded_mask = pad_to_multiple(images, mask)
+    assert padded_images.shape == (2, 3, 96, 128) and padded_mask.shape == (2, 96, 128)
+    assert torch.equal(padded_images[:, :, :70, :100], images) and torch.equal(
+        padded_mask[:, :70, :100], mask
+    )
+    assert not padded_images[:, :, 70:].any() and not padded_images[..., 100:].any()
+    assert padded_mask[:, 70:].all() and padded_mask[..., 100:].all()
+    on_grid = example_inputs((1, 64, 96))
+    assert all(a is b for a, b in zip(pad_to_multiple(*on_grid), on_grid, strict=True))
 
 
 @gpu
@@ -88,12 +107,14 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights):
     # the same query's box at IoU > 0.9 and the score within 0.01.
     assert_detections_close(compiled(images, mask), expected, precision="fp16")
 
-    # A stream of varied sizes (bucketed), heavy padding, and a blank filler image: all finite.
-    for shape in [(2, 640, 1088), (1, 790, 770)]:  # a new bucket (~45 s to compile), then padded into 800x800
+    # Varied sizes within the range, heavy padding: no compile after compile(), all finite.
+    compiles = compiled.runner.compiles
+    for shape in [(2, 640, 1088), (1, 790, 770)]:
         images, mask = example_inputs(shape, "cuda")
         mask[0, shape[1] // 3 :] = True
         out = compiled(images, mask)
         assert out["pred_logits"].shape == (shape[0], 900, 91)
         assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
+    assert compiled.runner.compiles == compiles
     with pytest.raises(at.InputError, match="outside the compiled range"):
         compiled(*example_inputs((3, 800, 800), "cuda"))

@@ -26,11 +26,11 @@ from torch import Tensor, nn
 from .checkpoint import Checkpoint, load_model
 from .compiled import compile
 from .config import variant_name
-from .weights import random_model
 from .devices import resolve_device
 from .environment import environment
 from .errors import BackendUnavailableError
 from .export import Shape, example_inputs
+from .weights import random_model
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,13 @@
 """The "inductor" backend: one ``torch.compile`` of the model for the whole shape range, and CUDA
 graphs for the shapes that recur.
 
-Compiled once. Dynamo traces the model with batch, height / 32 and width / 32 symbolic: inputs reach
-the compiled function as views [B, 3, H/32, 32, W/32, 32], so height and width are known multiples
-of 32 and every size in the backbone is an exact expression of them (nothing to guard on), and the
-batch is traced size-obliviously (no separate graph for batch 1). Any padded shape in the spec's
-range then runs without recompiling; the custom ops' Triton kernels do not specialize on sizes either.
+Compiled once per batch class, inside ``compile()``. Dynamo traces the model with batch, height / 32
+and width / 32 symbolic: inputs reach the compiled function as views [B, 3, H/32, 32, W/32, 32], so
+height and width are known multiples of 32 and every size in the backbone is an exact expression of
+them (nothing to guard on). Dynamo specializes a size of 1 (torch 2.11 guards batch >= 2 even with
+``backed_size_oblivious``), so a range holding batch 1 and larger batches gets two graphs, batch 1
+and batches 2..max, both compiled by ``build``. Any padded shape in the spec's range then runs
+without compiling; the custom ops' Triton kernels do not specialize on sizes either.
 
 CUDA graphs where they pay. Batch 1 is launch bound (some 600 kernels), so a shape's second call
 captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the
@@ -105,7 +107,7 @@ class InductorRunner(nn.Module):
         self.model = model
         self.spec = spec
         self.max_graphs = max_graphs
-        self.compiles = 0  # Dynamo graphs compiled: 1 for the whole range
+        self.compiles = 0  # Dynamo graphs compiled: one per batch class of the range
         self.captures = 0
         self.compiled = torch.compile(_Unfolded(model), backend=self._inductor, fullgraph=True, dynamic=False)
         self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
@@ -119,9 +121,10 @@ class InductorRunner(nn.Module):
         from torch._inductor.compile_fx import compile_fx
 
         self.compiles += 1
-        if self.compiles > 1:
+        expected = len(batch_classes(self.spec))
+        if self.compiles > expected:
             logger.warning(
-                "inductor: compiling a %s graph for the range (expected one)", _ordinal(self.compiles)
+                "inductor: compiling graph %d for the range (expected %d)", self.compiles, expected
             )
         return compile_fx(graph_module, example_inputs)
 
@@ -138,8 +141,7 @@ class InductorRunner(nn.Module):
 
     def _call_padded(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         images, mask = unfold(images, mask)
-        if self.compiles == 0:  # the trace: mark the dims that vary within the range
-            self._mark_dynamic(images, mask)
+        self._mark_dynamic(images, mask)  # read only when Dynamo traces
         with (
             torch.no_grad(),
             fx_config.patch(backed_size_oblivious=True),
@@ -150,11 +152,11 @@ class InductorRunner(nn.Module):
     def _mark_dynamic(self, images: Tensor, mask: Tensor) -> None:
         low, _, high = self.spec.padded_range
         bounds = [
-            (low[0], high[0]),
+            (max(low[0], 2), high[0]),  # batch 1 has a graph of its own (see the module docstring)
             *((lo // SIZE_MULTIPLE, hi // SIZE_MULTIPLE) for lo, hi in zip(low[1:], high[1:], strict=True)),
         ]
         for (lo, hi), image_dim, mask_dim in zip(bounds, (0, 2, 4), (0, 1, 3), strict=True):
-            if lo < hi:
+            if lo < hi and images.shape[image_dim] >= lo:
                 torch._dynamo.mark_dynamic(images, image_dim, min=lo, max=hi)
                 torch._dynamo.mark_dynamic(mask, mask_dim, min=lo, max=hi)
 
@@ -171,8 +173,11 @@ class InductorRunner(nn.Module):
         return graph
 
 
-def _ordinal(n: int) -> str:
-    return {2: "second", 3: "third"}.get(n, f"{n}th")
+def batch_classes(spec: CompileSpec) -> list[int]:
+    """One batch size per graph the range needs: 1 if the range holds it, and its largest batch if
+    that is 2 or more."""
+    low, high = spec.min_shape[0], spec.max_shape[0]
+    return [*([1] if low == 1 else []), *([high] if high >= 2 else [])]
 
 
 def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
@@ -186,7 +191,10 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     from ..export import example_inputs
 
     opt = spec.padded_range[1]
-    for _ in range(2):  # compile, then capture
+    for batch in batch_classes(spec):  # every graph the range needs, now rather than in a user's call
+        if batch != opt[0]:
+            runner._call_padded(*example_inputs((batch, *opt[1:]), spec.device, spec.dtype))
+    for _ in range(2):  # compile (if not yet), then capture
         runner(*example_inputs(opt, spec.device, spec.dtype))
     logger.info(
         "inductor: compiled for %s..%s in %.1f s", *spec.padded_range[::2], time.perf_counter() - start
