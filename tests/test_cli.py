@@ -352,14 +352,14 @@ def test_help_does_not_import_torch():
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "    main(['--help'])\n"
         "print('torch' in sys.modules)\n"
-        "import anchordetr_trt.compile, anchordetr_trt\n"
+        "import anchordetr_trt.compiled, anchordetr_trt\n"
         "print(anchordetr_trt.compile.__name__, anchordetr_trt.compile.__module__)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "compile", "anchordetr_trt.compile"], (
+    assert result.stdout.split() == ["False", "compile", "anchordetr_trt.compiled"], (
         "the function, not its module"
     )
 

@@ -20,7 +20,9 @@ def dc5_weights():
 
 
 def test_eager_fp32_on_cpu_equals_load_model(dc5_weights):
-    compiled = at.compile(dc5_weights, variant="r50-dc5", backend="eager", device="cpu", precision="fp32")
+    compiled = at.compile(
+        dc5_weights, variant="r50-dc5", backend="eager", device="cpu", precision="fp32", min_shape=(1, 64, 64)
+    )
     reference = at.load_model(dc5_weights, variant="r50-dc5")
     images, mask = example_inputs((2, 96, 160))
     with torch.no_grad():

@@ -21,7 +21,8 @@ def exported(model):
 
 def test_dimensions_stay_dynamic(exported):
     ranges = sorted((r.lower, r.upper) for r in exported.range_constraints.values())
-    assert ranges == [(1, 4), (64, 320), (64, 320)]
+    # batch, and height and width in blocks of 32 (the program's sizes are 32 * blocks)
+    assert (1, 4) in ranges and ranges.count((2, 10)) == 2
 
 
 @pytest.mark.parametrize("shape", [(1, 64, 64), (3, 160, 96), (4, 320, 320), (2, 97, 255)])

@@ -7,8 +7,9 @@ through ``compile(backend)``. Measured, each in the process where it means somet
 - ``cold_s``: this process, an empty compile cache: ``compile()`` to the last output of one pass;
 - ``steady_img_per_s``: later passes over the same stream (every shape seen, CUDA graphs captured);
 - ``warm_second_process_s``: a new process on the now warm cache, ``compile()`` to the last output;
-- ``random_shape_calls``: calls of random in-range shapes, with the compiles they caused after the
-  first call and the growth of the GPU memory this process holds;
+- ``random_shape_calls``: calls of random in-range shapes (up to ``--random-calls``, within
+  ``--random-budget-s``), with the compiles they caused after the first call and the growth of the
+  GPU memory this process holds;
 - ``eager_first_over_second_pass``: the eager backend's first pass over the stream against its second
   (a new process: what is compiled or tuned per shape shows up here);
 - ``latency_800``: 800x800 at batch 1 and ``batch``, for comparison with ``bench``.
@@ -105,13 +106,21 @@ def cold_run(args) -> dict:
         "cold_first_pass_s": first_pass_s,
         "steady_img_per_s": images / steady,
     }
+    _log(f"cold {cold_s:.1f} s (compile {compile_s:.1f} s), steady {report['steady_img_per_s']:.0f} img/s")
     report["latency_800"] = _latency_800(compiled, args.batch)
-    report |= _random_shapes(compiled, args.random_calls)
+    _log(f"800x800: {report['latency_800']}")
     report["warm_second_process"] = _subprocess(args, "warm", cache_dir)
     report["warm_second_process_s"] = report["warm_second_process"].get("compile_to_last_output_s")
+    _log(f"warm second process: {report['warm_second_process']}")
     report["eager"] = _subprocess(args, "eager", tempfile.mkdtemp(prefix="anchordetr_stream_eager_"))
     report["eager_first_over_second_pass"] = report["eager"].get("first_over_second")
+    _log(f"eager: {report['eager']}")
+    report |= _random_shapes(compiled, args.random_calls, args.random_budget_s)
     return report
+
+
+def _log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
 def _latency_800(compiled, batch: int) -> dict:
@@ -136,30 +145,39 @@ def _compiled_files(cache_dir: Path) -> int:
     return sum(1 for path in cache_dir.rglob("*") if path.is_file())
 
 
-def _random_shapes(compiled, calls: int, seed: int = 1) -> dict:
-    """``calls`` calls of random shapes in the range: compiles after the first call, memory growth."""
+def _random_shapes(compiled, calls: int, budget_s: float, seed: int = 1) -> dict:
+    """Up to ``calls`` calls of random shapes in the range, for at most ``budget_s``: compiles after
+    the first call, memory growth from the 100th call on."""
     rng = random.Random(seed)
     (low_b, low_h, low_w), (high_b, high_h, high_w) = SHAPE_RANGE
     runner, cache_dir = compiled.runner, compiled.spec.cache_dir
     compiles = files = None
-    memory = {}
+    memory, start, done = {}, time.perf_counter(), 0
     for call in range(calls):
+        if call > 100 and time.perf_counter() - start > budget_s:
+            break
         shape = (rng.randint(low_b, high_b), rng.randint(low_h, high_h), rng.randint(low_w, high_w))
         compiled(*_inputs(shape, "cuda", compiled.dtype))
         if call == 0:
             torch.cuda.synchronize()
             compiles, files = getattr(runner, "compiles", 0), _compiled_files(cache_dir)
-        if call + 1 in (100, calls):
+        done = call + 1
+        if done == 100:
             torch.cuda.synchronize()
-            memory[call + 1] = (torch.cuda.memory_reserved(), torch.cuda.memory_allocated())
+            memory[done] = (torch.cuda.memory_reserved(), torch.cuda.memory_allocated())
+    torch.cuda.synchronize()
+    memory[done] = (torch.cuda.memory_reserved(), torch.cuda.memory_allocated())
+    _log(f"random shapes: {done} calls in {time.perf_counter() - start:.0f} s")
     return {
-        "random_shape_calls": calls,
+        "random_shape_calls": done,
+        "random_shape_calls_asked": calls,
+        "random_shape_s": time.perf_counter() - start,
         "compiles_after_first": getattr(runner, "compiles", 0) - compiles,
         "cache_files_written_after_first": _compiled_files(cache_dir) - files,
         "captured_graphs": len(getattr(runner, "graphs", ())),
         "memory_reserved_gib": {n: r / 2**30 for n, (r, _) in memory.items()},
         "memory_allocated_gib": {n: a / 2**30 for n, (_, a) in memory.items()},
-        "memory_growth_pct": 100 * (memory[calls][0] / memory[100][0] - 1),
+        "memory_growth_pct": 100 * (memory[done][0] / memory[100][0] - 1),
     }
 
 
@@ -211,6 +229,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--random-calls", type=int, default=2000)
+    parser.add_argument("--random-budget-s", type=float, default=600)
     parser.add_argument("--subprocess-timeout", type=int, default=240)
     parser.add_argument("--phase", choices=["cold", "warm", "eager"], default="cold")
     parser.add_argument("--cache-dir")

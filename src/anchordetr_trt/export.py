@@ -38,9 +38,9 @@ def export_model(
     dims = []
     for name, lo, hi in zip(("batch", "height", "width"), low, high, strict=True):
         step = 1 if name == "batch" else SIZE_MULTIPLE
-        if hi - lo < 2 * step:
+        if hi - lo < step:
             raise InputError(
-                f"export needs at least three {name} values in its range, got {lo}..{hi}: widen min_shape/max_shape"
+                f"export needs at least two {name} values in its range, got {lo}..{hi}: widen min_shape/max_shape"
             )
         dim = Dim(name if step == 1 else f"{name}_blocks", min=lo // step, max=hi // step)
         dims.append(dim if step == 1 else step * dim)

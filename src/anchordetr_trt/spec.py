@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import BackendUnavailableError, InputError
 
 Shape = tuple[int, int, int]  # (batch, height, width)
 
@@ -59,7 +59,8 @@ def check_shape_range(min_shape: Shape, max_shape: Shape, opt_shape: Shape | Non
     order = (tuple(min_shape), tuple(opt_shape or min_shape), tuple(max_shape))
     if not all(a <= b for lo, hi in itertools.pairwise(order) for a, b in zip(lo, hi, strict=True)):
         raise InputError(
-            f"the shape range must satisfy min_shape <= opt_shape <= max_shape elementwise, got {order}"
+            f"the shape range must satisfy min <= opt <= max in each of batch, height and width: got "
+            f"min_shape={order[0]}, opt_shape={order[1]}, max_shape={order[2]}"
         )
 
 
@@ -79,8 +80,8 @@ class CompileSpec:
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.device.type == "cpu" and self.precision != "fp32":
-            raise InputError(
-                f"precision={self.precision!r} needs a CUDA GPU; on the CPU use precision='fp32'"
+            raise BackendUnavailableError(
+                f"precision={self.precision!r} is for GPUs (a CUDA GPU runs it); on the CPU use precision='fp32'"
             )
         check_shape_range(self.min_shape, self.max_shape, self.opt_shape)
         for name in ("min_shape", "opt_shape", "max_shape"):

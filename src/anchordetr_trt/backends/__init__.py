@@ -14,7 +14,7 @@ from types import ModuleType
 
 import torch
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, InputError
 from . import eager, inductor, tensorrt
 
 # Fastest first: compile(backend="auto") takes the first available.
@@ -30,9 +30,7 @@ def choose_backend(requested: str, device: torch.device) -> tuple[str, str]:
     """(backend, reason) for ``requested`` ("auto" or a name) on ``device``; BackendUnavailableError
     naming what is missing and the backend to use instead when the requested one cannot run."""
     if requested != "auto" and requested not in BACKENDS:
-        raise BackendUnavailableError(
-            f"unknown backend {requested!r}: choose one of auto, {', '.join(BACKENDS)}"
-        )
+        raise InputError(f"unknown backend {requested!r}: choose one of auto, {', '.join(BACKENDS)}")
     status = backend_status(device)
     available = [name for name, (ok, _) in status.items() if ok]
     if requested == "auto":

@@ -16,4 +16,12 @@ def status(device: torch.device) -> tuple[bool, str]:
 
 def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
     """``model`` (an AnchorDETR) at ``spec``'s device and precision, the fused ops on CUDA."""
-    return model.to(device=spec.device, dtype=spec.dtype).set_fused_ops(spec.device.type == "cuda")
+    model = model.to(device=spec.device, dtype=spec.dtype).set_fused_ops(spec.device.type == "cuda")
+    if spec.device.type == "cuda":
+        # The fused ops' Triton kernels compile on their first call (6 s on an H100): here, not in
+        # the user's first call. They do not specialize on sizes, so this covers every shape.
+        from ..export import example_inputs
+
+        with torch.no_grad():
+            model(*example_inputs(spec.min_shape, spec.device, spec.dtype))
+    return model
