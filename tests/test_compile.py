@@ -105,8 +105,8 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights):
     mask[:] = False
     with torch.no_grad():
         expected = reference(images, mask)
-    # fp16 tolerances: logits 0.05, boxes 0.005, and 95% of the top 100 (query, class) detections with
-    # the same query's box at IoU > 0.9 and the score within 0.01.
+    # fp16 tolerances (testing.TOLERANCES): logits 0.15, boxes 0.01, and 99% of the top 100
+    # (query, class) detections with the same query's box at IoU > 0.9 and the score within 0.02.
     assert_detections_close(compiled(images, mask), expected, precision="fp16")
 
     # Varied sizes within the range, heavy padding: no compile after compile(), all finite.

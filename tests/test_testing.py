@@ -84,10 +84,11 @@ def test_one_changed_logit_is_reported_where_it_is(expected):
 
 
 def test_defaults_follow_the_precision_and_can_be_overridden(expected):
-    actual = {k: v + 0.01 for k, v in expected.items()}  # logits and boxes off by 0.01
+    # logits off by 0.02, boxes by 0.011 (just above fp16's 0.01; more would move small boxes below IoU 0.9)
+    actual = {"pred_logits": expected["pred_logits"] + 0.02, "pred_boxes": expected["pred_boxes"] + 0.011}
     with pytest.raises(AssertionError, match="tolerances for fp32"):
         assert_detections_close(actual, expected)
-    with pytest.raises(AssertionError, match=r"pred_boxes: max abs diff 0\.01 \(limit 0\.005\)"):
+    with pytest.raises(AssertionError, match=r"pred_boxes: max abs diff 0\.011 \(limit 0\.01\)"):
         assert_detections_close(actual, expected, precision="fp16")
     assert_detections_close(actual, expected, precision="fp16", boxes_atol=0.02)
     assert_detections_close(actual, expected, precision="bf16")
@@ -101,7 +102,7 @@ def test_a_moved_box_is_unmatched(expected):
     actual["pred_boxes"][0, :, :2] += 0.2  # every box of image 0 moves; logits unchanged
     comparison = compare_detections(actual, expected, precision="fp16", boxes_atol=1.0)
     assert comparison.per_image == [(0, 100), (100, 100)] and comparison.worst_image == 0
-    assert any("matched 50.0% < 95%" in failure for failure in comparison.failures)
+    assert any("matched 50.0% < 99%" in failure for failure in comparison.failures)
 
 
 @pytest.mark.parametrize(
@@ -210,7 +211,7 @@ from anchordetr_trt.testing import assert_parity
 def test_parity_of_a_nudged_model(anchordetr_model, anchordetr_reference, anchordetr_batches):
     nudged = copy.deepcopy(anchordetr_reference)
     with torch.no_grad():
-        nudged.transformer.class_embed[0].bias[3] += 0.1
+        nudged.transformer.class_embed[0].bias[3] += 0.5  # above fp16's 0.15
     assert_parity(anchordetr_model, nudged, *anchordetr_batches[0])
 """
 
@@ -245,7 +246,7 @@ def test_plugin_fails_a_nudged_model_with_a_report(pytester, reference, monkeypa
     output = result.stdout.str()
     assert f"anchordetr_trt: {ckpt}; backends eager" in output
     assert "eager fp32 vs AnchorDETR on 2 image(s) of (160, 160)" in output
-    assert "FAIL pred_logits: max abs diff 0.1 (limit 0.005) at image 0, query" in output
+    assert "FAIL pred_logits: max abs diff 0.5 (limit 0.005) at image 0, query" in output
     assert "class 3" in output and "seeded random weights" not in output
 
 

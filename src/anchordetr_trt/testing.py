@@ -13,16 +13,18 @@ Default tolerances, by the precision the compared model computes in (``TOLERANCE
 precision logits     boxes     match: IoU > score within   matched at least
 ========= ========== ========= ============ ============== ================
 fp32      0.005      0.0005    0.99         0.001          99%
-fp16      0.05       0.005     0.9          0.01           95%
-bf16      0.4        0.04      0.8          0.08           90%
+fp16      0.15       0.01      0.9          0.02           99%
+bf16      1.0        0.05      0.8          0.08           90%
 ========= ========== ========= ============ ============== ================
 
-fp16 is what the package's H100 tests assert (tests/test_compile.py, tests/test_tensorrt.py), about
-16x (logits) and 10x (boxes) above the differences measured there between inductor fp16 and eager
-fp32 (results/h100/parity.md: logits 0.0031, boxes 0.00051, score 0.00024, every detection matched).
-fp32 and bf16 are not measured yet: fp32 is a tenth of fp16 (no rounding of activations, only other
-summation orders and TF32 convolutions); bf16 is 8x fp16 (3 fewer mantissa bits). Every figure can be
-overridden per call.
+fp16 and bf16 come from the trained-model check on the H100 (results/h100/accuracy.md: AnchorDETR
+r50-c5 trained on the synthetic set, 512 val images, against eager fp32): inductor fp16 differed by at
+most 0.063 (logits), 0.0044 (boxes) and 0.012 (score), with every detection of score >= 0.3 matched;
+the defaults sit about 2x above, and the match rule is issue 9's (IoU 0.9, score within 0.02, 99%).
+bf16 differed by 0.48 (logits), 0.023 (boxes); 76% of its detections stayed within 0.02 of the fp32
+score, so bf16 is held to a looser score and match rule. fp32 is not measured against a second fp32
+implementation: a tenth of the old fp16 figure (other summation orders, TF32 convolutions). Every
+figure can be overridden per call.
 
 A detection of the reference is a (query, class) pair among its ``top_k`` highest scores of an image
 with score >= ``score_threshold``; it is matched when the other output's box of that query has IoU >
@@ -65,8 +67,8 @@ class Tolerance:
 
 TOLERANCES = {
     "fp32": Tolerance(logits_atol=5e-3, boxes_atol=5e-4, iou_threshold=0.99, score_atol=1e-3, min_match_rate=0.99),
-    "fp16": Tolerance(logits_atol=5e-2, boxes_atol=5e-3, iou_threshold=0.9, score_atol=1e-2, min_match_rate=0.95),
-    "bf16": Tolerance(logits_atol=0.4, boxes_atol=4e-2, iou_threshold=0.8, score_atol=8e-2, min_match_rate=0.9),
+    "fp16": Tolerance(logits_atol=0.15, boxes_atol=1e-2, iou_threshold=0.9, score_atol=2e-2, min_match_rate=0.99),
+    "bf16": Tolerance(logits_atol=1.0, boxes_atol=5e-2, iou_threshold=0.8, score_atol=8e-2, min_match_rate=0.9),
 }  # fmt: skip
 
 
