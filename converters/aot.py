@@ -6,6 +6,28 @@ arguments, then the output pointers. Triton orders a kernel's parameters as the 
 rewrites the PTX entry's parameter list into TensorRT's order and drops the hidden parameters, after
 checking that the kernel never reads them; kernels that need scratch memory, thread-block clusters
 or cooperative launches are refused, since TensorRT launches none of those.
+
+What TensorRT expects (``tensorrt.plugin.aot_impl`` in python/packaging/bindings_wheel/tensorrt/plugin
+of NVIDIA/TensorRT, 10.9 to 11.0): the function returns (kernel name, PTX, ``KernelLaunchParams``,
+``SymIntExprs``); the extra arguments sit between the input and output pointers and must all be
+``SymInt32`` (``_TemplateAOTPlugin.get_launch_params`` refuses others); one PTX is kept per
+(I/O dtypes, formats, tactic); plugin attributes are not serialized into the engine. So float
+attributes (eps, scale, log2 temperature) are constexprs compiled into the PTX, and block sizes come
+from the profile's largest shapes, since one kernel serves the whole range.
+
+Upstream has no Triton AOT compiler that fits: Torch-TensorRT's examples/dynamo/aot_plugin.py
+(2.11 to main) compiles by hand inside ``aot_impl`` a kernel declared (inputs, scalars, outputs);
+``torch_tensorrt.kernels.ptx_op`` (2.13, experimental) takes one PTX fixed at registration and goes
+through ``generate_plugin`` (see ``specs``), whereas these PTX depend on dtypes, largest shapes and
+attributes known only when the engine is built; ``triton_op`` (pytorch/TensorRT#4435, branch
+triton_kernel_op, not merged) also compiles once at registration and strips Triton's trailing
+scratch parameters from the PTX entry itself (``_strip_trailing_scratch_params``).
+
+Declaring the kernels' parameters in TensorRT's order would not remove the rewrite, only shrink it:
+the permutation would go, the dropping of Triton's hidden scratch pointers (which TensorRT never
+passes) would stay. Today the kernels declare (inputs, outputs, scalars), layer_norm's residual
+second, and their PyTorch launchers pass that order; reordering six kernels and launchers to save
+the permutation is a change only the GPU tests can check.
 """
 
 import re

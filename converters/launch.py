@@ -1,6 +1,15 @@
 """Launching a plugin's kernel through Triton with the plugin's contract (the spec's constexprs, scalars
 and grid): the entry of the Python-runtime plugin, which TensorRT calls with raw device pointers and a
 CUDA stream, and the same launch on tensors (CPU tensors under TRITON_INTERPRET=1).
+
+Why not upstream's JIT impl: the one ``generate_plugin`` registers (``_generic_plugin_impl`` in
+pytorch/TensorRT py/torch_tensorrt/dynamo/conversion/plugins/_generate_plugin.py, 2.11 to main)
+calls the PyTorch op on TensorRT's stream and copies each result into TensorRT's output buffer: one
+allocation and copy per output, block sizes chosen for the current shapes, not the engine's.
+``run_plugin`` launches the kernel with the AOT route's contract straight into TensorRT's buffers,
+so both routes compute the same, and the CPU tests check that contract under the interpreter.
+``tensorrt.plugin.Tensor`` has a ``__cuda_array_interface__`` too; ``DeviceBuffer`` is the same view
+built from a raw pointer, so ``run_plugin`` runs in tests without TensorRT.
 """
 
 from collections.abc import Mapping, Sequence

@@ -8,7 +8,9 @@ from Python (``launch.run_plugin``); it is used only where TensorRT has no AOT p
 engine needs these registrations (this module imported) wherever it is deserialized.
 
 TensorRT validates the implementations' signatures by parameter names and annotations, so each
-function gets an explicit ``__signature__`` built from the spec. Imported only when TensorRT is used.
+function gets an explicit ``__signature__`` built from the spec (Torch-TensorRT's ``generate_plugin``
+and ``torch_tensorrt.kernels`` do the same by compiling generated source). Imported only when
+TensorRT is used.
 """
 
 import functools

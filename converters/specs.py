@@ -10,6 +10,24 @@ use only ``+ - * // <`` with the shape on the left (``ShapeExpr`` has no reflect
 An optional tensor input (layer_norm's residual) gives one plugin per presence: the kernel is
 compiled with the input's pointer fixed to None and its flag constexpr False when it is absent.
 Adding an op is adding one entry to ``PLUGINS``.
+
+Why not Torch-TensorRT's generator (pytorch/TensorRT, read at v2.11.0, v2.12.0, v2.13.0 and main
+2.14.0a0): ``plugins.custom_op`` is ``generate_plugin`` then ``generate_plugin_converter``.
+``generate_plugin`` (py/torch_tensorrt/dynamo/conversion/plugins/_generate_plugin.py) derives the
+output shapes by running the op's fake kernel on float32 ``torch.randn`` inputs with symbolic dims,
+and registers only a JIT impl. In every version it lacks, for these ops: output dtypes (each output
+is ``like()`` the first tensor input: mask2pos and mask2posemb would give bool outputs for float32
+ones); non-float inputs (the fake kernels of masked_softmax, mask2pos and mask2posemb refuse a float
+mask); ``Tensor?`` arguments ("arg type is not handled": no layer_norm with residual); an AOT
+kernel. In 2.11 and 2.12 it also keeps one output of the first input's rank, and binds every
+generated shape function through module globals, so the last registered plugin's serves all (the
+multi-plugin bug); 2.13 fixes both and passes scalar attributes as numpy arrays. The converter
+(``_generate_plugin_converter``) takes the first ``len(input_tensor_names)`` positional arguments
+as the tensors (layer_norm has ``eps`` before ``residual``), ignores the node's kwargs, maps one op
+to one plugin (no variant per optional input), checks no dtypes, defaults to
+``supports_dynamic_shapes=False``, and before 2.13 returns output 0 only. So ``PLUGINS``, ``bind``
+and ``check_node`` stay; what upstream does provide, TensorRT's ``tensorrt.plugin`` API, ``qdp``
+uses directly.
 """
 
 import dataclasses

@@ -11,6 +11,7 @@ tensorrt backend fails with a clear error where TensorRT is missing.
 """
 
 import collections
+import importlib.machinery
 import json
 import operator
 import os
@@ -18,7 +19,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -595,6 +596,100 @@ def test_compile_with_backend_tensorrt_without_tensorrt_is_a_clear_error(without
     model = at.build_model(at.VARIANTS["r50-c5"])
     with pytest.raises(BackendUnavailableError, match=r"tensorrt.*torch_tensorrt.*backend='eager'"):
         at.compile(model, backend="tensorrt", device="cpu", precision="fp32")
+
+
+@pytest.fixture
+def installed_versions(monkeypatch):
+    """Set the installed torch_tensorrt and torch versions: stand-in tensorrt and torch_tensorrt modules
+    that import, a visible GPU, then ``_import_status`` recomputed."""
+
+    def install(torch_tensorrt_version: str, torch_version: str) -> tuple[bool, str]:
+        versions = {"tensorrt": "10.16.1", "tensorrt.plugin": None, "torch_tensorrt": torch_tensorrt_version}
+        for name, version in versions.items():
+            module = ModuleType(name)
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            if version is not None:
+                module.__version__ = version
+            monkeypatch.setitem(sys.modules, name, module)
+        monkeypatch.setattr(torch, "__version__", torch_version)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        trt_backend._import_status.cache_clear()
+        return trt_backend.status(torch.device("cuda"))
+
+    yield install
+    trt_backend._import_status.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "torch_tensorrt_version, torch_version",
+    [
+        ("2.11.0+cu130", "2.11.0+cu130"),
+        ("2.12.1", "2.12.0"),
+        ("2.13.0", "2.13.1+cu132"),
+        ("2.14.0.dev20260901+cu132", "2.14.1"),
+    ],
+)
+def test_supported_torch_tensorrt_versions_are_accepted(
+    installed_versions, torch_tensorrt_version, torch_version
+):
+    available, reason = installed_versions(torch_tensorrt_version, torch_version)
+    assert available, reason
+    assert reason == f"Torch-TensorRT {torch_tensorrt_version} with TensorRT 10.16.1"
+
+
+@pytest.mark.parametrize(
+    "torch_tensorrt_version, torch_version, message",
+    [
+        (
+            "2.10.0",
+            "2.10.0",
+            r"^Torch-TensorRT 2\.10\.0 is installed; backend='tensorrt' supports 2\.11 to 2\.14: "
+            r"install torch and torch-tensorrt of one minor version from 2\.11 to 2\.14$",
+        ),
+        (
+            "2.15.0",
+            "2.14.1",
+            r"^Torch-TensorRT 2\.15\.0 is installed; backend='tensorrt' supports 2\.11 to 2\.14: "
+            r"pip install 'torch-tensorrt==2\.14\.\*' \(the release for torch 2\.14\.1\)$",
+        ),
+        (
+            "2.13.0",
+            "2.14.1",
+            r"^Torch-TensorRT 2\.13\.0 is built for torch 2\.13, but torch 2\.14\.1 is installed: "
+            r"pip install 'torch-tensorrt==2\.14\.\*'",
+        ),
+        (
+            "2.14.0",
+            "2.11.0+cu130",
+            r"built for torch 2\.14, but torch 2\.11\.0\+cu130 is installed: "
+            r"pip install 'torch-tensorrt==2\.11\.\*'",
+        ),
+        (
+            "2.12.0",
+            "2.15.0",
+            r"built for torch 2\.12, but torch 2\.15\.0 is installed: install torch and "
+            r"torch-tensorrt of one minor version from 2\.11 to 2\.14$",
+        ),
+        ("unknown", "2.13.0", r"^Torch-TensorRT unknown is installed; .*torch-tensorrt==2\.13\.\*"),
+    ],
+    ids=["older", "newer", "older_than_torch", "newer_than_torch", "torch_unsupported", "unparsable"],
+)
+def test_other_torch_tensorrt_versions_are_refused_with_the_fix(
+    installed_versions, torch_tensorrt_version, torch_version, message
+):
+    available, reason = installed_versions(torch_tensorrt_version, torch_version)
+    assert not available
+    assert re.search(message, reason), reason
+    assert "\n" not in reason
+
+
+def test_compile_with_an_unsupported_torch_tensorrt_names_versions_and_fix(installed_versions):
+    installed_versions("2.13.0", "2.14.1")
+    spec = CompileSpec("fp16", torch.device("cuda"), (1, 64, 64), (1, 64, 64), (1, 64, 64))
+    with pytest.raises(
+        BackendUnavailableError, match=r"Torch-TensorRT 2\.13\.0 .*torch 2\.14\.1.*==2\.14\.\*"
+    ):
+        trt_backend.build(nn.Linear(1, 1), spec)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,6 +7,18 @@ TensorRT keeps the graph's dtypes (the plugins accumulate in float32). Built mod
 ``torch_tensorrt.save`` under ``cache_dir``, keyed by the weights, shape range, precision, library
 versions and GPU. tensorrt and torch_tensorrt are imported inside functions only: this module, and
 ``status``, work where they are missing.
+
+Versions: Torch-TensorRT 2.11 to 2.14 are accepted, each with the torch of its own minor version (its
+wheel requires torch X.Y; pyproject.toml of pytorch/TensorRT at v2.11.0, v2.12.0, v2.13.0 and main,
+2.14.0a0). Everything else is refused by ``status`` with the fix. The calls below need no
+per-version arguments across that range (read at those tags): ``dynamo.compile`` keeps
+``arg_inputs``, ``device`` and ``min_block_size``; FP16 comes from the half model and inputs, since
+2.11 and 2.12 default to ``use_explicit_typing=True`` and 2.13 removed ``enabled_precisions`` and
+``use_explicit_typing`` (pytorch/TensorRT#4195: passed there, they would land in ``**kwargs`` and be
+ignored), so neither is passed; ``torch_tensorrt.save`` keeps ``output_format="exported_program"``
+and ``retrace=False`` (the graph serialized as compiled, without re-export) with the same meaning;
+``dynamo_tensorrt_converter`` keeps ``capability_validator``, ``priority`` and
+``supports_dynamic_shapes``.
 """
 
 import functools
@@ -16,6 +28,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +48,8 @@ _LIBRARIES = ("torch", "torch_tensorrt", "tensorrt", "triton", "anchordetr_trt")
 
 PADDED = True
 PRECISIONS = ("fp16", "fp32")  # the plugins' kernels are built for these
+# Torch-TensorRT minor versions whose plugin, compile and save APIs this backend was checked against.
+SUPPORTED_TORCH_TENSORRT = ((2, 11), (2, 14))
 
 
 @functools.cache
@@ -50,7 +65,38 @@ def _import_status() -> tuple[bool, str]:
         import torch_tensorrt
     except Exception as error:  # a broken install can fail in many ways: report it, never crash
         return False, f"TensorRT does not load ({type(error).__name__}: {error})"
+    problem = version_problem(str(torch_tensorrt.__version__), str(torch.__version__))
+    if problem is not None:
+        return False, problem
     return True, f"Torch-TensorRT {torch_tensorrt.__version__} with TensorRT {tensorrt.__version__}"
+
+
+def version_problem(torch_tensorrt_version: str, torch_version: str) -> str | None:
+    """Why this Torch-TensorRT cannot serve the backend next to this torch (one line with the fix),
+    or None when the pair is supported: Torch-TensorRT 2.11 to 2.14, of torch's own minor version."""
+    low, high = SUPPORTED_TORCH_TENSORRT
+    supported = f"{low[0]}.{low[1]} to {high[0]}.{high[1]}"
+    trt_minor, torch_minor = _minor(torch_tensorrt_version), _minor(torch_version)
+    if torch_minor is not None and low <= torch_minor <= high:
+        release = f"{torch_minor[0]}.{torch_minor[1]}"
+        fix = f"pip install 'torch-tensorrt=={release}.*' (the release for torch {torch_version})"
+    else:
+        fix = f"install torch and torch-tensorrt of one minor version from {supported}"
+    if trt_minor is None or not low <= trt_minor <= high:
+        installed = f"Torch-TensorRT {torch_tensorrt_version} is installed"
+        return f"{installed}; backend='tensorrt' supports {supported}: {fix}"
+    if trt_minor != torch_minor:
+        return (
+            f"Torch-TensorRT {torch_tensorrt_version} is built for torch {trt_minor[0]}.{trt_minor[1]}, "
+            f"but torch {torch_version} is installed: {fix}"
+        )
+    return None
+
+
+def _minor(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a version string such as "2.13.0+cu130" or "2.14.0.dev20260801"."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def status(device: torch.device) -> tuple[bool, str]:
