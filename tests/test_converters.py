@@ -775,3 +775,16 @@ def test_plugin_runtime_entries_on_device_pointers_match_the_reference(plugin, d
             torch.testing.assert_close(
                 got, want, **TOLERANCE[want.dtype], msg=lambda m, route=route: f"{route}: {m}"
             )
+
+
+def test_a_module_that_runs_ops_in_pytorch_is_refused():
+    """The exported model itself is all PyTorch: every anchordetr op and a hundred others outside TensorRT."""
+    torch.manual_seed(0)
+    model = at.build_model(at.VARIANTS["r50-c5"]).set_fused_ops(True)
+    exported = export_model(model, min_shape=(1, 64, 64), max_shape=(2, 128, 128))
+    with pytest.raises(
+        BackendUnavailableError, match=r"left \d+ op\(s\) to PyTorch .*anchordetr ops among them: \['"
+    ):
+        trt_backend.check_no_fallback(exported.module())
+    glue_only = torch.fx.symbolic_trace(lambda x: x.view(-1)[0])
+    trt_backend.check_no_fallback(glue_only)  # nothing to report

@@ -145,9 +145,7 @@ def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
         runner = torch_tensorrt.dynamo.compile(
             exported, arg_inputs=engine_inputs(shapes, spec.dtype), device=spec.device, min_block_size=1
         )
-        outside = ops_outside_tensorrt(runner)
-        if outside:
-            logger.warning("tensorrt: anchordetr ops left to PyTorch: %s", outside)
+        check_no_fallback(runner)
         if path is not None:
             _save(runner, path)
     return _OutputDict(runner)
@@ -194,6 +192,31 @@ def ops_outside_tensorrt(module: nn.Module) -> list[str]:
         for node in graph_module.graph.nodes
         if node.op == "call_function" and (name := op_name(node.target)) is not None
     )
+
+
+# The glue Torch-TensorRT leaves around its engines (input reshapes, output unpacking) is a few
+# ops; more than this many compute ops in PyTorch means a subgraph fell back.
+MAX_FALLBACK_OPS = 4
+_GLUE = ("getitem", "sym_size", "view", "reshape", "_assert", "scalar_tensor", "alias")
+
+
+def check_no_fallback(module: nn.Module) -> None:
+    """Raise BackendUnavailableError if ``module`` (a compiled or exported module) runs an ``anchordetr``
+    op, or more than MAX_FALLBACK_OPS other compute ops, in PyTorch rather than in TensorRT engines."""
+    outside = ops_outside_tensorrt(module)
+    compute = [
+        str(node.target)
+        for graph_module in module.modules()
+        if isinstance(graph_module, torch.fx.GraphModule)
+        for node in graph_module.graph.nodes
+        if node.op == "call_function" and not any(glue in str(node.target) for glue in _GLUE)
+    ]
+    if outside or len(compute) > MAX_FALLBACK_OPS:
+        raise BackendUnavailableError(
+            f"Torch-TensorRT left {len(compute)} op(s) to PyTorch ({', '.join(sorted(set(compute))[:8])}), "
+            f"anchordetr ops among them: {outside or 'none'}: this engine would not run as one; report it "
+            "with `anchordetr-trt info`, and use backend='inductor' meanwhile"
+        )
 
 
 def cache_key(
