@@ -527,7 +527,10 @@ def val_settings(recipe: Recipe, batch_size: int, **extra) -> dict:
 
 
 def git_commit() -> str | None:
-    """The work tree's commit, else $GIT_COMMIT (a copied tree without .git), else None."""
+    """$GIT_COMMIT if set (a copied tree may carry a stale .git: it did on the GPU machine), else the
+    work tree's commit, else None."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
@@ -535,7 +538,7 @@ def git_commit() -> str | None:
         commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return commit or os.environ.get("GIT_COMMIT") or None
+    return commit or None
 
 
 def main(argv: list[str] | None = None) -> int:
