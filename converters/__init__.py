@@ -3,8 +3,9 @@ are this package's Triton kernels.
 
 - ``specs``: one ``PluginSpec`` per op (kernel, launch contract, output shapes and dtypes), pure Python.
 - ``aot``: the kernels compiled ahead of time to PTX in TensorRT's parameter order (Triton only).
-- ``launch``, ``cuda_driver``: a plugin's kernel run on raw device pointers and a stream, through
-  Triton (the Python-runtime plugin) or through the driver as TensorRT runs AOT kernels.
+- ``launch``: a plugin's kernel run on raw device pointers and a stream through Triton (the
+  Python-runtime plugin). The tests launch the AOT kernels through the CUDA driver as TensorRT does
+  (tests/cuda_driver.py).
 - ``qdp``, ``dynamo``: the TensorRT plugins and the Torch-TensorRT converters; they import TensorRT
   and are loaded by ``register_converters`` only.
 """

@@ -35,7 +35,6 @@ import importlib
 import itertools
 import math
 import operator
-import pkgutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -230,18 +229,6 @@ def plugin_for(op: str) -> PluginSpec:
 def all_plugins() -> list[PluginSpec]:
     """Every plugin to register: each op's spec in each of its variants."""
     return [variant for spec in PLUGINS.values() for variant in spec.variants()]
-
-
-def registered_ops() -> list[str]:
-    """Names of every op registered in the ``anchordetr`` namespace, after importing every module of
-    ``anchordetr_trt.custom_ops`` (each op module registers its op)."""
-    package = importlib.import_module("anchordetr_trt.custom_ops")
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    prefix = f"{NAMESPACE}::"
-    return sorted(
-        name.removeprefix(prefix) for name in torch._C._dispatch_get_all_op_names() if name.startswith(prefix)
-    )
 
 
 def op_schema(op: str) -> torch.FunctionSchema:

@@ -11,10 +11,12 @@ tensorrt backend fails with a clear error where TensorRT is missing.
 """
 
 import collections
+import importlib
 import importlib.machinery
 import json
 import operator
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -33,11 +35,24 @@ import anchordetr_trt as at
 from anchordetr_trt.backends import tensorrt as trt_backend
 from anchordetr_trt.converters.aot import AotError, _check_launchable, reorder_entry_params, triton_signature
 from anchordetr_trt.converters.launch import launch
-from anchordetr_trt.converters.specs import PLUGINS, all_plugins, bind, check_node, op_name, registered_ops
+from anchordetr_trt.converters.specs import NAMESPACE, PLUGINS, all_plugins, bind, check_node, op_name
 from anchordetr_trt.custom_ops import reference
 from anchordetr_trt.errors import BackendUnavailableError, InputError
 from anchordetr_trt.export import export_model
-from anchordetr_trt.spec import CompileSpec
+from anchordetr_trt.spec import CompileSpec, default_precision
+
+
+def registered_ops() -> list[str]:
+    """Names of every op registered in the ``anchordetr`` namespace, after importing every module of
+    ``anchordetr_trt.custom_ops`` (each op module registers its op)."""
+    package = importlib.import_module("anchordetr_trt.custom_ops")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    prefix = f"{NAMESPACE}::"
+    return sorted(
+        name.removeprefix(prefix) for name in torch._C._dispatch_get_all_op_names() if name.startswith(prefix)
+    )
+
 
 F16, F32 = torch.float16, torch.float32
 REGISTERED_OPS = registered_ops()  # imports every op module
@@ -583,7 +598,7 @@ def test_compile_tensorrt_without_tensorrt_says_what_to_use_instead(without_torc
         trt_backend.build(
             nn.Linear(1, 1),
             CompileSpec(
-                precision="fp16" if device == "cuda" else "fp32",
+                precision=default_precision(torch.device(device)),
                 device=torch.device(device),
                 min_shape=(1, 64, 64),
                 opt_shape=(1, 64, 64),
@@ -742,8 +757,9 @@ GPU_SIZE = {"batch": 2, "heads": 8, "height": 25, "width": 38, "channels": 256, 
 def test_plugin_runtime_entries_on_device_pointers_match_the_reference(plugin, dtype):
     """The AOT kernel (PTX loaded and launched through the CUDA driver, as TensorRT does, built for
     twice these shapes) and the Python plugin entry, both on raw pointers and a side stream."""
+    from cuda_driver import launch_aot
+
     from anchordetr_trt.converters.aot import compile_kernel
-    from anchordetr_trt.converters.cuda_driver import launch_aot
     from anchordetr_trt.converters.launch import DeviceBuffer, run_plugin
 
     args = example_args(plugin, GPU_SIZE, dtype, device="cuda")

@@ -647,7 +647,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .benchmark import default_configs, format_table, run_benchmark, save_benchmark
+    from .bench.configs import default_configs
+    from .bench.latency import run_benchmark
+    from .bench.report import format_table, save_benchmark
     from .errors import BackendUnavailableError
     from .outputs import RunFolder
 
@@ -677,7 +679,7 @@ def _bench(args: argparse.Namespace) -> int:
         report = run_benchmark(
             configs, variant=args.variant, ckpt=args.ckpt, device=device, warmup=args.warmup, iters=args.iters,
             cache_dir=cache_dir, profile=not args.no_profile, startup=not args.no_startup,
-            on_progress=lambda partial: _measured(partial) and save_benchmark(partial, args.out),  # kept if cut short
+            on_progress=lambda partial: _measured(partial) and save_benchmark(partial, args.out, log=None),  # kept if cut short
         )  # fmt: skip
         if not _measured(report):
             reasons = {f"{row['label']}: {row['reason']}" for row in report["results"]}
@@ -686,7 +688,7 @@ def _bench(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        written = save_benchmark(report, args.out)
+        written = save_benchmark(report, args.out, log=lambda line: print(line, file=sys.stderr))
     print(format_table(report))
     for check in report["targets"]["checks"]:
         verdict = "meets" if check["met"] else "misses"

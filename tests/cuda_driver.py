@@ -4,6 +4,7 @@ TensorRT loads an AOT plugin's PTX with the driver (which compiles it for the GP
 with input pointers, int32 scalars and output pointers, ``num_warps * 32`` threads a block and the
 kernel's shared memory, on the engine's stream. ``launch_aot`` does the same on raw device pointers,
 which checks an engine's kernels, their parameter order and launch geometry, without TensorRT.
+A test helper: the package launches AOT kernels only through TensorRT.
 """
 
 import ctypes
@@ -12,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .aot import AotKernel, launch_geometry
-from .specs import Attrs, PluginSpec, Shapes
+from anchordetr_trt.converters.aot import AotKernel, launch_geometry
+from anchordetr_trt.converters.specs import Attrs, PluginSpec, Shapes
 
 _MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # CUfunction_attribute
 _DEFAULT_SHARED_LIMIT = 48 * 1024  # more needs the attribute above

@@ -15,7 +15,7 @@ through ``compile(backend)``. Measured, each in the process where it means somet
 - ``latency_800``: 800x800 at batch 1 and ``batch``, for comparison with ``bench``.
 
 The images are made on the GPU in the model's dtype, as a GPU data loader hands them over, so that
-host-to-device copies do not hide the model's time. ``python -m anchordetr_trt.bench_stream --out DIR``
+host-to-device copies do not hide the model's time. ``python -m anchordetr_trt.bench.stream --out DIR``
 writes DIR/stream.json.
 """
 
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from .compiled import compile
-from .environment import environment
-from .transforms import resized_size
-from .weights import random_model
+from ..compiled import compile
+from ..environment import environment
+from ..transforms import resized_size
+from ..weights import random_model
 
 # (width, height) of common COCO photos: the frequent landscape, portrait and square originals.
 COCO_SIZES = ((640, 480), (640, 427), (640, 424), (640, 426), (500, 375), (640, 360), (612, 612),
@@ -182,7 +182,7 @@ def _random_shapes(compiled, calls: int, budget_s: float, seed: int = 1) -> dict
 
 
 def _subprocess(args, phase: str, cache_dir: str) -> dict:
-    command = [sys.executable, "-m", "anchordetr_trt.bench_stream", "--phase", phase, "--cache-dir", cache_dir,
+    command = [sys.executable, "-m", "anchordetr_trt.bench.stream", "--phase", phase, "--cache-dir", cache_dir,
                "--images", str(args.images), "--batch", str(args.batch), "--backend", args.backend]  # fmt: skip
     if args.precision:
         command += ["--precision", args.precision]
@@ -221,7 +221,7 @@ def eager_run(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m anchordetr_trt.bench_stream", description=__doc__.split("\n")[0]
+        prog="python -m anchordetr_trt.bench.stream", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", type=Path, help="folder for stream.json (cold run only)")
     parser.add_argument("--backend", default="inductor")
