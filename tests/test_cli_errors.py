@@ -81,7 +81,7 @@ CASES = {
     # what cannot run here
     "device cuda without GPU": pytest.param(
         [*DETECT, "--device", "cuda"],
-        "--device cuda: no CUDA GPU is visible here: use --device cpu",
+        "--device cuda: no CUDA GPU is visible: use --device cpu",
         marks=no_gpu,
     ),
     "inductor without GPU": pytest.param(

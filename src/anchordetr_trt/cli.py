@@ -371,21 +371,10 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _device(args: argparse.Namespace):
-    """--device as a torch.device that exists here; InputError naming the flag otherwise."""
-    import torch
+    """--device as a torch.device that exists here (the library's check; main words its errors in flags)."""
+    from .devices import check_device, resolve_device
 
-    from .devices import resolve_device
-
-    device = resolve_device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {args.device}: no CUDA GPU is visible here: use --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise InputError(
-                f"--device {args.device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}"
-            )
-    return device
+    return check_device(resolve_device(args.device))
 
 
 def _check_backend(args: argparse.Namespace, device) -> None:
@@ -470,8 +459,8 @@ def _info(args: argparse.Namespace) -> int:
     env = environment()
     try:
         device = _device(args)
-    except InputError as err:  # info still reports the machine; it says why nothing runs on --device
-        device, problem = resolve_device(args.device), str(err)
+    except AnchorDETRError as err:  # info still reports the machine; it says why nothing runs on --device
+        device, problem = resolve_device(args.device), in_flags(str(err), "device", args)
         status, auto = {}, None
     else:
         problem = None

@@ -23,7 +23,7 @@ def check_device(device: str | torch.device) -> torch.device:
         raise InputError(f"device={device!r} is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise BackendUnavailableError(f"device={device!r} but no CUDA GPU is visible: use device='cpu'")
+            raise BackendUnavailableError(f"device={str(device)!r}: no CUDA GPU is visible: use device='cpu'")
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
             raise InputError(
