@@ -120,3 +120,18 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights):
     assert compiled.runner.compiles == compiles
     with pytest.raises(at.InputError, match="outside the compiled range"):
         compiled(*example_inputs((3, 800, 800), "cuda"))
+
+
+@pytest.mark.parametrize(
+    ("make_path", "message"),
+    [
+        (lambda tmp: tmp / "a_file", "is a file, not a folder: pass a folder path"),
+        (lambda tmp: tmp / "a_file" / "cache", "cannot be created"),
+    ],
+)
+def test_cache_dir_that_cannot_be_a_folder_is_an_input_error(tmp_path, make_path, message):
+    (tmp_path / "a_file").write_text("user data")
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    with pytest.raises(at.InputError, match=rf"^cache_dir='.*' {message}"):
+        at.compile(model, device="cpu", cache_dir=make_path(tmp_path))
+    assert (tmp_path / "a_file").read_text() == "user data"
