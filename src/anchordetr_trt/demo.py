@@ -71,7 +71,7 @@ def run_demo(
     compiled = compile(
         model,
         backend="auto",
-        min_shape=(1, MIN_SIZE, MIN_SIZE),
+        min_shape=(len(images), MIN_SIZE, MIN_SIZE),  # one batch size: one graph to compile
         opt_shape=shape,
         max_shape=shape,
         device=device,
