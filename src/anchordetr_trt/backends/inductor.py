@@ -78,15 +78,14 @@ class _CapturedGraph:
     graph; ``replay`` copies inputs in and the outputs out (the next replay of any graph in the pool
     may overwrite them)."""
 
-    def __init__(self, fn, images: Tensor, mask: Tensor, pool: tuple):
+    def __init__(self, fn, images: Tensor, mask: Tensor, pool: tuple, warmup_stream: torch.cuda.Stream):
         self.images, self.mask = images, mask
-        side = torch.cuda.Stream(images.device)
-        side.wait_stream(torch.cuda.current_stream(images.device))
-        with torch.cuda.stream(
-            side
-        ):  # lazy initialization (cuBLAS workspaces, cuDNN plans) outside the capture
+        # Lazy initialization (cuDNN plans, cuBLAS workspaces) happens outside the capture, on one stream
+        # for every capture: cuBLAS keeps a workspace per stream until the process ends.
+        warmup_stream.wait_stream(torch.cuda.current_stream(images.device))
+        with torch.cuda.stream(warmup_stream):
             fn(images, mask)
-        torch.cuda.current_stream(images.device).wait_stream(side)
+        torch.cuda.current_stream(images.device).wait_stream(warmup_stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
             self.outputs = fn(images, mask)
@@ -113,6 +112,7 @@ class InductorRunner(nn.Module):
         self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
         self.seen: set[Shape] = set()
         self.pool = torch.cuda.graph_pool_handle()
+        self.warmup_stream = torch.cuda.Stream(spec.device)
         batch, height, width = spec.padded_range[2]
         self.static_images = torch.empty(batch * 3 * height * width, dtype=spec.dtype, device=spec.device)
         self.static_mask = torch.empty(batch * height * width, dtype=torch.bool, device=spec.device)
@@ -167,7 +167,9 @@ class InductorRunner(nn.Module):
         batch, height, width = shape
         images = self.static_images[: batch * 3 * height * width].view(batch, 3, height, width)
         mask = self.static_mask[: batch * height * width].view(batch, height, width)
-        graph = self.graphs[shape] = _CapturedGraph(self._call_padded, images, mask, self.pool)
+        graph = self.graphs[shape] = _CapturedGraph(
+            self._call_padded, images, mask, self.pool, self.warmup_stream
+        )
         self.captures += 1
         logger.info("inductor: captured a CUDA graph for %s in %.2f s", shape, time.perf_counter() - start)
         return graph
