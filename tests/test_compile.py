@@ -1,5 +1,7 @@
 """compile(): backend choice, precision and shape-range checks, and (on a GPU) parity with eager fp32."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from official import fixture_state_dict
@@ -135,3 +137,29 @@ def test_cache_dir_that_cannot_be_a_folder_is_an_input_error(tmp_path, make_path
     with pytest.raises(at.InputError, match=rf"^cache_dir='.*' {message}"):
         at.compile(model, device="cpu", cache_dir=make_path(tmp_path))
     assert (tmp_path / "a_file").read_text() == "user data"
+
+
+def test_auto_skips_a_backend_that_cannot_build_the_precision(monkeypatch):
+    from anchordetr_trt import backends
+
+    monkeypatch.setattr(backends.tensorrt, "status", lambda device: (True, "as if TensorRT were here"))
+    cpu = torch.device("cpu")
+    backend, reason = backends.choose_backend("auto", cpu, "bf16")
+    assert backend == "eager" and "tensorrt: builds fp16 or fp32 only, not precision='bf16'" in reason
+    assert backends.choose_backend("auto", cpu, "fp16")[0] == "tensorrt"
+    with pytest.raises(at.BackendUnavailableError, match="not precision='bf16'; use backend='eager'"):
+        backends.choose_backend("tensorrt", cpu, "bf16")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps"])
+def test_device_names_that_are_not_devices_are_input_errors(device):
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    with pytest.raises(at.InputError, match=rf"^device='{device}' is not supported"):
+        at.compile(model, device=device)
+
+
+def test_spec_expands_home_and_refuses_a_missing_opt_shape():
+    spec = CompileSpec("fp32", torch.device("cpu"), cache_dir="~/anchordetr_cache")
+    assert spec.cache_dir == Path.home() / "anchordetr_cache"
+    with pytest.raises(at.InputError, match="opt_shape must be"):
+        CompileSpec("fp32", torch.device("cpu"), opt_shape=None)

@@ -52,3 +52,17 @@ def test_exported_program_rejects_shapes_outside_the_range(exported):
 def test_bad_shape_ranges(min_shape, max_shape, opt_shape):
     with pytest.raises(at.InputError):
         check_shape_range(min_shape, max_shape, opt_shape)
+
+
+def test_a_dimension_with_one_value_stays_static():
+    """Batch 2..2 and width 96..96 (a fixed-batch deployment): only the height varies."""
+    torch.manual_seed(0)
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    exported = export_model(model, min_shape=(2, 64, 96), max_shape=(2, 128, 96))
+    assert sorted((r.lower, r.upper) for r in exported.range_constraints.values()) == [(2, 4), (64, 128)]
+    for shape in [(2, 64, 96), (2, 128, 96)]:
+        images, mask = example_inputs(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                exported.module()(images, mask), model(images, mask), atol=1e-5, rtol=0
+            )

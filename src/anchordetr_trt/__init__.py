@@ -7,8 +7,8 @@ Public API: ``load_model``, ``compile`` (returning a ``CompiledAnchorDETR``), ``
 import importlib
 import importlib.abc
 import importlib.util
+import logging
 import sys
-import warnings
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -70,7 +70,8 @@ def _register_ops() -> None:
     try:
         importlib.import_module(".custom_ops", __name__)
     except Exception as error:  # a failed registration must not break `import torch`
-        warnings.warn(f"torch.ops.anchordetr.* could not be registered: {error}", stacklevel=2)
+        # Logged, not warned: under `-W error` a warning would become the exception it must not be.
+        logging.getLogger(__name__).warning("torch.ops.anchordetr.* could not be registered: %s", error)
 
 
 class _RegisterOpsAfterTorch(importlib.abc.MetaPathFinder):

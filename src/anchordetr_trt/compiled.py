@@ -107,7 +107,7 @@ def compile(
     opt_shape. ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one,
     on the CPU). ``cache_dir`` keeps compiled artifacts so that a second process starts fast.
     """
-    device = check_device(resolve_device(device))
+    device = check_device(device) if device is not None else resolve_device(None)
     spec = CompileSpec(
         precision=precision or default_precision(device),
         device=device,
@@ -116,7 +116,7 @@ def compile(
         max_shape=max_shape,
         cache_dir=cache_dir,
     )
-    backend, reason = backends.choose_backend(backend, device)
+    backend, reason = backends.choose_backend(backend, device, spec.precision)
     logger.info("compile: backend %r (%s)", backend, reason)
     if spec.cache_dir is not None:
         use_compile_cache(spec.cache_dir)

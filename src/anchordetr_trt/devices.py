@@ -15,18 +15,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch.device the model can run on; InputError or BackendUnavailableError (no
     GPU visible) otherwise."""
+    shown = repr(str(device) if isinstance(device, torch.device) else device)  # as the caller wrote it
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         parsed = None
     if parsed is None or parsed.type not in _DEVICE_TYPES:
-        raise InputError(f"device={device!r} is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'")
+        raise InputError(f"device={shown} is not supported: choose one of 'cpu', 'cuda' or 'cuda:N'")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise BackendUnavailableError(f"device={str(device)!r}: no CUDA GPU is visible: use device='cpu'")
+            raise BackendUnavailableError(f"device={shown}: no CUDA GPU is visible: use device='cpu'")
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
             raise InputError(
-                f"device={device!r} but only {count} CUDA GPU(s) are visible: use an index below {count}"
+                f"device={shown} but only {count} CUDA GPU(s) are visible: use an index below {count}"
             )
     return parsed

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
-from .errors import InputError
 from .spec import SIZE_MULTIPLE, Shape, check_shape_range, padded_shape
 
 
@@ -29,25 +28,28 @@ def export_model(
     model: nn.Module, *, min_shape: Shape = (1, 320, 320), max_shape: Shape = (8, 1344, 1344)
 ) -> ExportedProgram:
     """Export ``model(images, mask)`` for batch in [min, max] and height and width multiples of 32 in
-    [min, max] rounded up to 32 (the program accepts only sizes on that grid).
+    [min, max] rounded up to 32 (the program accepts only sizes on that grid). A dimension with one
+    value in its range (say batch 4..4, or width 800..800) stays static.
 
-    The example used for tracing sits strictly inside the range so that no dimension is specialized.
+    The example used for tracing sits strictly above each dynamic dimension's minimum, so that no
+    dimension is specialized to it.
     """
     check_shape_range(min_shape, max_shape)
     low, high = padded_shape(min_shape), padded_shape(max_shape)
-    dims = []
-    for name, lo, hi in zip(("batch", "height", "width"), low, high, strict=True):
+    dims, example = {}, []
+    for axis, (name, lo, hi) in enumerate(zip(("batch", "height", "width"), low, high, strict=True)):
         step = 1 if name == "batch" else SIZE_MULTIPLE
-        if hi - lo < step:
-            raise InputError(
-                f"export needs at least two {name} values in its range, got {lo}..{hi}: widen min_shape/max_shape"
-            )
+        if lo == hi:
+            example.append(lo)
+            continue
         dim = Dim(name if step == 1 else f"{name}_blocks", min=lo // step, max=hi // step)
-        dims.append(dim if step == 1 else step * dim)
-    batch, height, width = dims
-    example = tuple(lo + step for lo, step in zip(low, (1, SIZE_MULTIPLE, SIZE_MULTIPLE), strict=True))
+        dims[axis] = dim if step == 1 else step * dim
+        example.append(lo + step)
     param = next(model.parameters())
-    images, mask = example_inputs(example, param.device, param.dtype)
-    dynamic_shapes = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}
+    images, mask = example_inputs(tuple(example), param.device, param.dtype)
+    dynamic_shapes = {
+        "images": {{0: 0, 1: 2, 2: 3}[axis]: dim for axis, dim in dims.items()},
+        "mask": {{0: 0, 1: 1, 2: 2}[axis]: dim for axis, dim in dims.items()},
+    }
     with torch.no_grad():
         return torch.export.export(model, (images, mask), dynamic_shapes=dynamic_shapes)

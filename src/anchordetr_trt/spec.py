@@ -83,11 +83,15 @@ class CompileSpec:
             raise BackendUnavailableError(
                 f"precision={self.precision!r} is for GPUs (a CUDA GPU runs it); on the CPU use precision='fp32'"
             )
+        if self.opt_shape is None:
+            raise InputError(
+                "opt_shape must be (batch, height, width), got None: e.g. opt_shape=(1, 800, 800)"
+            )
         check_shape_range(self.min_shape, self.max_shape, self.opt_shape)
         for name in ("min_shape", "opt_shape", "max_shape"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.cache_dir is not None:
-            object.__setattr__(self, "cache_dir", Path(os.fspath(self.cache_dir)))
+            object.__setattr__(self, "cache_dir", Path(os.fspath(self.cache_dir)).expanduser())
 
     @property
     def dtype(self) -> torch.dtype:

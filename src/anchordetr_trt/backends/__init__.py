@@ -21,17 +21,26 @@ from . import eager, inductor, tensorrt
 BACKENDS: dict[str, ModuleType] = {"tensorrt": tensorrt, "inductor": inductor, "eager": eager}
 
 
-def backend_status(device: torch.device) -> dict[str, tuple[bool, str]]:
-    """For each backend: (can it run on ``device`` here, why or why not)."""
-    return {name: module.status(device) for name, module in BACKENDS.items()}
+def backend_status(device: torch.device, precision: str | None = None) -> dict[str, tuple[bool, str]]:
+    """For each backend: (can it run on ``device`` here, at ``precision`` if given; why or why not).
+    A backend whose module lists ``PRECISIONS`` runs only those."""
+    status = {}
+    for name, module in BACKENDS.items():
+        ok, reason = module.status(device)
+        supported = getattr(module, "PRECISIONS", None)
+        if ok and precision is not None and supported is not None and precision not in supported:
+            ok, reason = False, f"builds {' or '.join(supported)} only, not precision={precision!r}"
+        status[name] = (ok, reason)
+    return status
 
 
-def choose_backend(requested: str, device: torch.device) -> tuple[str, str]:
-    """(backend, reason) for ``requested`` ("auto" or a name) on ``device``; BackendUnavailableError
-    naming what is missing and the backend to use instead when the requested one cannot run."""
+def choose_backend(requested: str, device: torch.device, precision: str | None = None) -> tuple[str, str]:
+    """(backend, reason) for ``requested`` ("auto" or a name) on ``device`` at ``precision``;
+    BackendUnavailableError naming what is missing and the backend to use instead when the requested
+    one cannot run."""
     if requested != "auto" and requested not in BACKENDS:
         raise InputError(f"unknown backend {requested!r}: choose one of auto, {', '.join(BACKENDS)}")
-    status = backend_status(device)
+    status = backend_status(device, precision)
     available = [name for name, (ok, _) in status.items() if ok]
     if requested == "auto":
         choice = available[0]
