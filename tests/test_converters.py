@@ -14,12 +14,15 @@ import collections
 import importlib
 import importlib.machinery
 import json
+import logging
 import operator
 import os
+import pathlib
 import pkgutil
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -804,3 +807,15 @@ def test_a_module_that_runs_ops_in_pytorch_is_refused():
         trt_backend.check_no_fallback(exported.module())
     glue_only = torch.fx.symbolic_trace(lambda x: x.view(-1)[0])
     trt_backend.check_no_fallback(glue_only)  # nothing to report
+
+
+def test_an_engine_that_cannot_be_saved_is_kept_and_the_partial_file_removed(tmp_path, monkeypatch, caplog):
+    def save(module, path, **kwargs):
+        pathlib.Path(path).write_text("half an engine")
+        raise OSError("No space left on device")
+
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", types.SimpleNamespace(save=save))
+    with caplog.at_level(logging.WARNING, logger="anchordetr_trt.backends.tensorrt"):
+        trt_backend._save(nn.Linear(1, 1), tmp_path / "engine.pt2")
+    assert list(tmp_path.iterdir()) == []
+    assert "could not save" in caplog.text and "No space left on device" in caplog.text

@@ -130,7 +130,7 @@ def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
     shapes = spec.padded_range
     path = None
     if spec.cache_dir is not None:
-        key = cache_key(model, spec.precision, shapes, library_versions())
+        key = cache_key(model, spec.precision, shapes, library_versions(spec.device))
         path = spec.cache_dir / "tensorrt" / f"{key}.pt2"
     runner = _load(path) if path is not None and path.exists() else None
     if runner is None:
@@ -237,12 +237,12 @@ def cache_key(
     return digest.hexdigest()
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(device: torch.device | None = None) -> dict[str, str]:
     """Versions of everything an engine depends on: libraries, the GPU, and the kernel sources."""
     versions = {name: _version(name) for name in _LIBRARIES}
     if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        versions["gpu"] = f"{torch.cuda.get_device_name()} sm_{major}{minor}"
+        major, minor = torch.cuda.get_device_capability(device)
+        versions["gpu"] = f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
     kernels = hashlib.sha256()
     for path in sorted(_kernel_sources()):
         kernels.update(path.read_bytes())
@@ -281,7 +281,17 @@ def _save(runner: nn.Module, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")
-    # retrace=False serializes the compiled graph as it is, symbolic shapes included.
-    torch_tensorrt.save(runner, str(partial), output_format="exported_program", retrace=False)
-    partial.replace(path)  # a reader never sees a half-written file
+    try:
+        # retrace=False serializes the compiled graph as it is, symbolic shapes included.
+        torch_tensorrt.save(runner, str(partial), output_format="exported_program", retrace=False)
+        partial.replace(path)  # a reader never sees a half-written file
+    except Exception as error:  # the engine was built and works: a cache that cannot be written is not fatal
+        partial.unlink(missing_ok=True)
+        logger.warning(
+            "tensorrt: could not save %s (%s: %s); the next process builds again",
+            path,
+            type(error).__name__,
+            error,
+        )
+        return
     logger.info("tensorrt: saved %s", path)

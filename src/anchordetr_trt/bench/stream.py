@@ -187,9 +187,15 @@ def _subprocess(args, phase: str, cache_dir: str) -> dict:
     if args.precision:
         command += ["--precision", args.precision]
     start = time.perf_counter()
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=args.subprocess_timeout, check=False
-    )
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=args.subprocess_timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {
+            "status": "timeout",
+            "error": f"no result within --subprocess-timeout {args.subprocess_timeout} s",
+        }
     if done.returncode != 0:
         return {"status": "failed", "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
     return {
@@ -235,6 +241,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir")
     parser.add_argument("--commit", help="the code's git commit, recorded in stream.json")
     args = parser.parse_args(argv)
+    if not 1 <= args.batch <= SHAPE_RANGE[1][0]:
+        parser.error(f"--batch {args.batch}: the compiled range holds batches 1 to {SHAPE_RANGE[1][0]}")
+    if args.phase == "cold" and args.random_calls < 100:
+        parser.error(
+            f"--random-calls {args.random_calls}: memory growth is measured from call 100 on: pass >= 100"
+        )
     if args.phase != "cold":
         print(json.dumps((warm_run if args.phase == "warm" else eager_run)(args)))
         return 0
