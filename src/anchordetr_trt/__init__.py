@@ -101,7 +101,11 @@ class _RegisterOpsAfterTorch(importlib.abc.MetaPathFinder):
                 spec.loader = module.__loader__ = torch_loader  # torch sees its own loader
                 if finder in sys.meta_path:
                     sys.meta_path.remove(finder)
-                torch_loader.exec_module(module)
+                try:
+                    torch_loader.exec_module(module)
+                except BaseException:
+                    sys.meta_path.insert(0, finder)  # a later, successful import still registers
+                    raise
                 _register_ops()
 
         spec.loader = _Loader()
