@@ -109,17 +109,13 @@ def status(device: torch.device) -> tuple[bool, str]:
 
 def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
     """Build (or load from ``spec.cache_dir``) a TensorRT module of ``model``, an AnchorDETR whose
-    frozen batch norms are folded, for ``spec``'s padded shape range."""
+    frozen batch norms are folded, for ``spec``'s padded shape range. ``spec.precision`` is one of
+    ``PRECISIONS``: ``backends.choose_backend`` refuses the others before this is called."""
     available, reason = status(spec.device)
     if not available:
         raise BackendUnavailableError(
             f"backend='tensorrt' cannot run here: {reason}: use backend='inductor' (a GPU with Triton) "
             "or backend='eager'"
-        )
-    if spec.precision not in PRECISIONS:
-        raise BackendUnavailableError(
-            f"backend='tensorrt' builds {' or '.join(PRECISIONS)} engines, not precision={spec.precision!r}: "
-            "choose one of those, or backend='inductor'"
         )
     import torch_tensorrt
 

@@ -32,8 +32,10 @@ import torch
 
 from ..compiled import compile
 from ..environment import environment
+from ..spec import padded_shape
 from ..transforms import resized_size
 from ..weights import random_model
+from .timing import latencies_ms, stats
 
 # (width, height) of common COCO photos: the frequent landscape, portrait and square originals.
 COCO_SIZES = ((640, 480), (640, 427), (640, 424), (640, 426), (500, 375), (640, 360), (612, 612),
@@ -100,7 +102,7 @@ def cold_run(args) -> dict:
         "images": images,
         "batch": args.batch,
         "distinct_shapes": len(set(shapes)),
-        "distinct_padded_shapes": len({(b, -(-h // 32) * 32, -(-w // 32) * 32) for b, h, w in shapes}),
+        "distinct_padded_shapes": len({padded_shape(shape) for shape in shapes}),
         "cold_s": cold_s,
         "cold_compile_s": compile_s,
         "cold_first_pass_s": first_pass_s,
@@ -127,17 +129,9 @@ def _latency_800(compiled, batch: int) -> dict:
     result = {}
     for size in (1, batch):
         inputs = _inputs((size, 800, 800), "cuda", compiled.dtype)
-        for _ in range(5):
-            compiled(*inputs)
-        times = []
-        for _ in range(50):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            compiled(*inputs)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        median = sorted(times)[len(times) // 2]
-        result[f"batch_{size}"] = {"median_ms": 1000 * median, "img_per_s": size / median}
+        times = latencies_ms(lambda inputs=inputs: compiled(*inputs), compiled.device, warmup=5, iters=50)
+        median_ms = stats(times)["median"]
+        result[f"batch_{size}"] = {"median_ms": median_ms, "img_per_s": 1000 * size / median_ms}
     return result
 
 
