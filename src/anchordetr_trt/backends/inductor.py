@@ -107,7 +107,6 @@ class InductorRunner(nn.Module):
         self.spec = spec
         self.max_graphs = max_graphs
         self.compiles = 0  # Dynamo graphs compiled: one per batch class of the range
-        self.captures = 0
         self.compiled = torch.compile(_Unfolded(model), backend=self._inductor, fullgraph=True, dynamic=False)
         self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
         self.seen: set[Shape] = set()
@@ -170,7 +169,6 @@ class InductorRunner(nn.Module):
         graph = self.graphs[shape] = _CapturedGraph(
             self._call_padded, images, mask, self.pool, self.warmup_stream
         )
-        self.captures += 1
         logger.info("inductor: captured a CUDA graph for %s in %.2f s", shape, time.perf_counter() - start)
         return graph
 
