@@ -25,6 +25,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import InputError
+from .spec import covering_range
 
 GROUPS = ("ops", "backends", "export", "tensorrt")
 BACKENDS = ("eager", "inductor", "tensorrt")
@@ -71,9 +72,9 @@ class CheckSuite:
         self.state_dict, self.variant = model.state_dict(), variant_name(model.config)
         self.reference = self.load(fused=False)
         self.batches = example_batches(device=self.device)
-        shapes = [(images.shape[0], *images.shape[2:]) for images, _ in self.batches]
-        self.min_shape = tuple(min(s[i] for s in shapes) for i in range(3))
-        self.max_shape = tuple(max(s[i] for s in shapes) for i in range(3))
+        self.min_shape, self.max_shape = covering_range(
+            [(images.shape[0], *images.shape[2:]) for images, _ in self.batches]
+        )
         self._compiled: dict[str, tuple[torch.nn.Module, float] | Exception] = {}
         self._expected: dict[tuple[int, bool], tuple[torch.Tensor, dict]] = {}
         self._cache_dir = tempfile.TemporaryDirectory(prefix="anchordetr_check_")

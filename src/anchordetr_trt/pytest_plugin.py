@@ -124,15 +124,16 @@ def anchordetr_model(
     import anchordetr_trt  # the public compile(), whichever module defines it
 
     from .backends import backend_status
+    from .spec import covering_range
 
     backend = request.param
     ok, reason = backend_status(anchordetr_device)[backend]
     if not ok:
         pytest.skip(f"backend {backend!r} cannot run on {anchordetr_device}: {reason}")
     state_dict, variant = anchordetr_weights
-    shapes = [(images.shape[0], *images.shape[2:]) for images, _ in anchordetr_batches]
-    min_shape = tuple(min(s[i] for s in shapes) for i in range(3))
-    max_shape = tuple(max(s[i] for s in shapes) for i in range(3))
+    min_shape, max_shape = covering_range(
+        [(images.shape[0], *images.shape[2:]) for images, _ in anchordetr_batches]
+    )
     return anchordetr_trt.compile(
         {"model": state_dict},
         variant=variant,

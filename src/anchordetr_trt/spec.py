@@ -8,6 +8,7 @@ compiled graph, or one TensorRT profile, serves the whole range).
 
 import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def padded_shape(shape: Shape) -> Shape:
     """(batch, height, width) with height and width rounded up to a multiple of SIZE_MULTIPLE."""
     batch, height, width = shape
     return batch, round_up(height), round_up(width)
+
+
+def covering_range(shapes: Sequence[Shape]) -> tuple[Shape, Shape]:
+    """(min_shape, max_shape): the elementwise minimum and maximum of ``shapes``, the smallest range
+    that serves each of them."""
+    return tuple(map(min, zip(*shapes, strict=True))), tuple(map(max, zip(*shapes, strict=True)))
 
 
 def check_shape_range(min_shape: Shape, max_shape: Shape, opt_shape: Shape | None = None) -> None:

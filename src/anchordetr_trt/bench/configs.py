@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..spec import Shape, default_precision
+from ..spec import Shape, covering_range, default_precision
 
 BASELINES = ("eager-fp32", "torch-compile")
 PACKAGE_BACKENDS = ("eager", "inductor", "tensorrt")
@@ -73,7 +73,5 @@ def default_configs(
 def shape_range(group: Sequence[BenchConfig]) -> tuple[Shape, Shape, Shape]:
     """(min, opt, max) shapes that one compiled module needs to serve every config of ``group``: the
     elementwise minimum and maximum, tuned for the first config's shape."""
-    shapes = [config.shape for config in group]
-    low = tuple(min(s[i] for s in shapes) for i in range(3))
-    high = tuple(max(s[i] for s in shapes) for i in range(3))
-    return low, shapes[0], high
+    low, high = covering_range([config.shape for config in group])
+    return low, group[0].shape, high
