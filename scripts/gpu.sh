@@ -50,7 +50,7 @@ stage tests 300 python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/g
 stage check 240 python3 -m anchordetr_trt.cli check --out "$OUT/check"
 stage bench-ops 45 python3 scripts/bench_ops.py --out "$OUT"
 stage parity 90 python3 scripts/gpu_parity.py --out "$OUT"
-stage stream 480 python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 150 --commit "${GIT_COMMIT:-unknown}"
+stage stream 560 python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 330 --commit "${GIT_COMMIT:-unknown}"
 # Last: its report is saved after each backend, so a cut-off run keeps what it measured.
 stage bench 300 python3 -m anchordetr_trt.cli bench --out "$OUT" --cache-dir .cache/bench
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.

@@ -1,13 +1,13 @@
 """The "inductor" backend: one ``torch.compile`` of the model for the whole shape range, and CUDA
 graphs for the shapes that recur.
 
-Compiled once per batch class, inside ``compile()``. Dynamo traces the model with batch, height / 32
-and width / 32 symbolic: inputs reach the compiled function as views [B, 3, H/32, 32, W/32, 32], so
-height and width are known multiples of 32 and every size in the backbone is an exact expression of
-them (nothing to guard on). Dynamo specializes a size of 1 (torch 2.11 guards batch >= 2 even with
-``backed_size_oblivious``), so a range holding batch 1 and larger batches gets two graphs, batch 1
-and batches 2..max, both compiled by ``build``. Any padded shape in the spec's range then runs
-without compiling; the custom ops' Triton kernels do not specialize on sizes either.
+Compiled once, inside ``compile()``. Dynamo traces the model with batch, height / 32 and width / 32
+symbolic: inputs reach the compiled function as views [B, 3, H/32, 32, W/32, 32], so height and
+width are known multiples of 32 and every size in the backbone is an exact expression of them
+(nothing to guard on). The convolutions run through ops whose output size is plain arithmetic
+(``cudnn_fusion``): tracing ``aten.convolution`` would guard on batch 1 and cost a second graph. Any
+padded shape in the spec's range then runs without compiling; the custom ops' Triton kernels do not
+specialize on sizes either.
 
 CUDA graphs where they pay. Batch 1 is launch bound (some 600 kernels), so a shape's second call
 captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the
@@ -20,13 +20,14 @@ activations plus ``max_graphs`` graphs' small static outputs and executables, wh
 import collections
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
-from .cudnn_fusion import fuse_conv_epilogues
+from .cudnn_fusion import fuse_convolutions
 
 logger = logging.getLogger(__name__)
 
@@ -101,31 +102,29 @@ class InductorRunner(nn.Module):
     """The compiled model for every padded shape of ``spec``'s range: ``forward(images [B, 3, H, W],
     mask [B, H, W])`` with H and W multiples of 32, in the spec's dtype and device."""
 
-    def __init__(self, model: nn.Module, spec: CompileSpec, max_graphs: int = MAX_GRAPHS):
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: CompileSpec,
+        max_graphs: int = MAX_GRAPHS,
+        compiler: Callable | None = None,
+    ):
         super().__init__()
         self.model = model
         self.spec = spec
         self.max_graphs = max_graphs
-        self.compiles = 0  # Dynamo graphs compiled: one per batch class of the range
-        self.compiled = torch.compile(_Unfolded(model), backend=self._inductor, fullgraph=True, dynamic=False)
+        self.compiler = compiler or _compile_fx  # tests pass a compiler that only counts graphs
+        self.compiles = 0  # Dynamo graphs compiled: one for the whole range
+        self.compiled = torch.compile(_Unfolded(model), backend=self._compile, fullgraph=True, dynamic=False)
         self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
         self.seen: set[Shape] = set()
-        self.pool = torch.cuda.graph_pool_handle()
-        self.warmup_stream = torch.cuda.Stream(spec.device)
-        batch, height, width = spec.padded_range[2]
-        self.static_images = torch.empty(batch * 3 * height * width, dtype=spec.dtype, device=spec.device)
-        self.static_mask = torch.empty(batch * height * width, dtype=torch.bool, device=spec.device)
+        self._capture_state: tuple | None = None  # made at the first capture
 
-    def _inductor(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
-        from torch._inductor.compile_fx import compile_fx
-
+    def _compile(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
         self.compiles += 1
-        expected = len(batch_classes(self.spec))
-        if self.compiles > expected:
-            logger.warning(
-                "inductor: compiling graph %d for the range (expected %d)", self.compiles, expected
-            )
-        return compile_fx(graph_module, example_inputs)
+        if self.compiles > 1:
+            logger.warning("inductor: compiling graph %d for the range (expected one)", self.compiles)
+        return self.compiler(graph_module, example_inputs)
 
     def forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         shape = (images.shape[0], images.shape[2], images.shape[3])
@@ -140,7 +139,7 @@ class InductorRunner(nn.Module):
 
     def _call_padded(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         images, mask = unfold(images, mask)
-        self._mark_dynamic(images, mask)  # read only when Dynamo traces
+        _mark_dynamic(images, mask, self.spec)  # read only when Dynamo traces
         with (
             torch.no_grad(),
             fx_config.patch(backed_size_oblivious=True),
@@ -148,42 +147,50 @@ class InductorRunner(nn.Module):
         ):
             return self.compiled(images, mask)
 
-    def _mark_dynamic(self, images: Tensor, mask: Tensor) -> None:
-        low, _, high = self.spec.padded_range
-        bounds = [
-            (max(low[0], 2), high[0]),  # batch 1 has a graph of its own (see the module docstring)
-            *((lo // SIZE_MULTIPLE, hi // SIZE_MULTIPLE) for lo, hi in zip(low[1:], high[1:], strict=True)),
-        ]
-        for (lo, hi), image_dim, mask_dim in zip(bounds, (0, 2, 4), (0, 1, 3), strict=True):
-            if lo < hi and images.shape[image_dim] >= lo:
-                torch._dynamo.mark_dynamic(images, image_dim, min=lo, max=hi)
-                torch._dynamo.mark_dynamic(mask, mask_dim, min=lo, max=hi)
-
     def _capture(self, shape: Shape) -> _CapturedGraph:
         start = time.perf_counter()
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
+        if self._capture_state is None:
+            (batch, height, width), spec = self.spec.padded_range[2], self.spec
+            self._capture_state = (
+                torch.empty(batch * 3 * height * width, dtype=spec.dtype, device=spec.device),
+                torch.empty(batch * height * width, dtype=torch.bool, device=spec.device),
+                torch.cuda.graph_pool_handle(),
+                torch.cuda.Stream(spec.device),
+            )
+        static_images, static_mask, pool, warmup_stream = self._capture_state
         batch, height, width = shape
-        images = self.static_images[: batch * 3 * height * width].view(batch, 3, height, width)
-        mask = self.static_mask[: batch * height * width].view(batch, height, width)
-        graph = self.graphs[shape] = _CapturedGraph(
-            self._call_padded, images, mask, self.pool, self.warmup_stream
-        )
+        images = static_images[: batch * 3 * height * width].view(batch, 3, height, width)
+        mask = static_mask[: batch * height * width].view(batch, height, width)
+        graph = self.graphs[shape] = _CapturedGraph(self._call_padded, images, mask, pool, warmup_stream)
         logger.info("inductor: captured a CUDA graph for %s in %.2f s", shape, time.perf_counter() - start)
         return graph
 
 
-def batch_classes(spec: CompileSpec) -> list[int]:
-    """One batch size per graph the range needs: 1 if the range holds it, and its largest batch if
-    that is 2 or more."""
-    low, high = spec.min_shape[0], spec.max_shape[0]
-    return [*([1] if low == 1 else []), *([high] if high >= 2 else [])]
+def _compile_fx(graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(graph_module, example_inputs)
+
+
+def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:
+    """Mark the batch and block dimensions of ``unfold``'s views symbolic over ``spec``'s padded range."""
+    low, _, high = spec.padded_range
+    bounds = [
+        (low[0], high[0]),
+        *((lo // SIZE_MULTIPLE, hi // SIZE_MULTIPLE) for lo, hi in zip(low[1:], high[1:], strict=True)),
+    ]
+    for (lo, hi), image_dim, mask_dim in zip(bounds, (0, 2, 4), (0, 1, 3), strict=True):
+        if lo < hi:
+            torch._dynamo.mark_dynamic(images, image_dim, min=lo, max=hi)
+            torch._dynamo.mark_dynamic(mask, mask_dim, min=lo, max=hi)
 
 
 def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range:
     one trace at the optimization shape, whose CUDA graph is captured too."""
-    fuse_conv_epilogues(model.backbone.body)
+    fuse_convolutions(model)
     model = model.to(device=spec.device, dtype=spec.dtype, memory_format=torch.channels_last)
     model = model.eval().requires_grad_(False).set_fused_ops(True)
     runner = InductorRunner(model, spec)
@@ -191,10 +198,7 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     from ..export import example_inputs
 
     opt = spec.padded_range[1]
-    for batch in batch_classes(spec):  # every graph the range needs, now rather than in a user's call
-        if batch != opt[0]:
-            runner._call_padded(*example_inputs((batch, *opt[1:]), spec.device, spec.dtype))
-    for _ in range(2):  # compile (if not yet), then capture
+    for _ in range(2):  # compile, then capture
         runner(*example_inputs(opt, spec.device, spec.dtype))
     logger.info(
         "inductor: compiled for %s..%s in %.1f s", *spec.padded_range[::2], time.perf_counter() - start

@@ -9,7 +9,8 @@ through ``compile(backend)``. Measured, each in the process where it means somet
 - ``warm_second_process_s``: a new process on the now warm cache, ``compile()`` to the last output;
 - ``random_shape_calls``: calls of random in-range shapes (up to ``--random-calls``, within
   ``--random-budget-s``), with the compiles they caused after the first call and the growth of the
-  GPU memory this process holds;
+  GPU memory this process reserves, from the 100th call to the last (and the largest, sampled every
+  100 calls);
 - ``eager_first_over_second_pass``: the eager backend's first pass over the stream against its second
   (a new process: what is compiled or tuned per shape shows up here);
 - ``latency_800``: 800x800 at batch 1 and ``batch``, for comparison with ``bench``.
@@ -156,7 +157,7 @@ def _random_shapes(compiled, calls: int, budget_s: float, seed: int = 1) -> dict
             torch.cuda.synchronize()
             compiles, files = getattr(runner, "compiles", 0), _compiled_files(cache_dir)
         done = call + 1
-        if done == 100:
+        if done % 100 == 0:
             torch.cuda.synchronize()
             memory[done] = (torch.cuda.memory_reserved(), torch.cuda.memory_allocated())
     torch.cuda.synchronize()
@@ -172,6 +173,8 @@ def _random_shapes(compiled, calls: int, budget_s: float, seed: int = 1) -> dict
         "memory_reserved_gib": {n: r / 2**30 for n, (r, _) in memory.items()},
         "memory_allocated_gib": {n: a / 2**30 for n, (_, a) in memory.items()},
         "memory_growth_pct": 100 * (memory[done][0] / memory[100][0] - 1),
+        "memory_growth_max_pct": 100
+        * (max(reserved for reserved, _ in memory.values()) / memory[100][0] - 1),
     }
 
 

@@ -1,0 +1,72 @@
+"""The Inductor backend's convolution ops: same results as the model's convolutions, and fake
+(traced) outputs whose shapes and strides match the real ones at every batch size."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import anchordetr_trt as at
+from anchordetr_trt.backends.cudnn_fusion import (
+    conv_bias,
+    conv_bias_add_relu,
+    conv_bias_relu,
+    fuse_convolutions,
+)
+from anchordetr_trt.export import example_inputs
+from anchordetr_trt.fold import fold_frozen_batchnorm
+
+CONVS = {  # (kernel, stride, padding, dilation) of the ResNet convolutions, the dilated DC5 one included
+    "1x1": (1, 1, 0, 1),
+    "3x3": (3, 1, 1, 1),
+    "3x3 stride 2": (3, 2, 1, 1),
+    "3x3 dilated": (3, 1, 2, 2),
+    "7x7 stem": (7, 2, 3, 1),
+    "1x1 stride 2": (1, 2, 0, 1),
+}
+
+
+def _conv_inputs(batch: int, kernel: int, stride: int, residual: bool):
+    generator = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 8, 19, 22, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(16, 8, kernel, kernel, generator=generator).contiguous(
+        memory_format=torch.channels_last
+    )
+    bias = torch.randn(16, generator=generator)
+    out_size = F.conv2d(x, weight, stride=stride, padding=kernel // 2).shape[2:] if residual else None
+    extra = [torch.randn(batch, 16, *out_size, generator=generator)] if residual else []
+    return x, weight, bias, extra
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation"), CONVS.values(), ids=CONVS.keys())
+@pytest.mark.parametrize("op", [conv_bias, conv_bias_relu, conv_bias_add_relu], ids=lambda op: op._name)
+def test_fake_outputs_match_real_ones_and_values_match_conv2d(op, kernel, stride, padding, dilation, batch):
+    residual = op is conv_bias_add_relu
+    if residual and dilation > 1:
+        padding = kernel // 2  # the residual's size follows the undilated convolution
+        dilation = 1
+    x, weight, bias, extra = _conv_inputs(batch, kernel, stride, residual)
+    args = (x, weight, bias, *extra, [stride] * 2, [padding] * 2, [dilation] * 2)
+    torch.library.opcheck(op, args, test_utils=("test_faketensor",))
+    expected = F.conv2d(x, weight, bias, stride, padding, dilation) + (extra[0] if residual else 0)
+    if op is not conv_bias:
+        expected = expected.relu()
+    out = op(*args)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected)
+
+
+def test_fused_model_computes_the_model():
+    model = fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-c5"]).eval())
+    fused = fuse_convolutions(copy.deepcopy(model))
+    images, mask = example_inputs((2, 96, 128))
+    with torch.no_grad():
+        expected, out = model(images, mask), fused(images.contiguous(memory_format=torch.channels_last), mask)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_needs_folded_batch_norms():
+    with pytest.raises(ValueError, match="fold the frozen batch norms first"):
+        fuse_convolutions(at.build_model(at.VARIANTS["r50-c5"]))
