@@ -4,10 +4,9 @@ graphs for the shapes that recur.
 Compiled once, inside ``compile()``. Dynamo traces the model with batch, height / 32 and width / 32
 symbolic: inputs reach the compiled function as views [B, 3, H/32, 32, W/32, 32], so height and
 width are known multiples of 32 and every size in the backbone is an exact expression of them
-(nothing to guard on). The convolutions run through ops whose output size is plain arithmetic
-(``cudnn_fusion``): tracing ``aten.convolution`` would guard on batch 1 and cost a second graph. Any
-padded shape in the spec's range then runs without compiling; the custom ops' Triton kernels do not
-specialize on sizes either.
+(nothing to guard on). The model is first rewritten without the ops whose tracing guards on batch 1
+(``inductor_rewrites``), which would cost a second graph. Any padded shape in the spec's range then
+runs without compiling; the custom ops' Triton kernels do not specialize on sizes either.
 
 CUDA graphs where they pay. Batch 1 is launch bound (some 600 kernels), so a shape's second call
 captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the
@@ -27,7 +26,7 @@ import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
-from .cudnn_fusion import fuse_convolutions
+from .inductor_rewrites import rewrite_for_inductor
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +189,7 @@ def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:
 def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range:
     one trace at the optimization shape, whose CUDA graph is captured too."""
-    fuse_convolutions(model)
+    rewrite_for_inductor(model)
     model = model.to(device=spec.device, dtype=spec.dtype, memory_format=torch.channels_last)
     model = model.eval().requires_grad_(False).set_fused_ops(True)
     runner = InductorRunner(model, spec)

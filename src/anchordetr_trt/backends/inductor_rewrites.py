@@ -1,15 +1,15 @@
-"""Convolutions as opaque ops for the Inductor backend: cuDNN's fused epilogues, and output shapes that
-do not depend on the batch size.
-
-Two reasons to route every convolution of the model through these ops:
+"""The model rewritten for the Inductor backend: cuDNN's fused convolution epilogues, and no op whose
+tracing guards on the batch size.
 
 - Epilogues. Inductor runs a convolution through cuDNN and its epilogue (bias, residual add, ReLU) as
   a separate Triton kernel, one more pass over the largest activations of the model; cuDNN applies
   conv + bias + ReLU and conv + bias + residual + ReLU in the convolution itself.
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about
-  the batch size, which puts a guard ``batch <= 1`` (or ``>= 2``) on the graph, so batch 1 used to
-  compile a second graph. These ops give their output size by arithmetic, always channels_last as
-  cuDNN returns it for channels_last inputs, and the real ops return exactly that layout.
+  the batch size, and ``F.group_norm`` checks that there is more than one value per channel (torch
+  2.11): each puts a guard ``batch > 1`` on the graph, so batch 1 would compile a second graph
+  (~46 s on an H100). The convolution ops below give their output size by arithmetic, always
+  channels_last as cuDNN returns it for channels_last inputs (the real ops return exactly that
+  layout), and the input projection's GroupNorm is written out with ``var_mean``.
 
 The ops live in their own namespace: they serve the Inductor backend only (TensorRT fuses these
 epilogues by itself). Their CPU implementations are plain PyTorch, for tests.
@@ -131,10 +131,25 @@ class FusedBottleneck(nn.Module):
         )
 
 
-def fuse_convolutions(model: nn.Module) -> nn.Module:
-    """Route every convolution of an AnchorDETR whose frozen batch norms were folded
-    (``fold_frozen_batchnorm``) through the ops above: the ResNet trunk with its epilogues fused, and
-    the input projection. Works in place."""
+class GroupNorm(nn.Module):
+    """``norm`` (an nn.GroupNorm) without ``F.group_norm``; statistics in float32."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        groups = x.float().reshape(batch, self.norm.num_groups, -1)
+        var, mean = torch.var_mean(groups, dim=-1, keepdim=True, correction=0)
+        normed = ((groups - mean) * torch.rsqrt(var + self.norm.eps)).reshape(batch, channels, height, width)
+        return (normed * self.norm.weight[:, None, None] + self.norm.bias[:, None, None]).to(x.dtype)
+
+
+def rewrite_for_inductor(model: nn.Module) -> nn.Module:
+    """Rewrite an AnchorDETR whose frozen batch norms were folded (``fold_frozen_batchnorm``): every
+    convolution through the ops above (the ResNet trunk with its epilogues fused, and the input
+    projection), and the input projection's GroupNorm as ``GroupNorm``. Works in place."""
     body = model.backbone.body
     if not isinstance(body.bn1, nn.Identity):
         raise ValueError("fold the frozen batch norms first (anchordetr_trt.fold.fold_frozen_batchnorm)")
@@ -143,5 +158,5 @@ def fuse_convolutions(model: nn.Module) -> nn.Module:
         for i, block in enumerate(layer):
             layer[i] = FusedBottleneck(block)
     projection = model.input_proj[0]
-    projection[0] = Conv(projection[0])
+    projection[0], projection[1] = Conv(projection[0]), GroupNorm(projection[1])
     return model

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import anchordetr_trt as at
-from anchordetr_trt.backends.cudnn_fusion import (
+from anchordetr_trt.backends.inductor_rewrites import (
     conv_bias,
     conv_bias_add_relu,
     conv_bias_relu,
-    fuse_convolutions,
+    rewrite_for_inductor,
 )
 from anchordetr_trt.export import example_inputs
 from anchordetr_trt.fold import fold_frozen_batchnorm
@@ -58,9 +58,9 @@ def test_fake_outputs_match_real_ones_and_values_match_conv2d(op, kernel, stride
     torch.testing.assert_close(out, expected)
 
 
-def test_fused_model_computes_the_model():
+def test_rewritten_model_computes_the_model():
     model = fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-c5"]).eval())
-    fused = fuse_convolutions(copy.deepcopy(model))
+    fused = rewrite_for_inductor(copy.deepcopy(model))
     images, mask = example_inputs((2, 96, 128))
     with torch.no_grad():
         expected, out = model(images, mask), fused(images.contiguous(memory_format=torch.channels_last), mask)
@@ -69,4 +69,4 @@ def test_fused_model_computes_the_model():
 
 def test_fusion_needs_folded_batch_norms():
     with pytest.raises(ValueError, match="fold the frozen batch norms first"):
-        fuse_convolutions(at.build_model(at.VARIANTS["r50-c5"]))
+        rewrite_for_inductor(at.build_model(at.VARIANTS["r50-c5"]))
