@@ -26,7 +26,7 @@ from ..spec import padded_shape
 from ..weights import random_model
 from . import timing
 from .configs import PACKAGE_BACKENDS, BenchConfig, shape_range
-from .flops import flops_report
+from .flops import flops_report, peak_tflops
 from .parts import PART_CALLS, time_parts
 from .report import format_flops, summarize
 from .startup import second_process
@@ -61,7 +61,8 @@ def run_benchmark(
     ``profile``, the top kernels (CPU: operators) of each package backend over a few calls at its
     largest shape; ``fastest`` names the package backend with the best throughput at the largest shape.
     ``flops``: the model's FLOPs per image by part at each shape, the device's peak FLOP rate measured
-    here, and each row's achieved rate (``flops.flops_report``, ``report.flop_rates``); with ``parts``,
+    here (a large matmul, after the first backend of each precision is measured), and each row's
+    achieved rate (``flops.flops_report``, ``report.flop_rates``); with ``parts``,
     each part timed on its own at each shape (``parts.time_parts``) where the backend runs the model's
     modules (eager-fp32, eager, inductor).
     Weights: ``ckpt`` (its variant unless ``variant`` is given) or deterministic random ones of ``variant``
@@ -123,6 +124,10 @@ def run_benchmark(
         report["results"] += _measure_backend(
             group, template, device, cache_dir, warmup, iters, profile, parts, info, log
         )
+        peak = report["flops"]["peak_for"][precision]
+        if info["status"] == "ok" and peak not in report["flops"]["peak_tflops"]:  # where a row needs it
+            report["flops"]["peak_tflops"][peak] = peak_tflops(device, peak)
+            log(f"   measured peak {peak}: {report['flops']['peak_tflops'][peak]['tflops']:.1f} TFLOP/s")
         summarize(report)
         if on_progress is not None:  # before the second-process probe, which takes a while
             on_progress(report)
