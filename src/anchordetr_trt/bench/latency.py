@@ -207,7 +207,7 @@ def _measure_backend(
             except Exception as err:  # the numbers above stand without the profile
                 logger.exception("profiling %s failed", group[0].label)
                 info["profile_error"] = f"{type(err).__name__}: {err}"
-        if parts:  # last: the part compiles may evict the runner's compiled graphs
+        if parts:  # after the rows and the profile, so that their times and memory are the backend's own
             _time_parts(group, rows, runner, device, warmup, min(iters, PART_CALLS), info, log)
     return rows
 
@@ -261,7 +261,7 @@ def _part_model(backend: str, runner: Callable) -> tuple[AnchorDETR, bool, torch
         "inductor": getattr(getattr(runner, "runner", None), "model", None),
     }.get(backend)
     if not isinstance(model, AnchorDETR):
-        return f"not timed: the {backend} backend runs the model as a whole"
+        return f"not timed: {backend} runs the model as one compiled whole"
     if backend == "inductor":
         return model, True, torch.channels_last
     return model, False, torch.contiguous_format
