@@ -5,7 +5,7 @@ FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forwa
 (no memory, no arithmetic: a count takes about a second at any size). A multiply-add is 2 FLOPs. The
 count covers the convolutions, matrix products and attention, the work of the tensor cores;
 elementwise ops, norms, softmax and the mean of the keys are not counted (they are bound by memory,
-and under 1% of the FLOPs).
+and under 1% of the FLOPs at 800x800).
 
 The count runs the reference ops (``set_fused_ops(False)``), the same math as the fused custom ops
 and the definition their kernels are tested against, in ops that FlopCounterMode knows. The custom
