@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from anchordetr_trt.bench import report, timing
-from anchordetr_trt.bench.configs import BASELINES, BenchConfig, default_configs
+from anchordetr_trt.bench.configs import BASELINES, BenchConfig, default_configs, shape_range
 from anchordetr_trt.bench.latency import row
 from anchordetr_trt.bench.plot import plot_benchmark
 from anchordetr_trt.bench.report import format_table, save_benchmark
@@ -74,15 +74,36 @@ def test_fastest_is_the_best_package_backend_at_the_largest_shape(rows):
     assert report.fastest(baselines_only)["backend"] == "torch-compile"
 
 
-@pytest.mark.parametrize(("median_ms", "met"), [(2.5, True), (3.5, False)])
-def test_targets_are_checked_for_package_backends_only(median_ms, met):
-    rows = [_ok_row("inductor", 1, median_ms), _ok_row("inductor", 8, 8.0), _ok_row("eager-fp32", 1, 1.0)]
-    checks = report.targets(rows, "r50-dc5")["checks"]
-    assert [(c["metric"].split()[0], c["met"]) for c in checks] == [
-        ("batch-1", met),
-        ("batch-8", 8000 / 8.0 >= 1200),
+@pytest.mark.parametrize("bar", report.BARS, ids=lambda bar: f"issue{bar.issue}-{bar.precision}-b{bar.batch}")
+@pytest.mark.parametrize("met", [True, False])
+def test_each_bar_is_checked_on_its_row_and_names_its_issue(bar, met):
+    # A median just inside or just outside the bar, for the bar's precision and batch.
+    inside = bar.limit * 0.99 if bar.metric == "latency" else 1000 * bar.batch / (bar.limit * 1.01)
+    outside = bar.limit * 1.01 if bar.metric == "latency" else 1000 * bar.batch / (bar.limit * 0.99)
+    median = inside if met else outside
+    rows = [
+        _ok_row("inductor", bar.batch, median, bar.precision),
+        _ok_row("eager-fp32", bar.batch, median, bar.precision),  # a baseline: never checked
+        _ok_row("inductor", bar.batch, median, bar.precision, size=640),  # another size: not checked
     ]
+    checks = [c for c in report.targets(rows, "r50-dc5")["checks"] if c["target"] == bar.limit]
+    value = median if bar.metric == "latency" else 1000 * bar.batch / median
+    assert checks == [
+        {"issue": bar.issue, "bar": bar.name, "label": rows[0]["label"], "metric": checks[0]["metric"],
+         "value": pytest.approx(value), "target": bar.limit, "met": met}
+    ]  # fmt: skip
+    assert checks[0]["metric"].startswith(f"batch-{bar.batch} ")
     assert report.targets(rows, "r50-c5")["checks"] == []
+
+
+def test_bars_are_issue_8s_and_issue_12s_in_one_table():
+    rows = [_ok_row("inductor", 1, 2.0), _ok_row("inductor", 8, 6.0), _ok_row("inductor", 32, 20.0)]
+    checks = report.targets(rows, "r50-dc5")["checks"]
+    # batch 1 at 2.0 ms meets issue 8's 2.5 ms, misses issue 12's 1.8 ms; batch 8 at 1333 img/s likewise.
+    assert [(c["issue"], c["metric"].split()[0], c["met"]) for c in checks] == [
+        (8, "batch-1", True), (12, "batch-1", False), (8, "batch-8", True), (12, "batch-8", False),
+    ]  # fmt: skip
+    assert {bar["issue"] for bar in report.targets(rows, "r50-dc5")["bars"]} == {8, 12}
 
 
 def test_table_lists_measured_and_skipped_rows(rows):
@@ -96,6 +117,66 @@ def test_table_lists_measured_and_skipped_rows(rows):
     assert "skipped: no TensorRT here" in table[-1]
 
 
+@pytest.fixture
+def flops_report() -> dict:
+    """A made-up report with a flops section: 230 GFLOPs per image, peaks of 800 (fp16) and 400 (tf32)."""
+    gflops = {"backbone": 150.0, "encoder": 50.0, "decoder": 30.0, "total": 230.0}
+    results = [
+        _ok_row("inductor", 8, 6.0),
+        _ok_row("eager-fp32", 8, 120.0, "fp32"),
+        _ok_row("eager", 8, 60.0, "bf16"),  # no peak measured for it
+        _ok_row("inductor", 8, 4.0, size=640),  # no count for its shape
+        row(BenchConfig("tensorrt", 8, 800, 800), status="skipped", reason="no TensorRT here"),
+    ]
+    results[0] |= {"parts_ms": {"backbone": 3.0, "encoder": 2.0, "decoder": 1.0}, "parts_timed": "compiled"}
+    made_up = {
+        "settings": {"variant": "r50-dc5"},
+        "results": results,
+        "flops": {
+            "per_image": [{"batch": 8, "height": 800, "width": 800, "gflops": gflops}],
+            "peak_tflops": {
+                "fp16": {"tflops": 800.0, "how": "made up"},
+                "tf32": {"tflops": 400.0, "how": "too"},
+            },
+            "peak_for": {"fp16": "fp16", "fp32": "tf32"},
+        },
+    }
+    report.summarize(made_up)
+    return made_up
+
+
+def test_flop_rates_are_flops_per_image_times_throughput_against_the_rows_peak(flops_report):
+    rates = {r["backend"]: r for r in flops_report["flops"]["rows"]}
+    assert list(rates) == ["inductor", "eager-fp32", "eager"]  # not the 640 row, nor the skipped one
+    inductor, fp32, bf16 = rates["inductor"], rates["eager-fp32"], rates["eager"]
+    assert inductor["tflops"] == pytest.approx(230 * 8000 / 6.0 / 1000)  # GFLOP/img * img/s, in TFLOP/s
+    assert inductor["percent_of_peak"] == pytest.approx(100 * inductor["tflops"] / 800)
+    assert (fp32["peak"], fp32["percent_of_peak"]) == (
+        "tf32",
+        pytest.approx(100 * 230 * 8000 / 120.0 / 1000 / 400),
+    )
+    assert bf16["tflops"] > 0 and bf16["percent_of_peak"] is None
+    backbone = inductor["parts"]["backbone"]
+    assert backbone == {"ms": 3.0, "percent_of_time": 50.0, "tflops": 150 * 8 / 3.0, "percent_of_peak": 50.0}
+    assert inductor["parts_timed"] == "compiled" and "parts" not in fp32
+
+
+def test_table_and_flops_lines_show_the_rates(flops_report):
+    table = format_table(flops_report).splitlines()
+    assert "TFLOP/s" in table[0] and "% peak" in table[0]
+    rate = flops_report["flops"]["rows"][0]
+    assert f"{rate['tflops']:.1f}" in table[1] and f"  {rate['percent_of_peak']:.0f}  " in table[1]
+    assert "  -  " in table[4]  # the 640 row has no rate
+    assert report.format_flops(flops_report) == [
+        "GFLOPs per image at 800x800 (batch 8): backbone 150.0, encoder 50.0, decoder 30.0, total 230.0",
+        "measured peak fp16: 800.0 TFLOP/s (made up)",
+        "measured peak tf32: 400.0 TFLOP/s (too)",
+        f"{rate['label']} batch 8 800x800 parts: backbone 3.00 ms 400.0 TFLOP/s (50% of peak), "
+        "encoder 2.00 ms 200.0 TFLOP/s (25% of peak), decoder 1.00 ms 240.0 TFLOP/s (30% of peak)",
+    ]
+    assert report.format_flops({"results": []}) == []
+
+
 def test_plot_is_a_png_even_with_skipped_rows(rows, tmp_path):
     made_up = {"results": rows, "environment": {"gpu": None}, "settings": {"variant": "r50-dc5"}}
     plot_benchmark(made_up, tmp_path / "bench.png")
@@ -103,11 +184,18 @@ def test_plot_is_a_png_even_with_skipped_rows(rows, tmp_path):
         assert image.format == "PNG" and image.size[0] > image.size[1] > 100
 
 
-def test_default_configs_pick_precision_per_device_and_reject_unknown_backends():
-    gpu = default_configs(torch.device("cuda"), batches=(1, 8))
+def test_default_configs_pick_precision_and_batches_per_device_and_reject_unknown_backends():
+    gpu = default_configs(torch.device("cuda"))
     assert {c.backend for c in gpu} == {"eager-fp32", "torch-compile", "inductor", "tensorrt"} and len(
         gpu
-    ) == 8
+    ) == 12
+    assert sorted({c.batch for c in gpu}) == [1, 8, 32]
+    assert sorted({c.batch for c in default_configs(torch.device("cpu"))}) == [1, 8]
+    assert shape_range([c for c in gpu if c.backend == "inductor"]) == (
+        (1, 800, 800),
+        (1, 800, 800),
+        (32, 800, 800),
+    )
     assert {c.precision for c in gpu if c.backend == "eager-fp32"} == {"fp32"}
     assert {c.precision for c in gpu if c.backend == "inductor"} == {"fp16"}
     cpu = default_configs(torch.device("cpu"), sizes=[(320, 480)], batches=(2,))

@@ -205,6 +205,7 @@ def test_bench_cpu_smoke_run_writes_json_png_and_profile(tmp_path, capsys, cache
         "eager",
         "torch-compile",
         "inductor",
+        "--parts",
         "--out",
         str(out),
     ]
@@ -236,6 +237,19 @@ def test_bench_cpu_smoke_run_writes_json_png_and_profile(tmp_path, capsys, cache
     assert profile["kind"] == "CPU operators" and profile["top"]
     assert 0 < sum(op["percent"] for op in profile["top"]) <= 100 + 1e-6
     assert rows["eager"]["label"] in stdout and "skipped" in stdout
+    # --parts: the FLOP rates of the measured rows, whole and by part, in bench.json and on stdout
+    flops = report["flops"]
+    assert [(e["batch"], e["height"], e["width"]) for e in flops["per_image"]] == [(1, 320, 320)]
+    assert list(flops["peak_tflops"]) == ["fp32"] and flops["peak_tflops"]["fp32"]["tflops"] > 0
+    rates = {rate["backend"]: rate for rate in flops["rows"]}
+    assert set(rates) == {"eager-fp32", "eager"}
+    for name, rate in rates.items():
+        assert list(rows[name]["parts_ms"]) == ["backbone", "encoder", "decoder"]
+        assert rate["tflops"] > 0 and rate["parts_timed"] == "eager"
+        assert sum(part["percent_of_time"] for part in rate["parts"].values()) == pytest.approx(100)
+    assert "GFLOPs per image at 320x320 (batch 1): backbone" in stdout
+    assert f"{rates['eager']['label']} batch 1 320x320 parts: backbone" in stdout
+    assert report["backends"]["inductor fp32"]["status"] == "skipped"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")

@@ -173,7 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--size", type=_size, action="append", help="input HxW or S for SxS, repeatable (default 800)"
     )
-    bench.add_argument("--batch", type=_positive, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    bench.add_argument(
+        "--batch", type=_positive, nargs="+", help="batch sizes (default 1 8 32 on a GPU, 1 8 on the CPU)"
+    )
     bench.add_argument(
         "--backends", nargs="+", choices=["eager-fp32", "torch-compile", "eager", "inductor", "tensorrt"],
         help="what to measure (default on a GPU: eager-fp32 torch-compile inductor tensorrt)",
@@ -189,6 +191,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--no-startup", action="store_true", help="skip timing a second process on the warm cache"
     )
+    bench.add_argument(
+        "--parts", action="store_true",
+        help="also time the backbone, encoder and decoder on their own, for their TFLOP/s (inductor: a "
+        "compile of each part at each shape)",
+    )  # fmt: skip
     bench.set_defaults(run=_bench)
 
     compile_ = commands.add_parser(
@@ -638,7 +645,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .bench.configs import default_configs
     from .bench.latency import run_benchmark
-    from .bench.report import format_table, save_benchmark
+    from .bench.report import format_flops, format_table, save_benchmark
     from .errors import BackendUnavailableError
     from .outputs import RunFolder
 
@@ -667,7 +674,7 @@ def _bench(args: argparse.Namespace) -> int:
         cache_dir = args.cache_dir if args.cache_dir is not None else args.out / "compile_cache"
         report = run_benchmark(
             configs, variant=args.variant, ckpt=args.ckpt, device=device, warmup=args.warmup, iters=args.iters,
-            cache_dir=cache_dir, profile=not args.no_profile, startup=not args.no_startup,
+            cache_dir=cache_dir, profile=not args.no_profile, startup=not args.no_startup, parts=args.parts,
             on_progress=lambda partial: _measured(partial) and save_benchmark(partial, args.out, log=None),  # kept if cut short
         )  # fmt: skip
         if not _measured(report):
@@ -679,10 +686,12 @@ def _bench(args: argparse.Namespace) -> int:
             return 1
         written = save_benchmark(report, args.out, log=lambda line: print(line, file=sys.stderr))
     print(format_table(report))
+    print("\n".join(format_flops(report)))
     for check in report["targets"]["checks"]:
         verdict = "meets" if check["met"] else "misses"
         print(
-            f"{check['label']}: {check['metric']} {check['value']:.2f} {verdict} the target {check['target']:g}"
+            f"{check['label']}: {check['metric']} {check['value']:.2f} {verdict} issue {check['issue']}'s bar "
+            f"{check['target']:g} ({check['bar']})"
         )
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

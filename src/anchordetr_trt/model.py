@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from .backbone import Backbone, downsample_mask
 from .config import AnchorDETRConfig
 from .errors import InputError
-from .transformer import Transformer
+from .transformer import Encoded, Transformer
 
 
 class AnchorDETR(nn.Module):
@@ -43,19 +43,22 @@ class AnchorDETR(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor | None = None, *, aux: bool = False) -> dict:
         check_inputs(images, mask, weight=self.input_proj[0][0].weight)
-        features = self.backbone(images)
-        if mask is None:
-            feature_mask = torch.zeros_like(features[:, 0], dtype=torch.bool)
-        else:
-            feature_mask = downsample_mask(mask, features.shape[-2:])
-        src = self.input_proj[0](features)
-        logits, boxes = self.transformer(src, feature_mask, aux=aux)
+        logits, boxes = self.transformer.decode(self.encode(self.backbone(images), mask), aux=aux)
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if aux:
             out["aux_outputs"] = [
                 {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1], strict=True)
             ]
         return out
+
+    def encode(self, features: Tensor, mask: Tensor | None) -> Encoded:
+        """Input projection and encoder: backbone features [B, 2048, h, w] and the images' mask
+        [B, H, W] (or None: no padding) -> the encoder's output, which ``transformer.decode`` reads."""
+        if mask is None:
+            feature_mask = torch.zeros_like(features[:, 0], dtype=torch.bool)
+        else:
+            feature_mask = downsample_mask(mask, features.shape[-2:])
+        return self.transformer.encode(self.input_proj[0](features), feature_mask)
 
 
 def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = None) -> None:

@@ -1,6 +1,7 @@
 """The AnchorDETR transformer: RCDA encoder, anchor-point decoder, prediction heads."""
 
 import itertools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -157,6 +158,11 @@ class Transformer(nn.Module):
     def forward(self, src: Tensor, mask: Tensor, aux: bool = False) -> tuple[Tensor, Tensor]:
         """src [B, C, H, W], mask [B, H, W] (True = padding) -> logits [L, B, Q, classes], boxes
         [L, B, Q, 4] with L = 1 (last decoder layer) or, with ``aux``, every decoder layer."""
+        return self.decode(self.encode(src, mask), aux=aux)
+
+    def encode(self, src: Tensor, mask: Tensor) -> "Encoded":
+        """The encoder: src [B, C, H, W], mask [B, H, W] (True = padding) -> its memory and what the
+        decoder reads with it."""
         mask_row, mask_col = mask[:, 0, :], mask[:, :, 0]
         posemb_y, posemb_x = ops(self.fused_ops, src).mask2posemb(mask, self.d_model, 10000.0)
         posemb_row = self.adapt_pos1d(posemb_x.to(src.dtype))
@@ -165,16 +171,22 @@ class Transformer(nn.Module):
         memory = src.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]; a no-op for channels_last features
         for layer in self.encoder_layers:
             memory = layer(memory, posemb_row, posemb_col, mask_row, mask_col)
+        return Encoded(memory, posemb_row, posemb_col, mask_row, mask_col)
+
+    def decode(self, encoded: "Encoded", aux: bool = False) -> tuple[Tensor, Tensor]:
+        """The decoder and the heads: ``encode``'s output -> logits [L, B, Q, classes], boxes [L, B, Q, 4]
+        (L as in ``forward``)."""
+        memory, posemb_row, posemb_col, mask_row, mask_col = encoded
         key_row = memory.mean(1) + posemb_row
         key_col = memory.mean(2) + posemb_col
 
         # Queries depend on the weights only: computed once, broadcast over the batch.
         num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
         anchors = self.position.weight.repeat(num_pattern, 1)  # [Q, 2], pattern-major
-        tgt = self.pattern.weight.repeat_interleave(num_position, dim=0).repeat(src.shape[0], 1, 1)
-        query_pos = self.adapt_pos2d(pos2posemb2d(anchors, self.d_model // 2).to(src.dtype))[None]
-        query_pos_x = self.adapt_pos1d(pos2posemb1d(anchors[:, 0], self.d_model).to(src.dtype))[None]
-        query_pos_y = self.adapt_pos1d(pos2posemb1d(anchors[:, 1], self.d_model).to(src.dtype))[None]
+        tgt = self.pattern.weight.repeat_interleave(num_position, dim=0).repeat(memory.shape[0], 1, 1)
+        query_pos = self.adapt_pos2d(pos2posemb2d(anchors, self.d_model // 2).to(memory.dtype))[None]
+        query_pos_x = self.adapt_pos1d(pos2posemb1d(anchors[:, 0], self.d_model).to(memory.dtype))[None]
+        query_pos_y = self.adapt_pos1d(pos2posemb1d(anchors[:, 1], self.d_model).to(memory.dtype))[None]
         anchor_logits = inverse_sigmoid(anchors)
 
         logits, boxes = [], []
@@ -189,3 +201,15 @@ class Transformer(nn.Module):
                 logits.append(self.class_embed[i](tgt))
                 boxes.append(torch.cat((center, delta[..., 2:]), dim=-1).sigmoid())
         return torch.stack(logits), torch.stack(boxes)
+
+
+class Encoded(NamedTuple):
+    """The encoder's output: memory [B, H, W, C]; the position embeddings of its columns, posemb_row
+    [B, W, C], and of its rows, posemb_col [B, H, C]; the padding of its columns, mask_row [B, W], and
+    rows, mask_col [B, H]."""
+
+    memory: Tensor
+    posemb_row: Tensor
+    posemb_col: Tensor
+    mask_row: Tensor
+    mask_col: Tensor

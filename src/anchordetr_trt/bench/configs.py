@@ -20,6 +20,9 @@ BACKEND_LABELS = {
     "torch-compile": "torch.compile reduce-overhead (fp16 autocast)",
 }
 _BASELINE_PRECISION = {"eager-fp32": "fp32", "torch-compile": "fp16"}
+# Batch sizes measured by default: on a GPU up to 32 (issue 12 asks for its throughput); on the CPU,
+# a smoke run of the harness, small ones.
+DEFAULT_BATCHES = {"cuda": (1, 8, 32), "cpu": (1, 8)}
 
 
 @dataclass(frozen=True)
@@ -45,14 +48,16 @@ def default_configs(
     device: torch.device,
     *,
     sizes: Sequence[tuple[int, int]] = ((800, 800),),
-    batches: Sequence[int] = (1, 8),
+    batches: Sequence[int] | None = None,
     backends: Sequence[str] | None = None,
     precision: str | None = None,
 ) -> list[BenchConfig]:
     """Every (backend, size, batch) combination. Default backends: on a GPU both baselines, inductor and
     tensorrt (reported as skipped where it cannot run); on the CPU the eager baseline and eager.
-    Default precision of the package backends: ``compile``'s default on ``device``."""
+    Default precision of the package backends: ``compile``'s default on ``device``; default batches:
+    ``DEFAULT_BATCHES`` of the device's type."""
     on_gpu = device.type == "cuda"
+    batches = batches or DEFAULT_BATCHES["cuda" if on_gpu else "cpu"]
     backends = backends or (
         ("eager-fp32", "torch-compile", "inductor", "tensorrt") if on_gpu else ("eager-fp32", "eager")
     )

@@ -21,10 +21,14 @@ from ..devices import resolve_device
 from ..environment import environment
 from ..errors import BackendUnavailableError
 from ..export import example_inputs
+from ..model import AnchorDETR
+from ..spec import padded_shape
 from ..weights import random_model
 from . import timing
 from .configs import PACKAGE_BACKENDS, BenchConfig, shape_range
-from .report import summarize
+from .flops import flops_report, peak_tflops
+from .parts import PART_CALLS, time_parts
+from .report import format_flops, summarize
 from .startup import second_process
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ def run_benchmark(
     cache_dir: str | os.PathLike | None = None,
     profile: bool = True,
     startup: bool = True,
+    parts: bool = False,
     log: Callable[[str], None] = print,
     on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -55,6 +60,11 @@ def run_benchmark(
     with the same ``cache_dir`` (set as Inductor's and Triton's cache for this process). With
     ``profile``, the top kernels (CPU: operators) of each package backend over a few calls at its
     largest shape; ``fastest`` names the package backend with the best throughput at the largest shape.
+    ``flops``: the model's FLOPs per image by part at each shape, the device's peak FLOP rate measured
+    here (a large matmul, after the first backend of each precision is measured), and each row's
+    achieved rate (``flops.flops_report``, ``report.flop_rates``); with ``parts``,
+    each part timed on its own at each shape (``parts.time_parts``) where the backend runs the model's
+    modules (eager-fp32, eager, inductor).
     Weights: ``ckpt`` (its variant unless ``variant`` is given) or deterministic random ones of ``variant``
     (default r50-dc5; speed does not depend on the values).
     """
@@ -95,6 +105,14 @@ def run_benchmark(
         "results": [],
         "backends": {},
     }
+    report["flops"] = flops_report(
+        template.config,
+        [config.shape for config in configs],
+        [config.precision for config in configs],
+        device,
+    )
+    for line in format_flops(report):
+        log(line)
 
     groups: dict[tuple[str, str], list[BenchConfig]] = {}
     for config in configs:
@@ -104,8 +122,12 @@ def run_benchmark(
         info = report["backends"][f"{backend} {precision}"] = {"backend": backend, "precision": precision}
         log(f"== {group[0].label}")
         report["results"] += _measure_backend(
-            group, template, device, cache_dir, warmup, iters, profile, info, log
+            group, template, device, cache_dir, warmup, iters, profile, parts, info, log
         )
+        peak = report["flops"]["peak_for"][precision]
+        if info["status"] == "ok" and peak not in report["flops"]["peak_tflops"]:  # where a row needs it
+            report["flops"]["peak_tflops"][peak] = peak_tflops(device, peak)
+            log(f"   measured peak {peak}: {report['flops']['peak_tflops'][peak]['tflops']:.1f} TFLOP/s")
         summarize(report)
         if on_progress is not None:  # before the second-process probe, which takes a while
             on_progress(report)
@@ -132,6 +154,7 @@ def _measure_backend(
     warmup: int,
     iters: int,
     profile: bool,
+    parts: bool,
     info: dict,
     log: Callable[[str], None],
 ) -> list[dict]:
@@ -184,7 +207,64 @@ def _measure_backend(
             except Exception as err:  # the numbers above stand without the profile
                 logger.exception("profiling %s failed", group[0].label)
                 info["profile_error"] = f"{type(err).__name__}: {err}"
+        if parts:  # after the rows and the profile, so that their times and memory are the backend's own
+            _time_parts(group, rows, runner, device, warmup, min(iters, PART_CALLS), info, log)
     return rows
+
+
+def _time_parts(
+    group: list[BenchConfig],
+    rows: list[dict],
+    runner: Callable,
+    device: torch.device,
+    warmup: int,
+    iters: int,
+    info: dict,
+    log: Callable[[str], None],
+) -> None:
+    """Each part's time at each measured row's shape (``parts.time_parts``), as ``parts_ms``."""
+    found = _part_model(group[0].backend, runner)
+    if isinstance(found, str):
+        info["parts"] = found
+        log(f"   parts: {found}")
+        return
+    model, compiled, memory_format = found
+    info["parts"] = "torch.compile of each part, CUDA graphs on a GPU" if compiled else "eager"
+    dtype = next(model.parameters()).dtype
+    for config, measured in zip(group, rows, strict=True):
+        if measured["status"] != "ok":
+            continue
+        images, mask = example_inputs(padded_shape(config.shape) if compiled else config.shape, device, dtype)
+        try:
+            times = time_parts(
+                model, images.contiguous(memory_format=memory_format), mask,
+                compiled=compiled, warmup=warmup, iters=iters,
+            )  # fmt: skip
+        except Exception as err:  # the row's numbers stand without its parts
+            logger.exception("timing the parts of %s failed", config)
+            measured["parts_error"] = f"{type(err).__name__}: {err}"
+            continue
+        measured |= {"parts_ms": times, "parts_timed": info["parts"]}
+        log(
+            f"   parts at batch {config.batch} {config.height}x{config.width}: "
+            + ", ".join(f"{name} {ms:.2f} ms" for name, ms in times.items())
+        )
+
+
+def _part_model(backend: str, runner: Callable) -> tuple[AnchorDETR, bool, torch.memory_format] | str:
+    """(model, compiled, input memory format) for timing the parts of ``backend`` as ``runner`` runs
+    it, or why they are not timed. The inductor backend's prepared model is timed compiled part by
+    part, on channels_last images as the backend passes them."""
+    model = {
+        "eager-fp32": runner,
+        "eager": getattr(runner, "runner", None),
+        "inductor": getattr(getattr(runner, "runner", None), "model", None),
+    }.get(backend)
+    if not isinstance(model, AnchorDETR):
+        return f"not timed: {backend} runs the model as one compiled whole"
+    if backend == "inductor":
+        return model, True, torch.channels_last
+    return model, False, torch.contiguous_format
 
 
 def _build(

@@ -1,20 +1,37 @@
-"""The benchmark's report: speedups against the baselines, the fastest backend, the acceptance
-targets, a plain-text table, and the files (``bench.json``, ``bench.png``, ``profile.json/.txt``)."""
+"""The benchmark's report: speedups against the baselines, the fastest backend, the FLOP rates, the
+acceptance bars, a plain-text table, and the files (``bench.json``, ``bench.png``, ``profile.json/.txt``)."""
 
 import json
 import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .configs import BASELINES, PACKAGE_BACKENDS
 
-# Issue 5's bars, for R50-DC5 at 800x800 in FP16 on an H100.
-TARGETS = {
-    "variant": "r50-dc5",
-    "size": (800, 800),
-    "batch1_latency_ms": 3.0,
-    "batch8_throughput_img_s": 1200.0,
-}
+
+@dataclass(frozen=True)
+class Bar:
+    """An acceptance bar of ``issue``: at most ``limit`` ms median latency ("latency") or at least
+    ``limit`` img/s ("throughput"), for a package backend at ``precision`` and ``batch``."""
+
+    issue: int
+    name: str
+    precision: str
+    batch: int
+    metric: str
+    limit: float
+
+
+# Every acceptance bar, for R50-DC5 at 800x800 on an H100, each with the issue that set it.
+TARGET_VARIANT, TARGET_SIZE = "r50-dc5", (800, 800)
+BARS = (
+    Bar(8, "no regression at 800x800", "fp16", 1, "latency", 2.5),
+    Bar(8, "no regression at 800x800", "fp16", 8, "throughput", 950.0),
+    Bar(12, "close in on the hardware", "fp16", 1, "latency", 1.8),
+    Bar(12, "close in on the hardware", "fp16", 8, "throughput", 1500.0),
+    Bar(12, "fp8, if it passes accuracy", "fp8", 8, "throughput", 2000.0),
+)
 PLOT_NEEDS_MATPLOTLIB = "bench.png not drawn: it needs matplotlib, pip install 'anchordetr_trt[plot]'"
 
 
@@ -24,9 +41,12 @@ def row_shape(row: dict) -> tuple[int, int, int]:
 
 
 def summarize(report: dict) -> None:
-    """(Re)compute the speedups, the fastest backend and the target checks from the results so far."""
+    """(Re)compute the speedups, the fastest backend, the FLOP rates and the target checks from the
+    results so far."""
     add_speedups(report["results"])
     report["fastest"] = fastest(report["results"])
+    if "flops" in report:
+        report["flops"]["rows"] = flop_rates(report["results"], report["flops"])
     report["targets"] = targets(report["results"], report["settings"]["variant"])
 
 
@@ -63,44 +83,85 @@ def fastest(results: list[dict]) -> dict | None:
     }
 
 
+def flop_rates(results: list[dict], flops: dict) -> list[dict]:
+    """Per measured row: the achieved TFLOP/s (FLOPs per image x img/s) and its percentage of the
+    peak its precision is held to; per part where the row's parts were timed (``parts_ms``): each
+    part's time, share of the parts' time, TFLOP/s and percentage of the peak."""
+    per_image = {(e["batch"], e["height"], e["width"]): e["gflops"] for e in flops["per_image"]}
+    rates = []
+    for row in results:
+        gflops = per_image.get(row_shape(row))
+        if row["status"] != "ok" or gflops is None:
+            continue
+        peak_name = flops["peak_for"].get(row["precision"])
+        peak = flops["peak_tflops"].get(peak_name, {}).get("tflops")
+        entry = {
+            "label": row["label"], "backend": row["backend"], "precision": row["precision"],
+            "batch": row["batch"], "height": row["height"], "width": row["width"],
+            "gflops_per_image": gflops["total"], "peak": peak_name,
+            **_rate(gflops["total"] * row["throughput_img_s"], 1000.0, peak),
+        }  # fmt: skip
+        if "parts_ms" in row:
+            total_ms = sum(row["parts_ms"].values())
+            entry["parts_timed"] = row["parts_timed"]
+            entry["parts"] = {
+                name: {"ms": ms, "percent_of_time": 100 * ms / total_ms, **_rate(gflops[name] * row["batch"], ms, peak)}
+                for name, ms in row["parts_ms"].items()
+            }  # fmt: skip
+        rates.append(entry)
+    return rates
+
+
+def _rate(gflop: float, ms: float, peak: float | None) -> dict:
+    tflops = gflop / ms  # GFLOP per ms is TFLOP/s
+    return {"tflops": tflops, "percent_of_peak": 100 * tflops / peak if peak else None}
+
+
 def targets(results: list[dict], variant: str) -> dict:
-    """Issue 5's bars, checked for the package's backends where the measured config is the one they name."""
+    """Every bar of ``BARS``, checked for the package's backends where the measured config is the one
+    it names; each check names its issue."""
     checks = []
-    if variant == TARGETS["variant"]:
+    if variant == TARGET_VARIANT:
         for row in results:
             if (
                 row["status"] != "ok"
                 or row["backend"] in BASELINES
-                or (row["height"], row["width"]) != TARGETS["size"]
+                or (row["height"], row["width"]) != TARGET_SIZE
             ):
                 continue
-            if row["batch"] == 1:
-                value, bar = row["latency_ms"]["median"], TARGETS["batch1_latency_ms"]
-                checks.append({"label": row["label"], "metric": "batch-1 median latency (ms)", "value": value,
-                               "target": bar, "met": value <= bar})  # fmt: skip
-            if row["batch"] == 8:
-                value, bar = row["throughput_img_s"], TARGETS["batch8_throughput_img_s"]
-                checks.append({"label": row["label"], "metric": "batch-8 throughput (img/s)", "value": value,
-                               "target": bar, "met": value >= bar})  # fmt: skip
-    return {**TARGETS, "size": list(TARGETS["size"]), "checks": checks}
+            for bar in BARS:
+                if (bar.precision, bar.batch) != (row["precision"], row["batch"]):
+                    continue
+                if bar.metric == "latency":
+                    metric, value = f"batch-{bar.batch} median latency (ms)", row["latency_ms"]["median"]
+                    met = value <= bar.limit
+                else:
+                    metric, value = f"batch-{bar.batch} throughput (img/s)", row["throughput_img_s"]
+                    met = value >= bar.limit
+                checks.append({"issue": bar.issue, "bar": bar.name, "label": row["label"], "metric": metric,
+                               "value": value, "target": bar.limit, "met": met})  # fmt: skip
+    bars = [asdict(bar) for bar in BARS]
+    return {"variant": TARGET_VARIANT, "size": list(TARGET_SIZE), "bars": bars, "checks": checks}
 
 
 def format_table(report: dict) -> str:
     """A plain-text table of the results, one line per config."""
     header = ("backend", "batch", "size", "median ms", "p90 ms", "p99 ms", "img/s", "x eager32", "x t.compile",
-              "first call s", "peak MiB")  # fmt: skip
+              "TFLOP/s", "% peak", "first call s", "peak MiB")  # fmt: skip
+    rates = {_rate_key(r): r for r in report.get("flops", {}).get("rows", [])}
     lines = [header]
     for row in report["results"]:
         size = f"{row['height']}x{row['width']}"
         if row["status"] != "ok":
             lines.append((row["label"], str(row["batch"]), size, f"{row['status']}: {row['reason']}"))
             continue
-        lat, speed = row["latency_ms"], row.get("speedup", {})
+        lat, speed, rate = row["latency_ms"], row.get("speedup", {}), rates.get(_rate_key(row), {})
         lines.append((
             row["label"], str(row["batch"]), size, f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}",
             f"{row['throughput_img_s']:.1f}",
             *(f"{speed[b]['throughput']:.2f}" if b in speed else "-" for b in BASELINES),
-            f"{row['first_call_s']:.1f}", f"{row['peak_memory_mib']:.0f}" if "peak_memory_mib" in row else "-",
+            _tflops(rate.get("tflops")), _number(rate.get("percent_of_peak"), ".0f"),
+            f"{row['first_call_s']:.1f}", _number(row.get("peak_memory_mib"), ".0f"),
         ))  # fmt: skip
     widths = [max(len(line[i]) for line in lines if len(line) == len(header)) for i in range(len(header))]
     return "\n".join(
@@ -110,6 +171,48 @@ def format_table(report: dict) -> str:
         )
         for line in lines
     )
+
+
+def format_flops(report: dict) -> list[str]:
+    """Plain-text lines of the flops section: GFLOPs per image by part at each measured size, the
+    measured peaks, and each row's parts where they were timed."""
+    flops = report.get("flops")
+    if not flops:
+        return []
+    lines, sizes = [], set()
+    for entry in flops["per_image"]:  # sorted by shape: the smallest batch of each size
+        if (entry["height"], entry["width"]) not in sizes:
+            sizes.add((entry["height"], entry["width"]))
+            parts = ", ".join(f"{name} {gflops:.1f}" for name, gflops in entry["gflops"].items())
+            lines.append(
+                f"GFLOPs per image at {entry['height']}x{entry['width']} (batch {entry['batch']}): {parts}"
+            )
+    lines += [
+        f"measured peak {name}: {_tflops(peak['tflops'])} TFLOP/s ({peak['how']})"
+        for name, peak in flops["peak_tflops"].items()
+    ]
+    for rate in flops.get("rows", []):
+        if "parts" in rate:
+            parts = ", ".join(
+                f"{name} {p['ms']:.2f} ms {_tflops(p['tflops'])} TFLOP/s ({_number(p['percent_of_peak'], '.0f')}% of peak)"
+                for name, p in rate["parts"].items()
+            )
+            lines.append(
+                f"{rate['label']} batch {rate['batch']} {rate['height']}x{rate['width']} parts: {parts}"
+            )
+    return lines
+
+
+def _rate_key(row: dict) -> tuple:
+    return (row["backend"], row["precision"], row["batch"], row["height"], row["width"])
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _tflops(value: float | None) -> str:
+    return _number(value, ".1f" if value is not None and value >= 10 else ".3g")
 
 
 def save_benchmark(
