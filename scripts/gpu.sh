@@ -52,7 +52,7 @@ stage bench-ops 45 python3 scripts/bench_ops.py --out "$OUT"
 stage parity 90 python3 scripts/gpu_parity.py --out "$OUT"
 stage stream 560 python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 330 --commit "${GIT_COMMIT:-unknown}"
 # Last: its report is saved after each backend, so a cut-off run keeps what it measured.
-stage bench 560 python3 -m anchordetr_trt.cli bench --out "$OUT/bench" --cache-dir .cache/bench
+stage bench 560 python3 -m anchordetr_trt.cli bench --out "$OUT/bench" --cache-dir .cache/bench --parts
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
 stage train 480 python3 scripts/train_synthetic.py --out "$OUT" --budget-min 7.5
 stage accuracy 240 python3 scripts/gpu_accuracy.py --out "$OUT"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import anchordetr_trt as at
 from anchordetr_trt.backends.inductor_rewrites import (
-    conv_bias,
+    conv,
     conv_bias_add_relu,
     conv_bias_relu,
     rewrite_for_inductor,
@@ -41,17 +41,27 @@ def _conv_inputs(batch: int, kernel: int, stride: int, residual: bool):
 
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize(("kernel", "stride", "padding", "dilation"), CONVS.values(), ids=CONVS.keys())
-@pytest.mark.parametrize("op", [conv_bias, conv_bias_relu, conv_bias_add_relu], ids=lambda op: op._name)
+@pytest.mark.parametrize("op", [conv, conv_bias_relu, conv_bias_add_relu], ids=lambda op: op._name)
 def test_fake_outputs_match_real_ones_and_values_match_conv2d(op, kernel, stride, padding, dilation, batch):
     residual = op is conv_bias_add_relu
     if residual and dilation > 1:
         padding = kernel // 2  # the residual's size follows the undilated convolution
         dilation = 1
     x, weight, bias, extra = _conv_inputs(batch, kernel, stride, residual)
-    args = (x, weight, bias, *extra, [stride] * 2, [padding] * 2, [dilation] * 2)
+    if op is conv:
+        bias = None
+    args = (
+        x,
+        weight,
+        *([bias] if bias is not None else []),
+        *extra,
+        [stride] * 2,
+        [padding] * 2,
+        [dilation] * 2,
+    )
     torch.library.opcheck(op, args, test_utils=("test_faketensor",))
     expected = F.conv2d(x, weight, bias, stride, padding, dilation) + (extra[0] if residual else 0)
-    if op is not conv_bias:
+    if op is not conv:
         expected = expected.relu()
     out = op(*args)
     assert out.is_contiguous(memory_format=torch.channels_last)

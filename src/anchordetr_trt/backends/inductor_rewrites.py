@@ -4,6 +4,9 @@ tracing guards on the batch size.
 - Epilogues. Inductor runs a convolution through cuDNN and its epilogue (bias, residual add, ReLU) as
   a separate Triton kernel, one more pass over the largest activations of the model; cuDNN applies
   conv + bias + ReLU and conv + bias + residual + ReLU in the convolution itself.
+- Biases. A convolution's bias added on its own is one more pass over its output: the downsampling
+  shortcut's bias joins the residual convolution's, and the input projection's is added in the graph,
+  where Inductor fuses it into the GroupNorm.
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about
   the batch size, and ``F.group_norm`` checks that there is more than one value per channel (torch
   2.11): each puts a guard ``batch > 1`` on the graph, so batch 1 would compile a second graph
@@ -23,12 +26,11 @@ from torchvision.models.resnet import Bottleneck
 CHANNELS_LAST = torch.channels_last
 
 
-@torch.library.custom_op("anchordetr_cudnn::conv_bias", mutates_args=())
-def conv_bias(
-    x: Tensor, weight: Tensor, bias: Tensor, stride: list[int], padding: list[int], dilation: list[int]
-) -> Tensor:
-    """conv2d(x) + bias."""
-    return F.conv2d(x, weight, bias, stride, padding, dilation).contiguous(memory_format=CHANNELS_LAST)
+@torch.library.custom_op("anchordetr_cudnn::conv", mutates_args=())
+def conv(x: Tensor, weight: Tensor, stride: list[int], padding: list[int], dilation: list[int]) -> Tensor:
+    """conv2d(x), no bias: a bias added here would be one more pass over the output, which the graph
+    fuses into the next kernel, or the next convolution's epilogue takes."""
+    return F.conv2d(x, weight, None, stride, padding, dilation).contiguous(memory_format=CHANNELS_LAST)
 
 
 @torch.library.custom_op("anchordetr_cudnn::conv_bias_relu", mutates_args=())
@@ -71,8 +73,8 @@ def _conv_output(
     return x.new_empty((x.shape[0], weight.shape[0], *sizes)).contiguous(memory_format=CHANNELS_LAST)
 
 
-@conv_bias.register_fake
-def _(x, weight, bias, stride, padding, dilation):
+@conv.register_fake
+def _(x, weight, stride, padding, dilation):
     return _conv_output(x, weight, stride, padding, dilation)
 
 
@@ -93,7 +95,8 @@ def _conv_args(conv: nn.Conv2d) -> tuple:
 
 
 class Conv(nn.Module):
-    """``conv`` (with bias) through ``conv_bias``; ``weight`` stays reachable as on ``nn.Conv2d``."""
+    """``conv`` (with bias) as the ``conv`` op and the bias added in the graph, where Inductor fuses
+    it into the next kernel; ``weight`` stays reachable as on ``nn.Conv2d``."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
@@ -104,7 +107,8 @@ class Conv(nn.Module):
         return self.conv.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        return conv_bias(x, *_conv_args(self.conv))
+        weight, bias, stride, padding, dilation = _conv_args(self.conv)
+        return conv(x, weight, stride, padding, dilation) + bias[:, None, None]
 
 
 class ConvReLU(Conv):
@@ -116,18 +120,27 @@ class ConvReLU(Conv):
 
 class FusedBottleneck(nn.Module):
     """A ResNet bottleneck whose batch norms are folded: three convolutions, two of them with ReLU
-    and the last with the residual add and ReLU in its epilogue."""
+    and the last with the residual add and ReLU in its epilogue. A downsampling shortcut runs without
+    its bias, which joins the last convolution's (relu(conv3 + b3 + down + b_down)), so that no
+    kernel adds a bias to its output."""
 
     def __init__(self, block: Bottleneck):
         super().__init__()
         self.conv1, self.conv2, self.conv3 = ConvReLU(block.conv1), ConvReLU(block.conv2), block.conv3
-        self.downsample = None if block.downsample is None else Conv(block.downsample[0])
+        self.downsample = None if block.downsample is None else block.downsample[0]
+        bias = _conv_args(block.conv3)[1].detach()
+        if self.downsample is not None:
+            bias = bias + _conv_args(self.downsample)[1].detach()
+        self.register_buffer("bias", bias.clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        weight, bias, stride, padding, dilation = _conv_args(self.conv3)
+        identity = x
+        if self.downsample is not None:
+            weight, _, stride, padding, dilation = _conv_args(self.downsample)
+            identity = conv(x, weight, stride, padding, dilation)
+        weight, _, stride, padding, dilation = _conv_args(self.conv3)
         return conv_bias_add_relu(
-            self.conv2(self.conv1(x)), weight, bias, identity, stride, padding, dilation
+            self.conv2(self.conv1(x)), weight, self.bias, identity, stride, padding, dilation
         )
 
 
