@@ -52,15 +52,16 @@ def seconds_back_to_back(call: Callable[[], object], device: torch.device, iters
 
 
 def stats(latencies_ms: list[float]) -> dict[str, float]:
-    """Median, p90, p99, mean, min and count of ``latencies_ms``."""
+    """Median, p90, p99, mean, min and count of ``latencies_ms``, as plain Python numbers (numpy's
+    would reach bench.json as strings, through comparisons such as ``met``)."""
     values = np.asarray(latencies_ms, dtype=np.float64)
     median, p90, p99 = np.percentile(values, [50, 90, 99])
     return {
-        "median": median,
-        "p90": p90,
-        "p99": p99,
-        "mean": values.mean(),
-        "min": values.min(),
+        "median": float(median),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(values.mean()),
+        "min": float(values.min()),
         "n": len(values),
     }
 
