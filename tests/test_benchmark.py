@@ -243,6 +243,16 @@ def test_save_without_matplotlib_writes_json_and_says_how_to_get_the_png(
     assert lines == ["bench.png not drawn: it needs matplotlib, pip install 'anchordetr_trt[plot]'"]
 
 
+def test_save_writes_numpy_values_as_numbers_and_refuses_unknown_objects(made_up_report, tmp_path):
+    made_up_report["settings"] |= {"met": np.bool_(True), "median": np.float64(2.5), "cache_dir": tmp_path}
+    save_benchmark(made_up_report, tmp_path / "ok", log=None)
+    settings = json.loads((tmp_path / "ok" / "bench.json").read_text())["settings"]
+    assert settings["met"] is True and settings["median"] == 2.5 and settings["cache_dir"] == str(tmp_path)
+    made_up_report["settings"]["device"] = torch.device("cpu")
+    with pytest.raises(TypeError, match=r"bench\.json cannot hold device"):
+        save_benchmark(made_up_report, tmp_path / "bad", log=None)
+
+
 @pytest.mark.slow
 def test_second_process_runs_the_startup_entry_point(tmp_path):
     lines = []

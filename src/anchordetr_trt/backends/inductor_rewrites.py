@@ -122,25 +122,23 @@ class FusedBottleneck(nn.Module):
     """A ResNet bottleneck whose batch norms are folded: three convolutions, two of them with ReLU
     and the last with the residual add and ReLU in its epilogue. A downsampling shortcut runs without
     its bias, which joins the last convolution's (relu(conv3 + b3 + down + b_down)), so that no
-    kernel adds a bias to its output."""
+    kernel adds a bias to an activation; the two biases are summed at each call (a vector of a few
+    thousand values), so that loading new weights into the convolutions stays correct."""
 
     def __init__(self, block: Bottleneck):
         super().__init__()
         self.conv1, self.conv2, self.conv3 = ConvReLU(block.conv1), ConvReLU(block.conv2), block.conv3
         self.downsample = None if block.downsample is None else block.downsample[0]
-        bias = _conv_args(block.conv3)[1].detach()
-        if self.downsample is not None:
-            bias = bias + _conv_args(self.downsample)[1].detach()
-        self.register_buffer("bias", bias.clone())
 
     def forward(self, x: Tensor) -> Tensor:
+        weight, bias, stride, padding, dilation = _conv_args(self.conv3)
         identity = x
         if self.downsample is not None:
-            weight, _, stride, padding, dilation = _conv_args(self.downsample)
-            identity = conv(x, weight, stride, padding, dilation)
-        weight, _, stride, padding, dilation = _conv_args(self.conv3)
+            down_weight, down_bias, down_stride, down_padding, down_dilation = _conv_args(self.downsample)
+            identity = conv(x, down_weight, down_stride, down_padding, down_dilation)
+            bias = bias + down_bias
         return conv_bias_add_relu(
-            self.conv2(self.conv1(x)), weight, self.bias, identity, stride, padding, dilation
+            self.conv2(self.conv1(x)), weight, bias, identity, stride, padding, dilation
         )
 
 
@@ -164,6 +162,8 @@ def rewrite_for_inductor(model: nn.Module) -> nn.Module:
     convolution through the ops above (the ResNet trunk with its epilogues fused, and the input
     projection), and the input projection's GroupNorm as ``GroupNorm``. Works in place."""
     body = model.backbone.body
+    if isinstance(body.conv1, ConvReLU):
+        raise ValueError("the model is already rewritten for Inductor: rewrite a model only once")
     if not isinstance(body.bn1, nn.Identity):
         raise ValueError("fold the frozen batch norms first (anchordetr_trt.fold.fold_frozen_batchnorm)")
     body.conv1, body.relu = ConvReLU(body.conv1), nn.Identity()

@@ -26,7 +26,8 @@ from .parts import PARTS, split_forward
 
 COUNTED = (
     "torch.utils.flop_counter.FlopCounterMode over one forward (meta device, reference ops); "
-    "multiply-add = 2 FLOPs; convolutions, matmuls and attention only"
+    "multiply-add = 2 FLOPs; convolutions, matmuls and attention only; at each row's shape as given "
+    "(padded backends compute on sizes rounded up to 32, so their rates count the useful FLOPs)"
 )
 # Matmul size of the peak measurement: large enough to saturate a GPU's tensor cores; on the CPU
 # (a smoke run of the harness) small enough to take a fraction of a second.

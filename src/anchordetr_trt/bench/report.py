@@ -224,7 +224,7 @@ def save_benchmark(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "bench.json"]
-    written[0].write_text(json.dumps(report, indent=1, default=str))
+    written[0].write_text(json.dumps(report, indent=1, default=_json_value))
     try:
         from .plot import plot_benchmark
     except ImportError as err:
@@ -246,3 +246,13 @@ def save_benchmark(
         )
         written += [out_dir / "profile.json", out_dir / "profile.txt"]
     return written
+
+
+def _json_value(value: object) -> object:
+    # Numpy scalars as numbers and booleans, paths as strings; anything else is a bug to see, not a
+    # string to write (a numpy bool once reached bench.json as "True").
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"bench.json cannot hold {type(value).__name__}: {value!r}")
