@@ -202,8 +202,8 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     from ..export import example_inputs
 
     opt, largest = spec.padded_range[1], spec.padded_range[2][0]
-    runner._call_padded(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))
-    for _ in range(2):  # run, then capture
+    runner(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))  # the one trace
+    for _ in range(2):  # the optimization shape seen twice: its CUDA graph is captured
         runner(*example_inputs(opt, spec.device, spec.dtype))
     logger.info(
         "inductor: compiled for %s..%s in %.1f s", *spec.padded_range[::2], time.perf_counter() - start
