@@ -1,5 +1,6 @@
 """compile(): backend choice, precision and shape-range checks, and (on a GPU) parity with eager fp32."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,17 @@ def test_cuda_without_gpu_is_explained():
         at.compile(at.build_model(at.VARIANTS["r50-c5"]), device="cuda")
 
 
+def _keep_graph(graphs: list) -> Callable:
+    """A Dynamo backend that appends the graph to ``graphs`` and runs it as it is (no GPU here)."""
+    from torch._dynamo.aot_compile_types import GraphModuleSerializableCallable
+
+    def keep_graph(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return GraphModuleSerializableCallable(graph_module)
+
+    return keep_graph
+
+
 def test_inductor_traces_one_graph_for_batch_one_and_larger_batches():
     # The Dynamo graph the inductor backend compiles, counted without compiling it (no GPU here), first
     # traced at the range's largest batch as build() does: batch 1, other batches and every block count
@@ -85,11 +97,10 @@ def test_inductor_traces_one_graph_for_batch_one_and_larger_batches():
     # the GPU machine), so none may be left. What this cannot see: guards Inductor adds while lowering
     # (the GPU test below runs the real compile), and the Triton ops' fakes (reference ops here: the
     # fused ones would run their kernels in Triton's interpreter, minutes for a whole model).
-    model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-c5"]).eval()))
-    model = model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(False)
+    model = _rewritten_model()
     spec = CompileSpec("fp32", torch.device("cpu"), (1, 320, 320), (1, 320, 320), (4, 416, 416))
     graphs = []
-    runner = InductorRunner(model, spec, max_graphs=0, compiler=lambda gm, _: graphs.append(gm) or gm.forward)
+    runner = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph(graphs))
     for shape in [(4, 320, 352), (1, 384, 320), (2, 416, 416)]:
         images, mask = example_inputs(shape)
         out = runner(images, mask)
@@ -100,6 +111,41 @@ def test_inductor_traces_one_graph_for_batch_one_and_larger_batches():
     assert not guarding.intersection(targets)
     # Every convolution through the cuDNN ops: ResNet-50's stem, 48 and 4 shortcuts, and the projection.
     assert sum(target.startswith("anchordetr_cudnn.") for target in targets) == 54
+    # Each FFN's first linear layer and ReLU as one call (6 encoder and 6 decoder layers).
+    assert targets.count(str(torch._addmm_activation)) == 12
+
+
+def _rewritten_model():
+    model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-c5"]).eval()))
+    return model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(False)
+
+
+def test_inductor_saves_the_compiled_range_and_a_second_runner_loads_it(tmp_path, caplog):
+    # What a second process does with a warm cache_dir, in one process: a new runner on the same
+    # model and spec loads the saved function (no trace) and computes the same outputs at other shapes.
+    model, shapes = _rewritten_model(), [(2, 352, 320), (1, 320, 384)]
+    spec = CompileSpec("fp32", torch.device("cpu"), (1, 320, 320), (1, 320, 320), (2, 384, 384), tmp_path)
+    graphs = []
+    first = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph(graphs))
+    assert not first.load()
+    expected = [first(*example_inputs(shape)) for shape in shapes]
+    (saved,) = (tmp_path / "precompiled").iterdir()
+    assert first.compiles == 1 and len(graphs) == 1
+
+    second = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph(graphs))
+    assert second.load()
+    for shape, want in zip(shapes, expected, strict=True):
+        torch.testing.assert_close(second(*example_inputs(shape)), want, rtol=0, atol=0)
+    assert second.compiles == 0 and len(graphs) == 1
+
+    # Another range is another file; a damaged file is compiled again, with a warning, and replaced.
+    other = CompileSpec("fp32", torch.device("cpu"), (1, 320, 320), (1, 320, 320), (2, 416, 416), tmp_path)
+    assert not InductorRunner(model, other, compiler=_keep_graph(graphs)).load()
+    saved.write_bytes(saved.read_bytes()[:1000])
+    damaged = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph(graphs))
+    assert not damaged.load() and "compiling instead" in caplog.text
+    torch.testing.assert_close(damaged(*example_inputs(shapes[0])), expected[0], rtol=0, atol=0)
+    assert damaged.compiles == 1 and InductorRunner(model, spec, compiler=_keep_graph(graphs)).load()
 
 
 def test_pad_to_multiple_pads_bottom_right_as_masked_pixels():
@@ -117,9 +163,15 @@ def test_pad_to_multiple_pads_bottom_right_as_masked_pixels():
 
 @gpu
 @pytest.mark.gpu
-def test_inductor_fp16_matches_eager_fp32(dc5_weights):
+def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     reference = at.load_model(dc5_weights, variant="r50-dc5", device="cuda").set_fused_ops(False)
-    compiled = at.compile(dc5_weights, variant="r50-dc5", backend="inductor", max_shape=(2, 1344, 1344))
+    options = {
+        "variant": "r50-dc5",
+        "backend": "inductor",
+        "max_shape": (2, 1344, 1344),
+        "cache_dir": tmp_path,
+    }
+    compiled = at.compile(dc5_weights, **options)
     images, mask = example_inputs((1, 800, 800), "cuda")
     mask[:] = False
     with torch.no_grad():
@@ -139,6 +191,13 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights):
     assert compiled.runner.compiles == compiles
     with pytest.raises(at.InputError, match="outside the compiled range"):
         compiled(*example_inputs((3, 800, 800), "cuda"))
+
+    # A second compile() with the same cache_dir loads the saved function (as a second process does)
+    # and computes the same outputs.
+    again = at.compile(dc5_weights, **options)
+    assert again.runner.loaded and again.runner.compiles == 0
+    images, mask = example_inputs((2, 640, 1088), "cuda")
+    torch.testing.assert_close(again(images, mask), compiled(images, mask), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The "inductor" backend: one ``torch.compile`` of the model for the whole shape range, and CUDA
+"""The "inductor" backend: one compile of the model for the whole shape range, kept on disk, and CUDA
 graphs for the shapes that recur.
 
 Compiled once, inside ``compile()`` (``build``). Dynamo traces the model with batch, height / 32 and width / 32
@@ -7,6 +7,14 @@ width are known multiples of 32 and every size in the backbone is an exact expre
 (nothing to guard on). The model is first rewritten without the ops whose tracing guards on batch 1
 (``inductor_rewrites``), which would cost a second graph. Any padded shape in the spec's range then
 runs without compiling; the custom ops' Triton kernels do not specialize on sizes either.
+
+Kept on disk. The trace goes through Dynamo's precompile (``torch.compile(...).aot_compile``): the
+compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir`` (``precompiled/``),
+and a second process loads them instead of tracing and compiling again (3.4 s instead of ~20 s on the
+H100; Inductor's own caches alone still leave Dynamo's trace to redo). The file's name is a hash of
+everything the function depends on: this package's source, torch, triton, Python, the GPU, the model's
+configuration, the precision and the range. The weights are not in it: the function reads them from
+the model at each call.
 
 CUDA graphs where they pay. Batch 1 is launch bound (some 600 kernels), so a shape's second call
 captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the
@@ -17,9 +25,16 @@ activations plus ``max_graphs`` graphs' small static outputs and executables, wh
 """
 
 import collections
+import dataclasses
+import functools
+import hashlib
+import json
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.fx.experimental._config as fx_config
@@ -99,7 +114,10 @@ class _CapturedGraph:
 
 class InductorRunner(nn.Module):
     """The compiled model for every padded shape of ``spec``'s range: ``forward(images [B, 3, H, W],
-    mask [B, H, W])`` with H and W multiples of 32, in the spec's dtype and device."""
+    mask [B, H, W])`` with H and W multiples of 32, in the spec's dtype and device.
+
+    ``compiler`` is Dynamo's backend: Inductor unless given (tests pass one that returns the graph as
+    it is, as a ``SerializableCallable``, the kind of result a precompile needs)."""
 
     def __init__(
         self,
@@ -112,18 +130,15 @@ class InductorRunner(nn.Module):
         self.model = model
         self.spec = spec
         self.max_graphs = max_graphs
-        self.compiler = compiler or _compile_fx  # tests pass a compiler that only counts graphs
-        self.compiles = 0  # Dynamo graphs compiled: one for the whole range
-        self.compiled = torch.compile(_Unfolded(model), backend=self._compile, fullgraph=True, dynamic=False)
+        self.compiler = compiler
+        self.unfolded = _Unfolded(model)
+        self.compiles = 0  # functions compiled in this process: one for the whole range, none if loaded
+        self.loaded = False  # whether the function came from spec.cache_dir
+        # Compiled functions, tried in order: one, unless a shape ever fails its guards (a warning says so).
+        self.functions: list[Callable] = []
         self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
         self.seen: set[Shape] = set()
         self._capture_state: tuple | None = None  # made at the first capture
-
-    def _compile(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
-        self.compiles += 1
-        if self.compiles > 1:
-            logger.warning("inductor: compiling graph %d for the range (expected one)", self.compiles)
-        return self.compiler(graph_module, example_inputs)
 
     def forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         shape = (images.shape[0], images.shape[2], images.shape[3])
@@ -138,13 +153,89 @@ class InductorRunner(nn.Module):
 
     def _call_padded(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         images, mask = unfold(images, mask)
-        _mark_dynamic(images, mask, self.spec)  # read only when Dynamo traces
         with (
             torch.no_grad(),
-            fx_config.patch(backed_size_oblivious=True),
             torch.backends.cudnn.flags(enabled=True, benchmark=CUDNN_BENCHMARK, deterministic=False),
         ):
-            return self.compiled(images, mask)
+            for function in self.functions:
+                try:
+                    return function(self.unfolded, images, mask)
+                except RuntimeError as error:  # raised before anything runs; any other error goes up
+                    if not str(error).startswith(GUARD_FAILURE):
+                        raise
+            return self._compile(images, mask)(self.unfolded, images, mask)
+
+    def _compile(self, images: Tensor, mask: Tensor) -> Callable:
+        """Trace and compile the model on ``images`` and ``mask`` (unfolded), symbolic over the range."""
+        self.compiles += 1
+        if self.functions:
+            logger.warning(
+                "inductor: compiling again for shape %s, outside the guards of the range's function",
+                tuple(images.shape),
+            )
+        images, mask = images.view(images.shape), mask.view(mask.shape)  # marked for the trace only
+        _mark_dynamic(images, mask, self.spec)
+        with torch._dynamo.config.patch(enable_aot_compile=True):  # off by default in torch 2.11
+            compiled = torch.compile(
+                self.unfolded.forward,
+                backend=self.compiler or "inductor",
+                fullgraph=True,
+                dynamic=False,
+                options={"guard_filter_fn": _saved_guards},
+            )
+        with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+            function = compiled.aot_compile(((images, mask), {}))
+        if not self.functions:
+            self._save(function)
+        self.functions.append(function)
+        return function
+
+    def _saved_path(self) -> Path | None:
+        if self.spec.cache_dir is None:
+            return None
+        return (
+            self.spec.cache_dir
+            / "precompiled"
+            / f"inductor-{_precompile_key(self.model, self.spec, self.compiler)}.bin"
+        )
+
+    def load(self) -> bool:
+        """Load the range's function from ``spec.cache_dir`` if a process saved it there; True if loaded."""
+        path = self._saved_path()
+        if path is None or not path.is_file():
+            return False
+        start = time.perf_counter()
+        try:
+            with path.open("rb") as file:
+                function = torch.compiler.load_compiled_function(
+                    file, f_globals=_Unfolded.forward.__globals__
+                )
+        except Exception as error:  # truncated, or written by other code: compiling again is the remedy
+            logger.warning(
+                "inductor: cannot load %s (%s: %s); compiling instead", path, type(error).__name__, error
+            )
+            return False
+        self.functions.append(function)
+        self.loaded = True
+        logger.info(
+            "inductor: loaded the compiled range from %s in %.1f s", path, time.perf_counter() - start
+        )
+        return True
+
+    def _save(self, function) -> None:
+        path = self._saved_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        try:
+            function.save_compiled_function(str(partial))
+            os.replace(partial, path)  # whole or absent: another process may be loading it
+        except Exception as error:  # the function still runs in this process; the next one compiles again
+            partial.unlink(missing_ok=True)
+            logger.warning(
+                "inductor: cannot save the compiled range to %s (%s: %s)", path, type(error).__name__, error
+            )
 
     def _capture(self, shape: Shape) -> _CapturedGraph:
         start = time.perf_counter()
@@ -167,10 +258,50 @@ class InductorRunner(nn.Module):
         return graph
 
 
-def _compile_fx(graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
-    from torch._inductor.compile_fx import compile_fx
+# What a precompiled function raises when its guards reject the inputs (torch 2.11 to 2.14).
+GUARD_FAILURE = "GuardManager check failed"
 
-    return compile_fx(graph_module, example_inputs)
+
+def _saved_guards(guards: list) -> list[bool]:
+    """Dynamo's guard filter for a saved function: its default (no guards on globals, or of the kinds it
+    cannot save), and none on functions' default arguments, which torch 2.11 saves but cannot load
+    (DefaultsSource). Those defaults are this package's code, which the file name's hash covers."""
+    from torch._dynamo.guards import CheckFunctionManager
+
+    unsaved = CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES
+    return [
+        not (guard.is_global or guard.guard_type in unsaved or "defaults__" in guard.name) for guard in guards
+    ]
+
+
+def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | None) -> str:
+    """A hash of everything a saved function depends on, weights excepted (they are its inputs)."""
+    import triton
+
+    device = spec.device
+    parts = {
+        "source": _source_digest(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": list(sys.version_info[:2]),  # the function's bytecode is saved
+        "gpu": [torch.cuda.get_device_name(device), *torch.cuda.get_device_capability(device)]
+        if device.type == "cuda"
+        else device.type,
+        "config": dataclasses.asdict(model.config),
+        "precision": spec.precision,
+        "range": spec.padded_range,
+        "compiler": "inductor" if compiler is None else getattr(compiler, "__qualname__", repr(compiler)),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@functools.cache
+def _source_digest() -> str:
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:
@@ -187,9 +318,9 @@ def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:
 
 
 def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
-    """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range:
-    one trace at the range's largest batch and the optimization shape's height and width, then the
-    optimization shape's CUDA graph.
+    """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range, or
+    load the function a process saved in ``spec.cache_dir``: one trace at the range's largest batch and
+    the optimization shape's height and width, then the optimization shape's CUDA graph.
 
     Not traced at batch 1: Inductor then guards ``batch == 1`` while it lowers the graph, which breaks
     the one-graph range (measured on the H100, torch 2.11); traced at batch 8, the same graph served
@@ -202,10 +333,14 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     from ..export import example_inputs
 
     opt, largest = spec.padded_range[1], spec.padded_range[2][0]
-    runner(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))  # the one trace
+    if not runner.load():
+        runner(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))  # the one trace
     for _ in range(2):  # the optimization shape seen twice: its CUDA graph is captured
         runner(*example_inputs(opt, spec.device, spec.dtype))
     logger.info(
-        "inductor: compiled for %s..%s in %.1f s", *spec.padded_range[::2], time.perf_counter() - start
+        "inductor: %s for %s..%s in %.1f s",
+        "loaded" if runner.loaded else "compiled",
+        *spec.padded_range[::2],
+        time.perf_counter() - start,
     )
     return runner

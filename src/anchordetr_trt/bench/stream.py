@@ -207,7 +207,11 @@ def warm_run(args) -> dict:
     start = time.perf_counter()
     compiled, batches, compile_s = _compile(args.backend, args.precision, args.cache_dir, shapes)
     _pass(compiled, batches)
-    return {"compile_s": compile_s, "compile_to_last_output_s": time.perf_counter() - start}
+    return {
+        "compile_s": compile_s,
+        "compile_to_last_output_s": time.perf_counter() - start,
+        "loaded_compiled_range": getattr(compiled.runner, "loaded", None),
+    }
 
 
 def eager_run(args) -> dict:
