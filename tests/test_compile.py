@@ -138,6 +138,12 @@ def test_inductor_saves_the_compiled_range_and_a_second_runner_loads_it(tmp_path
         torch.testing.assert_close(second(*example_inputs(shape)), want, rtol=0, atol=0)
     assert second.compiles == 0 and len(graphs) == 1
 
+    # Inputs the range's guards reject (batch 3: beyond the range; compile() refuses them before the
+    # runner sees them) get a function of their own, with a warning, instead of an error.
+    beyond = example_inputs((3, 320, 320))
+    torch.testing.assert_close(second(*beyond), model(*beyond), rtol=1e-4, atol=1e-4)
+    assert second.compiles == 1 and len(second.functions) == 2 and "compiling a function for" in caplog.text
+
     # Another range is another file; a damaged file is compiled again, with a warning, and replaced.
     other = CompileSpec("fp32", torch.device("cpu"), (1, 320, 320), (1, 320, 320), (2, 416, 416), tmp_path)
     assert not InductorRunner(model, other, compiler=_keep_graph(graphs)).load()

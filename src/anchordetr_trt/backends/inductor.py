@@ -157,24 +157,32 @@ class InductorRunner(nn.Module):
             torch.no_grad(),
             torch.backends.cudnn.flags(enabled=True, benchmark=CUDNN_BENCHMARK, deterministic=False),
         ):
+            rejected = None
             for function in self.functions:
                 try:
                     return function(self.unfolded, images, mask)
                 except RuntimeError as error:  # raised before anything runs; any other error goes up
                     if not str(error).startswith(GUARD_FAILURE):
                         raise
-            return self._compile(images, mask)(self.unfolded, images, mask)
+                    rejected = str(error)
+            return self._compile(images, mask, rejected)(self.unfolded, images, mask)
 
-    def _compile(self, images: Tensor, mask: Tensor) -> Callable:
-        """Trace and compile the model on ``images`` and ``mask`` (unfolded), symbolic over the range."""
+    def _compile(self, images: Tensor, mask: Tensor, rejected: str | None = None) -> Callable:
+        """Trace and compile the model on ``images`` and ``mask`` (unfolded): symbolic over the range,
+        or, when the range's function ``rejected`` them, for their shape alone. A second symbolic trace
+        would start at this shape, which may be batch 1, and Inductor guards a batch-1 trace on
+        ``batch == 1``: it could not serve the range either."""
         self.compiles += 1
-        if self.functions:
-            logger.warning(
-                "inductor: compiling again for shape %s, outside the guards of the range's function",
-                tuple(images.shape),
-            )
         images, mask = images.view(images.shape), mask.view(mask.shape)  # marked for the trace only
-        _mark_dynamic(images, mask, self.spec)
+        if rejected is None:
+            _mark_dynamic(images, mask, self.spec)
+        else:
+            logger.warning(
+                "inductor: the compiled range's guards reject inputs %s (%s); compiling a function for "
+                "this shape alone (one more compile, as long as the first)",
+                tuple(images.shape),
+                rejected,
+            )
         with torch._dynamo.config.patch(enable_aot_compile=True):  # off by default in torch 2.11
             compiled = torch.compile(
                 self.unfolded.forward,

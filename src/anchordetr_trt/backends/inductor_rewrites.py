@@ -7,7 +7,7 @@ tracing guards on the batch size.
 - The FFN's first linear layer and its ReLU in one cuBLASLt call (bias and ReLU in the GEMM's
   epilogue). Inductor splits a linear layer whose output only feeds pointwise ops into a matmul and
   a Triton kernel for bias + ReLU: one more pass over the encoder's largest activation, 6 kernels
-  and 0.66 ms of a 28.8 ms batch-32 call at 800x800 (H100 profile, results/h100/profile.json).
+  and 0.66 ms of a 28.8 ms batch-32 call at 800x800 (H100 profile, results/h100/profile_3b3868f.json).
 - Biases. A convolution's bias added on its own is one more pass over its output: the downsampling
   shortcut's bias joins the residual convolution's, and the input projection's is added in the graph,
   where Inductor fuses it into the GroupNorm.
