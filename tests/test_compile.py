@@ -1,5 +1,8 @@
 """compile(): backend choice, precision and shape-range checks, and (on a GPU) parity with eager fp32."""
 
+import copy
+import dataclasses
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,38 +123,98 @@ def _rewritten_model():
     return model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(False)
 
 
-def test_inductor_saves_the_compiled_range_and_a_second_runner_loads_it(tmp_path, caplog):
-    # What a second process does with a warm cache_dir, in one process: a new runner on the same
-    # model and spec loads the saved function (no trace) and computes the same outputs at other shapes.
+@pytest.fixture(scope="module")
+def saved_range(tmp_path_factory):
+    """A runner's range compiled and saved in a cache_dir: (model, spec, shapes, outputs at shapes)."""
     model, shapes = _rewritten_model(), [(2, 352, 320), (1, 320, 384)]
-    spec = CompileSpec("fp32", torch.device("cpu"), (1, 320, 320), (1, 320, 320), (2, 384, 384), tmp_path)
-    graphs = []
-    first = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph(graphs))
+    spec = CompileSpec(
+        "fp32",
+        torch.device("cpu"),
+        (1, 320, 320),
+        (1, 320, 320),
+        (2, 384, 384),
+        tmp_path_factory.mktemp("cache"),
+    )
+    first = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph([]))
     assert not first.load()
-    expected = [first(*example_inputs(shape)) for shape in shapes]
-    (saved,) = (tmp_path / "precompiled").iterdir()
-    assert first.compiles == 1 and len(graphs) == 1
+    outputs = [first(*example_inputs(shape)) for shape in shapes]
+    assert first.compiles == 1 and len(list((spec.cache_dir / "precompiled").iterdir())) == 1
+    return model, spec, shapes, outputs
 
-    second = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph(graphs))
-    assert second.load()
-    for shape, want in zip(shapes, expected, strict=True):
-        torch.testing.assert_close(second(*example_inputs(shape)), want, rtol=0, atol=0)
-    assert second.compiles == 0 and len(graphs) == 1
 
-    # Inputs the range's guards reject (batch 3: beyond the range; compile() refuses them before the
-    # runner sees them) get a function of their own, with a warning, instead of an error.
+def _loaded_runner(model, spec) -> InductorRunner:
+    runner = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph([]))
+    assert runner.load()
+    return runner
+
+
+def test_a_second_runner_loads_the_saved_range_and_reads_the_weights_of_its_model(saved_range):
+    # What a second process does with a warm cache_dir: load the function (no trace) and run it on
+    # this model's weights, which the file does not hold.
+    model, spec, shapes, outputs = saved_range
+    second = _loaded_runner(model, spec)
+    for shape, expected in zip(shapes, outputs, strict=True):
+        torch.testing.assert_close(second(*example_inputs(shape)), expected, rtol=0, atol=0)
+    assert second.compiles == 0
+
+    other_weights = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in other_weights.parameters():
+            parameter.mul_(1.05)
+    third = _loaded_runner(other_weights, spec)
+    images, mask = example_inputs(shapes[0])
+    out = third(images, mask)
+    torch.testing.assert_close(out, other_weights(images, mask), rtol=1e-4, atol=1e-4)
+    assert third.compiles == 0 and not torch.allclose(out["pred_boxes"], outputs[0]["pred_boxes"])
+
+
+def test_inputs_the_saved_range_rejects_get_a_function_of_their_own(saved_range, caplog):
+    # Batch 3 is beyond the range (compile() refuses it before the runner sees it): it stands for
+    # inputs the guards reject, which get a function for their shape and a warning, not an error.
+    model, spec, _, _ = saved_range
+    runner = _loaded_runner(model, spec)
     beyond = example_inputs((3, 320, 320))
-    torch.testing.assert_close(second(*beyond), model(*beyond), rtol=1e-4, atol=1e-4)
-    assert second.compiles == 1 and len(second.functions) == 2 and "compiling a function for" in caplog.text
+    torch.testing.assert_close(runner(*beyond), model(*beyond), rtol=1e-4, atol=1e-4)
+    assert runner.compiles == 1 and len(runner.functions) == 2 and "compiling a function for" in caplog.text
 
-    # Another range is another file; a damaged file is compiled again, with a warning, and replaced.
-    other = CompileSpec("fp32", torch.device("cpu"), (1, 320, 320), (1, 320, 320), (2, 416, 416), tmp_path)
-    assert not InductorRunner(model, other, compiler=_keep_graph(graphs)).load()
+
+def test_changed_global_settings_compile_the_range_again_under_another_name(saved_range, caplog):
+    # Dynamo guards global settings (here torch's thread count, which torchrun sets to 1): a function
+    # compiled under others rejects every input, so the range is compiled again, once, and saved apart.
+    model, spec, shapes, outputs = saved_range
+    runner = _loaded_runner(model, spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        for shape, expected in zip(shapes, outputs, strict=True):  # other threads, other rounding
+            torch.testing.assert_close(runner(*example_inputs(shape)), expected, rtol=1e-5, atol=1e-5)
+        assert runner.compiles == 1 and "compiling a function for" not in caplog.text
+        assert len(list((spec.cache_dir / "precompiled").iterdir())) == 2
+        assert _loaded_runner(model, spec).compiles == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_saved_file_is_named_by_range_and_configuration(saved_range):
+    model, spec, _, _ = saved_range
+    other_range = CompileSpec(
+        "fp32", torch.device("cpu"), (1, 320, 320), (1, 320, 320), (2, 416, 416), spec.cache_dir
+    )
+    assert not InductorRunner(model, other_range, compiler=_keep_graph([])).load()
+    dc5 = fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-dc5"]).eval())
+    assert not InductorRunner(rewrite_for_inductor(dc5), spec, compiler=_keep_graph([])).load()
+
+
+def test_a_damaged_saved_file_is_compiled_again_and_replaced(saved_range, tmp_path, caplog):
+    model, spec, shapes, outputs = saved_range
+    shutil.copytree(spec.cache_dir / "precompiled", tmp_path / "precompiled")
+    spec = dataclasses.replace(spec, cache_dir=tmp_path)
+    saved = InductorRunner(model, spec, compiler=_keep_graph([]))._saved_path()
     saved.write_bytes(saved.read_bytes()[:1000])
-    damaged = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph(graphs))
+    damaged = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph([]))
     assert not damaged.load() and "compiling instead" in caplog.text
-    torch.testing.assert_close(damaged(*example_inputs(shapes[0])), expected[0], rtol=0, atol=0)
-    assert damaged.compiles == 1 and InductorRunner(model, spec, compiler=_keep_graph(graphs)).load()
+    torch.testing.assert_close(damaged(*example_inputs(shapes[0])), outputs[0], rtol=0, atol=0)
+    assert damaged.compiles == 1 and _loaded_runner(model, spec).compiles == 0
 
 
 def test_pad_to_multiple_pads_bottom_right_as_masked_pixels():
@@ -204,6 +267,14 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     assert again.runner.loaded and again.runner.compiles == 0
     images, mask = example_inputs((2, 640, 1088), "cuda")
     torch.testing.assert_close(again(images, mask), compiled(images, mask), rtol=0, atol=0)
+    # The file holds no weights: loaded for a model with other weights (logits moved by 1, beyond the
+    # fp16 tolerance of 0.15), it computes that model.
+    with torch.no_grad():
+        reference.transformer.class_embed[0].bias.add_(1.0)
+        expected = reference(images, mask)
+    other = at.compile(reference, **options)
+    assert other.runner.loaded
+    assert_detections_close(other(images, mask), expected, precision="fp16")
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,14 @@ runs without compiling; the custom ops' Triton kernels do not specialize on size
 
 Kept on disk. The trace goes through Dynamo's precompile (``torch.compile(...).aot_compile``): the
 compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir`` (``precompiled/``),
-and a second process loads them instead of tracing and compiling again (3.4 s instead of ~20 s on the
-H100; Inductor's own caches alone still leave Dynamo's trace to redo). The file's name is a hash of
-everything the function depends on: this package's source, torch, triton, Python, the GPU, the model's
-configuration, the precision and the range. The weights are not in it: the function reads them from
-the model at each call.
+and a second process loads them instead of tracing and compiling again (loading takes 3.4 s on the
+H100, and the cold stream's second process went from 21 s to 5.9 s; Inductor's own caches alone leave
+Dynamo's trace to redo). The file's name is a hash of everything the function depends on: the code a
+trace reaches, torch, triton, Python, the GPU and its index, torch's global settings that Dynamo guards
+(thread count, TF32 flags, ...), the model's configuration, the precision and the range. The weights
+are not in it: the function reads them from the model at each call. Each call runs the first function
+whose guards accept its inputs; if none does, the range is compiled again when the global settings
+have changed since, else a function is compiled for the shape alone, with a warning.
 
 CUDA graphs where they pay. Batch 1 is launch bound (some 600 kernels), so a shape's second call
 captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the
@@ -28,10 +31,12 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +45,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 
+from ..errors import AnchorDETRError
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
 from .inductor_rewrites import rewrite_for_inductor
 
@@ -47,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 PADDED = True
 MAX_GRAPHS = 32
+MAX_FUNCTIONS = 8  # compiled functions of one runner: one for the range, the rest a sign that settings change
 # cuDNN's autotuning times every algorithm of every convolution at each new shape (seconds per shape);
 # its heuristics choose at once. Measured choice: see the README's speed section.
 CUDNN_BENCHMARK = False
@@ -134,8 +141,10 @@ class InductorRunner(nn.Module):
         self.unfolded = _Unfolded(model)
         self.compiles = 0  # functions compiled in this process: one for the whole range, none if loaded
         self.loaded = False  # whether the function came from spec.cache_dir
-        # Compiled functions, tried in order: one, unless a shape ever fails its guards (a warning says so).
+        # Compiled functions, tried in order: one, unless inputs fail its guards (a warning says so).
         self.functions: list[Callable] = []
+        self._range_states: set[str] = set()  # global settings the range was compiled or loaded under
+        self._range_function: Callable | None = None  # the latest of them
         self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
         self.seen: set[Shape] = set()
         self._capture_state: tuple | None = None  # made at the first capture
@@ -157,32 +166,56 @@ class InductorRunner(nn.Module):
             torch.no_grad(),
             torch.backends.cudnn.flags(enabled=True, benchmark=CUDNN_BENCHMARK, deterministic=False),
         ):
-            rejected = None
-            for function in self.functions:
-                try:
-                    return function(self.unfolded, images, mask)
-                except RuntimeError as error:  # raised before anything runs; any other error goes up
-                    if not str(error).startswith(GUARD_FAILURE):
-                        raise
-                    rejected = str(error)
-            return self._compile(images, mask, rejected)(self.unfolded, images, mask)
+            return self._function_for(images, mask)(self.unfolded, images, mask)
 
-    def _compile(self, images: Tensor, mask: Tensor, rejected: str | None = None) -> Callable:
-        """Trace and compile the model on ``images`` and ``mask`` (unfolded): symbolic over the range,
-        or, when the range's function ``rejected`` them, for their shape alone. A second symbolic trace
-        would start at this shape, which may be batch 1, and Inductor guards a batch-1 trace on
-        ``batch == 1``: it could not serve the range either."""
-        self.compiles += 1
-        images, mask = images.view(images.shape), mask.view(mask.shape)  # marked for the trace only
-        if rejected is None:
-            _mark_dynamic(images, mask, self.spec)
-        else:
-            logger.warning(
-                "inductor: the compiled range's guards reject inputs %s (%s); compiling a function for "
-                "this shape alone (one more compile, as long as the first)",
-                tuple(images.shape),
-                rejected,
+    def _function_for(self, images: Tensor, mask: Tensor) -> Callable:
+        """The first compiled function whose guards accept ``images`` and ``mask`` (unfolded), compiling
+        one if none does: the range's function if none was compiled under the global settings of now
+        (grad mode, TF32 flags, threads: Dynamo guards them), else one for this shape alone."""
+        for function in self.functions:
+            if function.guard_check(self.unfolded, images, mask):
+                return function
+        if len(self.functions) >= MAX_FUNCTIONS:
+            raise AnchorDETRError(
+                f"inductor: {len(self.functions)} compiled functions reject inputs {tuple(images.shape)} "
+                f"({_rejection(self._range_function, self.unfolded, images, mask)}); keep torch's global "
+                "settings (TF32 flags, torch.set_num_threads, autocast) as they were at compile(), or compile again"
             )
+        if _global_state() not in self._range_states:
+            function = self.compile_range()
+            if function.guard_check(self.unfolded, images, mask):
+                return function
+        logger.warning(
+            "inductor: the compiled range's guards reject inputs %s (%s); compiling a function for this "
+            "shape alone (one more compile, as long as the first)",
+            tuple(images.shape),
+            _rejection(self._range_function, self.unfolded, images, mask),
+        )
+        return self._compile(images, mask, symbolic=False)
+
+    def compile_range(self) -> Callable:
+        """Trace and compile the range's function at the range's largest batch and the optimization
+        shape's height and width, and save it in ``spec.cache_dir``.
+
+        Not traced at batch 1: Inductor then guards ``batch == 1`` while it lowers the graph, which
+        breaks the one-graph range (measured on the H100, torch 2.11); traced at batch 8, the same graph
+        served batches 1 to 8 over 2,000 random shapes."""
+        from ..export import example_inputs
+
+        (_, height, width), largest = self.spec.padded_range[1], self.spec.padded_range[2][0]
+        images, mask = unfold(*example_inputs((largest, height, width), self.spec.device, self.spec.dtype))
+        function = self._range_function = self._compile(images, mask, symbolic=True)
+        self._range_states.add(_global_state())
+        self._save(function)
+        return function
+
+    def _compile(self, images: Tensor, mask: Tensor, symbolic: bool) -> Callable:
+        """Trace and compile the model on ``images`` and ``mask`` (unfolded): symbolic over the range,
+        or for their shape alone."""
+        self.compiles += 1
+        if symbolic:
+            images, mask = images.view(images.shape), mask.view(mask.shape)  # marked for the trace only
+            _mark_dynamic(images, mask, self.spec)
         with torch._dynamo.config.patch(enable_aot_compile=True):  # off by default in torch 2.11
             compiled = torch.compile(
                 self.unfolded.forward,
@@ -193,8 +226,6 @@ class InductorRunner(nn.Module):
             )
         with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
             function = compiled.aot_compile(((images, mask), {}))
-        if not self.functions:
-            self._save(function)
         self.functions.append(function)
         return function
 
@@ -224,23 +255,28 @@ class InductorRunner(nn.Module):
             )
             return False
         self.functions.append(function)
+        self._range_function = function
+        self._range_states.add(_global_state())  # the file's name says it was compiled under them
         self.loaded = True
         logger.info(
             "inductor: loaded the compiled range from %s in %.1f s", path, time.perf_counter() - start
         )
         return True
 
-    def _save(self, function) -> None:
+    def _save(self, function: Callable) -> None:
         path = self._saved_path()
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial = None
         try:
-            function.save_compiled_function(str(partial))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
+            os.close(handle)
+            function.save_compiled_function(partial)
             os.replace(partial, path)  # whole or absent: another process may be loading it
         except Exception as error:  # the function still runs in this process; the next one compiles again
-            partial.unlink(missing_ok=True)
+            if partial is not None:
+                Path(partial).unlink(missing_ok=True)
             logger.warning(
                 "inductor: cannot save the compiled range to %s (%s: %s)", path, type(error).__name__, error
             )
@@ -266,8 +302,20 @@ class InductorRunner(nn.Module):
         return graph
 
 
-# What a precompiled function raises when its guards reject the inputs (torch 2.11 to 2.14).
-GUARD_FAILURE = "GuardManager check failed"
+def _rejection(function, *args) -> str:
+    """Why ``function``'s guards reject ``args``: the message its call raises before it runs anything."""
+    try:
+        function(*args)
+    except RuntimeError as error:
+        return str(error)
+    return "no guard failed"
+
+
+def _global_state() -> str:
+    """The global settings Dynamo's global-state guard compares (grad mode here: no_grad, as at every
+    call), serialized."""
+    with torch.no_grad():
+        return torch._C._dynamo.guards.GlobalStateGuard().__getstate__()
 
 
 def _saved_guards(guards: list) -> list[bool]:
@@ -284,17 +332,17 @@ def _saved_guards(guards: list) -> list[bool]:
 
 def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | None) -> str:
     """A hash of everything a saved function depends on, weights excepted (they are its inputs)."""
-    import triton
-
     device = spec.device
     parts = {
         "source": _source_digest(),
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": _version("triton"),
         "python": list(sys.version_info[:2]),  # the function's bytecode is saved
-        "gpu": [torch.cuda.get_device_name(device), *torch.cuda.get_device_capability(device)]
+        # The device index too: tensor guards check it, so a function of cuda:0 rejects cuda:1's inputs.
+        "gpu": [str(device), torch.cuda.get_device_name(device), *torch.cuda.get_device_capability(device)]
         if device.type == "cuda"
         else device.type,
+        "global_state": _global_state(),
         "config": dataclasses.asdict(model.config),
         "precision": spec.precision,
         "range": spec.padded_range,
@@ -303,12 +351,24 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 @functools.cache
 def _source_digest() -> str:
-    package = Path(__file__).resolve().parents[1]
+    """A hash of the code a trace can reach: the package and its custom ops, whose folder is not
+    inside the package's in an editable install."""
+    from .. import custom_ops
+
+    roots = {Path(__file__).resolve().parents[1], *(Path(root).resolve() for root in custom_ops.__path__)}
+    files = {path for root in roots for path in root.rglob("*.py")}
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted(files):
+        digest.update(path.as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -327,12 +387,8 @@ def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:
 
 def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range, or
-    load the function a process saved in ``spec.cache_dir``: one trace at the range's largest batch and
-    the optimization shape's height and width, then the optimization shape's CUDA graph.
-
-    Not traced at batch 1: Inductor then guards ``batch == 1`` while it lowers the graph, which breaks
-    the one-graph range (measured on the H100, torch 2.11); traced at batch 8, the same graph served
-    batches 1 to 8 over 1771 random shapes."""
+    load the function a process saved in ``spec.cache_dir``; then capture the optimization shape's
+    CUDA graph."""
     rewrite_for_inductor(model)
     model = model.to(device=spec.device, dtype=spec.dtype, memory_format=torch.channels_last)
     model = model.eval().requires_grad_(False).set_fused_ops(True)
@@ -342,7 +398,10 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
 
     opt, largest = spec.padded_range[1], spec.padded_range[2][0]
     if not runner.load():
-        runner(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))  # the one trace
+        runner.compile_range()
+        # The first run tunes Inductor's kernels, at the shape of the trace as measured (a loaded
+        # function finds their tuning in the cache).
+        runner(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))
     for _ in range(2):  # the optimization shape seen twice: its CUDA graph is captured
         runner(*example_inputs(opt, spec.device, spec.dtype))
     logger.info(
