@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one call (`make gpu`), on a machine with torch preinstalled and no
 # network. Results land in $OUT (default out/gpu): summary.txt, gpu.log, gpu_tests.xml, check.json, bench_ops.json,
-# bench.json, bench.png, stream.json, parity.json, parity.md, train.json, accuracy.json, accuracy.md. Each stage has its own time limit, cut to what is left
+# bench/ (bench.json, bench.png, profile), parts/ (per-part TFLOP/s), stream.json, parity.json, parity.md, train.json,
+# accuracy.json, accuracy.md. Each stage has its own time limit, cut to what is left
 # of GPU_BUDGET_S (default 575 s, one call of the GPU machine this project was built on: raise it where
 # there is no such limit); a stage that fails does not stop the next one.
 # STAGES="tests bench" runs a subset (e.g. to finish on a second call; the compile cache is kept).
@@ -28,7 +29,7 @@ fi
 
 : > "$OUT/summary.txt"
 BUDGET=${GPU_BUDGET_S:-575}
-STAGES=${STAGES:-info tests check bench-ops parity stream bench train accuracy}
+STAGES=${STAGES:-info tests check bench-ops parity stream bench parts train accuracy}
 stage() {  # stage NAME SECONDS COMMAND...
     local name=$1 limit=$2 start=$SECONDS
     shift 2
@@ -52,7 +53,10 @@ stage bench-ops 45 python3 scripts/bench_ops.py --out "$OUT"
 stage parity 90 python3 scripts/gpu_parity.py --out "$OUT"
 stage stream 560 python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 330 --commit "${GIT_COMMIT:-unknown}"
 # Last: its report is saved after each backend, so a cut-off run keeps what it measured.
-stage bench 560 python3 -m anchordetr_trt.cli bench --out "$OUT/bench" --cache-dir .cache/bench --parts
+stage bench 560 python3 -m anchordetr_trt.cli bench --out "$OUT/bench" --cache-dir .cache/bench
+# The per-part TFLOP/s (a compile of each part): with the baselines they overrun one 10-minute call.
+stage parts 560 python3 -m anchordetr_trt.cli bench --out "$OUT/parts" --cache-dir .cache/bench --parts \
+    --backends inductor --batch 8 --no-startup
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
 stage train 480 python3 scripts/train_synthetic.py --out "$OUT" --budget-min 7.5
 stage accuracy 240 python3 scripts/gpu_accuracy.py --out "$OUT"

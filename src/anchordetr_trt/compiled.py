@@ -105,9 +105,10 @@ def compile(
     first of these that runs here; the choice and its reason are logged). Shapes are (batch, height,
     width): one compiled module serves every input within [min_shape, max_shape] and is tuned for
     opt_shape. ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one,
-    on the CPU). ``cache_dir`` keeps compiled artifacts so that a second process starts fast; it
-    points Inductor and Triton at that folder for the rest of the process (TORCHINDUCTOR_CACHE_DIR,
-    TRITON_CACHE_DIR), since they compile lazily and must find it later.
+    on the CPU). ``cache_dir`` keeps compiled artifacts so that a second process starts fast (the
+    inductor backend's compiled function, the tensorrt backend's module); it also points Inductor and
+    Triton at that folder for the rest of the process (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR),
+    since they compile lazily and must find it later.
     """
     device = check_device(device) if device is not None else resolve_device(None)
     spec = CompileSpec(
