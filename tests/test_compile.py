@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from official import fixture_state_dict
 
 import anchordetr_trt as at
+from anchordetr_trt.backends import inductor
 from anchordetr_trt.backends.inductor import InductorRunner
 from anchordetr_trt.backends.inductor_rewrites import rewrite_for_inductor
 from anchordetr_trt.compiled import pad_to_multiple
@@ -172,24 +173,34 @@ def test_inputs_the_saved_range_rejects_get_a_function_of_their_own(saved_range,
     # Batch 3 is beyond the range (compile() refuses it before the runner sees it): it stands for
     # inputs the guards reject, which get a function for their shape and a warning, not an error.
     model, spec, _, _ = saved_range
-    runner = _loaded_runner(model, spec)
+    runner, saved = _loaded_runner(model, spec), sorted((spec.cache_dir / "precompiled").iterdir())
     beyond = example_inputs((3, 320, 320))
     torch.testing.assert_close(runner(*beyond), model(*beyond), rtol=1e-4, atol=1e-4)
     assert runner.compiles == 1 and len(runner.functions) == 2 and "compiling a function for" in caplog.text
+    assert sorted((spec.cache_dir / "precompiled").iterdir()) == saved  # a shape's function is not saved
+
+
+def test_inputs_no_function_accepts_run_uncompiled_past_the_limit(saved_range, monkeypatch, caplog):
+    model, spec, _, _ = saved_range
+    monkeypatch.setattr(inductor, "MAX_FUNCTIONS", 1)
+    runner = _loaded_runner(model, spec)
+    beyond = example_inputs((3, 320, 320))
+    torch.testing.assert_close(runner(*beyond), model(*beyond), rtol=1e-4, atol=1e-4)
+    assert runner.compiles == 0 and "running the model uncompiled" in caplog.text
 
 
 def test_changed_global_settings_compile_the_range_again_under_another_name(saved_range, caplog):
     # Dynamo guards global settings (here torch's thread count, which torchrun sets to 1): a function
     # compiled under others rejects every input, so the range is compiled again, once, and saved apart.
     model, spec, shapes, outputs = saved_range
-    runner = _loaded_runner(model, spec)
+    runner, saved = _loaded_runner(model, spec), len(list((spec.cache_dir / "precompiled").iterdir()))
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
         for shape, expected in zip(shapes, outputs, strict=True):  # other threads, other rounding
             torch.testing.assert_close(runner(*example_inputs(shape)), expected, rtol=1e-5, atol=1e-5)
         assert runner.compiles == 1 and "compiling a function for" not in caplog.text
-        assert len(list((spec.cache_dir / "precompiled").iterdir())) == 2
+        assert len(list((spec.cache_dir / "precompiled").iterdir())) == saved + 1
         assert _loaded_runner(model, spec).compiles == 0
     finally:
         torch.set_num_threads(threads)
@@ -197,19 +208,26 @@ def test_changed_global_settings_compile_the_range_again_under_another_name(save
 
 def test_the_saved_file_is_named_by_range_and_configuration(saved_range):
     model, spec, _, _ = saved_range
+    name = _saved_path(model, spec).name
     other_range = CompileSpec(
         "fp32", torch.device("cpu"), (1, 320, 320), (1, 320, 320), (2, 416, 416), spec.cache_dir
     )
+    assert _saved_path(model, other_range).name != name
     assert not InductorRunner(model, other_range, compiler=_keep_graph([])).load()
-    dc5 = fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-dc5"]).eval())
-    assert not InductorRunner(rewrite_for_inductor(dc5), spec, compiler=_keep_graph([])).load()
+    dc5 = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-dc5"]).eval()))
+    assert _saved_path(dc5, spec).name != name
+    assert not InductorRunner(dc5, spec, compiler=_keep_graph([])).load()
+
+
+def _saved_path(model, spec) -> Path:
+    return InductorRunner(model, spec, compiler=_keep_graph([]))._saved_path(inductor._global_state())
 
 
 def test_a_damaged_saved_file_is_compiled_again_and_replaced(saved_range, tmp_path, caplog):
     model, spec, shapes, outputs = saved_range
     shutil.copytree(spec.cache_dir / "precompiled", tmp_path / "precompiled")
     spec = dataclasses.replace(spec, cache_dir=tmp_path)
-    saved = InductorRunner(model, spec, compiler=_keep_graph([]))._saved_path()
+    saved = _saved_path(model, spec)
     saved.write_bytes(saved.read_bytes()[:1000])
     damaged = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph([]))
     assert not damaged.load() and "compiling instead" in caplog.text

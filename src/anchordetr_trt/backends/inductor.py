@@ -14,10 +14,12 @@ and a second process loads them instead of tracing and compiling again (loading 
 H100, and the cold stream's second process went from 21 s to 5.9 s; Inductor's own caches alone leave
 Dynamo's trace to redo). The file's name is a hash of everything the function depends on: the code a
 trace reaches, torch, triton, Python, the GPU and its index, torch's global settings that Dynamo guards
-(thread count, TF32 flags, ...), the model's configuration, the precision and the range. The weights
-are not in it: the function reads them from the model at each call. Each call runs the first function
-whose guards accept its inputs; if none does, the range is compiled again when the global settings
-have changed since, else a function is compiled for the shape alone, with a warning.
+(thread count, cuBLAS TF32 and reduced-precision flags, autocast), the model's configuration, the
+precision and the range. The weights are not in it: the function reads them from the model at each
+call. Each uncaptured call runs the first function whose guards accept its inputs; if none does, the
+range is compiled again when the global settings have changed since, else a function is compiled for
+the shape alone, with a warning (past ``MAX_FUNCTIONS``, the model runs uncompiled). A captured shape
+replays its CUDA graph whatever the settings.
 
 CUDA graphs where they pay. Batch 1 is launch bound (some 600 kernels), so a shape's second call
 captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the
@@ -45,7 +47,6 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 
-from ..errors import AnchorDETRError
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
 from .inductor_rewrites import rewrite_for_inductor
 
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 PADDED = True
 MAX_GRAPHS = 32
-MAX_FUNCTIONS = 8  # compiled functions of one runner: one for the range, the rest a sign that settings change
+MAX_FUNCTIONS = 8  # compiled functions of one runner: one for the range; more say that settings change
 # cuDNN's autotuning times every algorithm of every convolution at each new shape (seconds per shape);
 # its heuristics choose at once. Measured choice: see the README's speed section.
 CUDNN_BENCHMARK = False
@@ -171,27 +172,32 @@ class InductorRunner(nn.Module):
     def _function_for(self, images: Tensor, mask: Tensor) -> Callable:
         """The first compiled function whose guards accept ``images`` and ``mask`` (unfolded), compiling
         one if none does: the range's function if none was compiled under the global settings of now
-        (grad mode, TF32 flags, threads: Dynamo guards them), else one for this shape alone."""
+        (thread count, cuBLAS TF32 and reduced-precision flags, autocast: Dynamo guards them), else one
+        for this shape alone. Past ``MAX_FUNCTIONS``, the model runs uncompiled for such inputs."""
         for function in self.functions:
             if function.guard_check(self.unfolded, images, mask):
                 return function
-        if len(self.functions) >= MAX_FUNCTIONS:
-            raise AnchorDETRError(
-                f"inductor: {len(self.functions)} compiled functions reject inputs {tuple(images.shape)} "
-                f"({_rejection(self._range_function, self.unfolded, images, mask)}); keep torch's global "
-                "settings (TF32 flags, torch.set_num_threads, autocast) as they were at compile(), or compile again"
-            )
-        if _global_state() not in self._range_states:
+        if len(self.functions) < MAX_FUNCTIONS and _global_state() not in self._range_states:
             function = self.compile_range()
             if function.guard_check(self.unfolded, images, mask):
                 return function
+        reason = _rejection(self._range_function, self.unfolded, images, mask)
+        if len(self.functions) < MAX_FUNCTIONS:
+            logger.warning(
+                "inductor: the compiled range's guards reject inputs %s (%s); compiling a function for "
+                "this shape alone (one more compile, as long as the first)",
+                tuple(images.shape),
+                reason,
+            )
+            return self._compile(images, mask, symbolic=False)
         logger.warning(
-            "inductor: the compiled range's guards reject inputs %s (%s); compiling a function for this "
-            "shape alone (one more compile, as long as the first)",
+            "inductor: %d compiled functions and none accepts inputs %s (%s); running the model "
+            "uncompiled for them (keep torch's global settings as they were at compile(), or compile again)",
+            len(self.functions),
             tuple(images.shape),
-            _rejection(self._range_function, self.unfolded, images, mask),
+            reason,
         )
-        return self._compile(images, mask, symbolic=False)
+        return _uncompiled
 
     def compile_range(self) -> Callable:
         """Trace and compile the range's function at the range's largest batch and the optimization
@@ -204,9 +210,10 @@ class InductorRunner(nn.Module):
 
         (_, height, width), largest = self.spec.padded_range[1], self.spec.padded_range[2][0]
         images, mask = unfold(*example_inputs((largest, height, width), self.spec.device, self.spec.dtype))
+        state = _global_state()  # what the function's guards will compare, read before tracing
         function = self._range_function = self._compile(images, mask, symbolic=True)
-        self._range_states.add(_global_state())
-        self._save(function)
+        self._range_states.add(state)
+        self._save(function, state)
         return function
 
     def _compile(self, images: Tensor, mask: Tensor, symbolic: bool) -> Callable:
@@ -229,18 +236,17 @@ class InductorRunner(nn.Module):
         self.functions.append(function)
         return function
 
-    def _saved_path(self) -> Path | None:
+    def _saved_path(self, state: str) -> Path | None:
+        """Where the range's function compiled under global settings ``state`` is saved, if anywhere."""
         if self.spec.cache_dir is None:
             return None
-        return (
-            self.spec.cache_dir
-            / "precompiled"
-            / f"inductor-{_precompile_key(self.model, self.spec, self.compiler)}.bin"
-        )
+        key = _precompile_key(self.model, self.spec, self.compiler, state)
+        return self.spec.cache_dir / "precompiled" / f"inductor-{key}.bin"
 
     def load(self) -> bool:
         """Load the range's function from ``spec.cache_dir`` if a process saved it there; True if loaded."""
-        path = self._saved_path()
+        state = _global_state()
+        path = self._saved_path(state)
         if path is None or not path.is_file():
             return False
         start = time.perf_counter()
@@ -256,15 +262,15 @@ class InductorRunner(nn.Module):
             return False
         self.functions.append(function)
         self._range_function = function
-        self._range_states.add(_global_state())  # the file's name says it was compiled under them
+        self._range_states.add(state)  # the file's name says it was compiled under them
         self.loaded = True
         logger.info(
             "inductor: loaded the compiled range from %s in %.1f s", path, time.perf_counter() - start
         )
         return True
 
-    def _save(self, function: Callable) -> None:
-        path = self._saved_path()
+    def _save(self, function: Callable, state: str) -> None:
+        path = self._saved_path(state)
         if path is None:
             return
         partial = None
@@ -273,6 +279,7 @@ class InductorRunner(nn.Module):
             handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
             os.close(handle)
             function.save_compiled_function(partial)
+            os.chmod(partial, 0o666 & ~_umask())  # as open() would create it: mkstemp's is private
             os.replace(partial, path)  # whole or absent: another process may be loading it
         except Exception as error:  # the function still runs in this process; the next one compiles again
             if partial is not None:
@@ -300,6 +307,16 @@ class InductorRunner(nn.Module):
         graph = self.graphs[shape] = _CapturedGraph(self._call_padded, images, mask, pool, warmup_stream)
         logger.info("inductor: captured a CUDA graph for %s in %.2f s", shape, time.perf_counter() - start)
         return graph
+
+
+def _uncompiled(unfolded: nn.Module, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    return unfolded(images, mask)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _rejection(function, *args) -> str:
@@ -330,9 +347,12 @@ def _saved_guards(guards: list) -> list[bool]:
     ]
 
 
-def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | None) -> str:
-    """A hash of everything a saved function depends on, weights excepted (they are its inputs)."""
+def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | None, state: str) -> str:
+    """A hash of everything a saved function depends on, weights excepted (they are its inputs), under
+    global settings ``state``."""
     device = spec.device
+    if device.type == "cuda" and device.index is None:  # "cuda" is the current GPU, which tensor guards name
+        device = torch.device("cuda", torch.cuda.current_device())
     parts = {
         "source": _source_digest(),
         "torch": torch.__version__,
@@ -342,7 +362,7 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
         "gpu": [str(device), torch.cuda.get_device_name(device), *torch.cuda.get_device_capability(device)]
         if device.type == "cuda"
         else device.type,
-        "global_state": _global_state(),
+        "global_state": state,
         "config": dataclasses.asdict(model.config),
         "precision": spec.precision,
         "range": spec.padded_range,
@@ -365,10 +385,15 @@ def _source_digest() -> str:
     from .. import custom_ops
 
     roots = {Path(__file__).resolve().parents[1], *(Path(root).resolve() for root in custom_ops.__path__)}
-    files = {path for root in roots for path in root.rglob("*.py")}
+    # Named from each root, not by absolute path: the same code in another checkout or venv matches.
+    files = {
+        (f"{root.name}/{path.relative_to(root).as_posix()}", path)
+        for root in roots
+        for path in root.rglob("*.py")
+    }
     digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(path.as_posix().encode() + b"\0" + path.read_bytes())
+    for name, path in sorted(files):
+        digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
