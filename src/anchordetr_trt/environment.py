@@ -19,7 +19,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        **{name: _installed_version(name) for name in ("triton", "torch_tensorrt", "tensorrt")},
+        **{name: installed_version(name) for name in ("triton", "torch_tensorrt", "tensorrt")},
         "gpu": None,
     }
     if torch.cuda.is_available():
@@ -33,8 +33,9 @@ def environment() -> dict:
     return env
 
 
-def _installed_version(distribution: str) -> str | None:
-    # Package metadata only: importing torch_tensorrt without a CUDA driver can fail or take seconds.
+def installed_version(distribution: str) -> str | None:
+    """``distribution``'s installed version, None if it is not installed. Package metadata only:
+    importing torch_tensorrt without a CUDA driver can fail or take seconds."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:

@@ -33,7 +33,6 @@ import collections
 import dataclasses
 import functools
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 
+from ..environment import installed_version
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
 from .inductor_rewrites import rewrite_for_inductor
 
@@ -356,7 +356,7 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
     parts = {
         "source": _source_digest(),
         "torch": torch.__version__,
-        "triton": _version("triton"),
+        "triton": installed_version("triton"),
         "python": list(sys.version_info[:2]),  # the function's bytecode is saved
         # The device index too: tensor guards check it, so a function of cuda:0 rejects cuda:1's inputs.
         "gpu": [str(device), torch.cuda.get_device_name(device), *torch.cuda.get_device_capability(device)]
@@ -369,13 +369,6 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
         "compiler": "inductor" if compiler is None else getattr(compiler, "__qualname__", repr(compiler)),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 @functools.cache

@@ -23,7 +23,6 @@ and ``retrace=False`` (the graph serialized as compiled, without re-export) with
 
 import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..environment import installed_version
 from ..errors import BackendUnavailableError
 from ..export import export_model
 from ..spec import CompileSpec, Shape
@@ -247,10 +247,7 @@ def library_versions(device: torch.device | None = None) -> dict[str, str]:
 
 
 def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name.replace("_", "-"))
-    except importlib.metadata.PackageNotFoundError:
-        return "missing"
+    return installed_version(name.replace("_", "-")) or "missing"
 
 
 def _kernel_sources() -> Iterator[Path]:
