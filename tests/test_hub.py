@@ -2,8 +2,10 @@
 
 import argparse
 import http.server
+import os
 import re
 import socket
+import stat
 import sys
 import threading
 import types
@@ -72,6 +74,9 @@ def test_url_is_downloaded_once_then_read_from_the_cache(server, tmp_path, check
     cached = hub.cached_path(url, tmp_path)
     assert cached.read_bytes() == checkpoint_bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == [cached.name]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o666 & ~umask  # as open() makes it, not private
     again = at.load_model(url, download_dir=tmp_path)
     assert len(server.requests) == before + 1  # the second load did not download
     for key, value in model.state_dict().items():

@@ -6,11 +6,16 @@ and Triton are pointed at it with ``use_compile_cache``.
 """
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from .errors import InputError
+
+T = TypeVar("T")
 
 
 def cache_home() -> Path:
@@ -46,3 +51,27 @@ def use_compile_cache(cache_dir: str | os.PathLike) -> Path:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
     os.environ["TRITON_CACHE_DIR"] = str(cache_dir / "triton")
     return cache_dir
+
+
+def write_whole(path: Path, write: Callable[[Path], T]) -> T:
+    """Make ``path`` by ``write(partial)`` into a temporary file beside it, then a rename, and return
+    what ``write`` returned: another process sees the whole file or none, and a ``write`` that fails
+    leaves nothing (its error goes up). The file gets the permissions ``open()`` would give it (the
+    temporary file's are private)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
+    os.close(handle)
+    partial = Path(name)
+    try:
+        result = write(partial)
+        os.chmod(partial, 0o666 & ~_umask())
+        os.replace(partial, path)
+        return result
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

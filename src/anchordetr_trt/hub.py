@@ -10,7 +10,6 @@ released models are on Google Drive, which needs ``gdown`` (``pip install 'ancho
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import TypeVar
 
 import torch
 
+from .cache import write_whole
 from .errors import CheckpointError, InputError
 
 CACHE_ENV = "ANCHORDETR_CACHE"
@@ -87,23 +87,19 @@ def fetch(
             f"cannot create the download folder {folder} ({error.strerror}): set {CACHE_ENV} or pass "
             "download_dir= to a writable folder"
         ) from None
-    fd, partial_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
-    os.close(fd)
-    partial = Path(partial_name)
-    try:
+
+    def download_and_read(partial: Path) -> T:
         _download(source, partial, progress)
         _refuse_html(partial, source)
         try:
-            result = read(partial)
+            return read(partial)
         except CheckpointError as error:
             raise CheckpointError(
                 f"the file downloaded from {_url(source)} is not a usable checkpoint ({_first_line(error)}); "
                 "nothing was kept: try again, or download it by hand and pass its path"
             ) from None
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return result
+
+    return write_whole(path, download_and_read)  # kept only if read accepts it
 
 
 def _url(source: str) -> str:

@@ -35,9 +35,7 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +44,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 
+from ..cache import write_whole
 from ..environment import installed_version
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
 from .inductor_rewrites import rewrite_for_inductor
@@ -273,17 +272,9 @@ class InductorRunner(nn.Module):
         path = self._saved_path(state)
         if path is None:
             return
-        partial = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
-            os.close(handle)
-            function.save_compiled_function(partial)
-            os.chmod(partial, 0o666 & ~_umask())  # as open() would create it: mkstemp's is private
-            os.replace(partial, path)  # whole or absent: another process may be loading it
+        try:  # whole or absent: another process may be loading it
+            write_whole(path, lambda partial: function.save_compiled_function(str(partial)))
         except Exception as error:  # the function still runs in this process; the next one compiles again
-            if partial is not None:
-                Path(partial).unlink(missing_ok=True)
             logger.warning(
                 "inductor: cannot save the compiled range to %s (%s: %s)", path, type(error).__name__, error
             )
@@ -311,12 +302,6 @@ class InductorRunner(nn.Module):
 
 def _uncompiled(unfolded: nn.Module, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
     return unfolded(images, mask)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _rejection(function, *args) -> str:

@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..cache import write_whole
 from ..environment import installed_version
 from ..errors import BackendUnavailableError
 from ..export import export_model
@@ -272,14 +272,15 @@ def _load(path: Path) -> nn.Module | None:
 def _save(runner: nn.Module, path: Path) -> None:
     import torch_tensorrt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
+    try:  # a reader never sees a half-written file
         # retrace=False serializes the compiled graph as it is, symbolic shapes included.
-        torch_tensorrt.save(runner, str(partial), output_format="exported_program", retrace=False)
-        partial.replace(path)  # a reader never sees a half-written file
+        write_whole(
+            path,
+            lambda partial: torch_tensorrt.save(
+                runner, str(partial), output_format="exported_program", retrace=False
+            ),
+        )
     except Exception as error:  # the engine was built and works: a cache that cannot be written is not fatal
-        partial.unlink(missing_ok=True)
         logger.warning(
             "tensorrt: could not save %s (%s: %s); the next process builds again",
             path,
