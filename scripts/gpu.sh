@@ -57,6 +57,8 @@ stage bench 560 python3 -m anchordetr_trt.cli bench --out "$OUT/bench" --cache-d
 # The per-part TFLOP/s (a compile of each part): with the baselines they overrun one 10-minute call.
 stage parts 560 python3 -m anchordetr_trt.cli bench --out "$OUT/parts" --cache-dir .cache/bench --parts \
     --backends inductor --batch 8 --no-startup
+# Not in the default STAGES: the FFN epilogue on and off, side by side (STAGES=ffn-ab).
+stage ffn-ab 300 python3 scripts/ab_ffn_epilogue.py --out "$OUT"
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
 stage train 480 python3 scripts/train_synthetic.py --out "$OUT" --budget-min 7.5
 stage accuracy 240 python3 scripts/gpu_accuracy.py --out "$OUT"

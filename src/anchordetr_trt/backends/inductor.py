@@ -10,8 +10,8 @@ runs without compiling; the custom ops' Triton kernels do not specialize on size
 
 Kept on disk. The trace goes through Dynamo's precompile (``torch.compile(...).aot_compile``): the
 compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir`` (``precompiled/``),
-and a second process loads them instead of tracing and compiling again (loading takes 3.4 s on the
-H100, and the cold stream's second process went from 21 s to 5.9 s; Inductor's own caches alone leave
+and a second process loads them instead of tracing and compiling again (on the H100 the cold stream's
+second process went from 21 s to 5.9 s, results/h100/stream.json; Inductor's own caches alone leave
 Dynamo's trace to redo). The file's name is a hash of everything the function depends on: the code a
 trace reaches, torch, triton, Python, the GPU and its index, torch's global settings that Dynamo guards
 (thread count, cuBLAS TF32 and reduced-precision flags, autocast), the model's configuration, the
