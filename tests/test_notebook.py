@@ -21,12 +21,19 @@ NOTEBOOK = Path(__file__).parents[1] / "examples" / "quickstart.ipynb"
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory) -> nbformat.NotebookNode:
+def kernel_tmpdir(tmp_path_factory) -> Path:
+    """The notebook kernel's temporary folder (TMPDIR), to see what the notebook leaves behind."""
+    return tmp_path_factory.mktemp("kernel_tmp")
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, kernel_tmpdir) -> nbformat.NotebookNode:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     workdir = tmp_path_factory.mktemp("notebook")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("ANCHORDETR_CKPT", raising=False)  # the checks below are for the random-weights path
         patch.delenv("ANCHORDETR_VARIANT", raising=False)
+        patch.setenv("TMPDIR", str(kernel_tmpdir))  # the kernel inherits it
         client = NotebookClient(
             notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
         )
@@ -76,6 +83,10 @@ def test_detections_and_evaluation_cover_the_synthetic_images(executed, tmp_path
         for out in _outputs(executed, "stream")
         for line in out.text.splitlines()
     )
+
+
+def test_the_synthetic_data_is_removed_at_the_end(executed, kernel_tmpdir):
+    assert not list(kernel_tmpdir.glob("anchordetr_quickstart_*"))
 
 
 def test_the_first_image_is_drawn(executed):
