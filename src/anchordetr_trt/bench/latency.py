@@ -28,7 +28,7 @@ from . import timing
 from .configs import PACKAGE_BACKENDS, BenchConfig, shape_range
 from .flops import flops_report, peak_tflops
 from .parts import PART_CALLS, time_parts
-from .report import format_flops, summarize
+from .report import summarize
 from .startup import second_process
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,6 @@ def run_benchmark(
         [config.precision for config in configs],
         device,
     )
-    for line in format_flops(report):
-        log(line)
 
     groups: dict[tuple[str, str], list[BenchConfig]] = {}
     for config in configs:
