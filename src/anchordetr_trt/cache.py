@@ -1,8 +1,10 @@
 """Where anchordetr_trt keeps files between processes: the one rule for every cache location.
 
-``cache_home()`` is ``$ANCHORDETR_CACHE`` if set, else ``<torch.hub.get_dir()>/anchordetr`` (so
-``$TORCH_HOME`` moves it too). Compiled artifacts go under a ``cache_dir`` the caller names; Inductor
-and Triton are pointed at it with ``use_compile_cache``.
+Downloaded checkpoints go to ``cache_home()``: ``$ANCHORDETR_CACHE`` if set, else
+``<torch.hub.get_dir()>/checkpoints/anchordetr``, beside torch.hub's own checkpoints (so ``$TORCH_HOME``
+moves it too); a ``download_dir`` argument overrides it. Compiled artifacts go only under a
+``cache_dir`` the caller names (nothing is persisted without one); Inductor and Triton are pointed at
+it with ``use_compile_cache``.
 """
 
 import os
@@ -18,10 +20,13 @@ from .errors import InputError
 T = TypeVar("T")
 
 
+CACHE_ENV = "ANCHORDETR_CACHE"
+
+
 def cache_home() -> Path:
-    """The package's default cache folder (downloads, compiled artifacts when asked for)."""
-    explicit = os.environ.get("ANCHORDETR_CACHE")
-    return Path(explicit) if explicit else Path(torch.hub.get_dir()) / "anchordetr"
+    """The package's default cache folder: where downloaded checkpoints are kept."""
+    explicit = os.environ.get(CACHE_ENV)
+    return Path(explicit) if explicit else Path(torch.hub.get_dir()) / "checkpoints" / "anchordetr"
 
 
 def prepare_dir(path: str | os.PathLike, argument: str = "cache_dir") -> Path:

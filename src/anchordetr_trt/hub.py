@@ -1,11 +1,12 @@
 """Checkpoints by name or URL: the four released AnchorDETR models, or any http(s) address, downloaded
 once into a cache folder and reused.
 
-The cache folder is ``$ANCHORDETR_CACHE`` if set, else ``torch.hub.get_dir()/checkpoints/anchordetr``
-(a ``download_dir`` argument overrides both). A download goes to a temporary file in that folder, is
-checked by the caller's reader, and only then renamed to its final name: an interrupted, truncated or
-wrong download leaves nothing behind. http(s) links use ``torch.hub.download_url_to_file``; the
-released models are on Google Drive, which needs ``gdown`` (``pip install 'anchordetr_trt[download]'``).
+The cache folder is ``cache.cache_home()`` (``$ANCHORDETR_CACHE`` if set, else
+``torch.hub.get_dir()/checkpoints/anchordetr``); a ``download_dir`` argument overrides it. A download
+goes to a temporary file in that folder, is checked by the caller's reader, and only then renamed to
+its final name: an interrupted, truncated or wrong download leaves nothing behind. http(s) links use
+``torch.hub.download_url_to_file``; the released models are on Google Drive, which needs ``gdown``
+(``pip install 'anchordetr_trt[download]'``).
 """
 
 import hashlib
@@ -18,10 +19,8 @@ from typing import TypeVar
 
 import torch
 
-from .cache import write_whole
+from .cache import CACHE_ENV, cache_home, write_whole
 from .errors import CheckpointError, InputError
-
-CACHE_ENV = "ANCHORDETR_CACHE"
 
 # The "model" links of the official README (github.com/megvii-research/AnchorDETR).
 OFFICIAL_CHECKPOINTS: dict[str, str] = {
@@ -42,13 +41,8 @@ def is_remote(ckpt: object) -> bool:
 
 
 def cache_dir(download_dir: str | os.PathLike | None = None) -> Path:
-    """Where downloaded checkpoints are kept: ``download_dir``, else $ANCHORDETR_CACHE, else
-    ``torch.hub.get_dir()/checkpoints/anchordetr``."""
-    if download_dir is not None:
-        return Path(download_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(torch.hub.get_dir()) / "checkpoints" / "anchordetr"
+    """Where downloaded checkpoints are kept: ``download_dir``, else ``cache_home()``."""
+    return Path(download_dir) if download_dir is not None else cache_home()
 
 
 def cached_path(source: str, download_dir: str | os.PathLike | None = None) -> Path:
