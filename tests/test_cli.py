@@ -290,7 +290,10 @@ def test_demo_writes_report_and_says_weights_are_random(tmp_path, capsys):
     assert "random weights detect nothing meaningful" in stdout
     assert json.loads((out / "detections.json").read_text()) == report["images"]
 
-    code, _, _ = run(["demo", "--out", str(out), "--variant", "r50-c5", "--num-images", "1"], capsys)
+    # Seed 3's image resizes to 511x305 (the long side hits 512 first): padded up to the demo's 320.
+    code, _, _ = run(
+        ["demo", "--out", str(out), "--variant", "r50-c5", "--num-images", "1", "--seed", "3"], capsys
+    )
     report = json.loads((out / "report.json").read_text())
     assert code == 0 and len(report["images"]) == 1, "the earlier run's inputs are not reprocessed"
     assert (
@@ -430,6 +433,31 @@ def test_detect_rerun_replaces_its_own_outputs_and_stops_at_a_user_file(tmp_path
     assert code == 2 and "annotated/d.png, notes.txt" in err and "left alone" in err
     assert (out / "annotated" / "d.png").read_bytes() == b"edited by the user"
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_detect_runs_images_the_resize_takes_past_the_default_range(tmp_path, capsys):
+    """The official resize makes 10x2000 7x1400 (short side under 320, long side over 1344): padded up
+    to the range's 320, and the range widened to the longest resized side, it runs like any image."""
+    images = _write_images(tmp_path / "images", {"strip.png": (10, 2000), "wide.png": (100, 1200)})
+    out = tmp_path / "out"
+    argv = [
+        "detect",
+        str(images),
+        "--random-weights",
+        "--variant",
+        "r50-c5",
+        "--out",
+        str(out),
+        "--top-k",
+        "2",
+    ]
+    code, _, err = run([*argv, "--threshold", "0"], capsys)
+    assert code == 0, err
+    records = json.loads((out / "detections.json").read_text())
+    assert [(r["height"], r["width"], len(r["detections"])) for r in records] == [
+        (10, 2000, 2),
+        (100, 1200, 2),
+    ]
 
 
 def test_detect_ctrl_c_keeps_the_finished_images(tmp_path, capsys, monkeypatch):

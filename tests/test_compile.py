@@ -42,6 +42,24 @@ def test_eager_fp32_on_cpu_equals_load_model(dc5_weights):
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
+def test_images_smaller_than_min_shape_are_padded_up_to_it(dc5_weights):
+    """A panorama resized to a short side under min_shape runs as if padded in a batch (masked pixels)."""
+    compiled = at.compile(
+        dc5_weights, variant="r50-dc5", backend="eager", device="cpu", min_shape=(1, 96, 96)
+    )
+    reference = at.load_model(dc5_weights, variant="r50-dc5")
+    images, mask = example_inputs((1, 64, 160))
+    padded = torch.zeros(1, 3, 96, 160), torch.ones(1, 96, 160, dtype=torch.bool)
+    padded[0][..., :64, :], padded[1][:, :64] = images, mask
+    with torch.no_grad():
+        expected, unpadded = reference(*padded), reference(images, mask)
+    got = compiled(images, mask)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert not torch.allclose(got["pred_boxes"], unpadded["pred_boxes"])  # the padding is real
+    with pytest.raises(at.InputError, match="outside the compiled range"):
+        compiled(*example_inputs((1, 64, 1400)))  # larger than max_shape is still refused
+
+
 def test_defaults_on_cpu_are_eager_fp32():
     model = at.build_model(at.VARIANTS["r50-c5"])
     compiled = at.compile(model, device="cpu")

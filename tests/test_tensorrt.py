@@ -99,7 +99,7 @@ def test_ahead_of_time_plugins_run_without_python(engine, monkeypatch):
     assert torch.isfinite(engine(images, mask)["pred_boxes"]).all()
 
 
-@pytest.mark.parametrize("shape", [(3, 320, 320), (1, 288, 320), (1, 320, 640)])
+@pytest.mark.parametrize("shape", [(3, 320, 320), (1, 480, 320), (1, 320, 640)])
 def test_inputs_outside_the_range_raise_input_error(engine, shape):
     images, mask = example_inputs(shape, "cuda")
     for module in (engine, tensorrt_module(engine)):

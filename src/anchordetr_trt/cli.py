@@ -431,9 +431,17 @@ def _local_files(*paths: str | Path | None) -> list[Path]:
 
 
 def _compiled_model(
-    args: argparse.Namespace, device, *, batch: int, min_size: int = 800, max_size: int = 1333
+    args: argparse.Namespace,
+    device,
+    *,
+    batch: int,
+    min_size: int = 800,
+    max_size: int = 1333,
+    largest_side: int = 0,
 ):
-    """The command's model compiled for batches of up to ``batch`` images resized to [min_size, max_size]."""
+    """The command's model compiled for batches of up to ``batch`` images resized to [min_size, max_size]
+    (``largest_side``: the longest side of the command's images once resized, which the official resize
+    lets pass ``max_size`` for very long images, e.g. 10x2000 becomes 7x1400 for 800/1333)."""
     from .checkpoint import load_model
     from .compiled import compile
     from .weights import random_model
@@ -447,11 +455,11 @@ def _compiled_model(
             file=sys.stderr,
         )
         model = random_model(args.variant or "r50-dc5", args.seed)
-    side = min(320, min_size)
+    side, longest = min(320, min_size), max(1344, max_size, largest_side)
     return compile(
         model, backend=args.backend, precision=args.precision, device=device, cache_dir=args.cache_dir,
         min_shape=(1, side, side), opt_shape=(1, max(side, min_size), max(side, min_size)),
-        max_shape=(max(8, batch), max(1344, max_size), max(1344, max_size)),
+        max_shape=(max(8, batch), longest, longest),
     )  # fmt: skip
 
 
@@ -511,6 +519,7 @@ def _detect(args: argparse.Namespace) -> int:
     from .eval import COCO_CLASSES
     from .images import check_image
     from .outputs import RunFolder
+    from .transforms import resized_size
 
     _check_sizes(args)
     _check_cache_dir(args, args.out)
@@ -523,11 +532,12 @@ def _detect(args: argparse.Namespace) -> int:
         skipped.append((path, str(err)))
         tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
 
-    readable = []
+    readable, largest_side = [], 0
     for path in paths:  # headers only, so that a file that is no image stops the run before the model loads
         try:
-            check_image(path)
+            resized = resized_size(*check_image(path), args.min_size, args.max_size)
             readable.append(path)
+            largest_side = max(largest_side, *resized)
         except InputError as err:
             if not args.skip_bad:
                 raise
@@ -537,8 +547,9 @@ def _detect(args: argparse.Namespace) -> int:
 
     with RunFolder(args.out, inputs=[*args.images, *_local_files(args.ckpt)]) as folder:
         model = _compiled_model(
-            args, device, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size
-        )
+            args, device, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size,
+            largest_side=largest_side,
+        )  # fmt: skip
         stream_path, records, names = folder.path / "detections.jsonl", [], set()
         if not args.no_draw:
             (folder.path / "annotated").mkdir()

@@ -25,9 +25,11 @@ class CompiledAnchorDETR(nn.Module):
     """A detector built by ``compile``: ``forward(images [B, 3, H, W] float, mask [B, H, W] bool or
     None)`` returns ``pred_logits`` [B, Q, classes] and ``pred_boxes`` [B, Q, 4] in float32, as the model.
 
-    Every backend runs behind this one wrapper, which checks the inputs, rejects (B, H, W) outside
-    ``[spec.min_shape, spec.max_shape]`` with InputError, moves and casts the inputs, and for the
-    compiled backends pads height and width to multiples of 32 with masked pixels.
+    Every backend runs behind this one wrapper, which checks the inputs, moves and casts them, and
+    pads them at the bottom and right with masked pixels, as a batch pads its smaller images: up to
+    ``spec.min_shape``'s height and width (a panorama resized to a short side under it still runs),
+    and for the compiled backends to multiples of 32. Batches larger than ``spec.max_shape``, or
+    smaller than its batch, and images taller or wider than it are refused with InputError.
     """
 
     def __init__(self, runner: nn.Module, *, backend: str, spec: CompileSpec):
@@ -60,6 +62,8 @@ class CompiledAnchorDETR(nn.Module):
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         check_inputs(images, mask)
         batch, _, height, width = images.shape
+        _, min_height, min_width = self.spec.min_shape
+        height, width = max(height, min_height), max(width, min_width)
         self.spec.check_contains((batch, height, width))
         images = images.to(device=self.device, dtype=self.dtype, non_blocking=True)
         mask = (
@@ -68,21 +72,26 @@ class CompiledAnchorDETR(nn.Module):
             else mask.to(self.device, non_blocking=True)
         )
         if self.padded:
-            images, mask = pad_to_multiple(images, mask)
+            height, width = round_up(height), round_up(width)
+        images, mask = pad_bottom_right(images, mask, height, width)
         out = self.runner(images, mask)
         return {key: out[key].float() for key in OUTPUTS}
 
 
-def pad_to_multiple(images: Tensor, mask: Tensor, multiple: int = SIZE_MULTIPLE) -> tuple[Tensor, Tensor]:
+def pad_bottom_right(images: Tensor, mask: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Pad images [B, 3, H, W] with zeros and mask [B, H, W] with True (padding) at the bottom and
-    right, up to multiples of ``multiple``; inputs already on the grid are returned as they are."""
-    pad_h, pad_w = (
-        round_up(images.shape[2], multiple) - images.shape[2],
-        round_up(images.shape[3], multiple) - images.shape[3],
-    )
+    right to ``height`` x ``width``; inputs of that size are returned as they are."""
+    pad_h, pad_w = height - images.shape[2], width - images.shape[3]
     if not pad_h and not pad_w:
         return images, mask
     return F.pad(images, (0, pad_w, 0, pad_h)), F.pad(mask, (0, pad_w, 0, pad_h), value=True)
+
+
+def pad_to_multiple(images: Tensor, mask: Tensor, multiple: int = SIZE_MULTIPLE) -> tuple[Tensor, Tensor]:
+    """``pad_bottom_right`` up to the next multiples of ``multiple``."""
+    return pad_bottom_right(
+        images, mask, round_up(images.shape[2], multiple), round_up(images.shape[3], multiple)
+    )
 
 
 def compile(
@@ -104,7 +113,7 @@ def compile(
     (torch.compile with the Triton ops and CUDA graphs), "eager" (the model itself), or "auto" (the
     first of these that runs here; the choice and its reason are logged). Shapes are (batch, height,
     width): one compiled module serves every input within [min_shape, max_shape] and is tuned for
-    opt_shape. ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one,
+    opt_shape; images smaller than min_shape's height or width are padded up to it with masked pixels. ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one,
     on the CPU). ``cache_dir`` keeps compiled artifacts so that a second process starts fast (the
     inductor backend's compiled function, the tensorrt backend's module); it also points Inductor and
     Triton at that folder for the rest of the process (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR),

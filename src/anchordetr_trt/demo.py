@@ -64,8 +64,10 @@ def run_demo(
     build_s = time.perf_counter() - start
     status = backend_status(device)
     # One shape for the whole batch, so that a compiled backend builds a single engine or graph.
-    height = max(resized_size(im.height, im.width, MIN_SIZE, MAX_SIZE)[0] for im in images)
-    width = max(resized_size(im.height, im.width, MIN_SIZE, MAX_SIZE)[1] for im in images)
+    # Not below MIN_SIZE: an image whose long side hits MAX_SIZE first has a shorter short side, and the
+    # compiled module pads such images up to min_shape.
+    height = max(MIN_SIZE, *(resized_size(im.height, im.width, MIN_SIZE, MAX_SIZE)[0] for im in images))
+    width = max(MIN_SIZE, *(resized_size(im.height, im.width, MIN_SIZE, MAX_SIZE)[1] for im in images))
     shape = (len(images), height, width)
     start = time.perf_counter()
     compiled = compile(

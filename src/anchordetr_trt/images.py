@@ -27,12 +27,12 @@ def load_image(path: str | os.PathLike, *, upright: bool = True) -> Image.Image:
         raise _unreadable(path, err) from err
 
 
-def check_image(path: str | os.PathLike) -> None:
-    """Raise InputError unless ``path`` opens as an image. Reads the header only (fast): truncated pixel
-    data is found by ``load_image``."""
+def check_image(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of the stored image at ``path``; InputError unless it opens as an image. Reads
+    the header only (fast): truncated pixel data is found by ``load_image``."""
     try:
-        with Image.open(path):
-            pass
+        with Image.open(path) as image:
+            return image.height, image.width
     except _READ_ERRORS as err:
         raise _unreadable(path, err) from err
 
