@@ -268,6 +268,12 @@ def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dic
 def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
     n, queries, _ = s["probs_col"]
     width, head_dim = s["probs_row"][2], s["value"][3]
+    limit = module.max_kernel_width(d["value"].itemsize)
+    if width > limit:
+        raise InputError(
+            f"rcda_aggregate: feature maps {width} wide (max_shape's width over the backbone's stride) pass "
+            f"the kernel's limit of {limit} in {_dtype_name(d['value'])}: compile with a smaller max_shape width"
+        )
     _, meta = module.rcda_aggregate_launch_config(queries, n, width, head_dim, d["value"].itemsize)
     return {**meta, "DOT_PRECISION": module.dot_precision(d["value"])}
 

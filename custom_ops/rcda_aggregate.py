@@ -86,8 +86,7 @@ def rcda_aggregate_launch_config(
 ) -> tuple:
     """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks and
     num_stages. A kernel built for BLOCK_W serves every width <= BLOCK_W."""
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    block_w = max(16, triton.next_power_of_2(width))
+    block_d, block_w = _common.row_block(head_dim), _common.row_block(width)
     step_bytes = block_w * DOT_COLUMNS * element_size  # one step's value rows
     resident_bytes = BLOCK_Q * block_w * element_size  # the row probabilities
     meta = {
@@ -98,6 +97,14 @@ def rcda_aggregate_launch_config(
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
     }
     return (triton.cdiv(num_queries, BLOCK_Q), batch_heads), meta
+
+
+def max_kernel_width(element_size: int) -> int:
+    """The widest rows the kernel takes for ``element_size``-byte floats: its [BLOCK_Q, W] row
+    probabilities and one step of value rows must fit SHARED_BUDGET (256 in 16-bit floats, i.e. images
+    up to 8192 pixels wide for C5 and 4096 for DC5). Wider rows would fail at launch (Triton's
+    OutOfResources): the op runs the reference for them."""
+    return 1 << ((SHARED_BUDGET // ((BLOCK_Q + DOT_COLUMNS) * element_size)).bit_length() - 1)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -164,10 +171,10 @@ def rcda_aggregate(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tenso
 
 @rcda_aggregate.register_kernel("cuda")
 def _(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tensor:
-    if value.dtype == torch.float32:
-        # The kernel's float32 products run on the CUDA cores: 1.0 s for a batch of 8 x 800 x 1216 on
-        # an H100 against 0.13 s for the whole model on cuBLAS (measured); its three-TF32 variant
-        # needs more shared memory than an H100 has at that width. fp32 is the reference precision.
+    # float32: the kernel's products run on the CUDA cores: 1.0 s for a batch of 8 x 800 x 1216 on an
+    # H100 against 0.13 s for the whole model on cuBLAS (measured); its three-TF32 variant needs more
+    # shared memory than an H100 has at that width. fp32 is the reference precision.
+    if value.dtype == torch.float32 or value.shape[2] > max_kernel_width(value.element_size()):
         check_inputs(probs_col, probs_row, value)
         return reference.rcda_aggregate(probs_col, probs_row, value)
     return rcda_aggregate_triton(probs_col, probs_row, value)

@@ -40,6 +40,7 @@ from anchordetr_trt.converters.aot import AotError, _check_launchable, reorder_e
 from anchordetr_trt.converters.launch import launch
 from anchordetr_trt.converters.specs import NAMESPACE, PLUGINS, all_plugins, bind, check_node, op_name
 from anchordetr_trt.custom_ops import reference
+from anchordetr_trt.custom_ops.rcda_aggregate import max_kernel_width
 from anchordetr_trt.errors import BackendUnavailableError, InputError
 from anchordetr_trt.export import export_model
 from anchordetr_trt.spec import CompileSpec, default_precision
@@ -412,7 +413,10 @@ for name, case in json.loads(sys.argv[1]).items():
     spec = PLUGINS[case["op"]].variant(frozenset(case["present"]))
     dtypes = {n: getattr(torch, d) for n, d in case["dtypes"].items()}
     kernel = compile_kernel(spec, dtypes, case["attrs"], case["shapes"], target=GPUTarget("cuda", 90, 32))
-    results[name] = {"name": kernel.name, "ptx": kernel.ptx, "params": kernel.params, "scalars": kernel.scalars}
+    results[name] = {
+        "name": kernel.name, "ptx": kernel.ptx, "params": kernel.params, "scalars": kernel.scalars,
+        "shared": kernel.shared,
+    }
 print(json.dumps(results))
 """
 
@@ -429,14 +433,28 @@ def kernel_param_sizes(cubin: Path, kernel: str) -> list[int]:
     return [sizes[i] for i in range(len(sizes))]
 
 
+H100_SHARED_PER_BLOCK = 227 * 1024  # the most shared memory a thread block may opt into on sm_90
+
+
+def widest_rcda(dtype: torch.dtype) -> dict:
+    """ENGINE_MAX with features as wide as the rcda_aggregate kernel takes in ``dtype``."""
+    return {**ENGINE_MAX, "width": max_kernel_width(dtype.itemsize)}
+
+
 def test_kernels_compile_ahead_of_time_with_tensorrts_parameter_order(tmp_path):
     """Each plugin's kernel compiled for sm_90 at the engine's largest shapes (in a process without the
-    interpreter), assembled by ptxas: input pointers (8 bytes), int32 scalars (4), output pointers (8)."""
+    interpreter), assembled by ptxas: input pointers (8 bytes), int32 scalars (4), output pointers (8);
+    its shared memory fits an H100 block, the widest rcda_aggregate kernel's too."""
     cases = {}
-    for plugin, dtype in [*((name, F16) for name in PLUGIN_SPECS), ("rcda_aggregate", F32)]:
-        call = bind(PLUGIN_SPECS[plugin].op, example_args(plugin, ENGINE_MAX, dtype, device="meta"), {})
+    plugins = [
+        *((name, F16, ENGINE_MAX) for name in PLUGIN_SPECS),
+        ("rcda_aggregate", F32, ENGINE_MAX),
+        *(("rcda_aggregate", dtype, widest_rcda(dtype)) for dtype in (F16, F32)),
+    ]
+    for plugin, dtype, size in plugins:
+        call = bind(PLUGIN_SPECS[plugin].op, example_args(plugin, size, dtype, device="meta"), {})
         spec = call.spec
-        cases[f"{plugin}-{dtype}"] = {
+        cases[f"{plugin}-{dtype}-{size['width']}"] = {
             "op": spec.op,
             "present": [n for n in spec.optional if n not in spec.absent],
             "dtypes": {n: str(d).removeprefix("torch.") for n, d in dtypes_of(spec, call).items()},
@@ -468,6 +486,19 @@ def test_kernels_compile_ahead_of_time_with_tensorrts_parameter_order(tmp_path):
         ]
         expected_sizes = [4 if p in kernel["scalars"] else 8 for p in kernel["params"]]
         assert kernel_param_sizes(cubin, kernel["name"]) == expected_sizes, case
+        assert kernel["shared"] <= H100_SHARED_PER_BLOCK, case
+
+
+@pytest.mark.parametrize("dtype", [F16, F32])
+def test_rcda_aggregate_wider_than_its_kernel_is_refused_naming_max_shape(dtype):
+    """Past the widest kernel (shared memory), building a plugin is an InputError at compile time, not a
+    launch failure in the engine."""
+    size = {**widest_rcda(dtype), "width": widest_rcda(dtype)["width"] + 1}
+    call = bind(
+        PLUGIN_SPECS["rcda_aggregate"].op, example_args("rcda_aggregate", size, dtype, device="meta"), {}
+    )
+    with pytest.raises(InputError, match=r"wide .* smaller max_shape width"):
+        call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
 
 
 # ---------------------------------------------------------------------------------------------------
