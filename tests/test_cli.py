@@ -473,6 +473,17 @@ def test_detect_ctrl_c_keeps_the_finished_images(tmp_path, capsys, monkeypatch):
     assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 0
 
 
+def test_detect_after_a_run_stopped_before_its_first_image_runs_again(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch, interrupt_at=1)  # nothing drawn yet: annotated/ is empty
+    images = _write_images(tmp_path / "images", {"a.png": (40, 50)})
+    out = tmp_path / "out"
+    assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 130
+    _fixed_model(monkeypatch)
+    code, _, err = run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "annotated" / "a.png").is_file()
+
+
 def test_detect_skip_bad_reports_unreadable_files_and_goes_on(tmp_path, capsys, monkeypatch):
     _fixed_model(monkeypatch)
     images = _write_images(tmp_path / "images", {"a.png": (40, 50), "c.png": (50, 40)})

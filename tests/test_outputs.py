@@ -66,3 +66,16 @@ def test_a_result_file_is_new_or_ours(tmp_path):
     check_new_file(tmp_path / "new" / "result.json")
     with pytest.raises(InputError, match="did not write it"):
         check_new_file(theirs)
+
+
+def test_a_users_file_in_a_kept_folder_is_never_claimed(tmp_path):
+    """A folder kept across runs (replace=False) accepts a user's file but never records it as the run's:
+    a later run that replaces its own files stops at it instead of removing it."""
+    out = tmp_path / "cache"
+    _run(out, {"compile.json": "{}"}, replace=False)
+    (out / "my_notes.txt").write_text("mine")
+    _run(out, {"compile.json": "{1}"}, replace=False)
+    assert "my_notes.txt" not in json.loads((out / MANIFEST).read_text())["files"]
+    with pytest.raises(InputError, match=r"my_notes\.txt.*left alone"):
+        _run(out, {"detections.json": "[]"})
+    assert (out / "my_notes.txt").read_text() == "mine"

@@ -552,7 +552,7 @@ def _detect(args: argparse.Namespace) -> int:
         )  # fmt: skip
         stream_path, records, names = folder.path / "detections.jsonl", [], set()
         if not args.no_draw:
-            (folder.path / "annotated").mkdir()
+            (folder.path / "annotated").mkdir(exist_ok=True)  # left empty by a run stopped early
         start = time.perf_counter()
         results = detect_files(
             model, readable, COCO_CLASSES, batch_size=args.batch_size, threshold=args.threshold,

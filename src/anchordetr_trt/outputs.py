@@ -52,11 +52,14 @@ class RunFolder:
             _remove_emptied_folders(self.path, previous)
             previous = {}
         self._kept = previous
+        # Files here that no run of ours wrote (a kept folder may hold them): never claimed, as they are.
+        self._not_ours = {name: stat for name, stat in _files(self.path) if name not in previous}
         self._write_manifest(previous)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._write_manifest(self._kept | dict(_files(self.path)))
+        written = {name: stat for name, stat in _files(self.path) if self._not_ours.get(name) != stat}
+        self._write_manifest(self._kept | written)
 
     def _previous_files(self) -> dict[str, list[int]]:
         """The files of the earlier run here (name -> [size, mtime_ns]); InputError if anything else is here."""
