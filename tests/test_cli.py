@@ -583,7 +583,7 @@ def test_eval_skip_bad_asks_evaluate_coco_and_lists_what_was_skipped(tmp_path, c
     def evaluate_coco(model, ann, image_dir, **options):
         seen.update(options)
         stats = dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"), 0.5)
-        skipped = [{"file": str(images / "000002.png"), "reason": "truncated"}]
+        skipped = [{"image_id": 2, "file": str(images / "000002.png"), "error": "truncated"}]  # as it writes
         return {**stats, "num_images": 1, "timing": {"images_per_s": 1.0}, "skipped_images": skipped}
 
     _fixed_model(monkeypatch)

@@ -93,6 +93,22 @@ CASES = {
         [*DETECT, "--device", "cpu", "--precision", "fp16"],
         "--precision fp16 needs a CUDA GPU",
     ),
+    "check fp16 on the CPU": (
+        ["check", "--device", "cpu", "--precision", "fp16"],
+        "--precision fp16 needs a CUDA GPU",
+    ),
+    "bench fp16 on the CPU": (
+        ["bench", "--device", "cpu", "--precision", "fp16", "--out", "{tmp}/b"],
+        "--precision fp16 needs a CUDA GPU",
+    ),
+    "compile cache dir": (
+        [*COMPILE, "--cache-dir", "{tmp}/c"],
+        "compile keeps what it compiles in --out",
+    ),
+    "compile warm outside the range": (
+        [*COMPILE, "--warm", "16,800,800"],
+        "--warm 16,800,800 lies outside --min-shape 1,320,320 .. --max-shape 8,1344,1344",
+    ),
     "compile eager": (
         [*COMPILE, "--backend", "eager"],
         "--backend eager has nothing to compile ahead of time",
@@ -170,7 +186,7 @@ def test_bad_input_is_one_line_and_leaves_user_files_alone(argv, message, paths,
     monkeypatch.chdir(paths["tmp"])  # default output folders land in the test's folder
     before = checksums(paths["tmp"])
     code, _, err = run([arg.format(**paths) for arg in argv], capsys)
-    assert code not in (0, None), err
+    assert code == 2, err  # bad input (README: 2; 1 is for a failure of the work)
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err

@@ -343,7 +343,17 @@ def test_a_failing_check_exits_non_zero(tmp_path, monkeypatch):
     assert "FAILED backends eager (2, 160, 160):" in printed and "0 passed, 2 failed" in printed
 
 
-def test_a_backend_that_cannot_compile_fails_each_of_its_checks():
-    code, printed = run_check("--only", "backends", "--backends", "eager", "--precision", "fp16")
+def test_a_backend_that_cannot_compile_fails_each_of_its_checks(monkeypatch):
+    def unavailable(suite, backend):
+        raise at.BackendUnavailableError(f"{backend} cannot build here")
+
+    monkeypatch.setattr(checks.CheckSuite, "_compile", unavailable)
+    code, printed = run_check("--only", "backends", "--backends", "eager")
     assert code == 1 and "0 passed, 2 failed, 0 skipped" in printed
-    assert printed.count("BackendUnavailableError: precision='fp16' is for GPUs") >= 2
+    assert printed.count("BackendUnavailableError: eager cannot build here") >= 2
+
+
+def test_check_with_nothing_to_check_fails_saying_so(capsys):
+    code, printed = run_check("--only", "tensorrt")  # no torch_tensorrt here: every row is skipped
+    assert code == 1 and "0 passed, 0 failed" in printed
+    assert "nothing was checked" in capsys.readouterr().err

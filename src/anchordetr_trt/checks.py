@@ -389,13 +389,17 @@ def run_checks(
     out: Path | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> bool:
-    """Runs the suite, prints its table and, with ``out``, writes ``out/check.json``; True if nothing failed."""
+    """Runs the suite, prints its table and, with ``out``, writes ``out/check.json``; True if a check
+    passed and none failed (a run whose every check was skipped proves nothing: False)."""
     from .environment import environment
 
     suite = CheckSuite(ckpt, variant=variant, backends=backends, precision=precision, device=device, log=log)
     results = suite.run(groups)
     print(format_table(results))
-    passed = not any(r.status == "fail" for r in results)
+    checked = any(r.status == "pass" for r in results)
+    passed = checked and not any(r.status == "fail" for r in results)
+    if not checked:
+        log("nothing was checked: every check was skipped here (the table says why)")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report = {

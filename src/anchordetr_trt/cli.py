@@ -399,6 +399,10 @@ def _check_backend(args: argparse.Namespace, device) -> None:
             f"--backend {args.backend} cannot run here ({status[args.backend][1]}): "
             f"use --backend {choose_backend('auto', device)[0]}"
         )
+    _check_precision(args, device)
+
+
+def _check_precision(args: argparse.Namespace, device) -> None:
     if device.type == "cpu" and args.precision not in (None, "fp32"):
         raise InputError(
             f"--precision {args.precision} needs a CUDA GPU; on the CPU use --precision fp32 (the default there)"
@@ -638,9 +642,8 @@ def _eval(args: argparse.Namespace) -> int:
         min_size=args.min_size, max_size=args.max_size, progress=not args.quiet and sys.stderr.isatty(),
         **options,
     )  # fmt: skip
-    for item in result.get("skipped_images") or []:
-        path, why = (item.get("file"), item.get("reason")) if isinstance(item, dict) else (item, None)
-        print(f"skipped {path}" + (f": {why}" if why else ""), file=sys.stderr)
+    for item in result.get("skipped_images", []):
+        print(f"skipped {item['file']}: {item['error']}", file=sys.stderr)
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
     stats = "  ".join(f"{n} {result[n]:.3f}" if result.get(n) is not None else f"{n} n/a" for n in names)
     print(f"{result['num_images']} images, {model.backend} {model.precision}: {stats}")
@@ -666,6 +669,7 @@ def _bench(args: argparse.Namespace) -> int:
             "--device cpu, e.g. --device cpu --variant r50-c5 --size 320 --batch 1 --iters 2"
         )
     device = _device(args)
+    _check_precision(args, device)
     _check_cache_dir(args, args.out)
     configs = default_configs(
         device,
@@ -723,6 +727,25 @@ def _compile(args: argparse.Namespace) -> int:
     from .outputs import RunFolder
     from .weights import random_model
 
+    if args.cache_dir is not None:
+        raise InputError(
+            f"compile keeps what it compiles in --out; --cache-dir is for the commands that use it: pass "
+            f"--out {args.cache_dir} here, then --cache-dir {args.cache_dir} to detect or eval"
+        )
+    flat = lambda shape: ",".join(map(str, shape))
+    for low, high in (("min", "opt"), ("opt", "max"), ("min", "max")):
+        lo, hi = getattr(args, f"{low}_shape"), getattr(args, f"{high}_shape")
+        if any(a > b for a, b in zip(lo, hi, strict=True)):
+            raise InputError(
+                f"--{low}-shape {flat(lo)} exceeds --{high}-shape {flat(hi)} "
+                "in some dimension: each of B, H, W must satisfy min <= opt <= max"
+            )
+    for shape in args.warm:
+        if not all(lo <= s <= hi for lo, s, hi in zip(args.min_shape, shape, args.max_shape, strict=True)):
+            raise InputError(
+                f"--warm {flat(shape)} lies outside --min-shape {flat(args.min_shape)} .. --max-shape "
+                f"{flat(args.max_shape)}: warm shapes within the range, or widen it"
+            )
     device = _device(args)
     if args.backend == "eager":
         raise InputError(
@@ -736,13 +759,6 @@ def _compile(args: argparse.Namespace) -> int:
             "(on the CPU the eager backend runs the model as is, with nothing to compile)"
         )
     _check_backend(args, device)
-    for low, high in (("min", "opt"), ("opt", "max"), ("min", "max")):
-        lo, hi = getattr(args, f"{low}_shape"), getattr(args, f"{high}_shape")
-        if any(a > b for a, b in zip(lo, hi, strict=True)):
-            raise InputError(
-                f"--{low}-shape {','.join(map(str, lo))} exceeds --{high}-shape {','.join(map(str, hi))} "
-                "in some dimension: each of B, H, W must satisfy min <= opt <= max"
-            )
     # A cache folder: an earlier compile output there is kept and reused; anything else stops here.
     with RunFolder(args.out, replace=False, inputs=_local_files(args.ckpt)):
         out = args.out.resolve()
@@ -801,6 +817,7 @@ def _check(args: argparse.Namespace) -> int:
     from .outputs import RunFolder
 
     device = _device(args)
+    _check_precision(args, device)
     if args.ckpt is None:
         print("no --ckpt: checking seeded random weights (an untrained model)", file=sys.stderr)
     folder = RunFolder(args.out, inputs=_local_files(args.ckpt)) if args.out else contextlib.nullcontext()
