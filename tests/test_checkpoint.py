@@ -84,6 +84,19 @@ def test_missing_file(tmp_path):
     _expect(tmp_path / "nope.pth", "not found")
 
 
+def test_a_mistyped_release_name_lists_the_names(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    _expect("R50_DC5", r"not found: R50_DC5: .*name \(R50-C5, R50-DC5, R101-C5, R101-DC5\)")
+
+
+def test_an_unknown_variant_stops_before_any_download(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded before checking variant")
+
+    monkeypatch.setattr("anchordetr_trt.checkpoint.fetch", no_download)
+    _expect("r50-dc5", "unknown variant 'r50'", variant="r50")
+
+
 def test_not_a_torch_file(tmp_path):
     path = tmp_path / "weights.pth"
     path.write_text("<html>Google Drive: virus scan warning</html>")

@@ -60,6 +60,25 @@ def test_images_smaller_than_min_shape_are_padded_up_to_it(dc5_weights):
         compiled(*example_inputs((1, 64, 1400)))  # larger than max_shape is still refused
 
 
+def test_the_wrapper_casts_inputs_refuses_larger_batches_and_leaves_the_users_model_alone():
+    model = at.build_model(at.VARIANTS["r50-c5"]).eval()
+    fused_ops = lambda: [m.fused_ops for m in model.modules() if hasattr(m, "fused_ops")]
+    before, fused = copy.deepcopy(model.state_dict()), fused_ops()
+    compiled = at.compile(
+        model, device="cpu", min_shape=(1, 32, 32), opt_shape=(1, 64, 64), max_shape=(1, 64, 64)
+    )
+    images, mask = example_inputs((1, 64, 64))
+    got = compiled(images.double(), mask)
+    with torch.no_grad():
+        expected = model(images, mask)
+    assert got["pred_logits"].dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    with pytest.raises(at.InputError, match="outside the compiled range"):
+        compiled(*example_inputs((2, 64, 64)))
+    assert compiled.runner is not model and fused_ops() == fused
+    torch.testing.assert_close(model.state_dict(), before, atol=0, rtol=0)
+
+
 def test_defaults_on_cpu_are_eager_fp32():
     model = at.build_model(at.VARIANTS["r50-c5"])
     compiled = at.compile(model, device="cpu")
@@ -87,6 +106,7 @@ def test_defaults_on_cpu_are_eager_fp32():
         ({"backend": "onnx"}, ValueError, "unknown backend"),
         ({"precision": "int8"}, ValueError, "unknown precision"),
         ({"min_shape": (1, 800, 800), "opt_shape": (1, 640, 640)}, at.InputError, "min <= opt <= max"),
+        ({"cache_dir": 5}, at.InputError, "cache_dir must be a folder path .* got int 5"),
     ],
 )
 def test_bad_requests_are_explained(kwargs, error, message):

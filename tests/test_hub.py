@@ -9,6 +9,7 @@ import stat
 import sys
 import threading
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,6 +144,7 @@ def test_cache_location_rule(tmp_path, monkeypatch):
     monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "env"))
     assert hub.cache_dir() == tmp_path / "env"
     assert hub.cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert hub.cache_dir("~/ckpts") == Path.home() / "ckpts"  # not a folder named "~" in the cwd
     a, b = hub.cached_path("http://a.example/m.pth"), hub.cached_path("http://b.example/m.pth")
     assert a != b and a.name.endswith("-m.pth")
 

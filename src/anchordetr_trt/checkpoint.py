@@ -45,6 +45,8 @@ def load_model(
     ``device``: "cpu", "cuda" or "cuda:N". The op path follows the device (``AnchorDETR.set_fused_ops``).
     """
     device = check_device(device)
+    if variant is not None:
+        variant_config(variant)  # an unknown variant stops here, before any download
     if is_remote(ckpt) and not Path(ckpt).exists():  # a file of that name wins
         if variant is None and ckpt.lower() in OFFICIAL_CHECKPOINTS:
             variant = ckpt.lower()
@@ -89,7 +91,10 @@ def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | N
 def _read(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(
+            f"checkpoint file not found: {path}: pass a checkpoint file, an http(s) URL, or a released "
+            f"model's name ({', '.join(name.upper() for name in OFFICIAL_CHECKPOINTS)})"
+        )
     data = path.read_bytes()
     # torch.save writes a zip archive, or with _use_new_zipfile_serialization=False a pickle stream.
     if not zipfile.is_zipfile(io.BytesIO(data)) and not data.startswith(_PICKLE_PROTOCOL_OPCODE):

@@ -65,11 +65,13 @@ class CompiledAnchorDETR(nn.Module):
         _, min_height, min_width = self.spec.min_shape
         height, width = max(height, min_height), max(width, min_width)
         self.spec.check_contains((batch, height, width))
-        images = images.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        # Asynchronous only towards a GPU: a non-blocking copy to the CPU may be read before it lands.
+        non_blocking = self.device.type == "cuda"
+        images = images.to(device=self.device, dtype=self.dtype, non_blocking=non_blocking)
         mask = (
             torch.zeros_like(images[:, 0], dtype=torch.bool)
             if mask is None
-            else mask.to(self.device, non_blocking=True)
+            else mask.to(self.device, non_blocking=non_blocking)
         )
         if self.padded:
             height, width = round_up(height), round_up(width)

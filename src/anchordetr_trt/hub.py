@@ -42,7 +42,7 @@ def is_remote(ckpt: object) -> bool:
 
 def cache_dir(download_dir: str | os.PathLike | None = None) -> Path:
     """Where downloaded checkpoints are kept: ``download_dir``, else ``cache_home()``."""
-    return Path(download_dir) if download_dir is not None else cache_home()
+    return Path(download_dir).expanduser() if download_dir is not None else cache_home()
 
 
 def cached_path(source: str, download_dir: str | os.PathLike | None = None) -> Path:

@@ -98,6 +98,11 @@ class CompileSpec:
         for name in ("min_shape", "opt_shape", "max_shape"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.cache_dir is not None:
+            if not isinstance(self.cache_dir, str | os.PathLike):
+                raise InputError(
+                    f"cache_dir must be a folder path (str or Path), got {type(self.cache_dir).__name__} "
+                    f"{self.cache_dir!r}: e.g. cache_dir='~/.cache/anchordetr'"
+                )
             object.__setattr__(self, "cache_dir", Path(os.fspath(self.cache_dir)).expanduser())
 
     @property

@@ -200,6 +200,8 @@ def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
     """8-bit images -> RGB PIL image; 16-bit and float images -> float32 RGB [3, H, W]
     in [0, 1]."""
     if isinstance(image, Image.Image):
+        if not image.width or not image.height:
+            raise InputError(f"image {index} is empty ({image.height}, {image.width})")
         return pil_to_rgb(image, f"image {index}")
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
