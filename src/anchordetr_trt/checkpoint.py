@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .config import AnchorDETRConfig, config_from_args, variant_config, variant_name
 from .devices import check_device
 from .errors import CheckpointError
-from .hub import OFFICIAL_CHECKPOINTS, fetch, is_remote
+from .hub import OFFICIAL_CHECKPOINTS, fetch, is_remote, looks_like_html
 from .model import AnchorDETR, build_model
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _read(path: str | os.PathLike) -> Any:
     if not zipfile.is_zipfile(io.BytesIO(data)) and not data.startswith(_PICKLE_PROTOCOL_OPCODE):
         if data[:2] == b"PK":
             raise CheckpointError(f"{path} is truncated or corrupt (broken zip archive): download it again")
-        if data.lstrip()[:1] == b"<":
+        if looks_like_html(data[:512]):
             raise CheckpointError(
                 f"{path} is not a PyTorch checkpoint but a web page (HTML): the link served a page instead "
                 "of the file; download it in a browser and pass its path"

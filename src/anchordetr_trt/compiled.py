@@ -13,12 +13,10 @@ from .cache import use_compile_cache
 from .checkpoint import Checkpoint, load_model
 from .devices import check_device, resolve_device
 from .fold import fold_frozen_batchnorm
-from .model import AnchorDETR, check_inputs
+from .model import OUTPUTS, AnchorDETR, check_inputs
 from .spec import SIZE_MULTIPLE, CompileSpec, Shape, default_precision, round_up
 
 logger = logging.getLogger(__name__)
-
-OUTPUTS = ("pred_logits", "pred_boxes")
 
 
 class CompiledAnchorDETR(nn.Module):

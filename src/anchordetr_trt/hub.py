@@ -141,10 +141,16 @@ def _download_google_drive(url: str, dest: Path, progress: bool) -> None:
         )
 
 
+def looks_like_html(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a web page (what a link serves instead of a file when
+    it asks for a login, a quota or a virus-scan click) rather than binary data."""
+    return head.lstrip()[:1] == b"<"
+
+
 def _refuse_html(path: Path, source: str) -> None:
     with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml", b"<!--")):
+        head = f.read(512)
+    if looks_like_html(head):
         raise CheckpointError(
             f"{_url(source)} served a web page, not a checkpoint (a login, quota or virus-scan page?); "
             "nothing was kept: open the link in a browser, download the file and pass its path"

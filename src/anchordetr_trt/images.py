@@ -2,12 +2,12 @@
 
 import os
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .transforms import upright as turn_upright
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-_ORIENTATION = 0x0112  # the EXIF tag
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -20,9 +20,7 @@ def load_image(path: str | os.PathLike, *, upright: bool = True) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            if upright and image.getexif().get(_ORIENTATION, 1) != 1:
-                return ImageOps.exif_transpose(image)
-            return image
+            return turn_upright(image) if upright else image
     except _READ_ERRORS as err:
         raise _unreadable(path, err) from err
 

@@ -4,9 +4,11 @@ import torch
 from torch import Tensor, nn
 
 from .backbone import Backbone, downsample_mask
-from .config import AnchorDETRConfig
+from .config import NORM_GROUPS, AnchorDETRConfig
 from .errors import InputError
 from .transformer import Encoded, Transformer
+
+OUTPUTS = ("pred_logits", "pred_boxes")  # the keys of every detector's output, compiled or not
 
 
 class AnchorDETR(nn.Module):
@@ -25,7 +27,7 @@ class AnchorDETR(nn.Module):
             [
                 nn.Sequential(
                     nn.Conv2d(Backbone.num_channels, config.hidden_dim, kernel_size=1),
-                    nn.GroupNorm(32, config.hidden_dim),
+                    nn.GroupNorm(NORM_GROUPS, config.hidden_dim),
                 )
             ]
         )

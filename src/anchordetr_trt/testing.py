@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .comparison import finite_abs_diff, match_rows
+from .model import OUTPUTS
 
 __all__ = [
     "TOLERANCES",
@@ -52,7 +53,6 @@ __all__ = [
     "example_batches",
 ]
 
-OUTPUTS = ("pred_logits", "pred_boxes")
 _PRECISION_OF_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 

@@ -131,6 +131,8 @@ class Transformer(nn.Module):
 
     Queries are ``num_query_pattern`` learned patterns times ``num_query_position`` learned anchor
     points; every decoder layer predicts boxes relative to the anchor points (heads are shared).
+    Its two halves, ``encode`` and ``decode``, are called one after the other by ``AnchorDETR`` (and
+    apart by the benchmark, which times them).
     """
 
     def __init__(self, config: AnchorDETRConfig):
@@ -155,11 +157,6 @@ class Transformer(nn.Module):
         self.fused_ops: bool | None = None  # see AnchorDETR.set_fused_ops
         nn.init.uniform_(self.position.weight, 0, 1)
 
-    def forward(self, src: Tensor, mask: Tensor, aux: bool = False) -> tuple[Tensor, Tensor]:
-        """src [B, C, H, W], mask [B, H, W] (True = padding) -> logits [L, B, Q, classes], boxes
-        [L, B, Q, 4] with L = 1 (last decoder layer) or, with ``aux``, every decoder layer."""
-        return self.decode(self.encode(src, mask), aux=aux)
-
     def encode(self, src: Tensor, mask: Tensor) -> "Encoded":
         """The encoder: src [B, C, H, W], mask [B, H, W] (True = padding) -> its memory and what the
         decoder reads with it."""
@@ -175,7 +172,7 @@ class Transformer(nn.Module):
 
     def decode(self, encoded: "Encoded", aux: bool = False) -> tuple[Tensor, Tensor]:
         """The decoder and the heads: ``encode``'s output -> logits [L, B, Q, classes], boxes [L, B, Q, 4]
-        (L as in ``forward``)."""
+        with L = 1 (the last decoder layer) or, with ``aux``, every decoder layer."""
         memory, posemb_row, posemb_col, mask_row, mask_col = encoded
         key_row = memory.mean(1) + posemb_row
         key_col = memory.mean(2) + posemb_col

@@ -38,11 +38,11 @@ from ..cache import write_whole
 from ..environment import installed_version
 from ..errors import BackendUnavailableError
 from ..export import export_model
+from ..model import OUTPUTS
 from ..spec import CompileSpec, Shape
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("pred_logits", "pred_boxes")
 _LIBRARIES = ("torch", "torch_tensorrt", "tensorrt", "triton", "anchordetr_trt")
 
 
