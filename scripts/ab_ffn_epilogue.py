@@ -49,7 +49,8 @@ def main() -> int:
     parser.add_argument("--variant", choices=["on", "off"], help=argparse.SUPPRESS)  # one child process
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(measure(args.variant, tempfile.mkdtemp(prefix="anchordetr_ab_"))))
+        with tempfile.TemporaryDirectory(prefix="anchordetr_ab_") as cache_dir:
+            print(json.dumps(measure(args.variant, cache_dir)))
         return 0
     results = []
     for variant in ("off", "on"):
