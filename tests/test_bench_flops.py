@@ -16,8 +16,6 @@ from anchordetr_trt.export import example_inputs
 from anchordetr_trt.model import build_model
 from anchordetr_trt.weights import random_model
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu`)")
-
 
 def _meta_model(variant: str, fused: bool):
     with torch.device("meta"):
@@ -181,7 +179,6 @@ def test_flops_report_counts_each_shape_once():
     assert section["peak_for"] == {"fp32": "fp32"} and set(section["parts"]) == set(parts.PARTS)
 
 
-@gpu
 @pytest.mark.gpu
 def test_parts_of_the_inductor_backend_are_timed_compiled_on_the_gpu():
     lines = []

@@ -24,7 +24,6 @@ from anchordetr_trt.weights import random_model
 
 COMMANDS = ["info", "detect", "eval", "bench", "compile", "demo"]
 SMALL = ["--variant", "r50-c5", "--min-size", "320", "--max-size", "512"]  # the quickest model and inputs
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu`)")
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -253,7 +252,7 @@ def test_bench_cpu_smoke_run_writes_json_png_and_profile(tmp_path, capsys, cache
     assert report["backends"]["inductor fp32"]["status"] == "skipped"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.no_gpu
 def test_bench_without_gpu_says_it_needs_one(tmp_path, capsys):
     code, _, err = run(["bench", "--out", str(tmp_path)], capsys)
     assert code == 2 and "needs a CUDA GPU" in err and "--device cpu" in err
@@ -382,7 +381,6 @@ def test_help_does_not_import_torch():
     )
 
 
-@gpu
 @pytest.mark.gpu
 def test_compile_warms_a_cache_for_the_inductor_backend(tmp_path, capsys, cache_env):
     out = tmp_path / "artifact"
@@ -548,7 +546,7 @@ def test_detect_progress_bar_on_a_terminal_unless_quiet(quiet, tmp_path, capsys,
     assert "2 images in" in stdout
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report on a machine without a GPU")
+@pytest.mark.no_gpu
 def test_info_on_cuda_without_a_gpu_says_none_is_visible(capsys):
     code, text, _ = run(["info", "--device", "cuda"], capsys)
     assert code == 0 and "backends on cuda: none (no CUDA GPU is visible: use --device cpu" in text

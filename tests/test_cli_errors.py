@@ -12,7 +12,6 @@ from PIL import Image
 from anchordetr_trt.cli import main
 from anchordetr_trt.eval import make_synthetic_coco
 
-no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 DETECT = ["detect", "{images}", "--random-weights", "--out", "{tmp}/out"]
 EVAL = ["eval", "--random-weights", "--ann-file", "{coco}/annotations.json", "--image-dir", "{coco}/images"]
 BENCH = [
@@ -82,12 +81,12 @@ CASES = {
     "device cuda without GPU": pytest.param(
         [*DETECT, "--device", "cuda"],
         "--device cuda: no CUDA GPU is visible: use --device cpu",
-        marks=no_gpu,
+        marks=pytest.mark.no_gpu,
     ),
     "inductor without GPU": pytest.param(
         [*DETECT, "--backend", "inductor"],
         "--backend inductor needs a CUDA GPU; none is visible: use --backend eager",
-        marks=no_gpu,
+        marks=pytest.mark.no_gpu,
     ),
     "fp16 on the CPU": (
         [*DETECT, "--device", "cpu", "--precision", "fp16"],
@@ -113,7 +112,9 @@ CASES = {
         [*COMPILE, "--backend", "eager"],
         "--backend eager has nothing to compile ahead of time",
     ),
-    "compile without GPU": pytest.param(COMPILE, "compile needs a CUDA GPU (none is visible)", marks=no_gpu),
+    "compile without GPU": pytest.param(
+        COMPILE, "compile needs a CUDA GPU (none is visible)", marks=pytest.mark.no_gpu
+    ),
     # output locations: refused before any work, the user's files untouched
     "out is a file": ([*DETECT[:3], "--out", "{afile}"], "--out {afile} is a file, not a folder"),
     "out under a file": ([*DETECT[:3], "--out", "{afile}/sub"], "part of its path is a file"),

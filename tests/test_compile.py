@@ -21,8 +21,6 @@ from anchordetr_trt.fold import fold_frozen_batchnorm
 from anchordetr_trt.spec import CompileSpec
 from anchordetr_trt.testing import assert_detections_close
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu`)")
-
 
 @pytest.fixture(scope="module")
 def dc5_weights():
@@ -115,7 +113,7 @@ def test_bad_requests_are_explained(kwargs, error, message):
         at.compile(model, **kwargs)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.no_gpu
 def test_cuda_without_gpu_is_explained():
     with pytest.raises(at.BackendUnavailableError, match="no CUDA GPU"):
         at.compile(at.build_model(at.VARIANTS["r50-c5"]), device="cuda")
@@ -286,7 +284,6 @@ def test_pad_to_multiple_pads_bottom_right_as_masked_pixels():
     assert all(a is b for a, b in zip(pad_to_multiple(*on_grid), on_grid, strict=True))
 
 
-@gpu
 @pytest.mark.gpu
 def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     reference = at.load_model(dc5_weights, variant="r50-dc5", device="cuda").set_fused_ops(False)

@@ -68,7 +68,6 @@ needs_interpreter = pytest.mark.skipif(
     not interpreted,
     reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 set before import (make test)",
 )
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by `make gpu`)")
 
 SMALL = {"batch": 2, "heads": 4, "height": 5, "width": 7, "channels": 32, "queries": 11}
 # The largest shapes of the default engine range (8, 1344, 1344) with DC5 (stride 16): 84 x 84 features.
@@ -785,7 +784,6 @@ GPU_SIZE = {"batch": 2, "heads": 8, "height": 25, "width": 38, "channels": 256, 
 
 
 @pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize("dtype", [F16, F32])
 @pytest.mark.parametrize("plugin", sorted(PLUGIN_SPECS))
 def test_plugin_runtime_entries_on_device_pointers_match_the_reference(plugin, dtype):

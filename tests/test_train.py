@@ -337,7 +337,7 @@ def test_headroom_ranks_modules_and_names_overflow():
     json.dumps(summary, allow_nan=False)  # an overflowed module is listed, not written as Infinity
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.no_gpu
 def test_accuracy_stage_without_gpu_fails_clearly(tmp_path, capsys):
     assert _load("gpu_accuracy").main(["--out", str(tmp_path)]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "accuracy.json").exists()

@@ -1,0 +1,14 @@
+"""Where a test can run: ``gpu``-marked tests need a CUDA GPU (``make gpu`` runs them); ``no_gpu``-marked
+tests check what a machine without one is told."""
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_gpu = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (run by `make gpu`)"))
+        if "no_gpu" in item.keywords and has_gpu:
+            item.add_marker(pytest.mark.skip(reason="checks what a machine without a GPU is told"))
