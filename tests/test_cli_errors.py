@@ -46,7 +46,14 @@ CASES = {
     "no weights": (["detect", "{images}"], "one of the arguments --ckpt --random-weights is required"),
     "no command": ([], "the following arguments are required: COMMAND"),
     "unknown command": (["serve"], "invalid choice: 'serve'"),
-    "missing annotation file": ([*EVAL[:3], "{tmp}/none.json", *EVAL[4:]], "no such file or folder"),
+    "missing annotation file": (
+        [*EVAL[:3], "{tmp}/none.json", *EVAL[4:]],
+        "--ann-file {tmp}/none.json does not exist: pass a COCO annotation file",
+    ),
+    "missing image folder": (
+        [*EVAL[:5], "{tmp}/nowhere", *EVAL[6:]],
+        "--image-dir {tmp}/nowhere does not exist: pass the folder of its images",
+    ),
     # flag values
     "unknown backend": ([*DETECT, "--backend", "onnx"], "argument --backend: invalid choice: 'onnx'"),
     "unknown variant": ([*DETECT, "--variant", "r18"], "argument --variant: invalid choice: 'r18'"),

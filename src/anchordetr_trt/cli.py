@@ -623,9 +623,12 @@ def _eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_coco
     from .outputs import check_new_file
 
-    for path in (args.ann_file, args.image_dir):
+    for flag, path, what in (
+        ("--ann-file", args.ann_file, "a COCO annotation file (instances_*.json)"),
+        ("--image-dir", args.image_dir, "the folder of its images"),
+    ):
         if not path.exists():
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            raise InputError(f"{flag} {path} does not exist: pass {what}")
     _check_sizes(args)
     _check_cache_dir(args)
     if args.out is not None:
