@@ -271,6 +271,23 @@ def test_eval_on_synthetic_coco(tmp_path, capsys):
     assert code == 0 and json.loads(result_file.read_text())["num_images"] == 1, "our own result is replaced"
 
 
+def test_eval_runs_images_the_resize_takes_past_the_default_range(tmp_path, capsys):
+    """A 10x2000 strip resizes to 7x1400 at the default sizes: eval widens its range from the sizes its
+    annotation file states, and pads the short side up to the range's 320."""
+    ann_file, images = make_synthetic_coco(tmp_path / "coco", num_images=1, seed=0)
+    data = json.loads(ann_file.read_text())
+    [image] = data["images"]
+    image["height"], image["width"] = 10, 2000
+    for annotation in data["annotations"]:
+        annotation["bbox"], annotation["area"] = [100.0, 2.0, 50.0, 5.0], 250.0
+    ann_file.write_text(json.dumps(data))
+    Image.new("RGB", (2000, 10), "gray").save(images / image["file_name"])
+    argv = ["eval", "--random-weights", "--variant", "r50-c5", "--ann-file", str(ann_file)]
+    code, out, err = run([*argv, "--image-dir", str(images)], capsys)
+    assert code == 0, err
+    assert out.startswith("1 images")
+
+
 def test_demo_writes_report_and_says_weights_are_random(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, _ = run(

@@ -621,7 +621,9 @@ def _unique(stem: str, taken: set[str]) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_coco
+    from .eval.annotations import load_dataset
     from .outputs import check_new_file
+    from .transforms import resized_size
 
     for flag, path, what in (
         ("--ann-file", args.ann_file, "a COCO annotation file (instances_*.json)"),
@@ -635,9 +637,13 @@ def _eval(args: argparse.Namespace) -> int:
         check_new_file(args.out)
     device = _device(args)
     _check_backend(args, device)
+    dataset = load_dataset(args.ann_file, args.image_dir, args.max_images)  # its errors come before compiling
+    sizes = filter(None, map(dataset.image_size, dataset.image_ids))
+    largest_side = max((max(resized_size(*size, args.min_size, args.max_size)) for size in sizes), default=0)
     model = _compiled_model(
-        args, device, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size
-    )
+        args, device, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size,
+        largest_side=largest_side,
+    )  # fmt: skip
     # skip_bad_images: evaluate_coco's option to leave unreadable images out and list them.
     options = {"skip_bad_images": True} if args.skip_bad else {}
     result = evaluate_coco(
