@@ -235,6 +235,22 @@ def test_plugin_passes_matching_models_and_skips_what_cannot_run(pytester):
     assert "anchordetr_trt: seeded random weights" in output  # the header line
 
 
+@pytest.mark.gpu
+def test_plugin_on_the_gpu_passes_eager_and_inductor(pytester):
+    """The README's pytest example as a user runs it on a GPU: fp16 models against the eager fp32
+    reference, at the plugin's CUDA example sizes."""
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest(
+        "--anchordetr-variant",
+        "r50-c5",
+        "--anchordetr-device",
+        "cuda",
+        "--anchordetr-backends",
+        "eager,inductor",
+    )
+    result.assert_outcomes(passed=2)
+
+
 def test_plugin_fails_a_nudged_model_with_a_report(pytester, reference, monkeypatch):
     ckpt = pytester.path / "model.pth"
     torch.save({"model": reference.state_dict()}, ckpt)
