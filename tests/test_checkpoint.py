@@ -72,14 +72,6 @@ def _expect(ckpt, match, **kwargs):
         at.load_model(ckpt, **kwargs)
 
 
-def test_bare_state_dict_needs_variant(state_dict):
-    _expect(state_dict, "pass variant=")
-
-
-def test_unknown_variant(state_dict):
-    _expect(state_dict, "unknown variant 'r50'", variant="r50")
-
-
 def test_missing_file(tmp_path):
     _expect(tmp_path / "nope.pth", "not found")
 
@@ -107,56 +99,6 @@ def test_truncated_file(tmp_path, released_file):
     path = tmp_path / "truncated.pth"
     path.write_bytes(released_file.read_bytes()[: released_file.stat().st_size // 2])
     _expect(path, "truncated or corrupt")
-
-
-def test_missing_keys(state_dict):
-    partial = {k: v for k, v in state_dict.items() if not k.startswith("transformer.decoder_layers.5.")}
-    _expect(partial, r"missing keys \(transformer\.decoder_layers\.5\.", variant="r50-c5")
-
-
-def test_unexpected_keys(state_dict):
-    extra = dict(state_dict, **{"transformer.level_embed.weight": torch.zeros(3, 256)})
-    _expect(extra, r"1 unexpected keys \(transformer\.level_embed\.weight\)", variant="r50-c5")
-
-
-def test_other_num_classes(state_dict):
-    other = dict(state_dict)
-    for i in range(6):
-        other[f"transformer.class_embed.{i}.weight"] = torch.zeros(80, 256)
-        other[f"transformer.class_embed.{i}.bias"] = torch.zeros(80)
-    _expect(
-        other,
-        r"shape mismatches \(transformer\.class_embed\.0\.weight: checkpoint \[80, 256\]",
-        variant="r50-c5",
-    )
-
-
-def test_wrong_backbone_depth_names_the_right_variant(state_dict):
-    deeper = dict(state_dict)
-    for block in range(6, 23):
-        for key, value in state_dict.items():
-            if key.startswith("backbone.body.layer3.1."):
-                deeper[key.replace("layer3.1.", f"layer3.{block}.")] = value
-    _expect(deeper, "resnet101 backbone.*variant='r101-c5'", variant="r50-c5")
-
-
-def test_non_finite_weights(state_dict):
-    broken = dict(state_dict)
-    broken["input_proj.0.0.bias"] = torch.full((256,), float("nan"))
-    _expect(broken, r"NaN or infinite values in input_proj\.0\.0\.bias", variant="r50-c5")
-
-
-def test_not_a_dict():
-    _expect([1, 2, 3], "holds a list")
-
-
-def test_dict_without_model():
-    _expect({"epoch": 3, "args": None}, "without a 'model' state dict")
-
-
-def test_unsupported_training_args(state_dict):
-    args = argparse.Namespace(backbone="resnet50", dilation=True, num_feature_levels=3)
-    _expect({"model": state_dict, "args": args}, "num_feature_levels=3")
 
 
 def test_legacy_serialization_loads(tmp_path, released_file, state_dict):
@@ -210,6 +152,70 @@ def test_cuda_index_past_the_visible_gpus(state_dict, monkeypatch):
         at.load_model(state_dict, variant="r50-c5", device="cuda:3")
 
 
-def test_checkpoint_args_the_model_cannot_build(state_dict):
-    args = argparse.Namespace(backbone="resnet18", dilation=False)
-    _expect({"model": state_dict, "args": args}, "backbone='resnet18' is not supported.*pass variant=")
+def _with_other_classes(state_dict: dict) -> dict:
+    other = dict(state_dict)
+    for i in range(6):
+        other[f"transformer.class_embed.{i}.weight"] = torch.zeros(80, 256)
+        other[f"transformer.class_embed.{i}.bias"] = torch.zeros(80)
+    return other
+
+
+def _with_deeper_backbone(state_dict: dict) -> dict:
+    deeper = dict(state_dict)
+    for block in range(6, 23):
+        for key, value in state_dict.items():
+            if key.startswith("backbone.body.layer3.1."):
+                deeper[key.replace("layer3.1.", f"layer3.{block}.")] = value
+    return deeper
+
+
+# (what is wrong, the checkpoint made from the fixture's state dict, load_model's variant, the message)
+BAD_CHECKPOINTS = {
+    "bare state dict without variant": (lambda sd: sd, None, "pass variant="),
+    "unknown variant": (lambda sd: sd, "r50", "unknown variant 'r50'"),
+    "missing keys": (
+        lambda sd: {k: v for k, v in sd.items() if not k.startswith("transformer.decoder_layers.5.")},
+        "r50-c5",
+        r"missing keys \(transformer\.decoder_layers\.5\.",
+    ),
+    "unexpected keys": (
+        lambda sd: dict(sd, **{"transformer.level_embed.weight": torch.zeros(3, 256)}),
+        "r50-c5",
+        r"1 unexpected keys \(transformer\.level_embed\.weight\)",
+    ),
+    "other number of classes": (
+        _with_other_classes,
+        "r50-c5",
+        r"shape mismatches \(transformer\.class_embed\.0\.weight: checkpoint \[80, 256\]",
+    ),
+    "deeper backbone than the variant": (
+        _with_deeper_backbone,
+        "r50-c5",
+        "resnet101 backbone.*variant='r101-c5'",
+    ),
+    "non-finite weights": (
+        lambda sd: dict(sd, **{"input_proj.0.0.bias": torch.full((256,), float("nan"))}),
+        "r50-c5",
+        r"NaN or infinite values in input_proj\.0\.0\.bias",
+    ),
+    "not a dict": (lambda sd: [1, 2, 3], None, "holds a list"),
+    "dict without model": (lambda sd: {"epoch": 3, "args": None}, None, "without a 'model' state dict"),
+    "unsupported training args": (
+        lambda sd: {
+            "model": sd,
+            "args": argparse.Namespace(backbone="resnet50", dilation=True, num_feature_levels=3),
+        },
+        None,
+        "num_feature_levels=3",
+    ),
+    "training args the model cannot build": (
+        lambda sd: {"model": sd, "args": argparse.Namespace(backbone="resnet18", dilation=False)},
+        None,
+        "backbone='resnet18' is not supported.*pass variant=",
+    ),
+}
+
+
+@pytest.mark.parametrize(("make", "variant", "match"), BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys())
+def test_bad_checkpoints_are_explained(state_dict, make, variant, match):
+    _expect(make(state_dict), match, variant=variant)
