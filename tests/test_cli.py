@@ -476,6 +476,19 @@ def test_detect_runs_images_the_resize_takes_past_the_default_range(tmp_path, ca
     ]
 
 
+def test_detect_refuses_an_image_too_long_to_compile_for_unless_told_to_skip_it(
+    tmp_path, capsys, monkeypatch
+):
+    _fixed_model(monkeypatch)
+    images = _write_images(tmp_path / "images", {"a.png": (40, 50), "line.png": (1, 5000)})  # stays 1x5000
+    argv = ["detect", str(images), "--random-weights", "--out", str(tmp_path / "out")]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "line.png resizes to a side of 5000 pixels" in err and "--skip-bad" in err
+    code, _, err = run([*argv, "--skip-bad"], capsys)
+    records = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert code == 0 and [Path(r["image"]).name for r in records] == ["a.png"], err
+
+
 def test_detect_ctrl_c_keeps_the_finished_images(tmp_path, capsys, monkeypatch):
     _fixed_model(monkeypatch, interrupt_at=2)
     images = _write_images(tmp_path / "images", {"a.png": (40, 50), "b.png": (50, 40), "c.png": (40, 40)})

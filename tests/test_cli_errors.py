@@ -109,7 +109,7 @@ CASES = {
     ),
     "compile cache dir": (
         [*COMPILE, "--cache-dir", "{tmp}/c"],
-        "compile keeps what it compiles in --out",
+        "unrecognized arguments: --cache-dir",  # compile keeps what it compiles in --out
     ),
     "compile warm outside the range": (
         [*COMPILE, "--warm", "16,800,800"],

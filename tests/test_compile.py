@@ -54,8 +54,8 @@ def test_images_smaller_than_min_shape_are_padded_up_to_it(dc5_weights):
     got = compiled(images, mask)
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
     assert not torch.allclose(got["pred_boxes"], unpadded["pred_boxes"])  # the padding is real
-    with pytest.raises(at.InputError, match="outside the compiled range"):
-        compiled(*example_inputs((1, 64, 1400)))  # larger than max_shape is still refused
+    with pytest.raises(at.InputError, match=r"\(1, 64, 1400\) is outside the compiled range"):
+        compiled(*example_inputs((1, 64, 1400)))  # larger than max_shape is still refused, as passed
 
 
 def test_the_wrapper_casts_inputs_refuses_larger_batches_and_leaves_the_users_model_alone():

@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         help="deterministic random weights (untrained: for trying the tool)",
     )
     _model_options(model)
+    # detect and eval read a compile cache; compile writes one, in --out (it refuses --cache-dir).
+    cached = _Parser(add_help=False)
+    cached.add_argument("--cache-dir", type=Path, help="compile cache folder (see the compile command)")
 
     info = commands.add_parser(
         "info", parents=[common], help="versions, GPU, and which backends can run here"
@@ -122,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     detect = commands.add_parser(
-        "detect", parents=[common, model], help="detect objects in images: JSON detections and annotated PNGs"
+        "detect",
+        parents=[common, model, cached],
+        help="detect objects in images: JSON detections and annotated PNGs",
     )
     detect.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     detect.add_argument(
@@ -145,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     detect.set_defaults(run=_detect)
 
     evaluate = commands.add_parser(
-        "eval", parents=[common, model], help="COCO bbox mAP on an annotation file"
+        "eval", parents=[common, model, cached], help="COCO bbox mAP on an annotation file"
     )
     evaluate.add_argument("--ann-file", type=Path, required=True, help="COCO instances JSON")
     evaluate.add_argument(
@@ -276,7 +281,6 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=["fp16", "bf16", "fp32"], help="default fp16 on a GPU, fp32 on the CPU"
     )
-    parser.add_argument("--cache-dir", type=Path, help="compile cache folder (see the compile command)")
 
 
 def _size_options(parser: argparse.ArgumentParser) -> None:
@@ -467,6 +471,27 @@ def _compiled_model(
     )  # fmt: skip
 
 
+# The longest resized side detect and eval compile for: the official resize lets a long strip pass
+# --max-size (10x2000 becomes 7x1400); a far longer one would widen the range (square, as one size
+# serves both orientations) until its CUDA-graph buffers take gigabytes and rcda_aggregate's kernel
+# gives way to its reference (past 4096 pixels with DC5).
+_LONGEST_RESIZED_SIDE = 4096
+
+
+def _resized_side(path: Path, size: tuple[int, int], args: argparse.Namespace, leave_out: str) -> int:
+    """The longest side of an image of ``size`` (h, w) once resized; InputError past the limit."""
+    from .transforms import resized_size
+
+    side = max(resized_size(*size, args.min_size, args.max_size))
+    if side > _LONGEST_RESIZED_SIDE:
+        raise InputError(
+            f"{path} resizes to a side of {side} pixels (--min-size {args.min_size} --max-size "
+            f"{args.max_size}), over the {_LONGEST_RESIZED_SIDE} this command compiles for: crop it, or pass "
+            f"{leave_out}"
+        )
+    return side
+
+
 # The commands.
 
 
@@ -523,7 +548,6 @@ def _detect(args: argparse.Namespace) -> int:
     from .eval import COCO_CLASSES
     from .images import check_image
     from .outputs import RunFolder
-    from .transforms import resized_size
 
     _check_sizes(args)
     _check_cache_dir(args, args.out)
@@ -539,9 +563,9 @@ def _detect(args: argparse.Namespace) -> int:
     readable, largest_side = [], 0
     for path in paths:  # headers only, so that a file that is no image stops the run before the model loads
         try:
-            resized = resized_size(*check_image(path), args.min_size, args.max_size)
+            side = _resized_side(path, check_image(path), args, "--skip-bad to leave it out")
             readable.append(path)
-            largest_side = max(largest_side, *resized)
+            largest_side = max(largest_side, side)
         except InputError as err:
             if not args.skip_bad:
                 raise
@@ -623,7 +647,6 @@ def _eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_coco
     from .eval.annotations import load_dataset
     from .outputs import check_new_file
-    from .transforms import resized_size
 
     for flag, path, what in (
         ("--ann-file", args.ann_file, "a COCO annotation file (instances_*.json)"),
@@ -638,8 +661,14 @@ def _eval(args: argparse.Namespace) -> int:
     device = _device(args)
     _check_backend(args, device)
     dataset = load_dataset(args.ann_file, args.image_dir, args.max_images)  # its errors come before compiling
-    sizes = filter(None, map(dataset.image_size, dataset.image_ids))
-    largest_side = max((max(resized_size(*size, args.min_size, args.max_size)) for size in sizes), default=0)
+    largest_side = max(
+        (
+            _resized_side(dataset.image_path(image_id), size, args, "--max-images to stop before it")
+            for image_id in dataset.image_ids
+            if (size := dataset.image_size(image_id)) is not None
+        ),
+        default=0,
+    )
     model = _compiled_model(
         args, device, batch=args.batch_size, min_size=args.min_size, max_size=args.max_size,
         largest_side=largest_side,
@@ -736,11 +765,6 @@ def _compile(args: argparse.Namespace) -> int:
     from .outputs import RunFolder
     from .weights import random_model
 
-    if args.cache_dir is not None:
-        raise InputError(
-            f"compile keeps what it compiles in --out; --cache-dir is for the commands that use it: pass "
-            f"--out {args.cache_dir} here, then --cache-dir {args.cache_dir} to detect or eval"
-        )
     flat = lambda shape: ",".join(map(str, shape))
     for low, high in (("min", "opt"), ("opt", "max"), ("min", "max")):
         lo, hi = getattr(args, f"{low}_shape"), getattr(args, f"{high}_shape")
@@ -819,7 +843,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Prints the pass/fail table (and writes check.json with --out); exit code 1 if a check failed."""
+    """Prints the pass/fail table (and writes check.json with --out); exit code 1 if a check failed or
+    none ran (all skipped)."""
     import contextlib
 
     from .checks import run_checks

@@ -61,8 +61,9 @@ class CompiledAnchorDETR(nn.Module):
         check_inputs(images, mask)
         batch, _, height, width = images.shape
         _, min_height, min_width = self.spec.min_shape
+        if not self.spec.contains((batch, max(height, min_height), max(width, min_width))):
+            self.spec.check_contains((batch, height, width))  # raises, naming the shape as passed
         height, width = max(height, min_height), max(width, min_width)
-        self.spec.check_contains((batch, height, width))
         # Asynchronous only towards a GPU: a non-blocking copy to the CPU may be read before it lands.
         non_blocking = self.device.type == "cuda"
         images = images.to(device=self.device, dtype=self.dtype, non_blocking=non_blocking)
