@@ -763,6 +763,7 @@ def _compile(args: argparse.Namespace) -> int:
     from .environment import environment
     from .export import example_inputs
     from .outputs import RunFolder
+    from .spec import within
     from .weights import random_model
 
     flat = lambda shape: ",".join(map(str, shape))
@@ -774,7 +775,7 @@ def _compile(args: argparse.Namespace) -> int:
                 "in some dimension: each of B, H, W must satisfy min <= opt <= max"
             )
     for shape in args.warm:
-        if not all(lo <= s <= hi for lo, s, hi in zip(args.min_shape, shape, args.max_shape, strict=True)):
+        if not within(shape, args.min_shape, args.max_shape):
             raise InputError(
                 f"--warm {flat(shape)} lies outside --min-shape {flat(args.min_shape)} .. --max-shape "
                 f"{flat(args.max_shape)}: warm shapes within the range, or widen it"

@@ -114,8 +114,9 @@ def compile(
     (torch.compile with the Triton ops and CUDA graphs), "eager" (the model itself), or "auto" (the
     first of these that runs here; the choice and its reason are logged). Shapes are (batch, height,
     width): one compiled module serves every input within [min_shape, max_shape] and is tuned for
-    opt_shape; images smaller than min_shape's height or width are padded up to it with masked pixels. ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one,
-    on the CPU). ``cache_dir`` keeps compiled artifacts so that a second process starts fast (the
+    opt_shape; images smaller than min_shape's height or width are padded up to it with masked
+    pixels. ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one, on
+    the CPU). ``cache_dir`` keeps compiled artifacts so that a second process starts fast (the
     inductor backend's compiled function, the tensorrt backend's module); it also points Inductor and
     Triton at that folder for the rest of the process (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR),
     since they compile lazily and must find it later.

@@ -39,6 +39,11 @@ def padded_shape(shape: Shape) -> Shape:
     return batch, round_up(height), round_up(width)
 
 
+def within(shape: Shape, min_shape: Shape, max_shape: Shape) -> bool:
+    """Whether ``shape`` (batch, height, width) lies in [min_shape, max_shape] in each dimension."""
+    return all(lo <= s <= hi for lo, s, hi in zip(min_shape, shape, max_shape, strict=True))
+
+
 def covering_range(shapes: Sequence[Shape]) -> tuple[Shape, Shape]:
     """(min_shape, max_shape): the elementwise minimum and maximum of ``shapes``, the smallest range
     that serves each of them."""
@@ -115,7 +120,7 @@ class CompileSpec:
         return tuple(padded_shape(s) for s in (self.min_shape, self.opt_shape, self.max_shape))
 
     def contains(self, shape: Shape) -> bool:
-        return all(lo <= s <= hi for lo, s, hi in zip(self.min_shape, shape, self.max_shape, strict=True))
+        return within(shape, self.min_shape, self.max_shape)
 
     def check_contains(self, shape: Shape) -> None:
         """Raise InputError unless ``shape`` (batch, height, width) lies in [min_shape, max_shape]."""
