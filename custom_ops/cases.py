@@ -253,13 +253,17 @@ SPECS = [
             "small": {"shape": (2, 5, 3, 4, 8)},
             "length_1": {"shape": (1, 1, 1, 1, 1)},
             "odd": {"shape": (3, 70, 5, 7, 9)},  # queries over two blocks, sizes below the blocks
-            "wide": {"shape": (2, 9, 2, 40, 20)},
+            "wide": {"shape": (2, 9, 2, 40, 20)},  # 32 + 16 columns
+            "wider": {"shape": (2, 9, 2, 84, 8)},  # 64 + 32 columns
             "strided": {"shape": (2, 6, 3, 5, 8), "strided": True},
         },
         gpu_cases={
-            f"{name}_b{batch}": {"shape": (batch * 8, queries, 50, 50, 32)}
-            for batch in REAL_BATCHES
-            for name, queries in (("decoder", 900), ("encoder", 2500))
+            **{
+                f"{name}_b{batch}": {"shape": (batch * 8, queries, 50, 50, 32)}
+                for batch in REAL_BATCHES
+                for name, queries in (("decoder", 900), ("encoder", 2500))
+            },
+            "encoder_1216x1344_b8": {"shape": (64, 76 * 84, 76, 84, 32)},  # the stream benchmark's batches
         },
         # The reference rounds its [N, W, Lq, D] intermediate to the input dtype, the kernel does not.
         tolerance={F32: (1e-5, 1e-5), F16: (2e-3, 5e-3), BF16: (2e-2, 3e-2)},

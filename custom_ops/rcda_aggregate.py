@@ -4,7 +4,9 @@ out[n, q] = sum_h sum_w probs_col[n, q, h] * probs_row[n, q, w] * value[n, h, w]
 batched matmuls, it materializes an [N, W, Lq, D] intermediate (64 MB per image and layer in fp16 at
 800x800); the kernel keeps it in registers: it multiplies the [BLOCK_Q, W] row probabilities with a
 few rows of value at a time on the tensor cores and accumulates the results weighted by probs_col, in
-float32.
+float32. The products run over W padded to a power of two, or to two of them (``width_blocks``):
+feature maps are rarely a power of two wide, and 84 columns (1344 pixels with DC5) padded to 64 + 32
+instead of 128 cost a quarter less tensor-core work.
 """
 
 import torch
@@ -25,6 +27,30 @@ MAX_STAGES = 3
 SHARED_BUDGET = 160 * 1024
 
 
+@triton.jit
+def _value_rows(
+    value_base,
+    h,
+    h_ok,
+    w,
+    w_ok,
+    d,
+    d_ok,
+    width,
+    head_dim,
+    BLOCK_W: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """value[h, w, d] of one step as the [BLOCK_W, BLOCK_H * BLOCK_D] right-hand side of a product."""
+    value = tl.load(
+        value_base + h[None, :, None] * width * head_dim + w[:, None, None] * head_dim + d[None, None, :],
+        mask=w_ok[:, None, None] & h_ok[None, :, None] & d_ok[None, None, :],
+        other=0.0,
+    )
+    return tl.reshape(value, (BLOCK_W, BLOCK_H * BLOCK_D))
+
+
 @triton.jit(
     do_not_specialize=["num_queries", "height", "width"]
 )  # sizes vary per image: one build serves all
@@ -39,13 +65,15 @@ def rcda_aggregate_kernel(
     head_dim,
     BLOCK_Q: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    TAIL_W: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(num_queries, BLOCK_Q), N). Each step takes BLOCK_H rows h: one product of the
     [BLOCK_Q, W] row probabilities with value[h:h + BLOCK_H] laid out as [W, BLOCK_H * D], then the
-    BLOCK_H [BLOCK_Q, D] column blocks weighted by probs_col[:, h] and summed, in float32."""
+    BLOCK_H [BLOCK_Q, D] column blocks weighted by probs_col[:, h] and summed, in float32. W is
+    covered by BLOCK_W columns, then TAIL_W more if TAIL_W > 0 (a second product into the same sum)."""
     n = tl.program_id(1).to(tl.int64)
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     w = tl.arange(0, BLOCK_W)
@@ -56,19 +84,33 @@ def rcda_aggregate_kernel(
     probs_row = tl.load(
         probs_row_ptr + row_index[:, None] * width + w[None, :], mask=q_ok[:, None] & w_ok[None, :], other=0.0
     )
+    if TAIL_W > 0:
+        w_tail = BLOCK_W + tl.arange(0, TAIL_W)
+        w_tail_ok = w_tail < width
+        probs_row_tail = tl.load(
+            probs_row_ptr + row_index[:, None] * width + w_tail[None, :],
+            mask=q_ok[:, None] & w_tail_ok[None, :],
+            other=0.0,
+        )
     value_base = value_ptr + n * height * width * head_dim
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for h_start in range(0, height, BLOCK_H):
         h = h_start + rows
         h_ok = h < height
-        value = tl.load(
-            value_base + h[None, :, None] * width * head_dim + w[:, None, None] * head_dim + d[None, None, :],
-            mask=w_ok[:, None, None] & h_ok[None, :, None] & d_ok[None, None, :],
-            other=0.0,
-        )
         partial = tl.dot(
-            probs_row, tl.reshape(value, (BLOCK_W, BLOCK_H * BLOCK_D)), input_precision=DOT_PRECISION
+            probs_row,
+            _value_rows(value_base, h, h_ok, w, w_ok, d, d_ok, width, head_dim, BLOCK_W, BLOCK_H, BLOCK_D),
+            input_precision=DOT_PRECISION,
         )
+        if TAIL_W > 0:
+            partial = tl.dot(
+                probs_row_tail,
+                _value_rows(
+                    value_base, h, h_ok, w_tail, w_tail_ok, d, d_ok, width, head_dim, TAIL_W, BLOCK_H, BLOCK_D
+                ),
+                acc=partial,
+                input_precision=DOT_PRECISION,
+            )
         p_col = tl.load(
             probs_col_ptr + row_index[:, None] * height + h[None, :],
             mask=q_ok[:, None] & h_ok[None, :],
@@ -81,17 +123,30 @@ def rcda_aggregate_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
 
 
+def width_blocks(width: int) -> tuple[int, int]:
+    """(BLOCK_W, TAIL_W): ``width`` columns covered by one power of two (TAIL_W 0) or by the largest
+    power of two below it and a second one for the rest, whichever is narrower; blocks are at least
+    16 wide (the tensor cores' K)."""
+    whole = _common.row_block(width)
+    if width <= 16:
+        return whole, 0
+    lead = whole // 2
+    tail = _common.row_block(width - lead)
+    return (lead, tail) if tail < lead else (whole, 0)
+
+
 def rcda_aggregate_launch_config(
     num_queries: int, batch_heads: int, width: int, head_dim: int, element_size: int
 ) -> tuple:
     """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks and
-    num_stages. A kernel built for BLOCK_W serves every width <= BLOCK_W."""
-    block_d, block_w = _common.row_block(head_dim), _common.row_block(width)
-    step_bytes = block_w * DOT_COLUMNS * element_size  # one step's value rows
-    resident_bytes = BLOCK_Q * block_w * element_size  # the row probabilities
+    num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it."""
+    block_d, (block_w, tail_w) = _common.row_block(head_dim), width_blocks(width)
+    step_bytes = (block_w + tail_w) * DOT_COLUMNS * element_size  # one step's value rows
+    resident_bytes = BLOCK_Q * (block_w + tail_w) * element_size  # the row probabilities
     meta = {
         "BLOCK_Q": BLOCK_Q,
         "BLOCK_W": block_w,
+        "TAIL_W": tail_w,
         "BLOCK_D": block_d,
         "BLOCK_H": max(1, DOT_COLUMNS // block_d),
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
