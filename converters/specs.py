@@ -267,7 +267,7 @@ def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dic
 
 def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
     n, queries, _ = s["probs_col"]
-    width, head_dim = s["probs_row"][2], s["value"][3]
+    width, head_dim = s["value"][2], s["value"][3]
     limit = module.max_kernel_width(d["value"].itemsize)
     if width > limit:
         raise InputError(
@@ -397,21 +397,28 @@ PLUGINS: dict[str, PluginSpec] = {
             op="rcda_aggregate",
             module="rcda_aggregate",
             kernel="rcda_aggregate_kernel",
-            inputs=("probs_col", "probs_row", "value"),
+            inputs=("probs_col", "q_row", "k_row", "mask_row", "value"),
             outputs=("out",),
             pointers={
                 "probs_col_ptr": "probs_col",
-                "probs_row_ptr": "probs_row",
+                "q_row_ptr": "q_row",
+                "k_row_ptr": "k_row",
+                "mask_row_ptr": "mask_row",
                 "value_ptr": "value",
                 "out_ptr": "out",
             },
-            input_dtypes=dict.fromkeys(("probs_col", "probs_row", "value"), FLOAT_DTYPES),
+            pointer_dtypes={"mask_row": torch.uint8},  # a bool buffer, read as bytes
+            input_dtypes={
+                **dict.fromkeys(("probs_col", "q_row", "k_row", "value"), FLOAT_DTYPES),
+                "mask_row": (torch.bool,),
+            },
             output_dtypes=lambda d: (d["value"],),
             output_shapes=lambda s, a: ((s["value"][0], s["probs_col"][1], s["value"][3]),),
             scalars=lambda s, a: {
                 "num_queries": s["probs_col"][1],
-                "height": s["probs_col"][2],
-                "width": s["probs_row"][2],
+                "heads": s["value"][0] // s["mask_row"][0],
+                "height": s["value"][1],
+                "width": s["value"][2],
                 "head_dim": s["value"][3],
             },
             meta=_rcda_aggregate_meta,

@@ -95,11 +95,13 @@ def mask2posemb_inputs(case: dict, dtype, device) -> tuple:
 
 
 def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
-    batch, queries, height, width, head_dim = case["shape"]
-    probs_col = torch.randn(batch, queries, height).softmax(-1)
-    probs_row = torch.randn(batch, queries, width).softmax(-1)
-    value = values((batch, height, width, head_dim), dtype, device, case)
-    return probs_col.to(device, dtype), probs_row.to(device, dtype), value
+    n, queries, height, width, head_dim = case["shape"]
+    heads = case.get("heads", 1)
+    probs_col = torch.randn(n, queries, height).softmax(-1).to(device, dtype)
+    q_row = values((n, queries, head_dim), dtype, device, case | {"scale": head_dim**-0.5})  # as scaled
+    k_row = values((n, width, head_dim), dtype, device, case | {"strided": False})
+    mask_row = padding(n // heads, width, case.get("padding", "tail"), device)
+    return probs_col, q_row, k_row, mask_row, values((n, height, width, head_dim), dtype, device, case)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,21 +251,23 @@ SPECS = [
         "rcda_aggregate",
         rcda_aggregate,
         rcda_aggregate_inputs,
-        cases={  # shape: (batch * heads, queries, height, width, head_dim)
-            "small": {"shape": (2, 5, 3, 4, 8)},
-            "length_1": {"shape": (1, 1, 1, 1, 1)},
-            "odd": {"shape": (3, 70, 5, 7, 9)},  # queries over two blocks, sizes below the blocks
-            "wide": {"shape": (2, 9, 2, 40, 20)},  # 32 + 16 columns
-            "wider": {"shape": (2, 9, 2, 84, 8)},  # 64 + 32 columns
+        cases={  # shape: (batch * heads, queries, height, width, head_dim); row mask: padding
+            "small": {"shape": (4, 5, 3, 4, 8), "heads": 2, "padding": "random"},
+            "length_1": {"shape": (1, 1, 1, 1, 1), "padding": "none"},
+            "odd": {"shape": (3, 70, 5, 7, 9), "heads": 3},  # queries over two blocks, sizes below the blocks
+            "fully_padded": {"shape": (4, 6, 3, 5, 8), "heads": 2, "padding": "all"},  # zeros, not NaN
+            "wide": {"shape": (2, 9, 2, 40, 20), "padding": "all"},  # 32 + 16 columns, the tail padded too
+            "wider": {"shape": (2, 9, 2, 84, 8), "heads": 2},  # 64 + 32 columns
             "strided": {"shape": (2, 6, 3, 5, 8), "strided": True},
         },
         gpu_cases={
             **{
-                f"{name}_b{batch}": {"shape": (batch * 8, queries, 50, 50, 32)}
+                f"{name}_b{batch}": {"shape": (batch * 8, queries, 50, 50, 32), "heads": 8}
                 for batch in REAL_BATCHES
                 for name, queries in (("decoder", 900), ("encoder", 2500))
             },
-            "encoder_1216x1344_b8": {"shape": (64, 76 * 84, 76, 84, 32)},  # the stream benchmark's batches
+            # The stream benchmark's batches: 1216x1344 images, some padded.
+            "encoder_1216x1344_b8": {"shape": (64, 76 * 84, 76, 84, 32), "heads": 8, "padding": "all"},
         },
         # The reference rounds its [N, W, Lq, D] intermediate to the input dtype, the kernel does not.
         tolerance={F32: (1e-5, 1e-5), F16: (2e-3, 5e-3), BF16: (2e-2, 3e-2)},

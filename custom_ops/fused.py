@@ -38,5 +38,7 @@ def mask2posemb(mask: Tensor, num_pos_feats: int, temperature: float) -> tuple[T
     return _ops.mask2posemb(mask, num_pos_feats, temperature)
 
 
-def rcda_aggregate(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tensor:
-    return _ops.rcda_aggregate(probs_col, probs_row, value)
+def rcda_aggregate(
+    probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor
+) -> Tensor:
+    return _ops.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)

@@ -17,6 +17,20 @@ from . import _common, reference
 _OP = "masked_softmax"
 
 
+@triton.jit
+def softmax_numerators(x, valid, row_max):
+    """exp(x - row_max) in float32 where ``valid``, else 0, for a [rows, keys] tile of scores. A fully
+    masked row has max -inf: it is shifted by 0 (not -inf, which makes NaN), and its numerators are 0."""
+    shift = tl.where(row_max == float("-inf"), 0.0, row_max)
+    return tl.where(valid, tl.exp2((x - shift[:, None]) * 1.4426950408889634), 0.0)
+
+
+@triton.jit
+def softmax_scale(total):
+    """1 / each row's sum of numerators; a fully masked row's zero sum is divided by 1 (zeros, not NaN)."""
+    return 1.0 / tl.where(total == 0.0, 1.0, total)
+
+
 @triton.jit(
     do_not_specialize=["num_rows", "rows_per_batch", "row_length"]
 )  # sizes vary per image: one build serves all
@@ -45,13 +59,8 @@ def masked_softmax_kernel(
     out_ptr += tile_start
     offsets = (rows - first_row)[:, None] * row_length + keys[None, :]
     x = tl.load(scores_ptr + offsets, mask=valid, other=float("-inf")).to(tl.float32)
-    row_max = tl.max(x, axis=1)
-    # A fully padded row has max -inf: shift it by 0 (not -inf, which makes NaN) and divide its zero
-    # sum by 1.
-    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-    e = tl.where(valid, tl.exp2((x - row_max[:, None]) * 1.4426950408889634), 0.0)
-    total = tl.sum(e, axis=1)
-    inverse = 1.0 / tl.where(total == 0.0, 1.0, total)
+    e = softmax_numerators(x, valid, tl.max(x, axis=1))
+    inverse = softmax_scale(tl.sum(e, axis=1))
     tl.store(out_ptr + offsets, (e * inverse[:, None]).to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 

@@ -1,12 +1,19 @@
-"""``anchordetr::rcda_aggregate``: the value aggregation of row-column decoupled attention.
+"""``anchordetr::rcda_aggregate``: the value aggregation of row-column decoupled attention, with the
+row attention computed in the kernel.
 
-out[n, q] = sum_h sum_w probs_col[n, q, h] * probs_row[n, q, w] * value[n, h, w]. Done as two
-batched matmuls, it materializes an [N, W, Lq, D] intermediate (64 MB per image and layer in fp16 at
-800x800); the kernel keeps it in registers: it multiplies the [BLOCK_Q, W] row probabilities with a
-few rows of value at a time on the tensor cores and accumulates the results weighted by probs_col, in
-float32. The products run over W padded to a power of two, or to two of them (``width_blocks``):
-feature maps are rarely a power of two wide, and 84 columns (1344 pixels with DC5) padded to 64 + 32
-instead of 128 cost a quarter less tensor-core work.
+out[n, q] = sum_h sum_w probs_col[n, q, h] * probs_row[n, q, w] * value[n, h, w], where
+probs_row[n, q] = masked softmax of q_row[n, q] . k_row[n, w] over the unpadded columns w. Done as
+batched matmuls, it materializes the [N, Lq, W] scores and probabilities and an [N, W, Lq, D]
+intermediate (64 MB per image and layer in fp16 at 800x800); the kernel keeps all three in registers.
+A program takes BLOCK_Q queries: it computes their row scores on the tensor cores and their softmax in
+float32, then multiplies the [BLOCK_Q, W] probabilities with a few rows of value at a time and
+accumulates the results weighted by probs_col, in float32. The column probabilities are an input
+(``masked_softmax``): computing them in the kernel too would double its per-step work on the CUDA
+cores (each step needs a few columns of them, which Triton cannot slice out of registers).
+
+The products run over W padded to a power of two, or to two of them (``width_blocks``): feature maps
+are rarely a power of two wide, and 84 columns (1344 pixels with DC5) padded to 64 + 32 instead of 128
+made the kernel 1.8x faster at the stream benchmark's 76x84 maps on an H100 (scripts/ab_rcda_blocks.py).
 """
 
 import torch
@@ -14,7 +21,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from anchordetr_trt.errors import InputError
+
 from . import _common, reference
+from .masked_softmax import softmax_numerators, softmax_scale
 
 _OP = "rcda_aggregate"
 # Best of a sweep on an H100 (800x800, batch 1 and 8: BLOCK_Q 64/128, 4/8 warps, 2/3 stages, 2..8 rows
@@ -28,12 +38,28 @@ SHARED_BUDGET = 160 * 1024
 
 
 @triton.jit
+def _row_scores(
+    q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION: tl.constexpr
+):
+    """q_row [BLOCK_Q, BLOCK_D] . k_row[n, w] in float32, -inf where column w is padded or past the
+    width: [BLOCK_Q, len(w)]."""
+    w_ok = w < width
+    k_row = tl.load(
+        k_row_ptr + (n * width + w)[:, None] * head_dim + d[None, :],
+        mask=w_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    scores = tl.dot(q_row, tl.trans(k_row), input_precision=DOT_PRECISION)
+    padded = tl.load(mask_row_ptr + batch * width + w, mask=w_ok, other=1)
+    return tl.where((padded == 0)[None, :], scores, float("-inf"))
+
+
+@triton.jit
 def _value_rows(
     value_base,
     h,
     h_ok,
     w,
-    w_ok,
     d,
     d_ok,
     width,
@@ -45,21 +71,24 @@ def _value_rows(
     """value[h, w, d] of one step as the [BLOCK_W, BLOCK_H * BLOCK_D] right-hand side of a product."""
     value = tl.load(
         value_base + h[None, :, None] * width * head_dim + w[:, None, None] * head_dim + d[None, None, :],
-        mask=w_ok[:, None, None] & h_ok[None, :, None] & d_ok[None, None, :],
+        mask=(w < width)[:, None, None] & h_ok[None, :, None] & d_ok[None, None, :],
         other=0.0,
     )
     return tl.reshape(value, (BLOCK_W, BLOCK_H * BLOCK_D))
 
 
 @triton.jit(
-    do_not_specialize=["num_queries", "height", "width"]
+    do_not_specialize=["num_queries", "heads", "height", "width"]
 )  # sizes vary per image: one build serves all
 def rcda_aggregate_kernel(
     probs_col_ptr,
-    probs_row_ptr,
+    q_row_ptr,
+    k_row_ptr,
+    mask_row_ptr,
     value_ptr,
     out_ptr,
     num_queries,
+    heads,
     height,
     width,
     head_dim,
@@ -70,28 +99,40 @@ def rcda_aggregate_kernel(
     BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(num_queries, BLOCK_Q), N). Each step takes BLOCK_H rows h: one product of the
-    [BLOCK_Q, W] row probabilities with value[h:h + BLOCK_H] laid out as [W, BLOCK_H * D], then the
-    BLOCK_H [BLOCK_Q, D] column blocks weighted by probs_col[:, h] and summed, in float32. W is
-    covered by BLOCK_W columns, then TAIL_W more if TAIL_W > 0 (a second product into the same sum)."""
+    """Grid (cdiv(num_queries, BLOCK_Q), N). First the row probabilities of the program's queries, in
+    registers; then each step takes BLOCK_H rows h: one product of the [BLOCK_Q, W] row probabilities
+    with value[h:h + BLOCK_H] laid out as [W, BLOCK_H * D], then the BLOCK_H [BLOCK_Q, D] column blocks
+    weighted by probs_col[:, h] and summed, in float32. W is covered by BLOCK_W columns, then TAIL_W
+    more if TAIL_W > 0 (a second product into the same sum). mask_row [N / heads, W] uint8, nonzero =
+    padded column."""
     n = tl.program_id(1).to(tl.int64)
+    batch = n // heads
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     w = tl.arange(0, BLOCK_W)
     d = tl.arange(0, BLOCK_D)
     rows = tl.arange(0, BLOCK_H)
-    q_ok, w_ok, d_ok = q < num_queries, w < width, d < head_dim
+    q_ok, d_ok = q < num_queries, d < head_dim
     row_index = n * num_queries + q
-    probs_row = tl.load(
-        probs_row_ptr + row_index[:, None] * width + w[None, :], mask=q_ok[:, None] & w_ok[None, :], other=0.0
+    q_row = tl.load(
+        q_row_ptr + row_index[:, None] * head_dim + d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0
     )
+    scores = _row_scores(q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION)
+    row_max = tl.max(scores, axis=1)
     if TAIL_W > 0:
         w_tail = BLOCK_W + tl.arange(0, TAIL_W)
-        w_tail_ok = w_tail < width
-        probs_row_tail = tl.load(
-            probs_row_ptr + row_index[:, None] * width + w_tail[None, :],
-            mask=q_ok[:, None] & w_tail_ok[None, :],
-            other=0.0,
+        scores_tail = _row_scores(
+            q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w_tail, d, d_ok, DOT_PRECISION
         )
+        row_max = tl.maximum(row_max, tl.max(scores_tail, axis=1))
+    numerators = softmax_numerators(scores, scores > float("-inf"), row_max)
+    total = tl.sum(numerators, axis=1)
+    if TAIL_W > 0:
+        numerators_tail = softmax_numerators(scores_tail, scores_tail > float("-inf"), row_max)
+        total += tl.sum(numerators_tail, axis=1)
+    scale = softmax_scale(total)[:, None]
+    probs_row = (numerators * scale).to(value_ptr.dtype.element_ty)
+    if TAIL_W > 0:
+        probs_row_tail = (numerators_tail * scale).to(value_ptr.dtype.element_ty)
     value_base = value_ptr + n * height * width * head_dim
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for h_start in range(0, height, BLOCK_H):
@@ -99,15 +140,13 @@ def rcda_aggregate_kernel(
         h_ok = h < height
         partial = tl.dot(
             probs_row,
-            _value_rows(value_base, h, h_ok, w, w_ok, d, d_ok, width, head_dim, BLOCK_W, BLOCK_H, BLOCK_D),
+            _value_rows(value_base, h, h_ok, w, d, d_ok, width, head_dim, BLOCK_W, BLOCK_H, BLOCK_D),
             input_precision=DOT_PRECISION,
         )
         if TAIL_W > 0:
             partial = tl.dot(
                 probs_row_tail,
-                _value_rows(
-                    value_base, h, h_ok, w_tail, w_tail_ok, d, d_ok, width, head_dim, TAIL_W, BLOCK_H, BLOCK_D
-                ),
+                _value_rows(value_base, h, h_ok, w_tail, d, d_ok, width, head_dim, TAIL_W, BLOCK_H, BLOCK_D),
                 acc=partial,
                 input_precision=DOT_PRECISION,
             )
@@ -168,28 +207,46 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def check_inputs(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> None:
-    """Raise InputError unless probs_col [N, Lq, H], probs_row [N, Lq, W] and value [N, H, W, D] are
-    float tensors of one dtype and device with matching sizes."""
+def check_inputs(probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor) -> None:
+    """Raise InputError unless probs_col [N, Lq, H], q_row [N, Lq, D], k_row [N, W, D] and value
+    [N, H, W, D] are float tensors of one dtype, mask_row [B, W] is bool, N is a multiple of B (the
+    heads), all on one device with matching sizes."""
     _common.check_tensor(_OP, "value", value, 4, _common.FLOAT_DTYPES, "[N, H, W, D]")
     _common.check_tensor(_OP, "probs_col", probs_col, 3, _common.FLOAT_DTYPES, "[N, Lq, H]")
-    _common.check_tensor(_OP, "probs_row", probs_row, 3, _common.FLOAT_DTYPES, "[N, Lq, W]")
-    _common.check_same_device(_OP, probs_col=probs_col, probs_row=probs_row, value=value)
-    _common.check_same_dtype(_OP, probs_col=probs_col, probs_row=probs_row, value=value)
-    batch, height, width, _ = value.shape
-    _common.check_size(_OP, "probs_col.shape[0] (N)", probs_col.shape[0], batch)
-    _common.check_size(_OP, "probs_row.shape[0] (N)", probs_row.shape[0], batch)
-    _common.check_size(_OP, "probs_row.shape[1] (queries)", probs_row.shape[1], probs_col.shape[1])
+    _common.check_tensor(_OP, "q_row", q_row, 3, _common.FLOAT_DTYPES, "[N, Lq, D]")
+    _common.check_tensor(_OP, "k_row", k_row, 3, _common.FLOAT_DTYPES, "[N, W, D]")
+    _common.check_tensor(_OP, "mask_row", mask_row, 2, (torch.bool,), "[B, W]")
+    tensors = {"probs_col": probs_col, "q_row": q_row, "k_row": k_row, "value": value}
+    _common.check_same_device(_OP, **tensors, mask_row=mask_row)
+    _common.check_same_dtype(_OP, **tensors)
+    n, height, width, head_dim = value.shape
+    for name, tensor in tensors.items():
+        _common.check_size(_OP, f"{name}.shape[0] (N)", tensor.shape[0], n)
+    _common.check_size(_OP, "q_row.shape[1] (queries)", q_row.shape[1], probs_col.shape[1])
     _common.check_size(_OP, "probs_col.shape[2] (H)", probs_col.shape[2], height)
-    _common.check_size(_OP, "probs_row.shape[2] (W)", probs_row.shape[2], width)
+    _common.check_size(_OP, "k_row.shape[1] (W)", k_row.shape[1], width)
+    _common.check_size(_OP, "mask_row.shape[1] (W)", mask_row.shape[1], width)
+    _common.check_size(_OP, "q_row.shape[2] (D)", q_row.shape[2], head_dim)
+    _common.check_size(_OP, "k_row.shape[2] (D)", k_row.shape[2], head_dim)
+    batch = mask_row.shape[0]
+    if isinstance(n, int) and isinstance(batch, int) and (batch == 0 or n % batch):
+        raise InputError(
+            f"{_OP}: N = {n} (value.shape[0]) is not a multiple of the batch {batch} (mask_row.shape[0]): "
+            "N must be batch * heads"
+        )
 
 
 def rcda_aggregate_triton(
-    probs_col: Tensor, probs_row: Tensor, value: Tensor, out: Tensor | None = None
+    probs_col: Tensor,
+    q_row: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    value: Tensor,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Launch the kernel on CUDA (or CPU under TRITON_INTERPRET=1); non-contiguous inputs are copied
     contiguous first. Writes ``out`` (new if None, else contiguous [N, Lq, D] of value's dtype)."""
-    check_inputs(probs_col, probs_row, value)
+    check_inputs(probs_col, q_row, k_row, mask_row, value)
     n, num_queries, height = probs_col.shape
     width, head_dim = value.shape[2], value.shape[3]
     shape = (n, num_queries, head_dim)
@@ -203,10 +260,13 @@ def rcda_aggregate_triton(
     with _common.launch_context(_OP, rcda_aggregate_kernel, value):
         rcda_aggregate_kernel[grid](
             probs_col.contiguous(),
-            probs_row.contiguous(),
+            q_row.contiguous(),
+            k_row.contiguous(),
+            mask_row.contiguous().view(torch.uint8),
             value.contiguous(),
             out,
             num_queries,
+            n // mask_row.shape[0],
             height,
             width,
             head_dim,
@@ -217,25 +277,27 @@ def rcda_aggregate_triton(
 
 
 @torch.library.custom_op("anchordetr::rcda_aggregate", mutates_args=())
-def rcda_aggregate(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tensor:
-    """probs_col [N, Lq, H], probs_row [N, Lq, W], value [N, H, W, D] -> [N, Lq, D]. PyTorch
-    reference off CUDA."""
-    check_inputs(probs_col, probs_row, value)
-    return reference.rcda_aggregate(probs_col, probs_row, value)
+def rcda_aggregate(
+    probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor
+) -> Tensor:
+    """probs_col [N, Lq, H], q_row [N, Lq, D], k_row [N, W, D], mask_row [B, W] bool (True = padded,
+    N = B * heads), value [N, H, W, D] -> [N, Lq, D]. PyTorch reference off CUDA."""
+    check_inputs(probs_col, q_row, k_row, mask_row, value)
+    return reference.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)
 
 
 @rcda_aggregate.register_kernel("cuda")
-def _(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tensor:
+def _(probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor) -> Tensor:
     # float32: the kernel's products run on the CUDA cores: 1.0 s for a batch of 8 x 800 x 1216 on an
     # H100 against 0.13 s for the whole model on cuBLAS (measured); its three-TF32 variant needs more
     # shared memory than an H100 has at that width. fp32 is the reference precision.
     if value.dtype == torch.float32 or value.shape[2] > max_kernel_width(value.element_size()):
-        check_inputs(probs_col, probs_row, value)
-        return reference.rcda_aggregate(probs_col, probs_row, value)
-    return rcda_aggregate_triton(probs_col, probs_row, value)
+        check_inputs(probs_col, q_row, k_row, mask_row, value)
+        return reference.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)
+    return rcda_aggregate_triton(probs_col, q_row, k_row, mask_row, value)
 
 
 @rcda_aggregate.register_fake
-def _(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tensor:
-    check_inputs(probs_col, probs_row, value)
+def _(probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor) -> Tensor:
+    check_inputs(probs_col, q_row, k_row, mask_row, value)
     return value.new_empty((value.shape[0], probs_col.shape[1], value.shape[3]))

@@ -64,12 +64,18 @@ def mask2posemb(mask: Tensor, num_pos_feats: int, temperature: float) -> tuple[T
     return pos2posemb1d(pos_y, num_pos_feats, temperature), pos2posemb1d(pos_x, num_pos_feats, temperature)
 
 
-def rcda_aggregate(probs_col: Tensor, probs_row: Tensor, value: Tensor) -> Tensor:
+def rcda_aggregate(
+    probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor
+) -> Tensor:
     """Row-column decoupled weighted sum: out[n, q] = sum_h sum_w probs_col[n, q, h] *
-    probs_row[n, q, w] * value[n, h, w].
+    probs_row[n, q, w] * value[n, h, w], with probs_row the masked softmax of q_row . k_row.
 
-    probs_col [N, Lq, H], probs_row [N, Lq, W], value [N, H, W, D] -> [N, Lq, D].
+    probs_col [N, Lq, H], q_row [N, Lq, D], k_row [N, W, D], mask_row [B, W] bool (True = padded
+    column, N = B * heads), value [N, H, W, D] -> [N, Lq, D].
     """
+    batch = mask_row.shape[0]
+    scores = torch.bmm(q_row.float(), k_row.float().transpose(1, 2))  # float32, as the kernel's
+    probs_row = masked_softmax(scores.unflatten(0, (batch, -1)), mask_row).flatten(0, 1).to(value.dtype)
     # Batched over (N, W) and (N, Lq) so that no reshape splits a symbolic product (export-friendly).
     per_column = torch.matmul(probs_col[:, None], value.transpose(1, 2))  # [N, W, Lq, D]
     out = torch.matmul(probs_row[:, :, None], per_column.transpose(1, 2))  # [N, Lq, 1, D]

@@ -99,10 +99,12 @@ def make_cases(batches: tuple[int, ...], dtype: torch.dtype, device, shapes: Sha
         for stage, queries in stages:
             n, head_dim = batch * shapes.heads, shapes.channels // shapes.heads
             probs_col = torch.randn(n, queries, height, device=device).softmax(-1).to(dtype)
-            probs_row = torch.randn(n, queries, width, device=device).softmax(-1).to(dtype)
+            q_row = torch.randn(n, queries, head_dim, device=device, dtype=dtype) * head_dim**-0.5
+            k_row = torch.randn(n, width, head_dim, device=device, dtype=dtype)
+            mask_row = torch.zeros(batch, width, dtype=torch.bool, device=device)
             value = torch.randn(n, height, width, head_dim, device=device, dtype=dtype)
             out_bytes = n * queries * head_dim * value.element_size()
-            args = (probs_col, probs_row, value)
+            args = (probs_col, q_row, k_row, mask_row, value)
             cases.append(Case("rcda_aggregate", stage, batch, args, _nbytes(*args) + out_bytes))
         lines = batch * (height + width)  # the first column and the first row of every image
         cases.append(Case("mask2pos", "features", batch, (mask,), lines * (1 + 4)))

@@ -29,14 +29,14 @@ def _meta_inputs(shape):
 
 
 def _aggregation_flops(queries: int, channels: int, h: int, w: int) -> int:
-    """RCDA's weighted sum over an h x w map by hand: the reference's two batched matmuls, over the
-    rows for each column, then over the columns."""
-    return 2 * queries * channels * w * (h + 1)
+    """rcda_aggregate by hand: the row scores, then the weighted sum over an h x w map, the
+    reference's two batched matmuls, over the rows for each column, then over the columns."""
+    return 2 * queries * w * channels + 2 * queries * channels * w * (h + 1)
 
 
 def _rcda_flops(queries: int, channels: int, h: int, w: int) -> int:
-    """RCDA by hand: the row and column scores, then the aggregation."""
-    return 2 * queries * (h + w) * channels + _aggregation_flops(queries, channels, h, w)
+    """RCDA by hand: the column scores, then rcda_aggregate."""
+    return 2 * queries * h * channels + _aggregation_flops(queries, channels, h, w)
 
 
 def _transformer_flops_by_hand(config, h: int, w: int) -> tuple[int, int]:

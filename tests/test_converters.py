@@ -108,7 +108,13 @@ def example_args(plugin: str, size: dict, dtype: torch.dtype, device="cpu") -> t
         "add_bias_transpose": lambda: (randn(b, q, c), randn(c), h, (c // h) ** -0.5),
         "mask2pos": lambda: (mask,),
         "mask2posemb": lambda: (mask, c, 10000.0),
-        "rcda_aggregate": lambda: (softmax(b * h, q, hh), softmax(b * h, q, w), randn(b * h, hh, w, c // h)),
+        "rcda_aggregate": lambda: (
+            softmax(b * h, q, hh),
+            randn(b * h, q, c // h) * (c // h) ** -0.5,
+            randn(b * h, w, c // h),
+            mask[:, 0, :].contiguous(),
+            randn(b * h, hh, w, c // h),
+        ),
     }[plugin]()
 
 
@@ -178,7 +184,7 @@ def test_plugin_ids_are_distinct_and_valid_for_tensorrt():
             "mask2posemb",
             {"num_pos_feats": 128, "temperature": 20.0},
         ),
-        ("rcda_aggregate", ("c",), {"probs_row": "r", "value": "v"}, "rcda_aggregate", {}),
+        ("rcda_aggregate", ("c", "q"), {"k_row": "k", "mask_row": "m", "value": "v"}, "rcda_aggregate", {}),
     ],
 )
 def test_bind_fills_defaults_picks_the_variant_and_coerces_attributes(op, args, kwargs, plugin, attrs):
@@ -217,7 +223,8 @@ def test_bind_rejects_bad_calls(op, args, kwargs, message):
             {"scores": F16, "key_padding_mask": torch.uint8},
             "key_padding_mask of dtype uint8",
         ),
-        ("rcda_aggregate", {"probs_col": F16, "probs_row": F32, "value": F16}, "one float dtype"),
+        ("rcda_aggregate", {"probs_col": F16, "q_row": F32, "value": F16}, "one float dtype"),
+        ("rcda_aggregate", {"probs_col": F16, "mask_row": torch.uint8}, "mask_row of dtype uint8"),
         ("layer_norm_with_residual", {"x": F32, "residual": torch.bfloat16}, "bfloat16"),
     ],
 )
@@ -523,14 +530,10 @@ class AllOps(nn.Module):
         def heads(t, scale=1.0):
             return ops.add_bias_transpose(t, self.bias, self.heads, scale)
 
-        def probabilities(keys, key_mask):
-            scores = torch.bmm(heads(tokens, 0.5), heads(keys).transpose(1, 2))
-            return ops.masked_softmax(scores.unflatten(0, (batch, self.heads)), key_mask).flatten(0, 1)
-
+        scores = torch.bmm(heads(tokens, 0.5), heads(x.mean(2)).transpose(1, 2))
+        probs_col = ops.masked_softmax(scores.unflatten(0, (batch, self.heads)), mask[:, :, 0]).flatten(0, 1)
         value = heads(tokens).unflatten(1, (height, width))
-        out = ops.rcda_aggregate(
-            probabilities(x.mean(2), mask[:, :, 0]), probabilities(x.mean(1), mask[:, 0, :]), value
-        )
+        out = ops.rcda_aggregate(probs_col, heads(tokens, 0.5), heads(x.mean(1)), mask[:, 0, :], value)
         return out, pos_y, pos_x
 
 
@@ -539,7 +542,7 @@ ALL_OPS_COUNTS = {
     "mask2pos": 1,
     "mask2posemb": 1,
     "add_bias_transpose": 5,
-    "masked_softmax": 2,
+    "masked_softmax": 1,
     "rcda_aggregate": 1,
 }
 
@@ -582,13 +585,13 @@ def test_a_node_of_an_unsupported_dtype_stays_in_pytorch():
 
 
 def expected_model_ops(config: at.AnchorDETRConfig) -> dict[str, int]:
-    """anchordetr op calls of AnchorDETR's forward: RCDA (5 projections, 2 softmaxes, 1 aggregation)
+    """anchordetr op calls of AnchorDETR's forward: RCDA (5 projections, the column softmax, 1 aggregation)
     in every layer, the decoder's self-attention (3 projections), a residual norm after each
     attention and FFN, one position embedding of the mask."""
     encoder, decoder = config.num_encoder_layers, config.num_decoder_layers
     return {
         "add_bias_transpose": 5 * encoder + 8 * decoder,
-        "masked_softmax": 2 * (encoder + decoder),
+        "masked_softmax": encoder + decoder,
         "rcda_aggregate": encoder + decoder,
         "layer_norm": 2 * encoder + 3 * decoder,
         "mask2posemb": 1,

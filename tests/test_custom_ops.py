@@ -110,7 +110,7 @@ def test_opcheck(spec, dtype):
 
 
 def fused_calls(
-    scores, key_mask, x, weight, bias, residual, projection, proj_bias, mask, probs_col, probs_row, value
+    scores, key_mask, x, weight, bias, residual, projection, proj_bias, mask, probs_col, q_row, k_row, value
 ):
     """Every fused op once, through the wrappers the model calls."""
     probs = fused.masked_softmax(scores, key_mask)
@@ -118,7 +118,7 @@ def fused_calls(
     heads = fused.add_bias_transpose(projection, proj_bias, 2, 0.5)
     pos_y, pos_x = fused.mask2pos(mask)
     emb_y, emb_x = fused.mask2posemb(mask, 16, 10000.0)
-    aggregated = fused.rcda_aggregate(probs_col, probs_row, value)
+    aggregated = fused.rcda_aggregate(probs_col, q_row, k_row, key_mask, value)
     return probs, normed, heads, pos_y, pos_x, emb_y, emb_x, aggregated
 
 
@@ -135,7 +135,8 @@ def fused_example(batch: int, width: int) -> tuple:
         torch.randn(8),
         image_mask(batch, 6, width, "tail", "cpu"),
         torch.randn(batch * 2, 5, 3).softmax(-1),
-        torch.randn(batch * 2, 5, width).softmax(-1),
+        torch.randn(batch * 2, 5, 4),
+        torch.randn(batch * 2, width, 4),
         torch.randn(batch * 2, 3, width, 4),
     )
 
@@ -163,7 +164,7 @@ def test_export_keeps_each_op_as_one_node():
     batch, width = torch.export.Dim("batch", min=1, max=8), torch.export.Dim("width", min=2, max=64)
     dims = [{0: batch, 3: width}, {0: batch, 1: width}, {0: batch, 1: width}, None, None]
     dims += [{0: batch, 1: width}, {0: batch, 1: width}, None, {0: batch, 2: width}]
-    dims += [{0: 2 * batch}, {0: 2 * batch, 2: width}, {0: 2 * batch, 2: width}]
+    dims += [{0: 2 * batch}, {0: 2 * batch}, {0: 2 * batch, 1: width}, {0: 2 * batch, 2: width}]
     exported = torch.export.export(FusedCalls(), fused_example(3, 7), dynamic_shapes=(tuple(dims),))
     assert fused_op_names(exported.graph) == FUSED_OPS
     other = [
@@ -202,7 +203,9 @@ def bad_inputs() -> list:
     scores, key_mask = torch.randn(2, 3, 4, 5), torch.zeros(2, 5, dtype=torch.bool)
     x, weight, bias = torch.randn(2, 4, 8), torch.randn(8), torch.randn(8)
     mask = torch.zeros(2, 4, 6, dtype=torch.bool)
-    probs_col, probs_row, value = torch.rand(4, 5, 3), torch.rand(4, 5, 6), torch.randn(4, 3, 6, 8)
+    probs_col, q_row, k_row = torch.rand(4, 5, 3), torch.randn(4, 5, 8), torch.randn(4, 6, 8)
+    mask_row, value = torch.zeros(2, 6, dtype=torch.bool), torch.randn(4, 3, 6, 8)
+    rcda = (probs_col, q_row, k_row, mask_row, value)
     cases = [
         ("masked_softmax", (scores[0], key_mask), "must be 4-d"),
         ("masked_softmax", (scores.int(), key_mask), "dtype torch.int32"),
@@ -232,15 +235,28 @@ def bad_inputs() -> list:
         ("mask2pos", (mask[:, :, :0],), "needs H, W >= 1"),
         ("mask2posemb", (mask, 15, 10000.0), "positive even int"),
         ("mask2posemb", (mask, 16, 0.0), "temperature must be a positive float"),
-        ("rcda_aggregate", (probs_col, probs_row, value[0]), "value must be 4-d"),
-        ("rcda_aggregate", (probs_col, probs_row.half(), value), "share one dtype"),
+        ("rcda_aggregate", (*rcda[:4], value[0]), "value must be 4-d"),
+        ("rcda_aggregate", (probs_col, q_row.half(), *rcda[2:]), "share one dtype"),
         (
             "rcda_aggregate",
-            (probs_col[:, :, :2], probs_row, value),
+            (probs_col[:, :, :2], *rcda[1:]),
             r"probs_col.shape\[2\] \(H\) is 2 but must be 3",
         ),
-        ("rcda_aggregate", (probs_col, probs_row[:, :4], value), r"probs_row.shape\[1\] \(queries\) is 4"),
-        ("rcda_aggregate", (probs_col, probs_row, value.to("meta")), "different devices"),
+        ("rcda_aggregate", (probs_col, q_row[:, :4], *rcda[2:]), r"q_row.shape\[1\] \(queries\) is 4"),
+        (
+            "rcda_aggregate",
+            (*rcda[:2], k_row[:, :5], *rcda[3:]),
+            r"k_row.shape\[1\] \(W\) is 5 but must be 6",
+        ),
+        (
+            "rcda_aggregate",
+            (*rcda[:2], k_row[..., :4], *rcda[3:]),
+            r"k_row.shape\[2\] \(D\) is 4 but must be 8",
+        ),
+        ("rcda_aggregate", (*rcda[:3], mask_row.float(), value), "mask_row has dtype torch.float32"),
+        ("rcda_aggregate", (*rcda[:3], mask_row[:, :5], value), r"mask_row.shape\[1\] \(W\) is 5"),
+        ("rcda_aggregate", (*rcda[:3], mask_row.repeat(2, 1)[:3], value), "not a multiple of the batch 3"),
+        ("rcda_aggregate", (*rcda[:4], value.to("meta")), "different devices"),
     ]
     return [
         pytest.param(name, args, match, entry, id=f"{name}-{index}-{entry}")

@@ -86,12 +86,9 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         v = self.project(value.reshape(batch, height * width, channels), 4)
         v = v.view(batch * self.num_heads, height, width, self.head_dim)
 
-        def probabilities(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
-            scores = torch.bmm(q, k.transpose(1, 2))
-            scores = scores.view(batch, self.num_heads, q.shape[1], k.shape[1])
-            return f.masked_softmax(scores, mask).flatten(0, 1)
-
-        out = f.rcda_aggregate(
-            probabilities(q_col, k_col, mask_col), probabilities(q_row, k_row, mask_row), v
-        )
+        scores_col = torch.bmm(q_col, k_col.transpose(1, 2))
+        scores_col = scores_col.view(batch, self.num_heads, q_col.shape[1], height)
+        probs_col = f.masked_softmax(scores_col, mask_col).flatten(0, 1)
+        # The row probabilities are computed where they are used: see rcda_aggregate.
+        out = f.rcda_aggregate(probs_col, q_row, k_row, mask_row, v)
         return self.merge_heads(out, batch)
