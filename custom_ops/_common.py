@@ -18,10 +18,9 @@ from anchordetr_trt.errors import InputError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Launch heuristics shared by the row-wise kernels: a warp holds ELEMENTS_PER_WARP elements (32 per
-# thread, in registers) and there are enough programs to fill an H100 (132 SMs) a few times over.
+# Launch heuristic shared by the row-wise kernels: a warp holds ELEMENTS_PER_WARP elements (32 per
+# thread, in registers).
 ELEMENTS_PER_WARP = 1024
-TARGET_PROGRAMS = 512
 MAX_ROW_BLOCK = 16384  # longest row a row-wise kernel holds in registers (BLOCK of the last dim)
 
 
@@ -112,16 +111,17 @@ def launch_context(op: str, kernel: object, tensor: Tensor) -> contextlib.Abstra
     )
 
 
-def row_tile(rows: int, row_block: int) -> tuple[int, int]:
-    """(rows per program, num_warps) for ``rows`` rows of ``row_block`` elements held in registers.
+def row_tile(row_block: int) -> tuple[int, int]:
+    """(rows per program, num_warps) for rows of ``row_block`` elements held in registers.
 
     A warp per ELEMENTS_PER_WARP elements of a row: a short row lies within one warp, whose max and
-    sum then need no shared memory or barrier. Rows per program fill the warps, fewer when that
-    would leave too few programs.
+    sum then need no shared memory or barrier. Rows per program fill the warps. Both depend on the row
+    length alone, never on the number of rows: each distinct tile is a Triton compile (about a second),
+    and the row lengths a compiled model meets are few and known in advance (``warm_kernels``), its
+    row counts are not.
     """
     warps = max(1, min(8, row_block // ELEMENTS_PER_WARP))
-    fill = max(1, rows // TARGET_PROGRAMS)
-    return max(1, min(ELEMENTS_PER_WARP * warps // row_block, 1 << (fill.bit_length() - 1))), warps
+    return max(1, ELEMENTS_PER_WARP * warps // row_block), warps
 
 
 def num_warps(tile: int) -> int:

@@ -59,7 +59,7 @@ def add_bias_transpose_launch_config(
     """(grid, meta) for x [batch, length, channels]: meta holds BLOCK_L, BLOCK_C and num_warps. Any
     sizes work with any blocks; the grid covers channels in blocks of BLOCK_C."""
     block_c = min(_common.row_block(channels), MAX_BLOCK_C)
-    block_l, warps = _common.row_tile(batch * length, block_c)
+    block_l, warps = _common.row_tile(block_c)
     grid = (triton.cdiv(length, block_l), triton.cdiv(channels, block_c), batch)
     return grid, {"BLOCK_L": block_l, "BLOCK_C": block_c, "num_warps": warps}
 

@@ -56,7 +56,7 @@ def layer_norm_launch_config(num_rows: int, row_length: int) -> tuple[tuple[int]
     """(grid, meta) for ``num_rows`` rows of ``row_length`` channels: meta holds BLOCK_R, BLOCK_C and
     num_warps. A kernel built with BLOCK_C serves every row_length <= BLOCK_C, any num_rows."""
     block_c = _common.row_block(row_length)
-    block_r, warps = _common.row_tile(num_rows, block_c)
+    block_r, warps = _common.row_tile(block_c)
     return (triton.cdiv(num_rows, block_r),), {"BLOCK_R": block_r, "BLOCK_C": block_c, "num_warps": warps}
 
 

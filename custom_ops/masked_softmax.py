@@ -68,7 +68,7 @@ def masked_softmax_launch_config(num_rows: int, row_length: int) -> tuple[tuple[
     """(grid, meta) for ``num_rows`` rows of ``row_length``: meta holds BLOCK_R, BLOCK_K and
     num_warps. A kernel built with BLOCK_K serves every row_length <= BLOCK_K, any num_rows."""
     block_k = _common.row_block(row_length)
-    block_r, warps = _common.row_tile(num_rows, block_k)
+    block_r, warps = _common.row_tile(block_k)
     return (triton.cdiv(num_rows, block_r),), {"BLOCK_R": block_r, "BLOCK_K": block_k, "num_warps": warps}
 
 

@@ -271,6 +271,25 @@ def test_a_damaged_saved_file_is_compiled_again_and_replaced(saved_range, tmp_pa
     assert damaged.compiles == 1 and _loaded_runner(model, spec).compiles == 0
 
 
+@pytest.mark.parametrize(
+    ("min_shape", "max_shape"), [((1, 320, 320), (8, 1344, 1344)), ((1, 64, 800), (2, 256, 832))]
+)
+@pytest.mark.parametrize("stride", [16, 32])
+def test_feature_sizes_take_every_height_and_width_of_the_range(min_shape, max_shape, stride):
+    spec = CompileSpec(
+        precision="fp32",
+        device=torch.device("cpu"),
+        min_shape=min_shape,
+        opt_shape=min_shape,
+        max_shape=max_shape,
+    )
+    sizes = inductor.feature_sizes(spec, stride)
+    (_, low_h, low_w), _, (_, high_h, high_w) = spec.padded_range
+    assert {h for h, _ in sizes} == {size // stride for size in range(low_h, high_h + 1, 32)}
+    assert {w for _, w in sizes} == {size // stride for size in range(low_w, high_w + 1, 32)}
+    assert len(sizes) == max(high_h - low_h, high_w - low_w) // 32 + 1
+
+
 def test_pad_to_multiple_pads_bottom_right_as_masked_pixels():
     images, mask = example_inputs((2, 70, 100))
     padded_images, padded_mask = pad_to_multiple(images, mask)
@@ -302,8 +321,10 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     # (query, class) detections with the same query's box at IoU > 0.9 and the score within 0.02.
     assert_detections_close(compiled(images, mask), expected, precision="fp16")
 
-    # Varied sizes within the range, heavy padding: no compile after compile(), all finite.
+    # Varied sizes within the range, heavy padding: no compile after compile(), not even of a Triton
+    # kernel variant (feature maps 40x68 and 50x49 are new widths and heights), all finite.
     compiles = compiled.runner.compiles
+    triton_files = sorted((tmp_path / "triton").rglob("*"))
     for shape in [(2, 640, 1088), (1, 790, 770)]:
         images, mask = example_inputs(shape, "cuda")
         mask[0, shape[1] // 3 :] = True
@@ -311,6 +332,7 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
         assert out["pred_logits"].shape == (shape[0], 900, 91)
         assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
     assert compiled.runner.compiles == compiles
+    assert sorted((tmp_path / "triton").rglob("*")) == triton_files
     with pytest.raises(at.InputError, match="outside the compiled range"):
         compiled(*example_inputs((3, 800, 800), "cuda"))
 

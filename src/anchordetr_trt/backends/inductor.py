@@ -6,7 +6,8 @@ symbolic: inputs reach the compiled function as views [B, 3, H/32, 32, W/32, 32]
 width are known multiples of 32 and every size in the backbone is an exact expression of them
 (nothing to guard on). The model is first rewritten without the ops whose tracing guards on batch 1
 (``inductor_rewrites``), which would cost a second graph. Any padded shape in the spec's range then
-runs without compiling; the custom ops' Triton kernels do not specialize on sizes either.
+runs without compiling; the custom ops' Triton kernels take sizes at run time, and the few variants
+their block sizes make (by feature-map height or width) are compiled in ``compile()`` (``warm_kernels``).
 
 Kept on disk. The trace goes through Dynamo's precompile (``torch.compile(...).aot_compile``): the
 compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir`` (``precompiled/``),
@@ -390,8 +391,8 @@ def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:
 
 def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range, or
-    load the function a process saved in ``spec.cache_dir``; then capture the optimization shape's
-    CUDA graph."""
+    load the function a process saved in ``spec.cache_dir``; compile the custom kernels' variants of
+    the range; then capture the optimization shape's CUDA graph."""
     rewrite_for_inductor(model)
     model = model.to(device=spec.device, dtype=spec.dtype, memory_format=torch.channels_last)
     model = model.eval().requires_grad_(False).set_fused_ops(True)
@@ -405,6 +406,7 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
         # The first run tunes Inductor's kernels, at the shape of the trace as measured (a loaded
         # function finds their tuning in the cache).
         runner(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))
+    warm_kernels(model, spec)
     for _ in range(2):  # the optimization shape seen twice: its CUDA graph is captured
         runner(*example_inputs(opt, spec.device, spec.dtype))
     logger.info(
@@ -414,3 +416,43 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
         time.perf_counter() - start,
     )
     return runner
+
+
+def feature_sizes(spec: CompileSpec, stride: int) -> list[tuple[int, int]]:
+    """(height, width) feature maps, after the backbone's ``stride``, that together take every height
+    and every width of ``spec``'s padded range: the two lists side by side, the shorter one held at its
+    last size."""
+    (_, low_h, low_w), _, (_, high_h, high_w) = spec.padded_range
+    heights = [size // stride for size in range(low_h, high_h + 1, SIZE_MULTIPLE)]
+    widths = [size // stride for size in range(low_w, high_w + 1, SIZE_MULTIPLE)]
+    count = max(len(heights), len(widths))
+    return [(heights[min(i, len(heights) - 1)], widths[min(i, len(widths) - 1)]) for i in range(count)]
+
+
+def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
+    """Run ``model``'s transformer eagerly on random batch-1 features of every height and width of
+    ``spec``'s range (``feature_sizes``), so that Triton compiles every variant of the custom ops'
+    kernels the range can reach now, in ``compile()``, instead of at the first image of a new size
+    (about a second each, measured on the H100: the stream benchmark's first pass). A variant depends
+    on a feature map's height or width alone, never on the batch or the number of rows
+    (``custom_ops._common.row_tile``); the backbone (cuDNN) is not run. Variants already compiled, or
+    in Triton's cache, cost a lookup."""
+    start = time.perf_counter()
+    stride = model.config.stride
+    sizes = feature_sizes(spec, stride)
+    with torch.no_grad():
+        for height, width in sizes:
+            features = torch.randn(
+                1, model.backbone.num_channels, height, width, device=spec.device, dtype=spec.dtype
+            )
+            mask = torch.zeros(1, height * stride, width * stride, dtype=torch.bool, device=spec.device)
+            model.transformer.decode(
+                model.encode(features.contiguous(memory_format=torch.channels_last), mask)
+            )
+    logger.info(
+        "inductor: the custom ops' kernels warmed for %d feature sizes (%s..%s) in %.1f s",
+        len(sizes),
+        sizes[0],
+        sizes[-1],
+        time.perf_counter() - start,
+    )
