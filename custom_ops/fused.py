@@ -7,13 +7,14 @@ with fake implementation), which registers the op when imported below.
 """
 
 import torch
+import triton
 from torch import Tensor
 
 from . import add_bias_transpose as _add_bias_transpose_module  # noqa: F401 (registers the op)
 from . import layer_norm as _layer_norm_module  # noqa: F401
 from . import mask2pos as _mask2pos_module  # noqa: F401
-from . import masked_softmax as _masked_softmax_module  # noqa: F401
-from . import rcda_aggregate as _rcda_aggregate_module  # noqa: F401
+from . import masked_softmax as _masked_softmax_module
+from . import rcda_aggregate as _rcda_aggregate_module
 
 _ops = torch.ops.anchordetr
 
@@ -42,3 +43,15 @@ def rcda_aggregate(
     probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor
 ) -> Tensor:
     return _ops.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)
+
+
+def kernel_variant(height: int, width: int) -> tuple:
+    """What picks the model's kernel variants at a ``height`` x ``width`` feature map: feature maps
+    with one key run the same compiled kernels (the column softmax's row block, rcda_aggregate's width
+    blocks, mask2posemb's tile over the longer side; the other ops' blocks depend on the channels
+    alone)."""
+    return (
+        tuple(sorted(_masked_softmax_module.masked_softmax_launch_config(1, height)[1].items())),
+        _rcda_aggregate_module.width_blocks(width),
+        triton.next_power_of_2(max(height, width)),
+    )

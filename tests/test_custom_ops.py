@@ -20,7 +20,14 @@ import torch
 from torch import Tensor, nn
 from triton.runtime.interpreter import InterpretedFunction
 
-from anchordetr_trt.custom_ops import fused, masked_softmax
+from anchordetr_trt.custom_ops import (
+    add_bias_transpose,
+    fused,
+    layer_norm,
+    mask2pos,
+    masked_softmax,
+    rcda_aggregate,
+)
 from anchordetr_trt.custom_ops.cases import (
     BF16,
     F16,
@@ -345,3 +352,24 @@ def test_opcheck_cuda(spec, dtype):
     args = spec.first_inputs(dtype, "cuda")
     torch.library.opcheck(spec.op.default, args)
     assert_matches(spec, spec.op(*args), spec.reference(*args), dtype)
+
+
+def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
+    """kernel_variant is what the inductor backend compiles ahead for each size class: two feature maps
+    with one key must get the same launch metas from every op the model calls with their sizes."""
+
+    def metas(height: int, width: int) -> list:
+        return [
+            masked_softmax.masked_softmax_launch_config(8 * height * width, height)[1],
+            rcda_aggregate.rcda_aggregate_launch_config(height * width, 8, width, 32, 2)[1],
+            mask2pos.mask2posemb_launch_config(2, height, width, 128)[1],
+            layer_norm.layer_norm_launch_config(height * width, 256)[1],
+            add_bias_transpose.add_bias_transpose_launch_config(2, height * width, 256)[1],
+        ]
+
+    seen = {}
+    for height in range(1, 130, 3):
+        for width in range(1, 300, 7):
+            key = fused.kernel_variant(height, width)
+            assert seen.setdefault(key, metas(height, width)) == metas(height, width), (height, width)
+    assert len(seen) > 10

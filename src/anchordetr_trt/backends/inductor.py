@@ -430,16 +430,18 @@ def feature_sizes(spec: CompileSpec, stride: int) -> list[tuple[int, int]]:
 
 
 def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
-    """Run ``model``'s transformer eagerly on random batch-1 features of every height and width of
-    ``spec``'s range (``feature_sizes``), so that Triton compiles every variant of the custom ops'
-    kernels the range can reach now, in ``compile()``, instead of at the first image of a new size
-    (about a second each, measured on the H100: the stream benchmark's first pass). A variant depends
-    on a feature map's height or width alone, never on the batch or the number of rows
-    (``custom_ops._common.row_tile``); the backbone (cuDNN) is not run. Variants already compiled, or
-    in Triton's cache, cost a lookup."""
+    """Run ``model``'s transformer eagerly on random batch-1 features, once per kernel variant that the
+    heights and widths of ``spec``'s range reach (``feature_sizes``, ``kernel_variant``), so that Triton
+    compiles every variant of the custom ops' kernels now, in ``compile()``, instead of at the first
+    image of a new size (about a second each, measured on the H100: the stream benchmark's first pass).
+    A variant depends on a feature map's height and width alone, never on the batch or the number of
+    rows (``custom_ops._common.row_tile``); the backbone (cuDNN) is not run. Variants already compiled,
+    or in Triton's cache, cost a lookup."""
+    from anchordetr_trt.custom_ops.fused import kernel_variant
+
     start = time.perf_counter()
     stride = model.config.stride
-    sizes = feature_sizes(spec, stride)
+    sizes = list({kernel_variant(*size): size for size in feature_sizes(spec, stride)}.values())
     with torch.no_grad():
         for height, width in sizes:
             features = torch.randn(
