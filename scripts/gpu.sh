@@ -47,7 +47,7 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 
 stage info 30 python3 -m anchordetr_trt.cli info
-stage tests 450 python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/gpu_tests.xml" tests
+stage tests 575 python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/gpu_tests.xml" tests
 stage check 240 python3 -m anchordetr_trt.cli check --out "$OUT/check"
 stage bench-ops 45 python3 scripts/bench_ops.py --out "$OUT"
 stage parity 90 python3 scripts/gpu_parity.py --out "$OUT"
