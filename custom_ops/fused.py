@@ -10,9 +10,10 @@ import torch
 import triton
 from torch import Tensor
 
-from . import add_bias_transpose as _add_bias_transpose_module  # noqa: F401 (registers the op)
-from . import layer_norm as _layer_norm_module  # noqa: F401
-from . import mask2pos as _mask2pos_module  # noqa: F401
+# Each import registers its op.
+from . import add_bias_transpose as _add_bias_transpose_module
+from . import layer_norm as _layer_norm_module
+from . import mask2pos as _mask2pos_module
 from . import masked_softmax as _masked_softmax_module
 from . import rcda_aggregate as _rcda_aggregate_module
 
@@ -54,4 +55,22 @@ def kernel_variant(height: int, width: int) -> tuple:
         tuple(sorted(_masked_softmax_module.masked_softmax_launch_config(1, height)[1].items())),
         _rcda_aggregate_module.width_blocks(width),
         triton.next_power_of_2(max(height, width)),
+    )
+
+
+def compiled_variants() -> int:
+    """Kernel variants Triton has compiled, or loaded from its cache, in this process, over the custom
+    ops' kernels (0 under the interpreter): what ``kernel_variant`` and the backends' warm-up must keep
+    from growing after ``compile()``."""
+    kernels = (
+        _masked_softmax_module.masked_softmax_kernel,
+        _layer_norm_module.layer_norm_kernel,
+        _add_bias_transpose_module.add_bias_transpose_kernel,
+        _mask2pos_module.mask2pos_kernel,
+        _mask2pos_module.mask2posemb_kernel,
+        _rcda_aggregate_module.rcda_aggregate_kernel,
+    )
+    # device_caches[device][0] is the kernel cache in Triton 3.x (3.6 on the GPU machine, 3.8 here).
+    return sum(
+        len(caches[0]) for kernel in kernels for caches in getattr(kernel, "device_caches", {}).values()
     )

@@ -12,8 +12,9 @@ accumulates the results weighted by probs_col, in float32. The column probabilit
 cores (each step needs a few columns of them, which Triton cannot slice out of registers).
 
 The products run over W padded to a power of two, or to two of them (``width_blocks``): feature maps
-are rarely a power of two wide, and 84 columns (1344 pixels with DC5) padded to 64 + 32 instead of 128
-made the kernel 1.8x faster at the stream benchmark's 76x84 maps on an H100 (scripts/ab_rcda_blocks.py).
+are rarely a power of two wide, and 84 columns (1344 pixels with DC5) as 64 + 32 instead of 128 took
+the kernel from 0.72 to 0.59 ms at the stream benchmark's 76x84 maps, batch 8, on an H100
+(scripts/sweep_rcda_aggregate.py, results/h100/sweep_rcda_aggregate.json).
 """
 
 import torch
@@ -27,8 +28,8 @@ from . import _common, reference
 from .masked_softmax import softmax_numerators, softmax_scale
 
 _OP = "rcda_aggregate"
-# Best of a sweep on an H100 (800x800, batch 1 and 8: BLOCK_Q 64/128, 4/8 warps, 2/3 stages, 2..8 rows
-# per step): 10% faster than one row per step with the row probabilities scaled per row.
+# Within 3.4% of the best of 36 configurations on an H100 at 800x800, 800x1216 and 1216x1344 (BLOCK_Q
+# 64/128, 64/128/256 columns per product, 4/8 warps, 2..4 stages: scripts/sweep_rcda_aggregate.py).
 BLOCK_Q = 128
 DOT_COLUMNS = 128  # BLOCK_H * BLOCK_D: the N of each tensor-core product
 MAX_STAGES = 3
@@ -41,8 +42,9 @@ SHARED_BUDGET = 160 * 1024
 def _row_scores(
     q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION: tl.constexpr
 ):
-    """q_row [BLOCK_Q, BLOCK_D] . k_row[n, w] in float32, -inf where column w is padded or past the
-    width: [BLOCK_Q, len(w)]."""
+    """(q_row [BLOCK_Q, BLOCK_D] . k_row[n, w] in float32, -inf where column w is padded or past the
+    width: [BLOCK_Q, len(w)]; the columns that are neither: [1, len(w)]). Validity is returned, not
+    read back from -inf: a NaN score must stay NaN (as in the reference), not pass for padding."""
     w_ok = w < width
     k_row = tl.load(
         k_row_ptr + (n * width + w)[:, None] * head_dim + d[None, :],
@@ -51,7 +53,8 @@ def _row_scores(
     )
     scores = tl.dot(q_row, tl.trans(k_row), input_precision=DOT_PRECISION)
     padded = tl.load(mask_row_ptr + batch * width + w, mask=w_ok, other=1)
-    return tl.where((padded == 0)[None, :], scores, float("-inf"))
+    valid = (padded == 0)[None, :]
+    return tl.where(valid, scores, float("-inf")), valid
 
 
 @triton.jit
@@ -116,18 +119,20 @@ def rcda_aggregate_kernel(
     q_row = tl.load(
         q_row_ptr + row_index[:, None] * head_dim + d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0
     )
-    scores = _row_scores(q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION)
+    scores, valid = _row_scores(
+        q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION
+    )
     row_max = tl.max(scores, axis=1)
     if TAIL_W > 0:
         w_tail = BLOCK_W + tl.arange(0, TAIL_W)
-        scores_tail = _row_scores(
+        scores_tail, valid_tail = _row_scores(
             q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w_tail, d, d_ok, DOT_PRECISION
         )
         row_max = tl.maximum(row_max, tl.max(scores_tail, axis=1))
-    numerators = softmax_numerators(scores, scores > float("-inf"), row_max)
+    numerators = softmax_numerators(scores, valid, row_max)
     total = tl.sum(numerators, axis=1)
     if TAIL_W > 0:
-        numerators_tail = softmax_numerators(scores_tail, scores_tail > float("-inf"), row_max)
+        numerators_tail = softmax_numerators(scores_tail, valid_tail, row_max)
         total += tl.sum(numerators_tail, axis=1)
     scale = softmax_scale(total)[:, None]
     probs_row = (numerators * scale).to(value_ptr.dtype.element_ty)

@@ -78,7 +78,8 @@ def main() -> int:
             flops = 2 * n * queries * (height + 1) * width * HEAD_DIM
             configs = [dict(zip(SWEEP, values, strict=True)) for values in itertools.product(*SWEEP.values())]
             configs = [c | {"blocks": op.width_blocks(width)} for c in configs]
-            configs.append(shipped(width) | {"blocks": (_common.row_block(width), 0)})
+            if op.width_blocks(width)[1]:  # one power of two already: nothing to compare
+                configs.append(shipped(width) | {"blocks": (_common.row_block(width), 0)})
             timed = []
             for config in configs:
                 out = torch.full((n, queries, HEAD_DIM), float("nan"), device="cuda", dtype=torch.float16)
@@ -98,7 +99,7 @@ def main() -> int:
             row = {
                 "image": image, "part": part, "queries": queries, "height": height, "width": width,
                 "shipped": current, "best": best, "shipped_over_best": current["ms"] / best["ms"],
-                "power_of_two": timed[-1], "configs": timed,
+                "power_of_two": timed[-1] if op.width_blocks(width)[1] else None, "configs": timed,
             }  # fmt: skip
             print({k: v for k, v in row.items() if k != "configs"}, file=sys.stderr)
             rows.append(row)

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from official import fixture_state_dict
 
 import anchordetr_trt as at
-from anchordetr_trt.backends import inductor
+from anchordetr_trt.backends import inductor, warm
 from anchordetr_trt.backends.inductor import InductorRunner
 from anchordetr_trt.backends.inductor_rewrites import rewrite_for_inductor
 from anchordetr_trt.compiled import pad_to_multiple
+from anchordetr_trt.custom_ops import fused
 from anchordetr_trt.export import example_inputs
 from anchordetr_trt.fold import fold_frozen_batchnorm
 from anchordetr_trt.spec import CompileSpec
@@ -283,7 +284,7 @@ def test_feature_sizes_take_every_height_and_width_of_the_range(min_shape, max_s
         opt_shape=min_shape,
         max_shape=max_shape,
     )
-    sizes = inductor.feature_sizes(spec, stride)
+    sizes = warm.feature_sizes(spec, stride)
     (_, low_h, low_w), _, (_, high_h, high_w) = spec.padded_range
     assert {h for h, _ in sizes} == {size // stride for size in range(low_h, high_h + 1, 32)}
     assert {w for _, w in sizes} == {size // stride for size in range(low_w, high_w + 1, 32)}
@@ -322,17 +323,17 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     assert_detections_close(compiled(images, mask), expected, precision="fp16")
 
     # Varied sizes within the range, heavy padding: no compile after compile(), not even of a Triton
-    # kernel variant (feature maps 40x68 and 50x49 are new widths and heights), all finite.
-    compiles = compiled.runner.compiles
-    triton_files = sorted((tmp_path / "triton").rglob("*"))
-    for shape in [(2, 640, 1088), (1, 790, 770)]:
+    # kernel variant (feature maps 40x68 and 50x48 need rcda_aggregate's 64 + 16 and 32 + 16 column
+    # blocks, which the 50x50 of 800x800 does not), all finite.
+    compiles, variants = compiled.runner.compiles, fused.compiled_variants()
+    for shape in [(2, 640, 1088), (1, 800, 768)]:
         images, mask = example_inputs(shape, "cuda")
         mask[0, shape[1] // 3 :] = True
         out = compiled(images, mask)
         assert out["pred_logits"].shape == (shape[0], 900, 91)
         assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
     assert compiled.runner.compiles == compiles
-    assert sorted((tmp_path / "triton").rglob("*")) == triton_files
+    assert fused.compiled_variants() == variants
     with pytest.raises(at.InputError, match="outside the compiled range"):
         compiled(*example_inputs((3, 800, 800), "cuda"))
 

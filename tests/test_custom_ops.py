@@ -27,6 +27,7 @@ from anchordetr_trt.custom_ops import (
     mask2pos,
     masked_softmax,
     rcda_aggregate,
+    reference,
 )
 from anchordetr_trt.custom_ops.cases import (
     BF16,
@@ -37,6 +38,7 @@ from anchordetr_trt.custom_ops.cases import (
     assert_matches,
     image_mask,
     padding,
+    rcda_aggregate_inputs,
     run_launcher,
 )
 from anchordetr_trt.errors import InputError
@@ -362,7 +364,7 @@ def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
         return [
             masked_softmax.masked_softmax_launch_config(8 * height * width, height)[1],
             rcda_aggregate.rcda_aggregate_launch_config(height * width, 8, width, 32, 2)[1],
-            mask2pos.mask2posemb_launch_config(2, height, width, 128)[1],
+            mask2pos.mask2posemb_launch_config(2, height, width, 256)[1],  # d_model features
             layer_norm.layer_norm_launch_config(height * width, 256)[1],
             add_bias_transpose.add_bias_transpose_launch_config(2, height * width, 256)[1],
         ]
@@ -373,3 +375,17 @@ def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
             key = fused.kernel_variant(height, width)
             assert seen.setdefault(key, metas(height, width)) == metas(height, width), (height, width)
     assert len(seen) > 10
+
+
+def test_rcda_aggregate_kernel_keeps_a_nan_score_nan_like_the_reference():
+    """A NaN in k_row (an fp16 overflow upstream, say) must reach the output, as in the reference,
+    not be taken for a padded column."""
+    probs_col, q_row, k_row, mask_row, value = rcda_aggregate_inputs(
+        {"shape": (4, 5, 3, 40, 8), "heads": 2, "padding": "tail"}, torch.float32, "cpu"
+    )
+    mask_row[:] = False
+    k_row[1, 35, 0] = float("nan")  # in the tail block (32 + 16 columns)
+    expected = reference.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)
+    got = rcda_aggregate.rcda_aggregate_triton(probs_col, q_row, k_row, mask_row, value)
+    assert expected[1].isnan().all() and not expected[[0, 2, 3]].isnan().any()
+    torch.testing.assert_close(got, expected, equal_nan=True, atol=1e-5, rtol=1e-5)

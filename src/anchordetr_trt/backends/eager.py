@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from ..spec import CompileSpec
+from .warm import warm_kernels
 
 PADDED = False  # nothing is compiled: inputs run at their own size, exactly as load_model's model
 
@@ -18,10 +19,10 @@ def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
     """``model`` (an AnchorDETR) at ``spec``'s device and precision, the fused ops on CUDA."""
     model = model.to(device=spec.device, dtype=spec.dtype).set_fused_ops(spec.device.type == "cuda")
     if spec.device.type == "cuda":
-        # The fused ops' Triton kernels compile on their first call (6 s on an H100): here, not in
-        # the user's first call. They do not specialize on sizes, so this covers every shape.
+        # cuDNN, cuBLAS and the Triton kernels initialize at their first call: here, not in the user's.
         from ..export import example_inputs
 
         with torch.no_grad():
             model(*example_inputs(spec.min_shape, spec.device, spec.dtype))
+        warm_kernels(model, spec)  # and every other kernel variant the range reaches
     return model

@@ -7,7 +7,7 @@ width are known multiples of 32 and every size in the backbone is an exact expre
 (nothing to guard on). The model is first rewritten without the ops whose tracing guards on batch 1
 (``inductor_rewrites``), which would cost a second graph. Any padded shape in the spec's range then
 runs without compiling; the custom ops' Triton kernels take sizes at run time, and the few variants
-their block sizes make (by feature-map height or width) are compiled in ``compile()`` (``warm_kernels``).
+their block sizes make (by feature-map height or width) are compiled in ``compile()`` (``warm.warm_kernels``).
 
 Kept on disk. The trace goes through Dynamo's precompile (``torch.compile(...).aot_compile``): the
 compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir`` (``precompiled/``),
@@ -49,6 +49,7 @@ from ..cache import write_whole
 from ..environment import installed_version
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
 from .inductor_rewrites import rewrite_for_inductor
+from .warm import warm_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -416,45 +417,3 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
         time.perf_counter() - start,
     )
     return runner
-
-
-def feature_sizes(spec: CompileSpec, stride: int) -> list[tuple[int, int]]:
-    """(height, width) feature maps, after the backbone's ``stride``, that together take every height
-    and every width of ``spec``'s padded range: the two lists side by side, the shorter one held at its
-    last size."""
-    (_, low_h, low_w), _, (_, high_h, high_w) = spec.padded_range
-    heights = [size // stride for size in range(low_h, high_h + 1, SIZE_MULTIPLE)]
-    widths = [size // stride for size in range(low_w, high_w + 1, SIZE_MULTIPLE)]
-    count = max(len(heights), len(widths))
-    return [(heights[min(i, len(heights) - 1)], widths[min(i, len(widths) - 1)]) for i in range(count)]
-
-
-def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
-    """Run ``model``'s transformer eagerly on random batch-1 features, once per kernel variant that the
-    heights and widths of ``spec``'s range reach (``feature_sizes``, ``kernel_variant``), so that Triton
-    compiles every variant of the custom ops' kernels now, in ``compile()``, instead of at the first
-    image of a new size (about a second each, measured on the H100: the stream benchmark's first pass).
-    A variant depends on a feature map's height and width alone, never on the batch or the number of
-    rows (``custom_ops._common.row_tile``); the backbone (cuDNN) is not run. Variants already compiled,
-    or in Triton's cache, cost a lookup."""
-    from anchordetr_trt.custom_ops.fused import kernel_variant
-
-    start = time.perf_counter()
-    stride = model.config.stride
-    sizes = list({kernel_variant(*size): size for size in feature_sizes(spec, stride)}.values())
-    with torch.no_grad():
-        for height, width in sizes:
-            features = torch.randn(
-                1, model.backbone.num_channels, height, width, device=spec.device, dtype=spec.dtype
-            )
-            mask = torch.zeros(1, height * stride, width * stride, dtype=torch.bool, device=spec.device)
-            model.transformer.decode(
-                model.encode(features.contiguous(memory_format=torch.channels_last), mask)
-            )
-    logger.info(
-        "inductor: the custom ops' kernels warmed for %d feature sizes (%s..%s) in %.1f s",
-        len(sizes),
-        sizes[0],
-        sizes[-1],
-        time.perf_counter() - start,
-    )

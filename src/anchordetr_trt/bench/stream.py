@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ..compiled import compile
+from ..custom_ops.fused import compiled_variants
 from ..environment import environment
 from ..spec import padded_shape
 from ..transforms import resized_size
@@ -152,7 +153,7 @@ def _random_shapes(compiled, calls: int, budget_s: float, seed: int = 1) -> dict
     rng = random.Random(seed)
     (low_b, low_h, low_w), (high_b, high_h, high_w) = SHAPE_RANGE
     runner, cache_dir = compiled.runner, compiled.spec.cache_dir
-    compiles = files = None
+    compiles = files = variants = None
     memory, start, done = {}, time.perf_counter(), 0
     for call in range(calls):
         if call > 100 and time.perf_counter() - start > budget_s:
@@ -162,6 +163,7 @@ def _random_shapes(compiled, calls: int, budget_s: float, seed: int = 1) -> dict
         if call == 0:
             torch.cuda.synchronize()
             compiles, files = getattr(runner, "compiles", 0), _compiled_files(cache_dir)
+            variants = compiled_variants()
         done = call + 1
         if done % 100 == 0:
             torch.cuda.synchronize()
@@ -173,7 +175,9 @@ def _random_shapes(compiled, calls: int, budget_s: float, seed: int = 1) -> dict
         "random_shape_calls": done,
         "random_shape_calls_asked": calls,
         "random_shape_s": time.perf_counter() - start,
-        "compiles_after_first": getattr(runner, "compiles", 0) - compiles,
+        "compiles_after_first": getattr(runner, "compiles", 0) - compiles,  # Dynamo/Inductor functions
+        "kernel_variants_compiled_after_first": compiled_variants()
+        - variants,  # the custom ops' Triton kernels
         "cache_files_written_after_first": _compiled_files(cache_dir) - files,
         "captured_graphs": len(getattr(runner, "graphs", ())),
         "memory_reserved_gib": {n: r / 2**30 for n, (r, _) in memory.items()},

@@ -1,0 +1,61 @@
+"""The custom ops' Triton kernels compiled inside ``compile()``, for every size of the range.
+
+A kernel's block sizes make a few variants (``custom_ops.fused.kernel_variant``), each compiled by
+Triton at its first launch: about a second on the H100 (the stream benchmark's first pass took 2.4 s
+for one at 0041c18). Launching each variant once here moves that cost into ``compile()``, so that no
+image of a new size compiles anything. Shared by the backends that launch the kernels from PyTorch
+(inductor, eager on CUDA); the tensorrt backend compiles its kernels into the engine.
+"""
+
+import logging
+import time
+
+import torch
+from torch import nn
+
+from ..spec import SIZE_MULTIPLE, CompileSpec
+
+logger = logging.getLogger(__name__)
+
+
+def feature_sizes(spec: CompileSpec, stride: int) -> list[tuple[int, int]]:
+    """(height, width) feature maps, after the backbone's ``stride``, that together take every height
+    and every width of ``spec``'s padded range: the two lists side by side, the shorter one held at its
+    last size."""
+    (_, low_h, low_w), _, (_, high_h, high_w) = spec.padded_range
+    heights = [size // stride for size in range(low_h, high_h + 1, SIZE_MULTIPLE)]
+    widths = [size // stride for size in range(low_w, high_w + 1, SIZE_MULTIPLE)]
+    count = max(len(heights), len(widths))
+    return [(heights[min(i, len(heights) - 1)], widths[min(i, len(widths) - 1)]) for i in range(count)]
+
+
+def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
+    """Run ``model``'s transformer eagerly on batch-1 zero features, once per kernel variant that the
+    heights and widths of ``spec``'s range reach (``feature_sizes``, ``kernel_variant``). A variant
+    depends on a feature map's height and width alone, never on the batch or the number of rows
+    (``custom_ops._common.row_tile``); the backbone (cuDNN) is not run. Variants already compiled, or in
+    Triton's cache, cost a lookup. Nothing to do off CUDA (no Triton kernel runs there)."""
+    from anchordetr_trt.custom_ops.fused import kernel_variant
+
+    if spec.device.type != "cuda":
+        return
+    start = time.perf_counter()
+    stride = model.config.stride
+    sizes = list({kernel_variant(*size): size for size in feature_sizes(spec, stride)}.values())
+    with torch.no_grad():
+        for height, width in sizes:
+            # Zeros, not random values: the user's random number generators stay as they were.
+            features = torch.zeros(
+                1, model.backbone.num_channels, height, width, device=spec.device, dtype=spec.dtype
+            )
+            mask = torch.zeros(1, height * stride, width * stride, dtype=torch.bool, device=spec.device)
+            model.transformer.decode(
+                model.encode(features.contiguous(memory_format=torch.channels_last), mask)
+            )
+    logger.info(
+        "compile: the custom ops' kernels warmed for %d feature sizes (%s..%s) in %.1f s",
+        len(sizes),
+        sizes[0],
+        sizes[-1],
+        time.perf_counter() - start,
+    )
