@@ -175,9 +175,9 @@ def _random_shapes(compiled, calls: int, budget_s: float, seed: int = 1) -> dict
         "random_shape_calls": done,
         "random_shape_calls_asked": calls,
         "random_shape_s": time.perf_counter() - start,
-        "compiles_after_first": getattr(runner, "compiles", 0) - compiles,  # Dynamo/Inductor functions
-        "kernel_variants_compiled_after_first": compiled_variants()
-        - variants,  # the custom ops' Triton kernels
+        # Dynamo/Inductor functions, then the custom ops' Triton kernel variants.
+        "compiles_after_first": getattr(runner, "compiles", 0) - compiles,
+        "kernel_variants_compiled_after_first": compiled_variants() - variants,
         "cache_files_written_after_first": _compiled_files(cache_dir) - files,
         "captured_graphs": len(getattr(runner, "graphs", ())),
         "memory_reserved_gib": {n: r / 2**30 for n, (r, _) in memory.items()},
