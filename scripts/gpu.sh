@@ -51,7 +51,7 @@ stage tests 575 python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/g
 stage check 240 python3 -m anchordetr_trt.cli check --out "$OUT/check"
 stage bench-ops 45 python3 scripts/bench_ops.py --out "$OUT"
 stage parity 90 python3 scripts/gpu_parity.py --out "$OUT"
-stage stream 560 python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 330 --commit "${GIT_COMMIT:-unknown}"
+stage stream 590 python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 380 --commit "${GIT_COMMIT:-unknown}"
 # Last: its report is saved after each backend, so a cut-off run keeps what it measured.
 stage bench 560 python3 -m anchordetr_trt.cli bench --out "$OUT/bench" --cache-dir .cache/bench
 # The per-part TFLOP/s (a compile of each part): with the baselines they overrun one 10-minute call.

@@ -135,6 +135,19 @@ def test_half_model_takes_half_images(model_r50_c5):
         assert model(images, mask)["pred_logits"].dtype == torch.bfloat16
 
 
+def test_set_precision_keeps_anchors_and_heads_float32(model_r50_c5):
+    # What compile() runs at fp16/bf16: in bfloat16 the boxes would lie on a grid of 1/256.
+    model = copy.deepcopy(model_r50_c5).set_precision(torch.bfloat16)
+    images, mask = example_inputs((1, 64, 64), dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = model(images, mask)
+    assert model.input_proj[0][0].weight.dtype == torch.bfloat16
+    assert torch.equal(model.transformer.position.weight, model_r50_c5.transformer.position.weight)
+    assert out["pred_boxes"].dtype == out["pred_logits"].dtype == torch.float32
+    boxes = out["pred_boxes"]
+    assert not torch.equal(boxes, boxes.bfloat16().float())
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -193,9 +193,10 @@ class Transformer(nn.Module):
                 tgt, query_pos, query_pos_x, query_pos_y, memory, key_row, key_col, mask_row, mask_col
             )
             if aux or i == last:
-                delta = self.bbox_embed[i](tgt)
+                head_input = tgt.to(self.class_embed[i].weight.dtype)  # float32 after set_precision
+                delta = self.bbox_embed[i](head_input)
                 center = delta[..., :2] + anchor_logits.to(delta.dtype)
-                logits.append(self.class_embed[i](tgt))
+                logits.append(self.class_embed[i](head_input))
                 boxes.append(torch.cat((center, delta[..., 2:]), dim=-1).sigmoid())
         return torch.stack(logits), torch.stack(boxes)
 

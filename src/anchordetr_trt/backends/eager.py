@@ -17,7 +17,7 @@ def status(device: torch.device) -> tuple[bool, str]:
 
 def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
     """``model`` (an AnchorDETR) at ``spec``'s device and precision, the fused ops on CUDA."""
-    model = model.to(device=spec.device, dtype=spec.dtype).set_fused_ops(spec.device.type == "cuda")
+    model = model.to(spec.device).set_precision(spec.dtype).set_fused_ops(spec.device.type == "cuda")
     if spec.device.type == "cuda":
         # cuDNN, cuBLAS and the Triton kernels initialize at their first call: here, not in the user's.
         from ..export import example_inputs

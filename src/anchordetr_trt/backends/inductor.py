@@ -395,7 +395,7 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     load the function a process saved in ``spec.cache_dir``; compile the custom kernels' variants of
     the range; then capture the optimization shape's CUDA graph."""
     rewrite_for_inductor(model)
-    model = model.to(device=spec.device, dtype=spec.dtype, memory_format=torch.channels_last)
+    model = model.to(device=spec.device, memory_format=torch.channels_last).set_precision(spec.dtype)
     model = model.eval().requires_grad_(False).set_fused_ops(True)
     runner = InductorRunner(model, spec)
     start = time.perf_counter()

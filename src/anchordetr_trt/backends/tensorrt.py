@@ -122,7 +122,7 @@ def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
     from anchordetr_trt.converters import register_converters
 
     route = register_converters()
-    model = model.to(device=spec.device, dtype=spec.dtype).eval().set_fused_ops(True)
+    model = model.to(spec.device).set_precision(spec.dtype).eval().set_fused_ops(True)
     shapes = spec.padded_range
     path = None
     if spec.cache_dir is not None:
