@@ -1,35 +1,67 @@
-"""Ad-hoc probe (not shipped): where the time of a call at a never-seen shape goes."""
-import random, sys, time
-import torch
-from anchordetr_trt.compiled import compile
-from anchordetr_trt.weights import random_model
-from anchordetr_trt.bench.stream import _inputs
+"""Where the time of a call at a never-seen shape goes (inductor fp16, R50-DC5, random weights): each
+of ``--shapes`` random padded shapes is run once (new: compiled function, no CUDA graph) and again
+uncaptured; then torch.profiler's CPU-time table of one more new shape. Prints the times and writes
+OUT/probe_new_shape.txt. Results: results/h100/probe_new_shape_0034b56.txt.
 
-out = sys.argv[1]
-model = random_model("r50-dc5")
-t = time.perf_counter()
-m = compile(model, backend="inductor", device="cuda", cache_dir=".cache/probe",
-            min_shape=(1, 320, 320), opt_shape=(8, 800, 1216), max_shape=(8, 1344, 1344))
-print("compile", time.perf_counter() - t, flush=True)
-rng = random.Random(3)
-def shape():
-    return (rng.randint(1, 8), 32 * rng.randint(10, 42), 32 * rng.randint(10, 42))
-rows = []
-for i in range(40):
-    s = shape(); x = _inputs(s, "cuda", m.dtype); torch.cuda.synchronize()
-    t = time.perf_counter(); m(*x); torch.cuda.synchronize(); a = time.perf_counter() - t
-    t = time.perf_counter(); m.runner._call_padded(*x); torch.cuda.synchronize(); b = time.perf_counter() - t
-    rows.append((s, a, b)); print(s, f"new {a*1e3:.1f} ms, again uncaptured {b*1e3:.1f} ms", flush=True)
+    python scripts/probe_new_shape.py --out DIR [--shapes 40]
+"""
+
+import argparse
+import random
 import statistics
-print("median new", statistics.median(r[1] for r in rows)*1e3, "again", statistics.median(r[2] for r in rows)*1e3)
-from torch.profiler import profile, ProfilerActivity
-s = shape(); x = _inputs(s, "cuda", m.dtype); torch.cuda.synchronize()
-with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-    m(*x); torch.cuda.synchronize()
-txt = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
-print(txt)
-open(out + "/probe_profile.txt", "w").write(txt)
-# same shape, cudnn benchmark on vs off: does the plan cache miss dominate?
-with profile(activities=[ProfilerActivity.CPU]) as p:
-    m.runner._call_padded(*x); torch.cuda.synchronize()
-print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import anchordetr_trt as at
+from anchordetr_trt.bench.stream import SHAPE_RANGE, _inputs
+from anchordetr_trt.spec import SIZE_MULTIPLE
+from anchordetr_trt.weights import random_model
+
+
+def timed(call) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    call()
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--shapes", type=int, default=40)
+    args = parser.parse_args()
+    model = at.compile(
+        random_model("r50-dc5"), backend="inductor", device="cuda", min_shape=SHAPE_RANGE[0],
+        opt_shape=(8, 800, 1216), max_shape=SHAPE_RANGE[1], cache_dir=args.out / "cache",
+    )  # fmt: skip
+    rng = random.Random(3)
+    (low_b, low_h, low_w), (high_b, high_h, high_w) = SHAPE_RANGE
+    step = SIZE_MULTIPLE  # padded sizes, so the runner's own entry point takes them as they are
+
+    def new_inputs():
+        shape = (rng.randint(low_b, high_b), step * rng.randint(low_h // step, high_h // step),
+                 step * rng.randint(low_w // step, high_w // step))  # fmt: skip
+        return shape, _inputs(shape, "cuda", model.dtype)
+
+    lines, new, again = [], [], []
+    for _ in range(args.shapes):
+        shape, inputs = new_inputs()
+        new.append(timed(lambda inputs=inputs: model(*inputs)))
+        again.append(timed(lambda inputs=inputs: model.runner._call_padded(*inputs)))
+        lines.append(f"{shape}: new {new[-1]:.1f} ms, again uncaptured {again[-1]:.1f} ms")
+    lines.append(f"median: new {statistics.median(new):.1f} ms, again {statistics.median(again):.1f} ms")
+    _, inputs = new_inputs()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        timed(lambda: model(*inputs))
+    lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (args.out / "probe_new_shape.txt").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

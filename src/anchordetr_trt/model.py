@@ -45,8 +45,10 @@ class AnchorDETR(nn.Module):
 
     def set_precision(self, dtype: torch.dtype) -> "AnchorDETR":
         """Cast the model to ``dtype`` except the anchor points and the prediction heads, which stay
-        float32: in bfloat16 the output boxes alone would be rounded to 1/256 of the image (2 px at 512)
-        and the anchors they are decoded from as much, for some 0.1% of the model's FLOPs."""
+        float32: rounded to bfloat16, the boxes alone would lie on a grid of 1/256 of the image, and the
+        anchors they are decoded from as well. Trained synthetic model, H100 (results/h100/): bf16 dAP
+        -0.68 all rounded, -0.14 so; fp16 -0.08 and -0.03; for some 0.1% of the FLOPs and 2% of
+        batch-1 latency."""
         kept = {name: getattr(self.transformer, name) for name in ("position", "class_embed", "bbox_embed")}
         for name in kept:  # out of the model while it is cast, so their float32 values are not rounded
             setattr(self.transformer, name, None)
