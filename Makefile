@@ -32,8 +32,12 @@ format: venv
 demo: venv
 	$(PY) -m anchordetr_trt.cli demo --out $(OUT)/demo $(if $(CKPT),--ckpt $(CKPT),)
 
+# The 800x800 side-by-side report, then, on a CUDA GPU, the cold-stream benchmark (stream.json).
 bench: venv
 	$(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) -m anchordetr_trt.bench.stream --out $(OUT)/bench; \
+	else echo "make bench: no CUDA GPU here, so no cold-stream benchmark (python -m anchordetr_trt.bench.stream)"; fi
 
 bench-ops: venv
 	$(PY) scripts/bench_ops.py --out $(OUT)/bench_ops
