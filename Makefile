@@ -36,7 +36,7 @@ demo: venv
 bench: venv
 	$(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
-		$(PY) -m anchordetr_trt.bench.stream --out $(OUT)/bench; \
+		$(PY) -m anchordetr_trt.bench.stream --out $(OUT)/bench --commit "$$(git rev-parse --short HEAD 2>/dev/null)"; \
 	else echo "make bench: no CUDA GPU here, so no cold-stream benchmark (python -m anchordetr_trt.bench.stream)"; fi
 
 bench-ops: venv

@@ -84,6 +84,17 @@ def test_defaults_on_cpu_are_eager_fp32():
     assert compiled.backend == "eager" and compiled.precision == "fp32"
 
 
+def test_the_backend_casts_with_set_precision(monkeypatch):
+    # The one precision rule (anchors and heads float32); the GPU test checks inductor's model.
+    casts = []
+    original = at.AnchorDETR.set_precision
+    monkeypatch.setattr(
+        at.AnchorDETR, "set_precision", lambda model, dtype: casts.append(dtype) or original(model, dtype)
+    )
+    at.compile(at.build_model(at.VARIANTS["r50-c5"]), device="cpu")
+    assert casts == [torch.float32]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
@@ -321,6 +332,8 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     # fp16 tolerances (testing.TOLERANCES): logits 0.15, boxes 0.01, and 99% of the top 100
     # (query, class) detections with the same query's box at IoU > 0.9 and the score within 0.02.
     assert_detections_close(compiled(images, mask), expected, precision="fp16")
+    heads = compiled.runner.model.transformer  # set_precision: anchors and heads float32
+    assert heads.position.weight.dtype == heads.bbox_embed[0].layers[0].weight.dtype == torch.float32
 
     # Varied sizes within the range, heavy padding: no compile after compile(), not even of a Triton
     # kernel variant (feature maps 40x68 and 50x48 need rcda_aggregate's 64 + 16 and 32 + 16 column

@@ -142,7 +142,9 @@ def test_set_precision_keeps_anchors_and_heads_float32(model_r50_c5):
     with torch.no_grad():
         out = model(images, mask)
     assert model.input_proj[0][0].weight.dtype == torch.bfloat16
-    assert torch.equal(model.transformer.position.weight, model_r50_c5.transformer.position.weight)
+    for name in ("position", "class_embed", "bbox_embed"):  # float32 and never rounded
+        kept, original = getattr(model.transformer, name), getattr(model_r50_c5.transformer, name)
+        assert all(torch.equal(a, b) for a, b in zip(kept.parameters(), original.parameters(), strict=True))
     assert out["pred_boxes"].dtype == out["pred_logits"].dtype == torch.float32
     boxes = out["pred_boxes"]
     assert not torch.equal(boxes, boxes.bfloat16().float())
