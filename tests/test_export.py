@@ -36,7 +36,7 @@ def test_exported_equals_eager(model, exported, shape):
 
 def test_exported_program_rejects_shapes_outside_the_range(exported):
     images, mask = example_inputs((1, 352, 64))
-    with pytest.raises(Exception, match="320"):
+    with pytest.raises(Exception, match="<= 320"):  # the bound on height; the type varies with torch
         exported.module()(images, mask)
 
 
