@@ -213,10 +213,11 @@ def assert_detections_close(
     """Raise AssertionError unless ``actual`` is close to ``expected`` (the reference's output).
 
     ``precision`` ("fp32", "fp16", "bf16") picks the default tolerances of ``TOLERANCES``; by default
-    the dtype of ``actual["pred_logits"]`` (compiled modules, and models after ``set_precision``, return
-    float32 whatever they compute in: pass their precision, or use ``assert_parity``, which does). Keyword overrides: ``logits_atol``,
-    ``boxes_atol``, ``iou_threshold``, ``score_atol``, ``min_match_rate``. Detections compared are the
-    reference's ``top_k`` per image with score >= ``score_threshold``. ``msg`` heads the report.
+    the dtype of ``actual["pred_logits"]`` (compiled modules, and models after ``set_precision``,
+    return float32 whatever they compute in: pass their precision, or use ``assert_parity``, which
+    does). Keyword overrides: ``logits_atol``, ``boxes_atol``, ``iou_threshold``, ``score_atol``,
+    ``min_match_rate``. Detections compared are the reference's ``top_k`` per image with score >=
+    ``score_threshold``. ``msg`` heads the report.
     """
     comparison = compare_detections(
         actual, expected, precision=precision, score_threshold=score_threshold, top_k=top_k, **tolerance
