@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from official import fixture_state_dict
+from torch import nn
 
 import anchordetr_trt as at
 from anchordetr_trt.backends.inductor_rewrites import (
+    GroupNorm,
     conv,
     conv_bias_add_relu,
     conv_bias_relu,
@@ -90,3 +92,13 @@ def test_rewrite_needs_folded_batch_norms_and_runs_once():
     rewritten = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-c5"])))
     with pytest.raises(ValueError, match="already rewritten for Inductor"):
         rewrite_for_inductor(rewritten)
+
+
+def test_group_norm_keeps_channels_last_and_computes_nn_group_norm():
+    norm = nn.GroupNorm(4, 16)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = (torch.randn(2, 16, 5, 7) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    out = GroupNorm(norm)(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, norm(x), rtol=1e-5, atol=1e-5)

@@ -160,7 +160,10 @@ class Transformer(nn.Module):
     def encode(self, src: Tensor, mask: Tensor) -> "Encoded":
         """The encoder: src [B, C, H, W], mask [B, H, W] (True = padding) -> its memory and what the
         decoder reads with it."""
-        mask_row, mask_col = mask[:, 0, :], mask[:, :, 0]
+        # Copied once here, not at each op's call (the ops take contiguous masks). A clone, not
+        # .contiguous(): that one asks whether the batch is 1, a guard that breaks the one-graph range.
+        mask_row = mask[:, 0, :].clone(memory_format=torch.contiguous_format)
+        mask_col = mask[:, :, 0].clone(memory_format=torch.contiguous_format)
         posemb_y, posemb_x = ops(self.fused_ops, src).mask2posemb(mask, self.d_model, 10000.0)
         posemb_row = self.adapt_pos1d(posemb_x.to(src.dtype))
         posemb_col = self.adapt_pos1d(posemb_y.to(src.dtype))
