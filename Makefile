@@ -32,12 +32,14 @@ format: venv
 demo: venv
 	$(PY) -m anchordetr_trt.cli demo --out $(OUT)/demo $(if $(CKPT),--ckpt $(CKPT),)
 
-# The 800x800 side-by-side report, then, on a CUDA GPU, the cold-stream benchmark (stream.json).
+# The 800x800 side-by-side report, on a CUDA GPU with each part's TFLOP/s (--parts) and then the
+# cold-stream benchmark (stream.json).
 bench: venv
-	$(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench --parts && \
 		$(PY) -m anchordetr_trt.bench.stream --out $(OUT)/bench --commit "$$(git rev-parse --short HEAD 2>/dev/null)"; \
-	else echo "make bench: no CUDA GPU here, so no cold-stream benchmark (python -m anchordetr_trt.bench.stream)"; fi
+	else $(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench && \
+		echo "make bench: no CUDA GPU here, so no per-part figures and no cold-stream benchmark"; fi
 
 bench-ops: venv
 	$(PY) scripts/bench_ops.py --out $(OUT)/bench_ops

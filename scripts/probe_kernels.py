@@ -21,11 +21,11 @@ from anchordetr_trt.weights import random_model
 CUDA = torch.device("cuda")
 
 
-def sdpa_backends(batches: list[int]) -> list[dict]:
-    """The decoder's self-attention shape ([B, 8, 300, 32] fp16) under each SDPA backend."""
+def sdpa_backends(batches: list[int], queries: int) -> list[dict]:
+    """The decoder's self-attention shape ([B, 8, queries, 32] fp16) under each SDPA backend."""
     rows = []
     for batch in batches:
-        q, k, v = (torch.randn(batch, 8, 300, 32, device="cuda", dtype=torch.float16) for _ in range(3))
+        q, k, v = (torch.randn(batch, 8, queries, 32, device="cuda", dtype=torch.float16) for _ in range(3))
         reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
         for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                         SDPBackend.MATH):  # fmt: skip
@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--sdpa-only", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"environment": environment(), "sdpa": sdpa_backends([1, 8, 32])}
+    queries = random_model("r50-dc5").config.num_queries
+    report = {"environment": environment(), "sdpa": sdpa_backends([1, 8, 32], queries)}
     (args.out / "probe_kernels.json").write_text(json.dumps(report, indent=1))
     if args.sdpa_only:
         return

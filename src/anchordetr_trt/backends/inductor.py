@@ -44,7 +44,6 @@ from pathlib import Path
 import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..cache import write_whole
 from ..environment import installed_version
@@ -60,11 +59,6 @@ MAX_FUNCTIONS = 8  # compiled functions of one runner: one for the range; more s
 # cuDNN's autotuning times every algorithm of every convolution at each new shape (seconds per shape);
 # its heuristics choose at once. Measured choice: see the README's speed section.
 CUDNN_BENCHMARK = False
-# The decoder's self-attention (300 queries, 8 heads of 32) without cuDNN's attention kernel, SDPA's
-# first choice on an H100 in torch 2.11, which took 47 us per call at batch 8 and 180 us at batch 32
-# (800x800, results/h100/probe_kernels_146d38b.json). The choice is made while tracing: it is in the
-# compiled function.
-ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def status(device: torch.device) -> tuple[bool, str]:
@@ -89,8 +83,7 @@ class _Unfolded(nn.Module):
         batch, channels, rows, _, columns, _ = images.shape
         height, width = rows * SIZE_MULTIPLE, columns * SIZE_MULTIPLE
         images = images.reshape(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
-        with sdpa_kernel(ATTENTION_BACKENDS):
-            out = self.model(images, mask.reshape(batch, height, width))
+        out = self.model(images, mask.reshape(batch, height, width))
         return {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}
 
 
