@@ -46,7 +46,8 @@ def _converter(op: str, aot: bool) -> Any:
         plugin = getattr(getattr(trtp.op, NAMESPACE), call.spec.name)(*tensors, **call.attrs)
         layer = ctx.net.add_plugin(plugin, aot=True) if aot else ctx.net.add_plugin(plugin)
         layer.name = f"[{target}]-[{name}]"
-        outputs = tuple(layer.get_output(i) for i in range(len(call.spec.outputs)))
+        # The op's outputs come first; a workspace output after them is the kernel's own.
+        outputs = tuple(layer.get_output(i) for i in range(len(call.spec.returns)))
         return outputs[0] if len(outputs) == 1 else outputs
 
     convert.__name__ = f"convert_{op}"

@@ -89,6 +89,9 @@ class PluginSpec:
     pointer_dtypes: Mapping[str, torch.dtype] = field(default_factory=dict)
     optional: Mapping[str, str] = field(default_factory=dict)  # optional input -> its HAS_* constexpr
     absent: tuple[str, ...] = ()  # optional inputs this plugin is built without
+    # Outputs the kernel writes for itself and reads back, which the op does not return: TensorRT gives
+    # a plugin no scratch memory, so they are plugin outputs that nothing reads.
+    workspace: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -99,6 +102,15 @@ class PluginSpec:
     @property
     def plugin_id(self) -> str:
         return f"{NAMESPACE}::{self.name}"
+
+    def __post_init__(self) -> None:
+        if self.outputs[: len(self.returns)] != self.returns:
+            raise ValueError(f"{self.op}: workspace outputs must follow the op's outputs, got {self.outputs}")
+
+    @property
+    def returns(self) -> tuple[str, ...]:
+        """The plugin outputs that are the op's outputs, in order (the workspace left out)."""
+        return tuple(n for n in self.outputs if n not in self.workspace)
 
     @property
     def tensors(self) -> tuple[str, ...]:
@@ -266,7 +278,7 @@ def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dic
 
 
 def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
-    n, queries, _ = s["probs_col"]
+    n, queries, _ = s["q_col"]
     width, head_dim = s["value"][2], s["value"][3]
     limit = module.max_kernel_width(d["value"].itemsize)
     if width > limit:
@@ -397,32 +409,40 @@ PLUGINS: dict[str, PluginSpec] = {
             op="rcda_aggregate",
             module="rcda_aggregate",
             kernel="rcda_aggregate_kernel",
-            inputs=("probs_col", "q_row", "k_row", "mask_row", "value"),
-            outputs=("out",),
+            inputs=("q_col", "k_col", "mask_col", "q_row", "k_row", "mask_row", "value"),
+            outputs=("out", "probs_col"),
+            workspace=("probs_col",),
             pointers={
-                "probs_col_ptr": "probs_col",
+                "q_col_ptr": "q_col",
+                "k_col_ptr": "k_col",
+                "mask_col_ptr": "mask_col",
                 "q_row_ptr": "q_row",
                 "k_row_ptr": "k_row",
                 "mask_row_ptr": "mask_row",
                 "value_ptr": "value",
                 "out_ptr": "out",
+                "probs_col_ptr": "probs_col",
             },
-            pointer_dtypes={"mask_row": torch.uint8},  # a bool buffer, read as bytes
+            pointer_dtypes={"mask_col": torch.uint8, "mask_row": torch.uint8},  # bool buffers, read as bytes
             input_dtypes={
-                **dict.fromkeys(("probs_col", "q_row", "k_row", "value"), FLOAT_DTYPES),
+                **dict.fromkeys(("q_col", "k_col", "q_row", "k_row", "value"), FLOAT_DTYPES),
+                "mask_col": (torch.bool,),
                 "mask_row": (torch.bool,),
             },
-            output_dtypes=lambda d: (d["value"],),
-            output_shapes=lambda s, a: ((s["value"][0], s["probs_col"][1], s["value"][3]),),
+            output_dtypes=lambda d: (d["value"], d["value"]),
+            output_shapes=lambda s, a: (
+                (s["value"][0], s["q_col"][1], s["value"][3]),
+                (s["value"][0], s["q_col"][1], s["value"][1]),
+            ),
             scalars=lambda s, a: {
-                "num_queries": s["probs_col"][1],
+                "num_queries": s["q_col"][1],
                 "heads": s["value"][0] // s["mask_row"][0],
                 "height": s["value"][1],
                 "width": s["value"][2],
                 "head_dim": s["value"][3],
             },
             meta=_rcda_aggregate_meta,
-            grid=lambda s, a, meta: (cdiv(s["probs_col"][1], meta["BLOCK_Q"]), s["probs_col"][0]),
+            grid=lambda s, a, meta: (cdiv(s["q_col"][1], meta["BLOCK_Q"]), s["q_col"][0]),
         ),
     )
 }

@@ -96,12 +96,18 @@ def mask2posemb_inputs(case: dict, dtype, device) -> tuple:
 
 def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
     n, queries, height, width, head_dim = case["shape"]
-    heads = case.get("heads", 1)
-    probs_col = torch.randn(n, queries, height).softmax(-1).to(device, dtype)
-    q_row = values((n, queries, head_dim), dtype, device, case | {"scale": head_dim**-0.5})  # as scaled
-    k_row = values((n, width, head_dim), dtype, device, case | {"strided": False})
-    mask_row = padding(n // heads, width, case.get("padding", "tail"), device)
-    return probs_col, q_row, k_row, mask_row, values((n, height, width, head_dim), dtype, device, case)
+    heads, mode = case.get("heads", 1), case.get("padding", "tail")
+    scaled = case | {"scale": head_dim**-0.5}  # queries come scaled, as the model projects them
+    dense = case | {"strided": False}
+    return (
+        values((n, queries, head_dim), dtype, device, scaled),
+        values((n, height, head_dim), dtype, device, dense),
+        padding(n // heads, height, mode, device),
+        values((n, queries, head_dim), dtype, device, scaled),
+        values((n, width, head_dim), dtype, device, dense),
+        padding(n // heads, width, mode, device),
+        values((n, height, width, head_dim), dtype, device, case),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -251,8 +257,9 @@ SPECS = [
         "rcda_aggregate",
         rcda_aggregate,
         rcda_aggregate_inputs,
-        cases={  # shape: (batch * heads, queries, height, width, head_dim); row mask: padding
+        cases={  # shape: (batch * heads, queries, height, width, head_dim); row and column masks: padding
             "small": {"shape": (4, 5, 3, 4, 8), "heads": 2, "padding": "random"},
+            "tall": {"shape": (4, 7, 70, 5, 8), "heads": 2},  # column scores over 3 chunks, the last partial
             "length_1": {"shape": (1, 1, 1, 1, 1), "padding": "none"},
             "odd": {"shape": (3, 70, 5, 7, 9), "heads": 3},  # queries over two blocks, sizes below the blocks
             "fully_padded": {"shape": (4, 6, 3, 5, 8), "heads": 2, "padding": "all"},  # zeros, not NaN

@@ -7,7 +7,6 @@ with fake implementation), which registers the op when imported below.
 """
 
 import torch
-import triton
 from torch import Tensor
 
 # Each import registers its op.
@@ -41,20 +40,25 @@ def mask2posemb(mask: Tensor, num_pos_feats: int, temperature: float) -> tuple[T
 
 
 def rcda_aggregate(
-    probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor
+    q_col: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
+    q_row: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    value: Tensor,
 ) -> Tensor:
-    return _ops.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)
+    return _ops.rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
 
 
-def kernel_variant(height: int, width: int) -> tuple:
-    """What picks the model's kernel variants at a ``height`` x ``width`` feature map: feature maps
-    with one key run the same compiled kernels (the column softmax's row block, rcda_aggregate's width
-    blocks, mask2posemb's tile over the longer side; the other ops' blocks depend on the channels
-    alone)."""
+def kernel_variant(height: int, width: int, num_pos_feats: int) -> tuple:
+    """What picks the model's kernel variants at a ``height`` x ``width`` feature map with
+    ``num_pos_feats`` position features (the model's width): feature maps with one key run the same
+    compiled kernels (rcda_aggregate's width blocks, mask2posemb's blocks; the other ops' blocks depend
+    on the channels alone, rcda_aggregate's height is a loop bound)."""
     return (
-        tuple(sorted(_masked_softmax_module.masked_softmax_launch_config(1, height)[1].items())),
         _rcda_aggregate_module.width_blocks(width),
-        triton.next_power_of_2(max(height, width)),
+        tuple(sorted(_mask2pos_module.mask2posemb_launch_config(1, height, width, num_pos_feats)[1].items())),
     )
 
 

@@ -1,20 +1,25 @@
-"""``anchordetr::rcda_aggregate``: the value aggregation of row-column decoupled attention, with the
-row attention computed in the kernel.
+"""``anchordetr::rcda_aggregate``: row-column decoupled attention from its projected queries and keys,
+both softmaxes computed in the kernel.
 
-out[n, q] = sum_h sum_w probs_col[n, q, h] * probs_row[n, q, w] * value[n, h, w], where
-probs_row[n, q] = masked softmax of q_row[n, q] . k_row[n, w] over the unpadded columns w. Done as
-batched matmuls, it materializes the [N, Lq, W] scores and probabilities and an [N, W, Lq, D]
-intermediate (64 MB per image and layer in fp16 at 800x800); the kernel keeps all three in registers.
-A program takes BLOCK_Q queries: it computes their row scores on the tensor cores and their softmax in
-float32, then multiplies the [BLOCK_Q, W] probabilities with a few rows of value at a time and
-accumulates the results weighted by probs_col, in float32. The column probabilities are an input
-(``masked_softmax``): computing them in the kernel too would double its per-step work on the CUDA
-cores (each step needs a few columns of them, which Triton cannot slice out of registers).
+out[n, q] = sum_h sum_w probs_col[n, q, h] * probs_row[n, q, w] * value[n, h, w], where probs_col[n, q]
+is the masked softmax of q_col[n, q] . k_col[n, h] over the unpadded rows h, and probs_row[n, q] that
+of q_row[n, q] . k_row[n, w] over the unpadded columns w. Done as batched matmuls, it materializes both
+scores and probabilities and an [N, W, Lq, D] intermediate (64 MB per image and layer in fp16 at
+800x800). A program takes BLOCK_Q queries. First their column probabilities: scores on the tensor
+cores over COL_CHUNK rows at a time, a running max and sum, then the probabilities in float32, written
+to a per-call [N, Lq, H] buffer (each step of the aggregation reads a few of their columns, which
+Triton cannot slice out of registers; written and read back by one program, they stay in L2). Then
+the row probabilities, in registers; then each step multiplies the [BLOCK_Q, W] row probabilities with
+a few rows of value and accumulates the results weighted by the column probabilities, in float32.
+Before, the column side was a matmul and a ``masked_softmax`` launch per call, its scores and
+probabilities going through memory (0.40 ms of a 7.6 ms batch-8 call at 800x800 on an H100,
+results/h100/probe_kernels_6e9f4b4.json).
 
 The products run over W padded to a power of two, or to two of them (``width_blocks``): feature maps
 are rarely a power of two wide, and 84 columns (1344 pixels with DC5) as 64 + 32 instead of 128 took
 the kernel from 0.72 to 0.59 ms at the stream benchmark's 76x84 maps, batch 8, on an H100
-(scripts/sweep_rcda_aggregate.py, results/h100/sweep_rcda_aggregate.json).
+(scripts/sweep_rcda_aggregate.py, results/h100/sweep_rcda_aggregate.json). The height is a loop
+bound only: one build serves every height.
 """
 
 import torch
@@ -36,25 +41,89 @@ MAX_STAGES = 3
 # Shared memory for the row probabilities and the pipelined value tiles (an H100 block may have
 # 227 KiB; the rest is left for Triton's layout conversions).
 SHARED_BUDGET = 160 * 1024
+COL_CHUNK = 32  # rows h per product of the column scores (a tensor-core N is at least 16)
 
 
 @triton.jit
-def _row_scores(
-    q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION: tl.constexpr
+def _key_scores(
+    query, key_ptr, mask_ptr, n, batch, length, head_dim, k, d, d_ok, DOT_PRECISION: tl.constexpr
 ):
-    """(q_row [BLOCK_Q, BLOCK_D] . k_row[n, w] in float32, -inf where column w is padded or past the
-    width: [BLOCK_Q, len(w)]; the columns that are neither: [1, len(w)]). Validity is returned, not
-    read back from -inf: a NaN score must stay NaN (as in the reference), not pass for padding."""
-    w_ok = w < width
-    k_row = tl.load(
-        k_row_ptr + (n * width + w)[:, None] * head_dim + d[None, :],
-        mask=w_ok[:, None] & d_ok[None, :],
+    """(query [BLOCK_Q, BLOCK_D] . key[n, k] in float32, -inf where key k is padded or past ``length``:
+    [BLOCK_Q, len(k)]; the keys that are neither: [1, len(k)]), for the row keys (k = columns w) or
+    the column keys (k = rows h). Validity is returned, not read back from -inf: a NaN score must stay
+    NaN (as in the reference), not pass for padding."""
+    k_ok = k < length
+    key = tl.load(
+        key_ptr + (n * length + k)[:, None] * head_dim + d[None, :],
+        mask=k_ok[:, None] & d_ok[None, :],
         other=0.0,
     )
-    scores = tl.dot(q_row, tl.trans(k_row), input_precision=DOT_PRECISION)
-    padded = tl.load(mask_row_ptr + batch * width + w, mask=w_ok, other=1)
+    scores = tl.dot(query, tl.trans(key), input_precision=DOT_PRECISION)
+    padded = tl.load(mask_ptr + batch * length + k, mask=k_ok, other=1)
     valid = (padded == 0)[None, :]
     return tl.where(valid, scores, float("-inf")), valid
+
+
+@triton.jit
+def _column_probabilities(
+    q_col_ptr,
+    k_col_ptr,
+    mask_col_ptr,
+    probs_col_ptr,
+    row_index,
+    q_ok,
+    n,
+    batch,
+    height,
+    head_dim,
+    d,
+    d_ok,
+    BLOCK_Q: tl.constexpr,
+    COL_CHUNK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Write probs_col[row_index, :height] (the masked softmax over rows h of q_col . k_col, in
+    float32, stored in probs_col's dtype) for the program's queries: a running max and sum over chunks
+    of COL_CHUNK rows, then the probabilities chunk by chunk."""
+    q_col = tl.load(
+        q_col_ptr + row_index[:, None] * head_dim + d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0
+    )
+    chunk = tl.arange(0, COL_CHUNK)
+    col_max = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+    total = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+    for h_start in range(0, height, COL_CHUNK):
+        scores, valid = _key_scores(
+            q_col,
+            k_col_ptr,
+            mask_col_ptr,
+            n,
+            batch,
+            height,
+            head_dim,
+            h_start + chunk,
+            d,
+            d_ok,
+            DOT_PRECISION,
+        )
+        new_max = tl.maximum(col_max, tl.max(scores, axis=1))
+        # The sum so far, rescaled to the new max (shifted by 0 while every row seen is padded: the
+        # max is -inf, and -inf - -inf is NaN); 0 before the first unpadded row.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        kept = tl.exp2((col_max - shift) * 1.4426950408889634)
+        total = total * kept + tl.sum(softmax_numerators(scores, valid, new_max), axis=1)
+        col_max = new_max
+    scale = softmax_scale(total)[:, None]
+    for h_start in range(0, height, COL_CHUNK):
+        h = h_start + chunk
+        scores, valid = _key_scores(
+            q_col, k_col_ptr, mask_col_ptr, n, batch, height, head_dim, h, d, d_ok, DOT_PRECISION
+        )
+        probs = softmax_numerators(scores, valid, col_max) * scale
+        tl.store(
+            probs_col_ptr + row_index[:, None] * height + h[None, :],
+            probs.to(probs_col_ptr.dtype.element_ty),
+            mask=q_ok[:, None] & (h < height)[None, :],
+        )
 
 
 @triton.jit
@@ -84,12 +153,15 @@ def _value_rows(
     do_not_specialize=["num_queries", "heads", "height", "width"]
 )  # sizes vary per image: one build serves all
 def rcda_aggregate_kernel(
-    probs_col_ptr,
+    q_col_ptr,
+    k_col_ptr,
+    mask_col_ptr,
     q_row_ptr,
     k_row_ptr,
     mask_row_ptr,
     value_ptr,
     out_ptr,
+    probs_col_ptr,
     num_queries,
     heads,
     height,
@@ -100,14 +172,16 @@ def rcda_aggregate_kernel(
     TAIL_W: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    COL_CHUNK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(num_queries, BLOCK_Q), N). First the row probabilities of the program's queries, in
-    registers; then each step takes BLOCK_H rows h: one product of the [BLOCK_Q, W] row probabilities
-    with value[h:h + BLOCK_H] laid out as [W, BLOCK_H * D], then the BLOCK_H [BLOCK_Q, D] column blocks
-    weighted by probs_col[:, h] and summed, in float32. W is covered by BLOCK_W columns, then TAIL_W
-    more if TAIL_W > 0 (a second product into the same sum). mask_row [N / heads, W] uint8, nonzero =
-    padded column."""
+    """Grid (cdiv(num_queries, BLOCK_Q), N). First the column probabilities of the program's queries,
+    written to probs_col [N, Lq, H] (a buffer of the call) and read back after a barrier; then the row
+    probabilities, in registers; then each step takes BLOCK_H rows h: one product of the [BLOCK_Q, W]
+    row probabilities with value[h:h + BLOCK_H] laid out as [W, BLOCK_H * D], then the BLOCK_H
+    [BLOCK_Q, D] column blocks weighted by probs_col[:, h] and summed, in float32. W is covered by
+    BLOCK_W columns, then TAIL_W more if TAIL_W > 0 (a second product into the same sum). mask_col
+    [N / heads, H] and mask_row [N / heads, W] uint8, nonzero = padded row or column."""
     n = tl.program_id(1).to(tl.int64)
     batch = n // heads
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -116,16 +190,21 @@ def rcda_aggregate_kernel(
     rows = tl.arange(0, BLOCK_H)
     q_ok, d_ok = q < num_queries, d < head_dim
     row_index = n * num_queries + q
+    _column_probabilities(
+        q_col_ptr, k_col_ptr, mask_col_ptr, probs_col_ptr, row_index, q_ok, n, batch, height, head_dim,
+        d, d_ok, BLOCK_Q, COL_CHUNK, DOT_PRECISION,
+    )  # fmt: skip
+    tl.debug_barrier()  # the whole program's stores, before any thread reads them back
     q_row = tl.load(
         q_row_ptr + row_index[:, None] * head_dim + d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0
     )
-    scores, valid = _row_scores(
+    scores, valid = _key_scores(
         q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION
     )
     row_max = tl.max(scores, axis=1)
     if TAIL_W > 0:
         w_tail = BLOCK_W + tl.arange(0, TAIL_W)
-        scores_tail, valid_tail = _row_scores(
+        scores_tail, valid_tail = _key_scores(
             q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w_tail, d, d_ok, DOT_PRECISION
         )
         row_max = tl.maximum(row_max, tl.max(scores_tail, axis=1))
@@ -193,6 +272,7 @@ def rcda_aggregate_launch_config(
         "TAIL_W": tail_w,
         "BLOCK_D": block_d,
         "BLOCK_H": max(1, DOT_COLUMNS // block_d),
+        "COL_CHUNK": COL_CHUNK,
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
     }
     return (triton.cdiv(num_queries, BLOCK_Q), batch_heads), meta
@@ -212,27 +292,41 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def check_inputs(probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor) -> None:
-    """Raise InputError unless probs_col [N, Lq, H], q_row [N, Lq, D], k_row [N, W, D] and value
-    [N, H, W, D] are float tensors of one dtype, mask_row [B, W] is bool, N is a multiple of B (the
-    heads), all on one device with matching sizes."""
+def check_inputs(
+    q_col: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
+    q_row: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    value: Tensor,
+) -> None:
+    """Raise InputError unless q_col and q_row [N, Lq, D], k_col [N, H, D], k_row [N, W, D] and value
+    [N, H, W, D] are float tensors of one dtype, mask_col [B, H] and mask_row [B, W] are bool, N is a
+    multiple of B (the heads), all on one device with matching sizes."""
     _common.check_tensor(_OP, "value", value, 4, _common.FLOAT_DTYPES, "[N, H, W, D]")
-    _common.check_tensor(_OP, "probs_col", probs_col, 3, _common.FLOAT_DTYPES, "[N, Lq, H]")
-    _common.check_tensor(_OP, "q_row", q_row, 3, _common.FLOAT_DTYPES, "[N, Lq, D]")
-    _common.check_tensor(_OP, "k_row", k_row, 3, _common.FLOAT_DTYPES, "[N, W, D]")
+    for name, tensor, layout in (
+        ("q_col", q_col, "[N, Lq, D]"),
+        ("k_col", k_col, "[N, H, D]"),
+        ("q_row", q_row, "[N, Lq, D]"),
+        ("k_row", k_row, "[N, W, D]"),
+    ):
+        _common.check_tensor(_OP, name, tensor, 3, _common.FLOAT_DTYPES, layout)
+    _common.check_tensor(_OP, "mask_col", mask_col, 2, (torch.bool,), "[B, H]")
     _common.check_tensor(_OP, "mask_row", mask_row, 2, (torch.bool,), "[B, W]")
-    tensors = {"probs_col": probs_col, "q_row": q_row, "k_row": k_row, "value": value}
-    _common.check_same_device(_OP, **tensors, mask_row=mask_row)
+    tensors = {"q_col": q_col, "k_col": k_col, "q_row": q_row, "k_row": k_row, "value": value}
+    _common.check_same_device(_OP, **tensors, mask_col=mask_col, mask_row=mask_row)
     _common.check_same_dtype(_OP, **tensors)
     n, height, width, head_dim = value.shape
     for name, tensor in tensors.items():
         _common.check_size(_OP, f"{name}.shape[0] (N)", tensor.shape[0], n)
-    _common.check_size(_OP, "q_row.shape[1] (queries)", q_row.shape[1], probs_col.shape[1])
-    _common.check_size(_OP, "probs_col.shape[2] (H)", probs_col.shape[2], height)
+        _common.check_size(_OP, f"{name}.shape[2] (D)", tensor.shape[-1], head_dim)
+    _common.check_size(_OP, "q_row.shape[1] (queries)", q_row.shape[1], q_col.shape[1])
+    _common.check_size(_OP, "k_col.shape[1] (H)", k_col.shape[1], height)
     _common.check_size(_OP, "k_row.shape[1] (W)", k_row.shape[1], width)
+    _common.check_size(_OP, "mask_col.shape[1] (H)", mask_col.shape[1], height)
     _common.check_size(_OP, "mask_row.shape[1] (W)", mask_row.shape[1], width)
-    _common.check_size(_OP, "q_row.shape[2] (D)", q_row.shape[2], head_dim)
-    _common.check_size(_OP, "k_row.shape[2] (D)", k_row.shape[2], head_dim)
+    _common.check_size(_OP, "mask_col.shape[0] (B)", mask_col.shape[0], mask_row.shape[0])
     batch = mask_row.shape[0]
     if isinstance(n, int) and isinstance(batch, int) and (batch == 0 or n % batch):
         raise InputError(
@@ -242,7 +336,9 @@ def check_inputs(probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tens
 
 
 def rcda_aggregate_triton(
-    probs_col: Tensor,
+    q_col: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
     q_row: Tensor,
     k_row: Tensor,
     mask_row: Tensor,
@@ -251,9 +347,9 @@ def rcda_aggregate_triton(
 ) -> Tensor:
     """Launch the kernel on CUDA (or CPU under TRITON_INTERPRET=1); non-contiguous inputs are copied
     contiguous first. Writes ``out`` (new if None, else contiguous [N, Lq, D] of value's dtype)."""
-    check_inputs(probs_col, q_row, k_row, mask_row, value)
-    n, num_queries, height = probs_col.shape
-    width, head_dim = value.shape[2], value.shape[3]
+    check_inputs(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
+    n, height, width, head_dim = value.shape
+    num_queries = q_col.shape[1]
     shape = (n, num_queries, head_dim)
     if out is None:
         out = value.new_empty(shape)
@@ -264,12 +360,15 @@ def rcda_aggregate_triton(
     grid, meta = rcda_aggregate_launch_config(num_queries, n, width, head_dim, value.element_size())
     with _common.launch_context(_OP, rcda_aggregate_kernel, value):
         rcda_aggregate_kernel[grid](
-            probs_col.contiguous(),
+            q_col.contiguous(),
+            k_col.contiguous(),
+            mask_col.contiguous().view(torch.uint8),
             q_row.contiguous(),
             k_row.contiguous(),
             mask_row.contiguous().view(torch.uint8),
             value.contiguous(),
             out,
+            value.new_empty((n, num_queries, height)),  # the column probabilities, the kernel's own
             num_queries,
             n // mask_row.shape[0],
             height,
@@ -283,26 +382,50 @@ def rcda_aggregate_triton(
 
 @torch.library.custom_op("anchordetr::rcda_aggregate", mutates_args=())
 def rcda_aggregate(
-    probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor
+    q_col: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
+    q_row: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    value: Tensor,
 ) -> Tensor:
-    """probs_col [N, Lq, H], q_row [N, Lq, D], k_row [N, W, D], mask_row [B, W] bool (True = padded,
-    N = B * heads), value [N, H, W, D] -> [N, Lq, D]. PyTorch reference off CUDA."""
-    check_inputs(probs_col, q_row, k_row, mask_row, value)
-    return reference.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)
+    """q_col [N, Lq, D], k_col [N, H, D], mask_col [B, H] bool, q_row [N, Lq, D], k_row [N, W, D],
+    mask_row [B, W] bool (True = padded, N = B * heads), value [N, H, W, D] -> [N, Lq, D]. PyTorch
+    reference off CUDA."""
+    check_inputs(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
+    return reference.rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
 
 
 @rcda_aggregate.register_kernel("cuda")
-def _(probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor) -> Tensor:
+def _(
+    q_col: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
+    q_row: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    value: Tensor,
+) -> Tensor:
     # float32: the kernel's products run on the CUDA cores: 1.0 s for a batch of 8 x 800 x 1216 on an
     # H100 against 0.13 s for the whole model on cuBLAS (measured); its three-TF32 variant needs more
     # shared memory than an H100 has at that width. fp32 is the reference precision.
+    args = (q_col, k_col, mask_col, q_row, k_row, mask_row, value)
     if value.dtype == torch.float32 or value.shape[2] > max_kernel_width(value.element_size()):
-        check_inputs(probs_col, q_row, k_row, mask_row, value)
-        return reference.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)
-    return rcda_aggregate_triton(probs_col, q_row, k_row, mask_row, value)
+        check_inputs(*args)
+        return reference.rcda_aggregate(*args)
+    return rcda_aggregate_triton(*args)
 
 
 @rcda_aggregate.register_fake
-def _(probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor) -> Tensor:
-    check_inputs(probs_col, q_row, k_row, mask_row, value)
-    return value.new_empty((value.shape[0], probs_col.shape[1], value.shape[3]))
+def _(
+    q_col: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
+    q_row: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    value: Tensor,
+) -> Tensor:
+    check_inputs(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
+    return value.new_empty((value.shape[0], q_col.shape[1], value.shape[3]))

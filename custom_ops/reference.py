@@ -65,18 +65,32 @@ def mask2posemb(mask: Tensor, num_pos_feats: int, temperature: float) -> tuple[T
 
 
 def rcda_aggregate(
-    probs_col: Tensor, q_row: Tensor, k_row: Tensor, mask_row: Tensor, value: Tensor
+    q_col: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
+    q_row: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    value: Tensor,
 ) -> Tensor:
-    """Row-column decoupled weighted sum: out[n, q] = sum_h sum_w probs_col[n, q, h] *
-    probs_row[n, q, w] * value[n, h, w], with probs_row the masked softmax of q_row . k_row.
+    """Row-column decoupled attention: out[n, q] = sum_h sum_w probs_col[n, q, h] * probs_row[n, q, w]
+    * value[n, h, w], with probs_col the masked softmax of q_col . k_col over rows h and probs_row that
+    of q_row . k_row over columns w (scores in float32, probabilities in value's dtype, as the kernel's).
 
-    probs_col [N, Lq, H], q_row [N, Lq, D], k_row [N, W, D], mask_row [B, W] bool (True = padded
-    column, N = B * heads), value [N, H, W, D] -> [N, Lq, D].
+    q_col, q_row [N, Lq, D], k_col [N, H, D], k_row [N, W, D], mask_col [B, H] and mask_row [B, W] bool
+    (True = padded row or column, N = B * heads), value [N, H, W, D] -> [N, Lq, D].
     """
-    batch = mask_row.shape[0]
-    scores = torch.bmm(q_row.float(), k_row.float().transpose(1, 2))  # float32, as the kernel's
-    probs_row = masked_softmax(scores.unflatten(0, (batch, -1)), mask_row).flatten(0, 1).to(value.dtype)
+    probs_col = _key_probabilities(q_col, k_col, mask_col).to(value.dtype)
+    probs_row = _key_probabilities(q_row, k_row, mask_row).to(value.dtype)
     # Batched over (N, W) and (N, Lq) so that no reshape splits a symbolic product (export-friendly).
     per_column = torch.matmul(probs_col[:, None], value.transpose(1, 2))  # [N, W, Lq, D]
     out = torch.matmul(probs_row[:, :, None], per_column.transpose(1, 2))  # [N, Lq, 1, D]
     return out.squeeze(2)
+
+
+def _key_probabilities(query: Tensor, key: Tensor, key_padding_mask: Tensor) -> Tensor:
+    """Masked softmax of query [N, Lq, D] . key [N, L, D] over L, float32: [N, Lq, L] (mask [B, L])."""
+    scores = torch.bmm(query.float(), key.float().transpose(1, 2))
+    return masked_softmax(scores.unflatten(0, (key_padding_mask.shape[0], -1)), key_padding_mask).flatten(
+        0, 1
+    )

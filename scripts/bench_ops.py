@@ -98,13 +98,13 @@ def make_cases(batches: tuple[int, ...], dtype: torch.dtype, device, shapes: Sha
             cases.append(Case("add_bias_transpose", stage, batch, args, 2 * _nbytes(x) + _nbytes(bias)))
         for stage, queries in stages:
             n, head_dim = batch * shapes.heads, shapes.channels // shapes.heads
-            probs_col = torch.randn(n, queries, height, device=device).softmax(-1).to(dtype)
-            q_row = torch.randn(n, queries, head_dim, device=device, dtype=dtype) * head_dim**-0.5
+            q_col, q_row = torch.randn(2, n, queries, head_dim, device=device, dtype=dtype) * head_dim**-0.5
+            k_col = torch.randn(n, height, head_dim, device=device, dtype=dtype)
             k_row = torch.randn(n, width, head_dim, device=device, dtype=dtype)
-            mask_row = torch.zeros(batch, width, dtype=torch.bool, device=device)
+            mask_col = mask[:, :, 0].contiguous()
             value = torch.randn(n, height, width, head_dim, device=device, dtype=dtype)
             out_bytes = n * queries * head_dim * value.element_size()
-            args = (probs_col, q_row, k_row, mask_row, value)
+            args = (q_col, k_col, mask_col, q_row, k_row, key_mask, value)
             cases.append(Case("rcda_aggregate", stage, batch, args, _nbytes(*args) + out_bytes))
         lines = batch * (height + width)  # the first column and the first row of every image
         cases.append(Case("mask2pos", "features", batch, (mask,), lines * (1 + 4)))

@@ -1,5 +1,4 @@
-"""``rcda_aggregate``'s launch configuration swept on a GPU, kernel alone (its row scores and softmax
-included), fp16, at the feature maps of 800x800, 800x1216 and 1216x1344 (the stream benchmark's
+"""``rcda_aggregate``'s launch configuration swept on a GPU, kernel alone (both softmaxes included), fp16, at the feature maps of 800x800, 800x1216 and 1216x1344 (the stream benchmark's
 batches) with DC5, batch 8, 8 heads of 32, encoder and decoder queries.
 
 Each configuration (queries per program, the N of each tensor-core product, warps, pipeline stages) is
@@ -28,9 +27,9 @@ SWEEP = {"BLOCK_Q": (64, 128), "DOT_COLUMNS": (64, 128, 256), "num_warps": (4, 8
 
 
 def launch(inputs: tuple, out, config: dict) -> None:
-    probs_col, q_row, k_row, mask_row, value = inputs
-    n, queries, height = probs_col.shape
-    width = value.shape[2]
+    q_col, k_col, mask_col, q_row, k_row, mask_row, value = inputs
+    n, height, width, _ = value.shape
+    queries = q_col.shape[1]
     config = dict(config)
     blocks = config.pop("blocks")
     meta = {
@@ -39,13 +38,15 @@ def launch(inputs: tuple, out, config: dict) -> None:
         "TAIL_W": blocks[1],
         "BLOCK_D": HEAD_DIM,
         "BLOCK_H": config["DOT_COLUMNS"] // HEAD_DIM,
+        "COL_CHUNK": op.COL_CHUNK,
         "num_warps": config["num_warps"],
         "num_stages": config["num_stages"],
     }
     grid = (triton.cdiv(queries, meta["BLOCK_Q"]), n)
     op.rcda_aggregate_kernel[grid](
-        probs_col, q_row, k_row, mask_row.view(torch.uint8), value, out,
-        queries, HEADS, height, width, HEAD_DIM, DOT_PRECISION="tf32", **meta,
+        q_col, k_col, mask_col.view(torch.uint8), q_row, k_row, mask_row.view(torch.uint8), value, out,
+        value.new_empty((n, queries, height)), queries, HEADS, height, width, HEAD_DIM, DOT_PRECISION="tf32",
+        **meta,
     )  # fmt: skip
 
 
@@ -68,14 +69,15 @@ def main() -> int:
     for image, (height, width) in FEATURES.items():
         for part, queries in (("encoder", height * width), ("decoder", DECODER_QUERIES)):
             n = BATCH * HEADS
-            probs_col = torch.randn(n, queries, height, device="cuda").softmax(-1).half()
-            q_row = (torch.randn(n, queries, HEAD_DIM, device="cuda") * HEAD_DIM**-0.5).half()
+            q_col, q_row = (torch.randn(2, n, queries, HEAD_DIM, device="cuda") * HEAD_DIM**-0.5).half()
+            k_col = torch.randn(n, height, HEAD_DIM, device="cuda").half()
             k_row = torch.randn(n, width, HEAD_DIM, device="cuda").half()
+            mask_col = torch.zeros(BATCH, height, dtype=torch.bool, device="cuda")
             mask_row = torch.zeros(BATCH, width, dtype=torch.bool, device="cuda")
             value = torch.randn(n, height, width, HEAD_DIM, device="cuda").half()
-            inputs = (probs_col, q_row, k_row, mask_row, value)
+            inputs = (q_col, k_col, mask_col, q_row, k_row, mask_row, value)
             expected = reference.rcda_aggregate(*(t.float() if t.is_floating_point() else t for t in inputs))
-            flops = 2 * n * queries * (height + 1) * width * HEAD_DIM
+            flops = 2 * n * queries * ((height + 1) * width + height) * HEAD_DIM
             configs = [dict(zip(SWEEP, values, strict=True)) for values in itertools.product(*SWEEP.values())]
             configs = [c | {"blocks": op.width_blocks(width)} for c in configs]
             if op.width_blocks(width)[1]:  # one power of two already: nothing to compare

@@ -28,15 +28,11 @@ def _meta_inputs(shape):
     return images, torch.zeros(batch, height, width, dtype=torch.bool, device="meta")
 
 
-def _aggregation_flops(queries: int, channels: int, h: int, w: int) -> int:
-    """rcda_aggregate by hand: the row scores, then the weighted sum over an h x w map, the
-    reference's two batched matmuls, over the rows for each column, then over the columns."""
-    return 2 * queries * w * channels + 2 * queries * channels * w * (h + 1)
-
-
 def _rcda_flops(queries: int, channels: int, h: int, w: int) -> int:
-    """RCDA by hand: the column scores, then rcda_aggregate."""
-    return 2 * queries * h * channels + _aggregation_flops(queries, channels, h, w)
+    """rcda_aggregate by hand: the column and row scores, then the weighted sum over an h x w map, the
+    reference's two batched matmuls, over the rows for each column, then over the columns."""
+    scores = 2 * queries * h * channels + 2 * queries * w * channels
+    return scores + 2 * queries * channels * w * (h + 1)
 
 
 def _transformer_flops_by_hand(config, h: int, w: int) -> tuple[int, int]:
@@ -106,8 +102,8 @@ def test_fused_path_misses_exactly_the_rcda_aggregation_so_the_count_runs_the_re
     }
     h, w, channels = 320 // 32, 384 // 32, config.hidden_dim
     aggregation = {  # per image
-        "encoder": config.num_encoder_layers * _aggregation_flops(h * w, channels, h, w),
-        "decoder": config.num_decoder_layers * _aggregation_flops(900, channels, h, w),
+        "encoder": config.num_encoder_layers * _rcda_flops(h * w, channels, h, w),
+        "decoder": config.num_decoder_layers * _rcda_flops(900, channels, h, w),
     }
     assert counts[False]["backbone"] == counts[True]["backbone"]
     for part, missed in aggregation.items():

@@ -119,7 +119,21 @@ def test_opcheck(spec, dtype):
 
 
 def fused_calls(
-    scores, key_mask, x, weight, bias, residual, projection, proj_bias, mask, probs_col, q_row, k_row, value
+    scores,
+    key_mask,
+    x,
+    weight,
+    bias,
+    residual,
+    projection,
+    proj_bias,
+    mask,
+    q_col,
+    k_col,
+    mask_col,
+    q_row,
+    k_row,
+    value,
 ):
     """Every fused op once, through the wrappers the model calls."""
     probs = fused.masked_softmax(scores, key_mask)
@@ -127,7 +141,7 @@ def fused_calls(
     heads = fused.add_bias_transpose(projection, proj_bias, 2, 0.5)
     pos_y, pos_x = fused.mask2pos(mask)
     emb_y, emb_x = fused.mask2posemb(mask, 16, 10000.0)
-    aggregated = fused.rcda_aggregate(probs_col, q_row, k_row, key_mask, value)
+    aggregated = fused.rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, key_mask, value)
     return probs, normed, heads, pos_y, pos_x, emb_y, emb_x, aggregated
 
 
@@ -143,7 +157,9 @@ def fused_example(batch: int, width: int) -> tuple:
         torch.randn(batch, width, 8),
         torch.randn(8),
         image_mask(batch, 6, width, "tail", "cpu"),
-        torch.randn(batch * 2, 5, 3).softmax(-1),
+        torch.randn(batch * 2, 5, 4),
+        torch.randn(batch * 2, 3, 4),
+        padding(batch, 3, "all", "cpu"),
         torch.randn(batch * 2, 5, 4),
         torch.randn(batch * 2, width, 4),
         torch.randn(batch * 2, 3, width, 4),
@@ -173,7 +189,8 @@ def test_export_keeps_each_op_as_one_node():
     batch, width = torch.export.Dim("batch", min=1, max=8), torch.export.Dim("width", min=2, max=64)
     dims = [{0: batch, 3: width}, {0: batch, 1: width}, {0: batch, 1: width}, None, None]
     dims += [{0: batch, 1: width}, {0: batch, 1: width}, None, {0: batch, 2: width}]
-    dims += [{0: 2 * batch}, {0: 2 * batch}, {0: 2 * batch, 1: width}, {0: 2 * batch, 2: width}]
+    dims += [{0: 2 * batch}, {0: 2 * batch}, {0: batch}]
+    dims += [{0: 2 * batch}, {0: 2 * batch, 1: width}, {0: 2 * batch, 2: width}]
     exported = torch.export.export(FusedCalls(), fused_example(3, 7), dynamic_shapes=(tuple(dims),))
     assert fused_op_names(exported.graph) == FUSED_OPS
     other = [
@@ -212,9 +229,19 @@ def bad_inputs() -> list:
     scores, key_mask = torch.randn(2, 3, 4, 5), torch.zeros(2, 5, dtype=torch.bool)
     x, weight, bias = torch.randn(2, 4, 8), torch.randn(8), torch.randn(8)
     mask = torch.zeros(2, 4, 6, dtype=torch.bool)
-    probs_col, q_row, k_row = torch.rand(4, 5, 3), torch.randn(4, 5, 8), torch.randn(4, 6, 8)
-    mask_row, value = torch.zeros(2, 6, dtype=torch.bool), torch.randn(4, 3, 6, 8)
-    rcda = (probs_col, q_row, k_row, mask_row, value)
+    rcda = {
+        "q_col": torch.randn(4, 5, 8),
+        "k_col": torch.randn(4, 3, 8),
+        "mask_col": torch.zeros(2, 3, dtype=torch.bool),
+        "q_row": torch.randn(4, 5, 8),
+        "k_row": torch.randn(4, 6, 8),
+        "mask_row": torch.zeros(2, 6, dtype=torch.bool),
+        "value": torch.randn(4, 3, 6, 8),
+    }
+
+    def rcda_with(**changed) -> tuple:
+        return tuple((rcda | changed).values())
+
     cases = [
         ("masked_softmax", (scores[0], key_mask), "must be 4-d"),
         ("masked_softmax", (scores.int(), key_mask), "dtype torch.int32"),
@@ -244,28 +271,39 @@ def bad_inputs() -> list:
         ("mask2pos", (mask[:, :, :0],), "needs H, W >= 1"),
         ("mask2posemb", (mask, 15, 10000.0), "positive even int"),
         ("mask2posemb", (mask, 16, 0.0), "temperature must be a positive float"),
-        ("rcda_aggregate", (*rcda[:4], value[0]), "value must be 4-d"),
-        ("rcda_aggregate", (probs_col, q_row.half(), *rcda[2:]), "share one dtype"),
+        ("rcda_aggregate", rcda_with(value=rcda["value"][0]), "value must be 4-d"),
+        ("rcda_aggregate", rcda_with(q_row=rcda["q_row"].half()), "share one dtype"),
         (
             "rcda_aggregate",
-            (probs_col[:, :, :2], *rcda[1:]),
-            r"probs_col.shape\[2\] \(H\) is 2 but must be 3",
+            rcda_with(k_col=rcda["k_col"][:, :2]),
+            r"k_col.shape\[1\] \(H\) is 2 but must be 3",
         ),
-        ("rcda_aggregate", (probs_col, q_row[:, :4], *rcda[2:]), r"q_row.shape\[1\] \(queries\) is 4"),
+        ("rcda_aggregate", rcda_with(q_row=rcda["q_row"][:, :4]), r"q_row.shape\[1\] \(queries\) is 4"),
         (
             "rcda_aggregate",
-            (*rcda[:2], k_row[:, :5], *rcda[3:]),
+            rcda_with(k_row=rcda["k_row"][:, :5]),
             r"k_row.shape\[1\] \(W\) is 5 but must be 6",
         ),
         (
             "rcda_aggregate",
-            (*rcda[:2], k_row[..., :4], *rcda[3:]),
+            rcda_with(k_row=rcda["k_row"][..., :4]),
             r"k_row.shape\[2\] \(D\) is 4 but must be 8",
         ),
-        ("rcda_aggregate", (*rcda[:3], mask_row.float(), value), "mask_row has dtype torch.float32"),
-        ("rcda_aggregate", (*rcda[:3], mask_row[:, :5], value), r"mask_row.shape\[1\] \(W\) is 5"),
-        ("rcda_aggregate", (*rcda[:3], mask_row.repeat(2, 1)[:3], value), "not a multiple of the batch 3"),
-        ("rcda_aggregate", (*rcda[:4], value.to("meta")), "different devices"),
+        ("rcda_aggregate", rcda_with(mask_row=rcda["mask_row"].float()), "mask_row has dtype torch.float32"),
+        ("rcda_aggregate", rcda_with(mask_col=rcda["mask_col"].float()), "mask_col has dtype torch.float32"),
+        ("rcda_aggregate", rcda_with(mask_row=rcda["mask_row"][:, :5]), r"mask_row.shape\[1\] \(W\) is 5"),
+        ("rcda_aggregate", rcda_with(mask_col=rcda["mask_col"][:, :2]), r"mask_col.shape\[1\] \(H\) is 2"),
+        (
+            "rcda_aggregate",
+            rcda_with(mask_col=rcda["mask_col"][:1]),
+            r"mask_col.shape\[0\] \(B\) is 1 but must be 2",
+        ),
+        (
+            "rcda_aggregate",
+            rcda_with(mask_col=rcda["mask_col"].repeat(2, 1)[:3], mask_row=rcda["mask_row"].repeat(2, 1)[:3]),
+            "not a multiple of the batch 3",
+        ),
+        ("rcda_aggregate", rcda_with(value=rcda["value"].to("meta")), "different devices"),
     ]
     return [
         pytest.param(name, args, match, entry, id=f"{name}-{index}-{entry}")
@@ -362,7 +400,6 @@ def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
 
     def metas(height: int, width: int) -> list:
         return [
-            masked_softmax.masked_softmax_launch_config(8 * height * width, height)[1],
             rcda_aggregate.rcda_aggregate_launch_config(height * width, 8, width, 32, 2)[1],
             mask2pos.mask2posemb_launch_config(2, height, width, 256)[1],  # d_model features
             layer_norm.layer_norm_launch_config(height * width, 256)[1],
@@ -372,20 +409,22 @@ def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
     seen = {}
     for height in range(1, 130, 3):
         for width in range(1, 300, 7):
-            key = fused.kernel_variant(height, width)
+            key = fused.kernel_variant(height, width, 256)
             assert seen.setdefault(key, metas(height, width)) == metas(height, width), (height, width)
     assert len(seen) > 10
 
 
-def test_rcda_aggregate_kernel_keeps_a_nan_score_nan_like_the_reference():
-    """A NaN in k_row (an fp16 overflow upstream, say) must reach the output, as in the reference,
-    not be taken for a padded column."""
-    probs_col, q_row, k_row, mask_row, value = rcda_aggregate_inputs(
-        {"shape": (4, 5, 3, 40, 8), "heads": 2, "padding": "tail"}, torch.float32, "cpu"
+@pytest.mark.parametrize(("key", "index"), [("k_row", 4), ("k_col", 1)])
+def test_rcda_aggregate_kernel_keeps_a_nan_score_nan_like_the_reference(key, index):
+    """A NaN in k_row or k_col (an fp16 overflow upstream, say) must reach the output, as in the
+    reference, not be taken for a padded column or row."""
+    args = rcda_aggregate_inputs(
+        {"shape": (4, 5, 40, 40, 8), "heads": 2, "padding": "none"}, torch.float32, "cpu"
     )
-    mask_row[:] = False
-    k_row[1, 35, 0] = float("nan")  # in the tail block (32 + 16 columns)
-    expected = reference.rcda_aggregate(probs_col, q_row, k_row, mask_row, value)
-    got = rcda_aggregate.rcda_aggregate_triton(probs_col, q_row, k_row, mask_row, value)
-    assert expected[1].isnan().all() and not expected[[0, 2, 3]].isnan().any()
+    args[index][1, 35, 0] = float(
+        "nan"
+    )  # in the row side's tail block (32 + 16), the column side's 2nd chunk
+    expected = reference.rcda_aggregate(*args)
+    got = rcda_aggregate.rcda_aggregate_triton(*args)
+    assert expected[1].isnan().all() and not expected[[0, 2, 3]].isnan().any(), key
     torch.testing.assert_close(got, expected, equal_nan=True, atol=1e-5, rtol=1e-5)

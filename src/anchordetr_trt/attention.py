@@ -79,16 +79,11 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         """query_row, query_col [B, Lq, C]; key_row [B, W, C]; key_col [B, H, C]; value [B, H, W, C];
         mask_row [B, W], mask_col [B, H] (True = padding). Returns [B, Lq, C]."""
         batch, height, width, channels = value.shape
-        f = ops(self.fused_ops, value)
         scale = self.head_dim**-0.5
         q_row, q_col = self.project(query_row, 0, scale), self.project(query_col, 1, scale)
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
         v = self.project(value.reshape(batch, height * width, channels), 4)
         v = v.view(batch * self.num_heads, height, width, self.head_dim)
-
-        scores_col = torch.bmm(q_col, k_col.transpose(1, 2))
-        scores_col = scores_col.view(batch, self.num_heads, q_col.shape[1], height)
-        probs_col = f.masked_softmax(scores_col, mask_col).flatten(0, 1)
-        # The row probabilities are computed where they are used: see rcda_aggregate.
-        out = f.rcda_aggregate(probs_col, q_row, k_row, mask_row, v)
+        # Both softmaxes happen where they are used: see rcda_aggregate.
+        out = ops(self.fused_ops, value).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
         return self.merge_heads(out, batch)

@@ -41,7 +41,8 @@ def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
         return
     start = time.perf_counter()
     stride = model.config.stride
-    sizes = list({kernel_variant(*size): size for size in feature_sizes(spec, stride)}.values())
+    features = model.config.hidden_dim
+    sizes = list({kernel_variant(*size, features): size for size in feature_sizes(spec, stride)}.values())
     with torch.no_grad():
         for height, width in sizes:
             # Zeros, not random values: the user's random number generators stay as they were.
