@@ -89,8 +89,8 @@ class PluginSpec:
     pointer_dtypes: Mapping[str, torch.dtype] = field(default_factory=dict)
     optional: Mapping[str, str] = field(default_factory=dict)  # optional input -> its HAS_* constexpr
     absent: tuple[str, ...] = ()  # optional inputs this plugin is built without
-    # Outputs the kernel writes for itself and reads back, which the op does not return: TensorRT gives
-    # a plugin no scratch memory, so they are plugin outputs that nothing reads.
+    # Outputs the kernel writes for itself and reads back, which the op does not return: TensorRT's
+    # Python plugins (tensorrt.plugin) get no workspace, so they are plugin outputs that nothing reads.
     workspace: tuple[str, ...] = ()
 
     @property
@@ -104,6 +104,8 @@ class PluginSpec:
         return f"{NAMESPACE}::{self.name}"
 
     def __post_init__(self) -> None:
+        if not set(self.workspace) <= set(self.outputs):
+            raise ValueError(f"{self.op}: workspace {self.workspace} must name outputs of {self.outputs}")
         if self.outputs[: len(self.returns)] != self.returns:
             raise ValueError(f"{self.op}: workspace outputs must follow the op's outputs, got {self.outputs}")
 
@@ -277,6 +279,10 @@ def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dic
     return {**meta, "log2_temperature": math.log2(a["temperature"])}  # as the op's launcher passes it
 
 
+def _rcda_module() -> ModuleType:
+    return importlib.import_module("anchordetr_trt.custom_ops.rcda_aggregate")
+
+
 def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
     n, queries, _ = s["q_col"]
     width, head_dim = s["value"][2], s["value"][3]
@@ -432,7 +438,7 @@ PLUGINS: dict[str, PluginSpec] = {
             output_dtypes=lambda d: (d["value"], d["value"]),
             output_shapes=lambda s, a: (
                 (s["value"][0], s["q_col"][1], s["value"][3]),
-                (s["value"][0], s["q_col"][1], s["value"][1]),
+                _rcda_module().column_buffer_shape(s["value"][0], s["q_col"][1], s["value"][1]),
             ),
             scalars=lambda s, a: {
                 "num_queries": s["q_col"][1],

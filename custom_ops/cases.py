@@ -259,7 +259,9 @@ SPECS = [
         rcda_aggregate_inputs,
         cases={  # shape: (batch * heads, queries, height, width, head_dim); row and column masks: padding
             "small": {"shape": (4, 5, 3, 4, 8), "heads": 2, "padding": "random"},
-            "tall": {"shape": (4, 7, 70, 5, 8), "heads": 2},  # column scores over 3 chunks, the last partial
+            # Column scores over 3 chunks, the last partial; random padding, so that some rows pad a
+            # whole chunk before valid ones (the running sum rescaled from a max of -inf).
+            "tall": {"shape": (4, 7, 70, 5, 8), "heads": 2, "padding": "random"},
             "length_1": {"shape": (1, 1, 1, 1, 1), "padding": "none"},
             "odd": {"shape": (3, 70, 5, 7, 9), "heads": 3},  # queries over two blocks, sizes below the blocks
             "fully_padded": {"shape": (4, 6, 3, 5, 8), "heads": 2, "padding": "all"},  # zeros, not NaN

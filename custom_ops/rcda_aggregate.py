@@ -6,8 +6,8 @@ is the masked softmax of q_col[n, q] . k_col[n, h] over the unpadded rows h, and
 of q_row[n, q] . k_row[n, w] over the unpadded columns w. Done as batched matmuls, it materializes both
 scores and probabilities and an [N, W, Lq, D] intermediate (64 MB per image and layer in fp16 at
 800x800). A program takes BLOCK_Q queries. First their column probabilities: scores on the tensor
-cores over COL_CHUNK rows at a time, a running max and sum, then the probabilities in float32, written
-to a per-call [N, Lq, H] buffer (each step of the aggregation reads a few of their columns, which
+cores over COL_CHUNK rows at a time, a running max and sum, then the probabilities, computed in
+float32 and stored in value's dtype (rounded as the reference rounds them) to a per-call [N, Lq, H] buffer (each step of the aggregation reads a few of their columns, which
 Triton cannot slice out of registers; written and read back by one program, they stay in L2). Then
 the row probabilities, in registers; then each step multiplies the [BLOCK_Q, W] row probabilities with
 a few rows of value and accumulates the results weighted by the column probabilities, in float32.
@@ -22,6 +22,8 @@ the kernel from 0.72 to 0.59 ms at the stream benchmark's 76x84 maps, batch 8, o
 bound only: one build serves every height.
 """
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -34,7 +36,8 @@ from .masked_softmax import softmax_numerators, softmax_scale
 
 _OP = "rcda_aggregate"
 # Within 3.4% of the best of 36 configurations on an H100 at 800x800, 800x1216 and 1216x1344 (BLOCK_Q
-# 64/128, 64/128/256 columns per product, 4/8 warps, 2..4 stages: scripts/sweep_rcda_aggregate.py).
+# 64/128, 64/128/256 columns per product, 4/8 warps, 2..4 stages: scripts/sweep_rcda_aggregate.py),
+# swept at 0041c18, before the kernel computed the column softmax; not swept again since.
 BLOCK_Q = 128
 DOT_COLUMNS = 128  # BLOCK_H * BLOCK_D: the N of each tensor-core product
 MAX_STAGES = 3
@@ -286,6 +289,12 @@ def max_kernel_width(element_size: int) -> int:
     return 1 << ((SHARED_BUDGET // ((BLOCK_Q + DOT_COLUMNS) * element_size)).bit_length() - 1)
 
 
+def column_buffer_shape(batch_heads: Any, num_queries: Any, height: Any) -> tuple:
+    """The shape of the buffer the kernel writes its column probabilities to: [N, Lq, H] (sizes may be
+    TensorRT's symbolic ones)."""
+    return (batch_heads, num_queries, height)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """The kernel's tl.dot precision: float32 stays float32 ("ieee", on the CUDA cores: exact but slow,
     see the op's CUDA kernel); 16-bit inputs multiply natively with float32 accumulation."""
@@ -368,7 +377,7 @@ def rcda_aggregate_triton(
             mask_row.contiguous().view(torch.uint8),
             value.contiguous(),
             out,
-            value.new_empty((n, num_queries, height)),  # the column probabilities, the kernel's own
+            value.new_empty(column_buffer_shape(n, num_queries, height)),  # the kernel's own
             num_queries,
             n // mask_row.shape[0],
             height,

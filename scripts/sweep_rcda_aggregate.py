@@ -45,7 +45,7 @@ def launch(inputs: tuple, out, config: dict) -> None:
     grid = (triton.cdiv(queries, meta["BLOCK_Q"]), n)
     op.rcda_aggregate_kernel[grid](
         q_col, k_col, mask_col.view(torch.uint8), q_row, k_row, mask_row.view(torch.uint8), value, out,
-        value.new_empty((n, queries, height)), queries, HEADS, height, width, HEAD_DIM, DOT_PRECISION="tf32",
+        value.new_empty(op.column_buffer_shape(n, queries, height)), queries, HEADS, height, width, HEAD_DIM, DOT_PRECISION="tf32",
         **meta,
     )  # fmt: skip
 

@@ -293,6 +293,20 @@ def test_output_shapes_and_dtypes_are_the_fake_kernels(plugin):
     assert spec.output_dtypes(dtypes_of(spec, call))[:returned] == tuple(f.dtype for f in fake)
 
 
+def test_rcda_aggregate_workspace_is_the_kernels_column_buffer():
+    """The buffer the kernel writes its column probabilities to, [N, Lq, H]: at a map taller than wide,
+    a buffer sized by W would be too small."""
+    size = {**SMALL, "height": 9, "width": 3}
+    call = bind(
+        PLUGIN_SPECS["rcda_aggregate"].op, example_args("rcda_aggregate", size, F16, device="meta"), {}
+    )
+    spec, shapes = call.spec, shapes_of(call.spec, call)
+    declared = dict(zip(spec.outputs, spec.output_shapes(shapes, call.attrs), strict=True))
+    n, height = shapes["value"][:2]
+    assert spec.workspace == ("probs_col",)
+    assert declared["probs_col"] == (n, shapes["q_col"][1], height) and height == 9
+
+
 class SymbolicDim:
     """A dimension as TensorRT's ``ShapeExpr`` offers it: ``+ - * // <`` with itself on the left, no
     reflected operators, no truth value; it computes the int it stands for."""

@@ -421,9 +421,8 @@ def test_rcda_aggregate_kernel_keeps_a_nan_score_nan_like_the_reference(key, ind
     args = rcda_aggregate_inputs(
         {"shape": (4, 5, 40, 40, 8), "heads": 2, "padding": "none"}, torch.float32, "cpu"
     )
-    args[index][1, 35, 0] = float(
-        "nan"
-    )  # in the row side's tail block (32 + 16), the column side's 2nd chunk
+    # In the row side's tail block (32 + 16), in the column side's second chunk.
+    args[index][1, 35, 0] = float("nan")
     expected = reference.rcda_aggregate(*args)
     got = rcda_aggregate.rcda_aggregate_triton(*args)
     assert expected[1].isnan().all() and not expected[[0, 2, 3]].isnan().any(), key

@@ -41,8 +41,9 @@ def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
         return
     start = time.perf_counter()
     stride = model.config.stride
-    features = model.config.hidden_dim
-    sizes = list({kernel_variant(*size, features): size for size in feature_sizes(spec, stride)}.values())
+    num_pos_feats = model.config.hidden_dim
+    variants = {kernel_variant(*size, num_pos_feats): size for size in feature_sizes(spec, stride)}
+    sizes = list(variants.values())
     with torch.no_grad():
         for height, width in sizes:
             # Zeros, not random values: the user's random number generators stay as they were.
