@@ -2,7 +2,9 @@
 
 Replaces float() -> masked_fill(-inf) -> softmax -> masked_fill(0) -> to(dtype), five kernels with
 float32 intermediates. AnchorDETR's rows are short (Lk = feature width or height, 20..84) and many
-(B * heads * H * W in the encoder), so a program normalizes a [BLOCK_R, BLOCK_K] tile of rows.
+(B * heads * H * W in the encoder), so a program normalizes a [BLOCK_R, BLOCK_K] tile of rows. The
+seed's MaskedSoftmax plugin; the model no longer calls it (``rcda_aggregate`` computes both of RCDA's
+softmaxes), and its helpers ``softmax_numerators`` and ``softmax_scale`` serve that kernel too.
 """
 
 import torch
