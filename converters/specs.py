@@ -286,7 +286,7 @@ def _rcda_module() -> ModuleType:
 def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
     n, queries, _ = s["q_col"]
     width, head_dim = s["value"][2], s["value"][3]
-    limit = module.max_kernel_width(d["value"].itemsize)
+    limit = module.max_kernel_width(d["value"].itemsize, head_dim)
     if width > limit:
         raise InputError(
             f"rcda_aggregate: feature maps {width} wide (max_shape's width over the backbone's stride) pass "

@@ -9,9 +9,14 @@ scores and probabilities and an [N, W, Lq, D] intermediate (64 MB per image and 
 cores over COL_CHUNK rows at a time, a running max and sum, then the probabilities, computed in
 float32 and stored in value's dtype (rounded as the reference rounds them) to a per-call [N, Lq, H] buffer (each step of the aggregation reads a few of their columns, which
 Triton cannot slice out of registers; written and read back by one program, they stay in L2). Then
-the row probabilities, in registers; then each step multiplies the [BLOCK_Q, W] row probabilities with
-a few rows of value and accumulates the results weighted by the column probabilities, in float32.
-Before, the column side was a matmul and a ``masked_softmax`` launch per call, its scores and
+the row probabilities, in registers; then each step takes a few rows h of value, [BLOCK_H * W, D], and
+multiplies them with the joint weights probs_col[q, h] * probs_row[q, w] of those rows, accumulating in
+float32: one tensor-core product per step whose output is the accumulator itself. The kernel first
+multiplied the row probabilities with the rows, [W, BLOCK_H * D] at a time, and weighted the
+product's BLOCK_H column blocks by probs_col afterwards, a reshape and reduction of each product's
+output: 138 us per encoder layer at batch 8 against 124 us now, 60 against 52 per decoder layer, and
+1.24 to 1.39 times as long elsewhere (800x800 and 1216x1344, batch 1 and 8, H100; the old kernel is
+adabf5a's, results/h100/rcda_joint_adabf5a.json). Before, the column side was a matmul and a ``masked_softmax`` launch per call, its scores and
 probabilities going through memory (0.40 ms of a 7.6 ms batch-8 call at 800x800 on an H100,
 results/h100/probe_kernels_6e9f4b4.json).
 
@@ -35,14 +40,15 @@ from . import _common, reference
 from .masked_softmax import softmax_numerators, softmax_scale
 
 _OP = "rcda_aggregate"
-# Within 3.4% of the best of 36 configurations on an H100 at 800x800, 800x1216 and 1216x1344 (BLOCK_Q
-# 64/128, 64/128/256 columns per product, 4/8 warps, 2..4 stages: scripts/sweep_rcda_aggregate.py),
-# swept at 0041c18, before the kernel computed the column softmax; not swept again since.
+# The best of 24 configurations at 1216x1344 and within 2-30% of the best elsewhere (BLOCK_Q 64/128,
+# BLOCK_H 1/2/4, 4/8 warps, 2/3 stages at 800x800 and 1216x1344, batch 1 and 8, H100,
+# results/h100/rcda_joint_adabf5a.json); BLOCK_Q 64 does better at batch 1, where 128 leaves SMs idle,
+# and 1.2-1.4 times worse at 1216x1344.
 BLOCK_Q = 128
-DOT_COLUMNS = 128  # BLOCK_H * BLOCK_D: the N of each tensor-core product
+BLOCK_H = 2  # rows h per product: its K is BLOCK_H * W
 MAX_STAGES = 3
-# Shared memory for the row probabilities and the pipelined value tiles (an H100 block may have
-# 227 KiB; the rest is left for Triton's layout conversions).
+# Shared memory for the joint weights (the product's left-hand side) and the pipelined value tiles
+# (an H100 block may have 227 KiB; the rest is left for Triton's layout conversions).
 SHARED_BUDGET = 160 * 1024
 COL_CHUNK = 32  # rows h per product of the column scores (a tensor-core N is at least 16)
 
@@ -143,13 +149,21 @@ def _value_rows(
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """value[h, w, d] of one step as the [BLOCK_W, BLOCK_H * BLOCK_D] right-hand side of a product."""
+    """value[h, w, d] of one step as the [BLOCK_H * BLOCK_W, BLOCK_D] right-hand side of a product."""
     value = tl.load(
-        value_base + h[None, :, None] * width * head_dim + w[:, None, None] * head_dim + d[None, None, :],
-        mask=(w < width)[:, None, None] & h_ok[None, :, None] & d_ok[None, None, :],
+        value_base + h[:, None, None] * width * head_dim + w[None, :, None] * head_dim + d[None, None, :],
+        mask=h_ok[:, None, None] & (w < width)[None, :, None] & d_ok[None, None, :],
         other=0.0,
     )
-    return tl.reshape(value, (BLOCK_W, BLOCK_H * BLOCK_D))
+    return tl.reshape(value, (BLOCK_H * BLOCK_W, BLOCK_D))
+
+
+@triton.jit
+def _joint_weights(probs_row, p_col, BLOCK_Q: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """probs_col[q, h] * probs_row[q, w] for one step's rows h: [BLOCK_Q, BLOCK_H * BLOCK_W], the
+    left-hand side of its product (in value's dtype: the product of two 16-bit floats, rounded once, is
+    the float32 product rounded)."""
+    return tl.reshape(probs_row[:, None, :] * p_col[:, :, None], (BLOCK_Q, BLOCK_H * BLOCK_W))
 
 
 @triton.jit(
@@ -180,10 +194,10 @@ def rcda_aggregate_kernel(
 ):
     """Grid (cdiv(num_queries, BLOCK_Q), N). First the column probabilities of the program's queries,
     written to probs_col [N, Lq, H] (a buffer of the call) and read back after a barrier; then the row
-    probabilities, in registers; then each step takes BLOCK_H rows h: one product of the [BLOCK_Q, W]
-    row probabilities with value[h:h + BLOCK_H] laid out as [W, BLOCK_H * D], then the BLOCK_H
-    [BLOCK_Q, D] column blocks weighted by probs_col[:, h] and summed, in float32. W is covered by
-    BLOCK_W columns, then TAIL_W more if TAIL_W > 0 (a second product into the same sum). mask_col
+    probabilities, in registers; then each step takes BLOCK_H rows h: the joint weights
+    probs_col[q, h] * probs_row[q, w], [BLOCK_Q, BLOCK_H * W], times value[h:h + BLOCK_H] as
+    [BLOCK_H * W, D], accumulated in float32. W is covered by BLOCK_W columns, then TAIL_W more if
+    TAIL_W > 0 (a second product into the same sum). mask_col
     [N / heads, H] and mask_row [N / heads, W] uint8, nonzero = padded row or column."""
     n = tl.program_id(1).to(tl.int64)
     batch = n // heads
@@ -225,26 +239,24 @@ def rcda_aggregate_kernel(
     for h_start in range(0, height, BLOCK_H):
         h = h_start + rows
         h_ok = h < height
-        partial = tl.dot(
-            probs_row,
-            _value_rows(value_base, h, h_ok, w, d, d_ok, width, head_dim, BLOCK_W, BLOCK_H, BLOCK_D),
-            input_precision=DOT_PRECISION,
-        )
-        if TAIL_W > 0:
-            partial = tl.dot(
-                probs_row_tail,
-                _value_rows(value_base, h, h_ok, w_tail, d, d_ok, width, head_dim, TAIL_W, BLOCK_H, BLOCK_D),
-                acc=partial,
-                input_precision=DOT_PRECISION,
-            )
         p_col = tl.load(
             probs_col_ptr + row_index[:, None] * height + h[None, :],
             mask=q_ok[:, None] & h_ok[None, :],
             other=0.0,
         )
-        acc += tl.sum(
-            tl.reshape(partial, (BLOCK_Q, BLOCK_H, BLOCK_D)) * p_col.to(tl.float32)[:, :, None], axis=1
+        acc = tl.dot(
+            _joint_weights(probs_row, p_col, BLOCK_Q, BLOCK_H, BLOCK_W),
+            _value_rows(value_base, h, h_ok, w, d, d_ok, width, head_dim, BLOCK_W, BLOCK_H, BLOCK_D),
+            acc=acc,
+            input_precision=DOT_PRECISION,
         )
+        if TAIL_W > 0:
+            acc = tl.dot(
+                _joint_weights(probs_row_tail, p_col, BLOCK_Q, BLOCK_H, TAIL_W),
+                _value_rows(value_base, h, h_ok, w_tail, d, d_ok, width, head_dim, TAIL_W, BLOCK_H, BLOCK_D),
+                acc=acc,
+                input_precision=DOT_PRECISION,
+            )
     out_ptrs = out_ptr + row_index[:, None] * head_dim + d[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
 
@@ -267,26 +279,28 @@ def rcda_aggregate_launch_config(
     """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks and
     num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it."""
     block_d, (block_w, tail_w) = _common.row_block(head_dim), width_blocks(width)
-    step_bytes = (block_w + tail_w) * DOT_COLUMNS * element_size  # one step's value rows
-    resident_bytes = BLOCK_Q * (block_w + tail_w) * element_size  # the row probabilities
+    step_bytes = BLOCK_H * (block_w + tail_w) * block_d * element_size  # one step's value rows
+    resident_bytes = BLOCK_Q * BLOCK_H * (block_w + tail_w) * element_size  # one step's joint weights
     meta = {
         "BLOCK_Q": BLOCK_Q,
         "BLOCK_W": block_w,
         "TAIL_W": tail_w,
         "BLOCK_D": block_d,
-        "BLOCK_H": max(1, DOT_COLUMNS // block_d),
+        "BLOCK_H": BLOCK_H,
         "COL_CHUNK": COL_CHUNK,
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
     }
     return (triton.cdiv(num_queries, BLOCK_Q), batch_heads), meta
 
 
-def max_kernel_width(element_size: int) -> int:
-    """The widest rows the kernel takes for ``element_size``-byte floats: its [BLOCK_Q, W] row
-    probabilities and one step of value rows must fit SHARED_BUDGET (256 in 16-bit floats, i.e. images
-    up to 8192 pixels wide for C5 and 4096 for DC5). Wider rows would fail at launch (Triton's
-    OutOfResources): the op runs the reference for them."""
-    return 1 << ((SHARED_BUDGET // ((BLOCK_Q + DOT_COLUMNS) * element_size)).bit_length() - 1)
+def max_kernel_width(element_size: int, head_dim: int) -> int:
+    """The widest rows the kernel takes for ``element_size``-byte floats and heads of ``head_dim``: one
+    step's joint weights
+    [BLOCK_Q, BLOCK_H * W] and value rows [BLOCK_H * W, D] must fit SHARED_BUDGET (256 in 16-bit floats
+    with heads of 32, i.e. images up to 8192 pixels wide for C5 and 4096 for DC5). Wider rows would
+    fail at launch (Triton's OutOfResources): the op runs the reference for them."""
+    per_column = BLOCK_H * (BLOCK_Q + _common.row_block(head_dim)) * element_size
+    return 1 << ((SHARED_BUDGET // per_column).bit_length() - 1)
 
 
 def column_buffer_shape(batch_heads: Any, num_queries: Any, height: Any) -> tuple:
@@ -420,7 +434,9 @@ def _(
     # H100 against 0.13 s for the whole model on cuBLAS (measured); its three-TF32 variant needs more
     # shared memory than an H100 has at that width. fp32 is the reference precision.
     args = (q_col, k_col, mask_col, q_row, k_row, mask_row, value)
-    if value.dtype == torch.float32 or value.shape[2] > max_kernel_width(value.element_size()):
+    if value.dtype == torch.float32 or value.shape[2] > max_kernel_width(
+        value.element_size(), value.shape[3]
+    ):
         check_inputs(*args)
         return reference.rcda_aggregate(*args)
     return rcda_aggregate_triton(*args)

@@ -1,7 +1,7 @@
 """``rcda_aggregate``'s launch configuration swept on a GPU, kernel alone (both softmaxes included), fp16, at the feature maps of 800x800, 800x1216 and 1216x1344 (the stream benchmark's
 batches) with DC5, batch 8, 8 heads of 32, encoder and decoder queries.
 
-Each configuration (queries per program, the N of each tensor-core product, warps, pipeline stages) is
+Each configuration (queries per program, rows h per tensor-core product, warps, pipeline stages) is
 timed with the width blocks of ``width_blocks`` and, for the shipped configuration, with W padded to one
 power of two as before, side by side. Every output is checked against the reference.
 
@@ -23,7 +23,7 @@ from anchordetr_trt.custom_ops import rcda_aggregate as op
 
 HEADS, HEAD_DIM, BATCH, DECODER_QUERIES = 8, 32, 8, 900
 FEATURES = {"800x800": (50, 50), "800x1216": (50, 76), "1216x1344": (76, 84)}
-SWEEP = {"BLOCK_Q": (64, 128), "DOT_COLUMNS": (64, 128, 256), "num_warps": (4, 8), "num_stages": (2, 3, 4)}
+SWEEP = {"BLOCK_Q": (64, 128), "BLOCK_H": (1, 2, 4), "num_warps": (4, 8), "num_stages": (2, 3, 4)}
 
 
 def launch(inputs: tuple, out, config: dict) -> None:
@@ -37,7 +37,7 @@ def launch(inputs: tuple, out, config: dict) -> None:
         "BLOCK_W": blocks[0],
         "TAIL_W": blocks[1],
         "BLOCK_D": HEAD_DIM,
-        "BLOCK_H": config["DOT_COLUMNS"] // HEAD_DIM,
+        "BLOCK_H": config["BLOCK_H"],
         "COL_CHUNK": op.COL_CHUNK,
         "num_warps": config["num_warps"],
         "num_stages": config["num_stages"],
@@ -54,7 +54,7 @@ def shipped(width: int) -> dict:
     _, meta = op.rcda_aggregate_launch_config(1, 1, width, HEAD_DIM, 2)
     return {
         "BLOCK_Q": meta["BLOCK_Q"],
-        "DOT_COLUMNS": meta["BLOCK_H"] * meta["BLOCK_D"],
+        "BLOCK_H": meta["BLOCK_H"],
         "num_warps": meta.get("num_warps", 4),  # Triton's default
         "num_stages": meta["num_stages"],
         "blocks": (meta["BLOCK_W"], meta["TAIL_W"]),

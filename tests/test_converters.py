@@ -479,7 +479,8 @@ H100_SHARED_PER_BLOCK = 227 * 1024  # the most shared memory a thread block may 
 
 def widest_rcda(dtype: torch.dtype) -> dict:
     """ENGINE_MAX with features as wide as the rcda_aggregate kernel takes in ``dtype``."""
-    return {**ENGINE_MAX, "width": max_kernel_width(dtype.itemsize)}
+    head_dim = ENGINE_MAX["channels"] // ENGINE_MAX["heads"]
+    return {**ENGINE_MAX, "width": max_kernel_width(dtype.itemsize, head_dim)}
 
 
 def test_kernels_compile_ahead_of_time_with_tensorrts_parameter_order(tmp_path):
