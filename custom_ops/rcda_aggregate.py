@@ -45,11 +45,13 @@ _OP = "rcda_aggregate"
 # results/h100/rcda_joint_adabf5a.json); BLOCK_Q 64 does better at batch 1, where 128 leaves SMs idle,
 # and 1.2-1.4 times worse at 1216x1344.
 BLOCK_Q = 128
-BLOCK_H = 2  # rows h per product: its K is BLOCK_H * W
+BLOCK_H = 2  # rows h per product (its K is BLOCK_H * W); 1 where two rows pass SHARED_BUDGET
 MAX_STAGES = 3
 # Shared memory for the joint weights (the product's left-hand side) and the pipelined value tiles
 # (an H100 block may have 227 KiB; the rest is left for Triton's layout conversions).
 SHARED_BUDGET = 160 * 1024
+# Registers for the [BLOCK_Q, W] row probabilities, which every step reads.
+ROW_PROBABILITIES_BUDGET = 64 * 1024
 COL_CHUNK = 32  # rows h per product of the column scores (a tensor-core N is at least 16)
 
 
@@ -279,14 +281,16 @@ def rcda_aggregate_launch_config(
     """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks and
     num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it."""
     block_d, (block_w, tail_w) = _common.row_block(head_dim), width_blocks(width)
-    step_bytes = BLOCK_H * (block_w + tail_w) * block_d * element_size  # one step's value rows
-    resident_bytes = BLOCK_Q * BLOCK_H * (block_w + tail_w) * element_size  # one step's joint weights
+    row_bytes = _row_step_bytes(block_w + tail_w, block_d, element_size)
+    block_h = BLOCK_H if BLOCK_H * row_bytes <= SHARED_BUDGET else 1
+    step_bytes = block_h * (block_w + tail_w) * block_d * element_size  # one step's value rows
+    resident_bytes = BLOCK_Q * block_h * (block_w + tail_w) * element_size  # one step's joint weights
     meta = {
         "BLOCK_Q": BLOCK_Q,
         "BLOCK_W": block_w,
         "TAIL_W": tail_w,
         "BLOCK_D": block_d,
-        "BLOCK_H": BLOCK_H,
+        "BLOCK_H": block_h,
         "COL_CHUNK": COL_CHUNK,
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
     }
@@ -294,13 +298,21 @@ def rcda_aggregate_launch_config(
 
 
 def max_kernel_width(element_size: int, head_dim: int) -> int:
-    """The widest rows the kernel takes for ``element_size``-byte floats and heads of ``head_dim``: one
-    step's joint weights
-    [BLOCK_Q, BLOCK_H * W] and value rows [BLOCK_H * W, D] must fit SHARED_BUDGET (256 in 16-bit floats
-    with heads of 32, i.e. images up to 8192 pixels wide for C5 and 4096 for DC5). Wider rows would
-    fail at launch (Triton's OutOfResources): the op runs the reference for them."""
-    per_column = BLOCK_H * (BLOCK_Q + _common.row_block(head_dim)) * element_size
-    return 1 << ((SHARED_BUDGET // per_column).bit_length() - 1)
+    """The widest rows the kernel takes for ``element_size``-byte floats and heads of ``head_dim``: the
+    row probabilities [BLOCK_Q, W] must fit ROW_PROBABILITIES_BUDGET and a step of one row h, its joint
+    weights [BLOCK_Q, W] and value [W, D], SHARED_BUDGET (256 in 16-bit floats, 128 in float32, i.e.
+    images up to 8192 pixels wide for C5 and 4096 for DC5 in 16-bit floats). Wider rows would fail at
+    launch (Triton's OutOfResources) or spill: the op runs the reference for them."""
+    widest = min(
+        ROW_PROBABILITIES_BUDGET // (BLOCK_Q * element_size),
+        SHARED_BUDGET // _row_step_bytes(1, _common.row_block(head_dim), element_size),
+    )
+    return 1 << (widest.bit_length() - 1)
+
+
+def _row_step_bytes(width: int, block_d: int, element_size: int) -> int:
+    """Shared memory for one row h of a step, ``width`` columns: its joint weights and value."""
+    return width * (BLOCK_Q + block_d) * element_size
 
 
 def column_buffer_shape(batch_heads: Any, num_queries: Any, height: Any) -> tuple:

@@ -31,6 +31,10 @@ class _ProjectedAttention(nn.Module):
             projected, self.in_proj_bias[chunk], self.num_heads, scale
         )
 
+    def split_heads(self, x: Tensor) -> tuple[Tensor, ...]:
+        """[B, L, k * C] (k projections side by side) -> k views [B, heads, L, head_dim]."""
+        return x.unflatten(-1, (-1, self.num_heads, self.head_dim)).permute(0, 3, 1, 2, 4).unbind(3)
+
     def merge_heads(self, x: Tensor, batch: int) -> Tensor:
         """[B * heads, L, head_dim] -> output projection of [B, L, C]."""
         length = x.shape[1]
@@ -45,13 +49,20 @@ class MultiheadAttention(_ProjectedAttention):
         super().__init__(embed_dim, num_heads, num_inputs=3)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        batch = query.shape[0]
-        # [B, heads, L, head_dim]: the 4-d layout lets SDPA pick a fused (flash) kernel.
-        q, k, v = (
-            self.project(x, i).unflatten(0, (batch, self.num_heads))
-            for i, x in enumerate((query, key, value))
-        )
-        return self.merge_heads(F.scaled_dot_product_attention(q, k, v).flatten(0, 1), batch)
+        batch, dim = query.shape[0], self.embed_dim
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        # Views of the projections' outputs as [B, heads, L, head_dim] (SDPA reads strided heads): no
+        # copy into heads, the biases added in the GEMMs; a query that is its key is projected once.
+        if key is query:
+            q, k = self.split_heads(F.linear(query, weight[: 2 * dim], bias[: 2 * dim]))
+        else:
+            (q,) = self.split_heads(F.linear(query, weight[:dim], bias[:dim]))
+            (k,) = self.split_heads(F.linear(key, weight[dim : 2 * dim], bias[dim : 2 * dim]))
+        (v,) = self.split_heads(F.linear(value, weight[2 * dim :], bias[2 * dim :]))
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
+        # Not flatten(0, 1): SDPA's output follows the strided heads' layout on CUDA, and flattening the
+        # batch into the heads there makes torch 2.11's trace guard the batch size (measured on the H100).
+        return self.out_proj(out.transpose(1, 2).reshape(batch, out.shape[2], dim))
 
 
 class RowColumnDecoupledAttention(_ProjectedAttention):
@@ -84,6 +95,52 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
         v = self.project(value.reshape(batch, height * width, channels), 4)
         v = v.view(batch * self.num_heads, height, width, self.head_dim)
+        return self.aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v, batch)
+
+    def attend_map(
+        self,
+        src: Tensor,
+        posemb_row: Tensor,
+        posemb_col: Tensor,
+        key_row: Tensor,
+        key_col: Tensor,
+        mask_row: Tensor,
+        mask_col: Tensor,
+    ) -> Tensor:
+        """``forward`` for the encoder's self-attention over a map src [B, H, W, C], whose row queries
+        are src + posemb_row ([B, W, C], per column), column queries src + posemb_col ([B, H, C], per
+        row) and values src; returns [B, H * W, C]. The projections being affine, src is projected for
+        all three in one GEMM and the embeddings' projections are added where they broadcast: one read
+        of the map instead of two sums and three projections."""
+        batch, dim = src.shape[0], src.shape[-1]
+        weight, bias, scale = self.in_proj_weight, self.in_proj_bias, self.head_dim**-0.5
+        packed = F.linear(src, torch.cat((weight[: 2 * dim], weight[4 * dim :])))  # [B, H, W, 3C]
+        row_term = F.linear(posemb_row, weight[:dim], bias[:dim])[:, None]
+        col_term = F.linear(posemb_col, weight[dim : 2 * dim], bias[dim : 2 * dim])[:, :, None]
+        q_row = self.heads_of_map((packed[..., :dim] + row_term) * scale).flatten(1, 2)
+        q_col = self.heads_of_map((packed[..., dim : 2 * dim] + col_term) * scale).flatten(1, 2)
+        v = self.heads_of_map(packed[..., 2 * dim :] + bias[4 * dim :])
+        k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
+        return self.aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v, batch)
+
+    def heads_of_map(self, x: Tensor) -> Tensor:
+        """[B, H, W, C] -> [B * heads, H, W, head_dim], contiguous."""
+        batch, height, width, _ = x.shape
+        x = x.unflatten(-1, (self.num_heads, self.head_dim)).permute(0, 3, 1, 2, 4)
+        return x.reshape(batch * self.num_heads, height, width, self.head_dim)
+
+    def aggregate(
+        self,
+        q_col: Tensor,
+        k_col: Tensor,
+        mask_col: Tensor,
+        q_row: Tensor,
+        k_row: Tensor,
+        mask_row: Tensor,
+        value: Tensor,
+        batch: int,
+    ) -> Tensor:
+        """``rcda_aggregate`` of the projected heads, then the output projection: [B, Lq, C]."""
         # Both softmaxes happen where they are used: see rcda_aggregate.
-        out = ops(self.fused_ops, value).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
+        out = ops(self.fused_ops, value).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
         return self.merge_heads(out, batch)

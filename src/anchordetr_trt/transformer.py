@@ -82,13 +82,13 @@ class EncoderLayer(nn.Module):
         self, src: Tensor, posemb_row: Tensor, posemb_col: Tensor, mask_row: Tensor, mask_col: Tensor
     ) -> Tensor:
         """posemb_row [B, W, C] (per column), posemb_col [B, H, C] (per row); masks [B, W], [B, H]."""
-        batch, height, width, channels = src.shape
-        query_row = (src + posemb_row[:, None]).reshape(batch, height * width, channels)
-        query_col = (src + posemb_col[:, :, None]).reshape(batch, height * width, channels)
+        # Queries: src + posemb_row (row attention), src + posemb_col (column attention); values: src.
         key_row = src.mean(1) + posemb_row
         key_col = src.mean(2) + posemb_col
-        attended = self.self_attn(query_row, query_col, key_row, key_col, src, mask_row, mask_col)
-        src = self.norm1(src, attended.view(batch, height, width, channels))
+        attended = self.self_attn.attend_map(
+            src, posemb_row, posemb_col, key_row, key_col, mask_row, mask_col
+        )
+        src = self.norm1(src, attended.view(src.shape))
         return self.ffn(src)
 
 
