@@ -31,10 +31,6 @@ class _ProjectedAttention(nn.Module):
             projected, self.in_proj_bias[chunk], self.num_heads, scale
         )
 
-    def split_heads(self, x: Tensor) -> tuple[Tensor, ...]:
-        """[B, L, k * C] (k projections side by side) -> k views [B, heads, L, head_dim]."""
-        return x.unflatten(-1, (-1, self.num_heads, self.head_dim)).permute(0, 3, 1, 2, 4).unbind(3)
-
     def merge_heads(self, x: Tensor, batch: int) -> Tensor:
         """[B * heads, L, head_dim] -> output projection of [B, L, C]."""
         length = x.shape[1]
@@ -50,18 +46,19 @@ class MultiheadAttention(_ProjectedAttention):
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         batch, dim = query.shape[0], self.embed_dim
-        weight, bias = self.in_proj_weight, self.in_proj_bias
-        # Views of the projections' outputs as [B, heads, L, head_dim] (SDPA reads strided heads): no
-        # copy into heads, the biases added in the GEMMs; a query that is its key is projected once.
-        if key is query:
-            q, k = self.split_heads(F.linear(query, weight[: 2 * dim], bias[: 2 * dim]))
-        else:
-            (q,) = self.split_heads(F.linear(query, weight[:dim], bias[:dim]))
-            (k,) = self.split_heads(F.linear(key, weight[dim : 2 * dim], bias[dim : 2 * dim]))
-        (v,) = self.split_heads(F.linear(value, weight[2 * dim :], bias[2 * dim :]))
+        # Heads as views [B, heads, L, head_dim] of each projection (SDPA reads strided heads), the
+        # biases added in the GEMMs: no add_bias_transpose. One GEMM per input: heads taken from a
+        # packed query-key projection made torch 2.11's Inductor guard the batch size (measured on the
+        # H100: lowering the split views a strided tensor, which is possible at batch 1 only).
+        q, k, v = (
+            F.linear(
+                x, self.in_proj_weight[i * dim : (i + 1) * dim], self.in_proj_bias[i * dim : (i + 1) * dim]
+            )
+            .unflatten(-1, (self.num_heads, self.head_dim))
+            .transpose(1, 2)
+            for i, x in enumerate((query, key, value))
+        )
         out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
-        # Not flatten(0, 1): SDPA's output follows the strided heads' layout on CUDA, and flattening the
-        # batch into the heads there makes torch 2.11's trace guard the batch size (measured on the H100).
         return self.out_proj(out.transpose(1, 2).reshape(batch, out.shape[2], dim))
 
 
@@ -125,9 +122,10 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
 
     def heads_of_map(self, x: Tensor) -> Tensor:
         """[B, H, W, C] -> [B * heads, H, W, head_dim], contiguous."""
-        batch, height, width, _ = x.shape
-        x = x.unflatten(-1, (self.num_heads, self.head_dim)).permute(0, 3, 1, 2, 4)
-        return x.reshape(batch * self.num_heads, height, width, self.head_dim)
+        heads = x.unflatten(-1, (self.num_heads, self.head_dim)).permute(0, 3, 1, 2, 4)
+        # A copy, then a view: reshape would first try a view of the permuted heads, possible at batch 1
+        # only, and torch 2.11's Inductor then guards the batch size (measured on the H100).
+        return heads.clone(memory_format=torch.contiguous_format).flatten(0, 1)
 
     def aggregate(
         self,
