@@ -7,18 +7,21 @@ of q_row[n, q] . k_row[n, w] over the unpadded columns w. Done as batched matmul
 scores and probabilities and an [N, W, Lq, D] intermediate (64 MB per image and layer in fp16 at
 800x800). A program takes BLOCK_Q queries. First their column probabilities: scores on the tensor
 cores over COL_CHUNK rows at a time, a running max and sum, then the probabilities, computed in
-float32 and stored in value's dtype (rounded as the reference rounds them) to a per-call [N, Lq, H] buffer (each step of the aggregation reads a few of their columns, which
-Triton cannot slice out of registers; written and read back by one program, they stay in L2). Then
-the row probabilities, in registers; then each step takes a few rows h of value, [BLOCK_H * W, D], and
-multiplies them with the joint weights probs_col[q, h] * probs_row[q, w] of those rows, accumulating in
-float32: one tensor-core product per step whose output is the accumulator itself. The kernel first
-multiplied the row probabilities with the rows, [W, BLOCK_H * D] at a time, and weighted the
-product's BLOCK_H column blocks by probs_col afterwards, a reshape and reduction of each product's
-output: 138 us per encoder layer at batch 8 against 124 us now, 60 against 52 per decoder layer, and
-1.24 to 1.39 times as long elsewhere (800x800 and 1216x1344, batch 1 and 8, H100; the old kernel is
-adabf5a's, results/h100/rcda_joint_adabf5a.json). Before, the column side was a matmul and a ``masked_softmax`` launch per call, its scores and
-probabilities going through memory (0.40 ms of a 7.6 ms batch-8 call at 800x800 on an H100,
-results/h100/probe_kernels_6e9f4b4.json).
+float32 and stored in value's dtype (rounded as the reference rounds them) to a per-call [N, Lq, H]
+buffer (each step of the aggregation reads a few of their columns, which Triton cannot slice out of
+registers; written and read back by one program, they stay in L2). Then the row probabilities, in
+registers; then each step takes a few rows h of value, [BLOCK_H * W, D], and multiplies them with the
+joint weights probs_col[q, h] * probs_row[q, w] of those rows, accumulating in float32: one
+tensor-core product per step whose output is the accumulator itself.
+
+The kernel first multiplied the row probabilities with the rows, [W, BLOCK_H * D] at a time, and
+weighted each product's BLOCK_H column blocks by probs_col afterwards (a reshape and a reduction of
+the product's output). Kernel alone, fp16, H100 (results/h100/rcda_joint_adabf5a.json; the old kernel
+is adabf5a's), old against new: 138 against 124 us per encoder layer and 60 against 52 per decoder
+layer at 800x800, batch 8; 653 against 496 and 111 against 87 at 1216x1344; 1.06 to 1.32 times as
+long in all 8 cases (batch 1 and 8). Before that, the column side was a matmul and a
+``masked_softmax`` launch per call, its scores and probabilities going through memory (0.40 ms of a
+7.6 ms batch-8 call at 800x800 on an H100, results/h100/probe_kernels_6e9f4b4.json).
 
 The products run over W padded to a power of two, or to two of them (``width_blocks``): feature maps
 are rarely a power of two wide, and 84 columns (1344 pixels with DC5) as 64 + 32 instead of 128 took
@@ -40,10 +43,10 @@ from . import _common, reference
 from .masked_softmax import softmax_numerators, softmax_scale
 
 _OP = "rcda_aggregate"
-# The best of 24 configurations at 1216x1344 and within 2-30% of the best elsewhere (BLOCK_Q 64/128,
-# BLOCK_H 1/2/4, 4/8 warps, 2/3 stages at 800x800 and 1216x1344, batch 1 and 8, H100,
-# results/h100/rcda_joint_adabf5a.json); BLOCK_Q 64 does better at batch 1, where 128 leaves SMs idle,
-# and 1.2-1.4 times worse at 1216x1344.
+# The best of 24 configurations at 1216x1344 and within 1-31% of the best at 800x800 (BLOCK_Q 64/128,
+# BLOCK_H 1/2/4, 4/8 warps, 2/3 stages; batch 1 and 8; H100, results/h100/rcda_joint_adabf5a.json).
+# BLOCK_Q 64 does better at 800x800, batch 1, where 128 leaves SMs idle, and 1.2-1.4 times worse at
+# 1216x1344.
 BLOCK_Q = 128
 BLOCK_H = 2  # rows h per product (its K is BLOCK_H * W); 1 where two rows pass SHARED_BUDGET
 MAX_STAGES = 3

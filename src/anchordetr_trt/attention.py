@@ -47,9 +47,9 @@ class MultiheadAttention(_ProjectedAttention):
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         batch, dim = query.shape[0], self.embed_dim
         # Heads as views [B, heads, L, head_dim] of each projection (SDPA reads strided heads), the
-        # biases added in the GEMMs: no add_bias_transpose. One GEMM per input: heads taken from a
-        # packed query-key projection made torch 2.11's Inductor guard the batch size (measured on the
-        # H100: lowering the split views a strided tensor, which is possible at batch 1 only).
+        # biases added in the GEMMs: no add_bias_transpose. One GEMM per input: splitting a packed
+        # query-key projection made torch 2.11's Inductor guard batch > 1, breaking the one-graph range
+        # (its unbind lowers to a view of a strided buffer: results/h100/guard_unbind_c628528_parent.txt).
         q, k, v = (
             F.linear(
                 x, self.in_proj_weight[i * dim : (i + 1) * dim], self.in_proj_bias[i * dim : (i + 1) * dim]
@@ -123,8 +123,9 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
     def heads_of_map(self, x: Tensor) -> Tensor:
         """[B, H, W, C] -> [B * heads, H, W, head_dim], contiguous."""
         heads = x.unflatten(-1, (self.num_heads, self.head_dim)).permute(0, 3, 1, 2, 4)
-        # A copy, then a view: reshape would first try a view of the permuted heads, possible at batch 1
-        # only, and torch 2.11's Inductor then guards the batch size (measured on the H100).
+        # A copy, then a view: reshape would first try a view of the permuted heads, possible at batch
+        # 1 only, the kind of view on which torch 2.11's Inductor guarded batch > 1 (see
+        # MultiheadAttention.forward).
         return heads.clone(memory_format=torch.contiguous_format).flatten(0, 1)
 
     def aggregate(
