@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_accuracy import compare, trained_recipe
+from gpu_accuracy import compare, fp32_reference, trained_recipe
 from train_synthetic import DEFAULT_CKPT, git_commit, val_settings
 
 import anchordetr_trt as at
@@ -32,8 +32,7 @@ def main() -> int:
     recipe, data_dir = trained_recipe(args.ckpt, None)
     ann_file, image_dir = recipe.val_split(data_dir)
     settings = val_settings(recipe, args.batch_size)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    reference = at.load_model(args.ckpt, device="cuda").set_fused_ops(False)
+    reference = fp32_reference(args.ckpt)
     stats = evaluate_coco(reference, ann_file, image_dir, **settings)
     rules = {
         "all_bf16": lambda model: model.to(torch.bfloat16),

@@ -294,6 +294,13 @@ def run(
     return report
 
 
+def fp32_reference(ckpt: Path) -> nn.Module:
+    """The checkpoint's model on the GPU with plain PyTorch ops in true fp32 (PyTorch lets cuDNN use TF32
+    unless told not to): what every configuration is compared with."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return at.load_model(ckpt, device="cuda").set_fused_ops(False)
+
+
 def trained_recipe(ckpt: Path, data_dir: Path | None) -> tuple[Recipe, Path]:
     """The data recipe and val folder the checkpoint was trained with (its training log beside it), so
     that the val split and input size match; the defaults where there is no log."""
@@ -337,9 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {"min_shape": (1, short, short), "opt_shape": (args.batch_size, size, size)}
     shapes["max_shape"] = shapes["opt_shape"]
 
-    # The reference: plain PyTorch ops in true fp32 (PyTorch lets cuDNN use TF32 unless told not to).
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    reference = at.load_model(args.ckpt, device="cuda").set_fused_ops(False)
+    reference = fp32_reference(args.ckpt)
     builders = {
         name: (
             lambda backend=backend, precision=precision: at.compile(

@@ -57,7 +57,8 @@ PADDED = True
 MAX_GRAPHS = 32
 MAX_FUNCTIONS = 8  # compiled functions of one runner: one for the range; more say that settings change
 # cuDNN's autotuning times every algorithm of every convolution at each new shape (seconds per shape);
-# its heuristics choose at once. Measured choice: see the README's speed section.
+# its heuristics choose at once. Autotuning gained nothing on the backbone at 800x800 and 1216x1216, batch
+# 1 and 8 (H100: scripts/probe_cudnn.py, results/h100/probe_cudnn_adabf5a.json).
 CUDNN_BENCHMARK = False
 
 
