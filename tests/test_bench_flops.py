@@ -45,7 +45,8 @@ def _transformer_flops_by_hand(config, h: int, w: int) -> tuple[int, int]:
 
     encoder = linear(L, 2048, C) + 2 * linear(h + w, C, C)  # input projection; row/column embedding MLP
     encoder += config.num_encoder_layers * (
-        4 * linear(L, C, C) + linear(h + w, C, C) + _rcda_flops(L, C, h, w)  # RCDA: q_row, q_col, v, out; keys
+        4 * linear(L, C, C) + _rcda_flops(L, C, h, w)  # RCDA: q_row, q_col, v (one GEMM), out
+        + 2 * linear(h + w, C, C)  # the keys; the embeddings' projections added to q_row and q_col
         + linear(L, C, F) + linear(L, F, C)  # FFN
     )  # fmt: skip
     decoder = 3 * 2 * linear(Q, C, C)  # the queries' position embeddings: three two-layer MLPs
