@@ -266,7 +266,9 @@ SPECS = [
             "odd": {"shape": (3, 70, 5, 7, 9), "heads": 3},  # queries over two blocks, sizes below the blocks
             "fully_padded": {"shape": (4, 6, 3, 5, 8), "heads": 2, "padding": "all"},  # zeros, not NaN
             "wide": {"shape": (2, 9, 2, 40, 20), "padding": "all"},  # 32 + 16 columns, the tail padded too
-            "wider": {"shape": (2, 9, 2, 84, 8), "heads": 2},  # 64 + 32 columns
+            "wider": {"shape": (2, 9, 3, 84, 8), "heads": 2},  # 64 + 32 columns; H odd: a half-empty step
+            # Heads of 64 this wide take one row per step (two pass the shared-memory budget).
+            "one_row_per_step": {"shape": (2, 9, 3, 230, 64), "heads": 2, "padding": "random"},
             "strided": {"shape": (2, 6, 3, 5, 8), "strided": True},
         },
         gpu_cases={

@@ -51,7 +51,9 @@ BLOCK_Q = 128
 BLOCK_H = 2  # rows h per product (its K is BLOCK_H * W); 1 where two rows pass SHARED_BUDGET
 MAX_STAGES = 3
 # Shared memory for the joint weights (the product's left-hand side) and the pipelined value tiles
-# (an H100 block may have 227 KiB; the rest is left for Triton's layout conversions).
+# (an H100 block may have 227 KiB; the rest is left for Triton's layout conversions). A bound, not
+# what a build takes: Triton 3.8's sm_90 fp16 build keeps the joint weights in registers (16 KiB of
+# shared memory at W = 84, 32 KiB at 256; ptxas, read on the CPU: not the GPU machine's Triton 3.6).
 SHARED_BUDGET = 160 * 1024
 # Registers for the [BLOCK_Q, W] row probabilities, which every step reads.
 ROW_PROBABILITIES_BUDGET = 64 * 1024
@@ -303,9 +305,11 @@ def rcda_aggregate_launch_config(
 def max_kernel_width(element_size: int, head_dim: int) -> int:
     """The widest rows the kernel takes for ``element_size``-byte floats and heads of ``head_dim``: the
     row probabilities [BLOCK_Q, W] must fit ROW_PROBABILITIES_BUDGET and a step of one row h, its joint
-    weights [BLOCK_Q, W] and value [W, D], SHARED_BUDGET (256 in 16-bit floats, 128 in float32, i.e.
-    images up to 8192 pixels wide for C5 and 4096 for DC5 in 16-bit floats). Wider rows would fail at
-    launch (Triton's OutOfResources) or spill: the op runs the reference for them."""
+    weights [BLOCK_Q, W] and value [W, D], SHARED_BUDGET (with heads of 32: 256 in 16-bit floats, 128 in
+    float32, i.e. images up to 8192 pixels wide for C5 and 4096 for DC5 in 16-bit floats). Wider rows
+    could fail at launch (Triton's OutOfResources): the op runs the reference for them. Narrower ones
+    may still spill registers (Triton 3.8's sm_90 fp16 build spills 124 bytes at W = 84 and 2.7 KB at
+    256, as the kernel before the joint weights did: slower, not wrong)."""
     widest = min(
         ROW_PROBABILITIES_BUDGET // (BLOCK_Q * element_size),
         SHARED_BUDGET // _row_step_bytes(1, _common.row_block(head_dim), element_size),

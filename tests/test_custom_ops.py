@@ -414,6 +414,16 @@ def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
     assert len(seen) > 10
 
 
+@pytest.mark.parametrize(("case", "rows_per_step"), [("wider", 2), ("one_row_per_step", 1)])
+def test_rcda_aggregate_cases_cover_both_step_sizes(case, rows_per_step):
+    """The interpreter cases above run the kernel with two rows h per step and with one."""
+    shape = next(spec for spec in SPECS if spec.name == "rcda_aggregate").cases[case]["shape"]
+    n, queries, _, width, head_dim = shape
+    for element_size in (2, 4):
+        _, meta = rcda_aggregate.rcda_aggregate_launch_config(queries, n, width, head_dim, element_size)
+        assert meta["BLOCK_H"] == rows_per_step
+
+
 @pytest.mark.parametrize(("key", "index"), [("k_row", 4), ("k_col", 1)])
 def test_rcda_aggregate_kernel_keeps_a_nan_score_nan_like_the_reference(key, index):
     """A NaN in k_row or k_col (an fp16 overflow upstream, say) must reach the output, as in the

@@ -106,7 +106,8 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
     ) -> Tensor:
         """``forward`` for the encoder's self-attention over a map src [B, H, W, C], whose row queries
         are src + posemb_row ([B, W, C], per column), column queries src + posemb_col ([B, H, C], per
-        row) and values src; returns [B, H * W, C]. The projections being affine, src is projected for
+        row) and values src; key_row [B, W, C], key_col [B, H, C], mask_row [B, W], mask_col [B, H] as
+        in ``forward``; returns [B, H * W, C]. The projections being affine, src is projected for
         all three in one GEMM and the embeddings' projections are added where they broadcast: one read
         of the map instead of two sums and three projections."""
         batch, dim = src.shape[0], src.shape[-1]
