@@ -92,7 +92,9 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
         v = self.project(value.reshape(batch, height * width, channels), 4)
         v = v.view(batch * self.num_heads, height, width, self.head_dim)
-        return self.aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v, batch)
+        # Both softmaxes happen where they are used: see rcda_aggregate.
+        out = ops(self.fused_ops, v).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
+        return self.merge_heads(out, batch)
 
     def attend_map(
         self,
@@ -119,7 +121,8 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         q_col = self.heads_of_map((packed[..., dim : 2 * dim] + col_term) * scale).flatten(1, 2)
         v = self.heads_of_map(packed[..., 2 * dim :] + bias[4 * dim :])
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
-        return self.aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v, batch)
+        out = ops(self.fused_ops, v).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
+        return self.merge_heads(out, batch)
 
     def heads_of_map(self, x: Tensor) -> Tensor:
         """[B, H, W, C] -> [B * heads, H, W, head_dim], contiguous."""
@@ -128,19 +131,3 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         # 1 only, the kind of view on which torch 2.11's Inductor guarded batch > 1 (see
         # MultiheadAttention.forward).
         return heads.clone(memory_format=torch.contiguous_format).flatten(0, 1)
-
-    def aggregate(
-        self,
-        q_col: Tensor,
-        k_col: Tensor,
-        mask_col: Tensor,
-        q_row: Tensor,
-        k_row: Tensor,
-        mask_row: Tensor,
-        value: Tensor,
-        batch: int,
-    ) -> Tensor:
-        """``rcda_aggregate`` of the projected heads, then the output projection: [B, Lq, C]."""
-        # Both softmaxes happen where they are used: see rcda_aggregate.
-        out = ops(self.fused_ops, value).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
-        return self.merge_heads(out, batch)
