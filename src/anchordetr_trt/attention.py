@@ -23,13 +23,15 @@ class _ProjectedAttention(nn.Module):
         self.fused_ops: bool | None = None  # see AnchorDETR.set_fused_ops
         nn.init.xavier_uniform_(self.in_proj_weight)
 
+    def in_proj(self, index: int) -> tuple[Tensor, Tensor]:
+        """(weight [C, C], bias [C]) of input projection ``index``."""
+        chunk = slice(index * self.embed_dim, (index + 1) * self.embed_dim)
+        return self.in_proj_weight[chunk], self.in_proj_bias[chunk]
+
     def project(self, x: Tensor, index: int, scale: float = 1.0) -> Tensor:
         """Input projection ``index`` of x [B, L, C], split into heads: [B * heads, L, head_dim]."""
-        chunk = slice(index * self.embed_dim, (index + 1) * self.embed_dim)
-        projected = F.linear(x, self.in_proj_weight[chunk])
-        return ops(self.fused_ops, x).add_bias_transpose(
-            projected, self.in_proj_bias[chunk], self.num_heads, scale
-        )
+        weight, bias = self.in_proj(index)
+        return ops(self.fused_ops, x).add_bias_transpose(F.linear(x, weight), bias, self.num_heads, scale)
 
     def merge_heads(self, x: Tensor, batch: int) -> Tensor:
         """[B * heads, L, head_dim] -> output projection of [B, L, C]."""
@@ -45,21 +47,17 @@ class MultiheadAttention(_ProjectedAttention):
         super().__init__(embed_dim, num_heads, num_inputs=3)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        batch, dim = query.shape[0], self.embed_dim
+        batch = query.shape[0]
         # Heads as views [B, heads, L, head_dim] of each projection (SDPA reads strided heads), the
         # biases added in the GEMMs: no add_bias_transpose. One GEMM per input: splitting a packed
         # query-key projection made torch 2.11's Inductor guard batch > 1, breaking the one-graph range
         # (its unbind lowers to a view of a strided buffer: results/h100/guard_unbind_c628528_parent.txt).
         q, k, v = (
-            F.linear(
-                x, self.in_proj_weight[i * dim : (i + 1) * dim], self.in_proj_bias[i * dim : (i + 1) * dim]
-            )
-            .unflatten(-1, (self.num_heads, self.head_dim))
-            .transpose(1, 2)
+            F.linear(x, *self.in_proj(i)).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
             for i, x in enumerate((query, key, value))
         )
         out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
-        return self.out_proj(out.transpose(1, 2).reshape(batch, out.shape[2], dim))
+        return self.out_proj(out.transpose(1, 2).reshape(batch, out.shape[2], self.embed_dim))
 
 
 class RowColumnDecoupledAttention(_ProjectedAttention):
@@ -112,17 +110,17 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         in ``forward``; returns [B, H * W, C]. The projections being affine, src is projected for
         all three in one GEMM and the embeddings' projections are added where they broadcast: one read
         of the map instead of two sums and three projections."""
-        batch, dim = src.shape[0], src.shape[-1]
-        weight, bias, scale = self.in_proj_weight, self.in_proj_bias, self.head_dim**-0.5
-        packed = F.linear(src, torch.cat((weight[: 2 * dim], weight[4 * dim :])))  # [B, H, W, 3C]
-        row_term = F.linear(posemb_row, weight[:dim], bias[:dim])[:, None]
-        col_term = F.linear(posemb_col, weight[dim : 2 * dim], bias[dim : 2 * dim])[:, :, None]
+        dim, scale = self.embed_dim, self.head_dim**-0.5
+        (w_row, b_row), (w_col, b_col), (w_value, b_value) = (self.in_proj(i) for i in (0, 1, 4))
+        packed = F.linear(src, torch.cat((w_row, w_col, w_value)))  # [B, H, W, 3C]
+        row_term = F.linear(posemb_row, w_row, b_row)[:, None]
+        col_term = F.linear(posemb_col, w_col, b_col)[:, :, None]
         q_row = self.heads_of_map((packed[..., :dim] + row_term) * scale).flatten(1, 2)
         q_col = self.heads_of_map((packed[..., dim : 2 * dim] + col_term) * scale).flatten(1, 2)
-        v = self.heads_of_map(packed[..., 2 * dim :] + bias[4 * dim :])
+        v = self.heads_of_map(packed[..., 2 * dim :] + b_value)
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
         out = ops(self.fused_ops, v).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
-        return self.merge_heads(out, batch)
+        return self.merge_heads(out, src.shape[0])
 
     def heads_of_map(self, x: Tensor) -> Tensor:
         """[B, H, W, C] -> [B * heads, H, W, head_dim], contiguous."""

@@ -82,7 +82,6 @@ class EncoderLayer(nn.Module):
         self, src: Tensor, posemb_row: Tensor, posemb_col: Tensor, mask_row: Tensor, mask_col: Tensor
     ) -> Tensor:
         """posemb_row [B, W, C] (per column), posemb_col [B, H, C] (per row); masks [B, W], [B, H]."""
-        # Queries: src + posemb_row (row attention), src + posemb_col (column attention); values: src.
         key_row = src.mean(1) + posemb_row
         key_col = src.mean(2) + posemb_col
         attended = self.self_attn.attend_map(
