@@ -1,5 +1,8 @@
 """Attention modules with the official parameter layout (``in_proj_weight``, ``in_proj_bias``, ``out_proj``)."""
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,15 +87,20 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
     ) -> Tensor:
         """query_row, query_col [B, Lq, C]; key_row [B, W, C]; key_col [B, H, C]; value [B, H, W, C];
         mask_row [B, W], mask_col [B, H] (True = padding). Returns [B, Lq, C]."""
-        batch, height, width, channels = value.shape
+        keys = project_keys([self], key_row, key_col, value)[0]
+        return self.attend(query_row, query_col, keys, mask_row, mask_col)
+
+    def attend(
+        self, query_row: Tensor, query_col: Tensor, keys: "ProjectedKeys", mask_row: Tensor, mask_col: Tensor
+    ) -> Tensor:
+        """``forward`` with its keys and values projected by ``project_keys``."""
         scale = self.head_dim**-0.5
         q_row, q_col = self.project(query_row, 0, scale), self.project(query_col, 1, scale)
-        k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
-        v = self.project(value.reshape(batch, height * width, channels), 4)
-        v = v.view(batch * self.num_heads, height, width, self.head_dim)
         # Both softmaxes happen where they are used: see rcda_aggregate.
-        out = ops(self.fused_ops, v).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
-        return self.merge_heads(out, batch)
+        out = ops(self.fused_ops, keys.value).rcda_aggregate(
+            q_col, keys.col, mask_col, q_row, keys.row, mask_row, keys.value
+        )
+        return self.merge_heads(out, query_row.shape[0])
 
     def attend_map(
         self,
@@ -124,8 +132,43 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
 
     def heads_of_map(self, x: Tensor) -> Tensor:
         """[B, H, W, C] -> [B * heads, H, W, head_dim], contiguous."""
-        heads = x.unflatten(-1, (self.num_heads, self.head_dim)).permute(0, 3, 1, 2, 4)
-        # A copy, then a view: reshape would first try a view of the permuted heads, possible at batch
-        # 1 only, the kind of view on which torch 2.11's Inductor guarded batch > 1 (see
-        # MultiheadAttention.forward).
-        return heads.clone(memory_format=torch.contiguous_format).flatten(0, 1)
+        return split_heads(x, self.num_heads, groups=1)[0]
+
+
+class ProjectedKeys(NamedTuple):
+    """An RCDA's keys and values, split into heads (N = B * heads): row [N, W, head_dim] (one per
+    column), col [N, H, head_dim] (one per row), value [N, H, W, head_dim]."""
+
+    row: Tensor
+    col: Tensor
+    value: Tensor
+
+
+def project_keys(
+    attentions: Sequence[RowColumnDecoupledAttention], key_row: Tensor, key_col: Tensor, value: Tensor
+) -> list[ProjectedKeys]:
+    """The keys and values of each of ``attentions`` (modules of one size) over key_row [B, W, C],
+    key_col [B, H, C] and value [B, H, W, C]. Every decoder layer attends to the same memory: one GEMM
+    per input projects it for all of them (a layer at a time, the six layers took 18 GEMMs and 18 head
+    splits)."""
+    first = attentions[0]
+
+    def projected(x: Tensor, index: int) -> list[Tensor]:
+        weights, biases = zip(*(attention.in_proj(index) for attention in attentions), strict=True)
+        packed = F.linear(x, torch.cat(weights)) + torch.cat(biases)  # [B, ..., len(attentions) * C]
+        return split_heads(packed, first.num_heads, len(attentions))
+
+    return [
+        ProjectedKeys(*keys)
+        for keys in zip(projected(key_row, 2), projected(key_col, 3), projected(value, 4), strict=True)
+    ]
+
+
+def split_heads(x: Tensor, num_heads: int, groups: int) -> list[Tensor]:
+    """x [B, *S, groups * C] -> ``groups`` contiguous tensors [B * heads, *S, C / heads], the heads of
+    each group of channels."""
+    heads = x.unflatten(-1, (groups, num_heads, -1)).movedim((-3, -2), (0, 2))  # [G, B, heads, *S, D]
+    # A copy, then views of it: reshape would first try a view of the permuted heads, possible at
+    # batch 1 only, the kind of view on which torch 2.11's Inductor guarded batch > 1 (see
+    # MultiheadAttention.forward).
+    return list(heads.clone(memory_format=torch.contiguous_format).flatten(1, 2).unbind(0))

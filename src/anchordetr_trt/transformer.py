@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from anchordetr_trt.custom_ops import ops
 from anchordetr_trt.custom_ops.reference import pos2posemb1d
 
-from .attention import MultiheadAttention, RowColumnDecoupledAttention
+from .attention import MultiheadAttention, ProjectedKeys, RowColumnDecoupledAttention, project_keys
 from .config import AnchorDETRConfig
 
 
@@ -108,18 +108,16 @@ class DecoderLayer(nn.Module):
         query_pos: Tensor,
         query_pos_x: Tensor,
         query_pos_y: Tensor,
-        memory: Tensor,
-        key_row: Tensor,
-        key_col: Tensor,
+        memory_keys: ProjectedKeys,
         mask_row: Tensor,
         mask_col: Tensor,
     ) -> Tensor:
-        """query_pos* [1 or B, Q, C]; memory [B, H, W, C]; key_row [B, W, C], key_col [B, H, C]: the
-        memory averaged over rows / columns plus its position embedding."""
+        """query_pos* [1 or B, Q, C]; memory_keys: the cross-attention's keys and values over the
+        memory (``Transformer.decode``); masks [B, W], [B, H]."""
         q = tgt + query_pos
         tgt = self.norm2(tgt, self.self_attn(q, q, tgt))
-        attended = self.cross_attn(
-            tgt + query_pos_x, tgt + query_pos_y, key_row, key_col, memory, mask_row, mask_col
+        attended = self.cross_attn.attend(
+            tgt + query_pos_x, tgt + query_pos_y, memory_keys, mask_row, mask_col
         )
         tgt = self.norm1(tgt, attended)
         return self.ffn(tgt)
@@ -176,8 +174,14 @@ class Transformer(nn.Module):
         """The decoder and the heads: ``encode``'s output -> logits [L, B, Q, classes], boxes [L, B, Q, 4]
         with L = 1 (the last decoder layer) or, with ``aux``, every decoder layer."""
         memory, posemb_row, posemb_col, mask_row, mask_col = encoded
-        key_row = memory.mean(1) + posemb_row
-        key_col = memory.mean(2) + posemb_col
+        # The memory's row keys (averaged over rows) and column keys plus their position embeddings,
+        # and the memory itself as values, projected for every layer at once.
+        memory_keys = project_keys(
+            [layer.cross_attn for layer in self.decoder_layers],
+            memory.mean(1) + posemb_row,
+            memory.mean(2) + posemb_col,
+            memory,
+        )
 
         # Queries depend on the weights only: computed once, broadcast over the batch.
         num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
@@ -190,10 +194,8 @@ class Transformer(nn.Module):
 
         logits, boxes = [], []
         last = len(self.decoder_layers) - 1
-        for i, layer in enumerate(self.decoder_layers):
-            tgt = layer(
-                tgt, query_pos, query_pos_x, query_pos_y, memory, key_row, key_col, mask_row, mask_col
-            )
+        for i, (layer, keys) in enumerate(zip(self.decoder_layers, memory_keys, strict=True)):
+            tgt = layer(tgt, query_pos, query_pos_x, query_pos_y, keys, mask_row, mask_col)
             if aux or i == last:
                 head_input = tgt.to(self.class_embed[i].weight.dtype)  # float32 after set_precision
                 delta = self.bbox_embed[i](head_input)
