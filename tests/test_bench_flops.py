@@ -53,6 +53,7 @@ def _transformer_flops_by_hand(config, h: int, w: int) -> tuple[int, int]:
     decoder += config.num_decoder_layers * (
         4 * linear(Q, C, C) + 2 * 2 * Q * Q * C  # self-attention: projections, scores and weighted sum
         + 3 * linear(Q, C, C) + linear(h + w, C, C) + linear(L, C, C) + _rcda_flops(Q, C, h, w)  # cross
+        + 4 * linear(Q, C, C)  # the position embeddings' terms of both attentions' queries (and keys)
         + linear(Q, C, F) + linear(Q, F, C)  # FFN
     )  # fmt: skip
     decoder += linear(Q, C, config.num_classes) + 2 * linear(Q, C, C) + linear(Q, C, 4)  # heads, last layer
@@ -79,7 +80,9 @@ def test_encoder_and_decoder_flops_match_a_count_by_hand(variant):
 def test_per_image_flops_share_the_query_embeddings_across_the_batch():
     config = variant_config("r50-c5")
     one, four = (flops.flops_per_image(config, (batch, 320, 320)) for batch in (1, 4))
-    shared = 3 * 2 * 2 * 900 * 256 * 256  # three two-layer MLPs on the 900 queries, once per batch
+    # Once per batch: three two-layer MLPs on the 900 queries, and four projections of their output
+    # for each decoder layer's attentions.
+    shared = (3 * 2 + 4 * config.num_decoder_layers) * 2 * 900 * 256 * 256
     assert one["backbone"] == four["backbone"] and one["encoder"] == four["encoder"]
     assert one["decoder"] - four["decoder"] == pytest.approx(shared * (1 - 1 / 4))
 

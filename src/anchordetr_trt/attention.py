@@ -44,23 +44,20 @@ class _ProjectedAttention(nn.Module):
 
 
 class MultiheadAttention(_ProjectedAttention):
-    """Standard multi-head attention (the decoder's self-attention), batch first: [B, L, C]."""
+    """Multi-head self-attention (the decoder's), batch first: [B, L, C]."""
 
     def __init__(self, embed_dim: int, num_heads: int):
         super().__init__(embed_dim, num_heads, num_inputs=3)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        batch = query.shape[0]
-        # Heads as views [B, heads, L, head_dim] of each projection (SDPA reads strided heads), the
-        # biases added in the GEMMs: no add_bias_transpose. One GEMM per input: splitting a packed
-        # query-key projection made torch 2.11's Inductor guard batch > 1, breaking the one-graph range
-        # (its unbind lowers to a view of a strided buffer: results/h100/guard_unbind_c628528_parent.txt).
-        q, k, v = (
-            F.linear(x, *self.in_proj(i)).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-            for i, x in enumerate((query, key, value))
-        )
+    def forward(self, x: Tensor, position_terms: Tensor) -> Tensor:
+        """Self-attention of x [B, L, C] whose queries and keys are x + pos, values x, given
+        position_terms [1 or B, L, 2C]: the query and key projections of pos, without bias
+        (``project_each``). The projections being linear, x is projected for all three in one GEMM."""
+        batch, length, dim = x.shape
+        packed = F.linear(x, self.in_proj_weight, self.in_proj_bias) + F.pad(position_terms, (0, dim))
+        q, k, v = split_heads(packed, self.num_heads, 3, merge_batch=False)
         out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
-        return self.out_proj(out.transpose(1, 2).reshape(batch, out.shape[2], self.embed_dim))
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
 class RowColumnDecoupledAttention(_ProjectedAttention):
@@ -76,55 +73,45 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         super().__init__(embed_dim, num_heads, num_inputs=5)
 
     def forward(
-        self,
-        query_row: Tensor,
-        query_col: Tensor,
-        key_row: Tensor,
-        key_col: Tensor,
-        value: Tensor,
-        mask_row: Tensor,
-        mask_col: Tensor,
+        self, x: Tensor, position_terms: Tensor, keys: "ProjectedKeys", mask_row: Tensor, mask_col: Tensor
     ) -> Tensor:
-        """query_row, query_col [B, Lq, C]; key_row [B, W, C]; key_col [B, H, C]; value [B, H, W, C];
-        mask_row [B, W], mask_col [B, H] (True = padding). Returns [B, Lq, C]."""
-        keys = project_keys([self], key_row, key_col, value)[0]
-        return self.attend(query_row, query_col, keys, mask_row, mask_col)
-
-    def attend(
-        self, query_row: Tensor, query_col: Tensor, keys: "ProjectedKeys", mask_row: Tensor, mask_col: Tensor
-    ) -> Tensor:
-        """``forward`` with its keys and values projected by ``project_keys``."""
-        scale = self.head_dim**-0.5
-        q_row, q_col = self.project(query_row, 0, scale), self.project(query_col, 1, scale)
+        """The decoder's cross-attention of x [B, Lq, C], whose row queries are x + pos_row and column
+        queries x + pos_col, given position_terms [1 or B, Lq, 2C]: the row and column query
+        projections of pos_row and pos_col, without bias (``project_each``); keys and values projected
+        by ``project_keys``; mask_row [B, W], mask_col [B, H] (True = padding). Returns [B, Lq, C]."""
+        dim = self.embed_dim
+        packed = F.linear(x, self.in_proj_weight[: 2 * dim], self.in_proj_bias[: 2 * dim])
+        q_row, q_col = split_heads((packed + position_terms) * self.head_dim**-0.5, self.num_heads, 2)
         # Both softmaxes happen where they are used: see rcda_aggregate.
         out = ops(self.fused_ops, keys.value).rcda_aggregate(
             q_col, keys.col, mask_col, q_row, keys.row, mask_row, keys.value
         )
-        return self.merge_heads(out, query_row.shape[0])
+        return self.merge_heads(out, x.shape[0])
 
     def attend_map(
         self,
         src: Tensor,
-        posemb_row: Tensor,
-        posemb_col: Tensor,
+        row_term: Tensor,
+        col_term: Tensor,
         key_row: Tensor,
         key_col: Tensor,
         mask_row: Tensor,
         mask_col: Tensor,
     ) -> Tensor:
-        """``forward`` for the encoder's self-attention over a map src [B, H, W, C], whose row queries
-        are src + posemb_row ([B, W, C], per column), column queries src + posemb_col ([B, H, C], per
-        row) and values src; key_row [B, W, C], key_col [B, H, C], mask_row [B, W], mask_col [B, H] as
-        in ``forward``; returns [B, H * W, C]. The projections being affine, src is projected for
-        all three in one GEMM and the embeddings' projections are added where they broadcast: one read
-        of the map instead of two sums and three projections."""
+        """The encoder's self-attention over a map src [B, H, W, C], whose row queries are src +
+        posemb_row (per column), column queries src + posemb_col (per row) and values src, given
+        row_term [B, 1, W, C] and col_term [B, H, 1, C]: the row and column query projections of
+        posemb_row and posemb_col, without bias (``project_each``); key_row [B, W, C], key_col
+        [B, H, C], masks as in ``forward``; returns [B, H * W, C]. The projections being linear, src is
+        projected for all three in one GEMM and the embeddings' terms are added where they broadcast:
+        one read of the map instead of two sums and three projections."""
         dim, scale = self.embed_dim, self.head_dim**-0.5
         (w_row, b_row), (w_col, b_col), (w_value, b_value) = (self.in_proj(i) for i in (0, 1, 4))
         packed = F.linear(src, torch.cat((w_row, w_col, w_value)))  # [B, H, W, 3C]
-        row_term = F.linear(posemb_row, w_row, b_row)[:, None]
-        col_term = F.linear(posemb_col, w_col, b_col)[:, :, None]
-        q_row = self.heads_of_map((packed[..., :dim] + row_term) * scale).flatten(1, 2)
-        q_col = self.heads_of_map((packed[..., dim : 2 * dim] + col_term) * scale).flatten(1, 2)
+        # The biases added here, not in the GEMM: a slice of packed split into heads as it is would be
+        # a view of a strided buffer, on which Inductor guards batch > 1 (see split_heads).
+        q_row = self.heads_of_map((packed[..., :dim] + row_term + b_row) * scale).flatten(1, 2)
+        q_col = self.heads_of_map((packed[..., dim : 2 * dim] + col_term + b_col) * scale).flatten(1, 2)
         v = self.heads_of_map(packed[..., 2 * dim :] + b_value)
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
         out = ops(self.fused_ops, v).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
@@ -151,12 +138,11 @@ def project_keys(
     key_col [B, H, C] and value [B, H, W, C]. Every decoder layer attends to the same memory: one GEMM
     per input projects it for all of them (a layer at a time, the six layers took 18 GEMMs and 18 head
     splits)."""
-    first = attentions[0]
 
     def projected(x: Tensor, index: int) -> list[Tensor]:
         weights, biases = zip(*(attention.in_proj(index) for attention in attentions), strict=True)
-        packed = F.linear(x, torch.cat(weights)) + torch.cat(biases)  # [B, ..., len(attentions) * C]
-        return split_heads(packed, first.num_heads, len(attentions))
+        packed = F.linear(x, torch.cat(weights), torch.cat(biases))  # [B, ..., len(attentions) * C]
+        return split_heads(packed, attentions[0].num_heads, len(attentions))
 
     return [
         ProjectedKeys(*keys)
@@ -164,11 +150,23 @@ def project_keys(
     ]
 
 
-def split_heads(x: Tensor, num_heads: int, groups: int) -> list[Tensor]:
-    """x [B, *S, groups * C] -> ``groups`` contiguous tensors [B * heads, *S, C / heads], the heads of
-    each group of channels."""
+def project_each(x: Tensor, weights: Sequence[Tensor]) -> list[Tensor]:
+    """``F.linear(x, weight)`` for each weight [N_i, C] in one GEMM: x [..., C] -> views [..., N_i].
+    The terms that layers add to their input projections for an input they share (a position
+    embedding), computed for all layers at once."""
+    if not weights:  # no layers
+        return []
+    return list(F.linear(x, torch.cat(weights)).split([weight.shape[0] for weight in weights], dim=-1))
+
+
+def split_heads(x: Tensor, num_heads: int, groups: int, merge_batch: bool = True) -> list[Tensor]:
+    """x [B, *S, groups * C] -> ``groups`` contiguous tensors [B * heads, *S, C / heads] (with
+    ``merge_batch``, else [B, heads, *S, C / heads]), the heads of each group of channels. x must be
+    computed, not a slice of a wider tensor: Inductor guards batch > 1 on the view that splits a
+    strided slice's channels (tests/test_compile.py lowers the model to catch it)."""
     heads = x.unflatten(-1, (groups, num_heads, -1)).movedim((-3, -2), (0, 2))  # [G, B, heads, *S, D]
-    # A copy, then views of it: reshape would first try a view of the permuted heads, possible at
-    # batch 1 only, the kind of view on which torch 2.11's Inductor guarded batch > 1 (see
-    # MultiheadAttention.forward).
-    return list(heads.clone(memory_format=torch.contiguous_format).flatten(1, 2).unbind(0))
+    # A copy, then views of it, each group's shape made before the groups are split: a view of a split
+    # group, or a reshape of the permuted heads, made Inductor guard batch > 1 as well (splitting a
+    # packed projection by unbind did, on the GPU: results/h100/guard_unbind_c628528_parent.txt).
+    heads = heads.clone(memory_format=torch.contiguous_format)
+    return list((heads.flatten(1, 2) if merge_batch else heads).unbind(0))

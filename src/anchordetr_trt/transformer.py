@@ -10,7 +10,13 @@ from torch import Tensor, nn
 from anchordetr_trt.custom_ops import ops
 from anchordetr_trt.custom_ops.reference import pos2posemb1d
 
-from .attention import MultiheadAttention, ProjectedKeys, RowColumnDecoupledAttention, project_keys
+from .attention import (
+    MultiheadAttention,
+    ProjectedKeys,
+    RowColumnDecoupledAttention,
+    project_each,
+    project_keys,
+)
 from .config import AnchorDETRConfig
 
 
@@ -79,14 +85,21 @@ class EncoderLayer(nn.Module):
         self.ffn = FFN(dim, ffn_dim)
 
     def forward(
-        self, src: Tensor, posemb_row: Tensor, posemb_col: Tensor, mask_row: Tensor, mask_col: Tensor
+        self,
+        src: Tensor,
+        posemb_row: Tensor,
+        posemb_col: Tensor,
+        row_term: Tensor,
+        col_term: Tensor,
+        mask_row: Tensor,
+        mask_col: Tensor,
     ) -> Tensor:
-        """posemb_row [B, W, C] (per column), posemb_col [B, H, C] (per row); masks [B, W], [B, H]."""
+        """posemb_row [B, W, C] (per column), posemb_col [B, H, C] (per row); row_term [B, 1, W, C] and
+        col_term [B, H, 1, C], their projections for the row and column queries (``Transformer.encode``);
+        masks [B, W], [B, H]."""
         key_row = src.mean(1) + posemb_row
         key_col = src.mean(2) + posemb_col
-        attended = self.self_attn.attend_map(
-            src, posemb_row, posemb_col, key_row, key_col, mask_row, mask_col
-        )
+        attended = self.self_attn.attend_map(src, row_term, col_term, key_row, key_col, mask_row, mask_col)
         src = self.norm1(src, attended.view(src.shape))
         return self.ffn(src)
 
@@ -105,21 +118,18 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         tgt: Tensor,
-        query_pos: Tensor,
-        query_pos_x: Tensor,
-        query_pos_y: Tensor,
+        self_terms: Tensor,
+        cross_terms: Tensor,
         memory_keys: ProjectedKeys,
         mask_row: Tensor,
         mask_col: Tensor,
     ) -> Tensor:
-        """query_pos* [1 or B, Q, C]; memory_keys: the cross-attention's keys and values over the
-        memory (``Transformer.decode``); masks [B, W], [B, H]."""
-        q = tgt + query_pos
-        tgt = self.norm2(tgt, self.self_attn(q, q, tgt))
-        attended = self.cross_attn.attend(
-            tgt + query_pos_x, tgt + query_pos_y, memory_keys, mask_row, mask_col
-        )
-        tgt = self.norm1(tgt, attended)
+        """tgt [B, Q, C]; self_terms and cross_terms [1 or B, Q, 2C]: the projections of the queries'
+        position embeddings for the self-attention's queries and keys and the cross-attention's row and
+        column queries (``Transformer.decode``); memory_keys: the cross-attention's keys and values over
+        the memory; masks [B, W], [B, H]."""
+        tgt = self.norm2(tgt, self.self_attn(tgt, self_terms))
+        tgt = self.norm1(tgt, self.cross_attn(tgt, cross_terms, memory_keys, mask_row, mask_col))
         return self.ffn(tgt)
 
 
@@ -166,8 +176,14 @@ class Transformer(nn.Module):
         posemb_col = self.adapt_pos1d(posemb_y.to(src.dtype))
 
         memory = src.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]; a no-op for channels_last features
-        for layer in self.encoder_layers:
-            memory = layer(memory, posemb_row, posemb_col, mask_row, mask_col)
+        # The embeddings' projections for every layer's row and column queries, in one GEMM each.
+        attentions = [layer.self_attn for layer in self.encoder_layers]
+        row_terms = project_each(posemb_row[:, None], [attention.in_proj(0)[0] for attention in attentions])
+        col_terms = project_each(
+            posemb_col[:, :, None], [attention.in_proj(1)[0] for attention in attentions]
+        )
+        for layer, row_term, col_term in zip(self.encoder_layers, row_terms, col_terms, strict=True):
+            memory = layer(memory, posemb_row, posemb_col, row_term, col_term, mask_row, mask_col)
         return Encoded(memory, posemb_row, posemb_col, mask_row, mask_col)
 
     def decode(self, encoded: "Encoded", aux: bool = False) -> tuple[Tensor, Tensor]:
@@ -191,11 +207,19 @@ class Transformer(nn.Module):
         query_pos_x = self.adapt_pos1d(pos2posemb1d(anchors[:, 0], self.d_model).to(memory.dtype))[None]
         query_pos_y = self.adapt_pos1d(pos2posemb1d(anchors[:, 1], self.d_model).to(memory.dtype))[None]
         anchor_logits = inverse_sigmoid(anchors)
+        # Their projections for every layer, in one GEMM each: for the self-attention's queries and
+        # keys (tgt + query_pos) and the cross-attention's row and column queries (tgt + query_pos_x,
+        # tgt + query_pos_y).
+        layers, dim = self.decoder_layers, self.d_model
+        self_terms = project_each(query_pos, [layer.self_attn.in_proj_weight[: 2 * dim] for layer in layers])
+        row_terms = project_each(query_pos_x, [layer.cross_attn.in_proj(0)[0] for layer in layers])
+        col_terms = project_each(query_pos_y, [layer.cross_attn.in_proj(1)[0] for layer in layers])
 
         logits, boxes = [], []
-        last = len(self.decoder_layers) - 1
-        for i, (layer, keys) in enumerate(zip(self.decoder_layers, memory_keys, strict=True)):
-            tgt = layer(tgt, query_pos, query_pos_x, query_pos_y, keys, mask_row, mask_col)
+        last = len(layers) - 1
+        for i, (layer, keys) in enumerate(zip(layers, memory_keys, strict=True)):
+            cross_terms = torch.cat((row_terms[i], col_terms[i]), dim=-1)
+            tgt = layer(tgt, self_terms[i], cross_terms, keys, mask_row, mask_col)
             if aux or i == last:
                 head_input = tgt.to(self.class_embed[i].weight.dtype)  # float32 after set_precision
                 delta = self.bbox_embed[i](head_input)
