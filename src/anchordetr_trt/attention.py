@@ -49,10 +49,14 @@ class MultiheadAttention(_ProjectedAttention):
     def __init__(self, embed_dim: int, num_heads: int):
         super().__init__(embed_dim, num_heads, num_inputs=3)
 
+    def position_weight(self) -> Tensor:
+        """[2C, C]: the query and key projections' weight, whose product with pos ``forward`` takes."""
+        return self.in_proj_weight[: 2 * self.embed_dim]
+
     def forward(self, x: Tensor, position_terms: Tensor) -> Tensor:
         """Self-attention of x [B, L, C] whose queries and keys are x + pos, values x, given
-        position_terms [1 or B, L, 2C]: the query and key projections of pos, without bias
-        (``project_each``). The projections being linear, x is projected for all three in one GEMM."""
+        position_terms [1 or B, L, 2C] = F.linear(pos, position_weight()) (``project_each``). The
+        projections being affine, x is projected for all three in one GEMM."""
         batch, length, dim = x.shape
         packed = F.linear(x, self.in_proj_weight, self.in_proj_bias) + F.pad(position_terms, (0, dim))
         q, k, v = split_heads(packed, self.num_heads, 3, merge_batch=False)
@@ -72,16 +76,28 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
     def __init__(self, embed_dim: int, num_heads: int):
         super().__init__(embed_dim, num_heads, num_inputs=5)
 
+    def position_weights(self) -> tuple[Tensor, Tensor]:
+        """[C, C] each: the row and column query projections' weights, whose products with the row and
+        column position embeddings ``forward`` and ``attend_map`` take as row_term and col_term."""
+        return self.in_proj(0)[0], self.in_proj(1)[0]
+
     def forward(
-        self, x: Tensor, position_terms: Tensor, keys: "ProjectedKeys", mask_row: Tensor, mask_col: Tensor
+        self,
+        x: Tensor,
+        row_term: Tensor,
+        col_term: Tensor,
+        keys: "ProjectedKeys",
+        mask_row: Tensor,
+        mask_col: Tensor,
     ) -> Tensor:
         """The decoder's cross-attention of x [B, Lq, C], whose row queries are x + pos_row and column
-        queries x + pos_col, given position_terms [1 or B, Lq, 2C]: the row and column query
-        projections of pos_row and pos_col, without bias (``project_each``); keys and values projected
-        by ``project_keys``; mask_row [B, W], mask_col [B, H] (True = padding). Returns [B, Lq, C]."""
+        queries x + pos_col, given row_term and col_term [1 or B, Lq, C], the products of pos_row and
+        pos_col with ``position_weights()`` (``project_each``); keys and values projected by
+        ``project_keys``; mask_row [B, W], mask_col [B, H] (True = padding). Returns [B, Lq, C]."""
         dim = self.embed_dim
         packed = F.linear(x, self.in_proj_weight[: 2 * dim], self.in_proj_bias[: 2 * dim])
-        q_row, q_col = split_heads((packed + position_terms) * self.head_dim**-0.5, self.num_heads, 2)
+        terms = torch.cat((row_term, col_term), dim=-1)
+        q_row, q_col = split_heads((packed + terms) * self.head_dim**-0.5, self.num_heads, 2)
         # Both softmaxes happen where they are used: see rcda_aggregate.
         out = ops(self.fused_ops, keys.value).rcda_aggregate(
             q_col, keys.col, mask_col, q_row, keys.row, mask_row, keys.value
@@ -100,9 +116,9 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
     ) -> Tensor:
         """The encoder's self-attention over a map src [B, H, W, C], whose row queries are src +
         posemb_row (per column), column queries src + posemb_col (per row) and values src, given
-        row_term [B, 1, W, C] and col_term [B, H, 1, C]: the row and column query projections of
-        posemb_row and posemb_col, without bias (``project_each``); key_row [B, W, C], key_col
-        [B, H, C], masks as in ``forward``; returns [B, H * W, C]. The projections being linear, src is
+        row_term [B, 1, W, C] and col_term [B, H, 1, C], the products of posemb_row and posemb_col
+        with ``position_weights()`` (``project_each``); key_row [B, W, C], key_col [B, H, C], masks
+        as in ``forward``; returns [B, H * W, C]. The projections being affine, src is
         projected for all three in one GEMM and the embeddings' terms are added where they broadcast:
         one read of the map instead of two sums and three projections."""
         dim, scale = self.embed_dim, self.head_dim**-0.5
@@ -110,16 +126,15 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         packed = F.linear(src, torch.cat((w_row, w_col, w_value)))  # [B, H, W, 3C]
         # The biases added here, not in the GEMM: a slice of packed split into heads as it is would be
         # a view of a strided buffer, on which Inductor guards batch > 1 (see split_heads).
-        q_row = self.heads_of_map((packed[..., :dim] + row_term + b_row) * scale).flatten(1, 2)
-        q_col = self.heads_of_map((packed[..., dim : 2 * dim] + col_term + b_col) * scale).flatten(1, 2)
-        v = self.heads_of_map(packed[..., 2 * dim :] + b_value)
+        heads = self.num_heads
+        q_row = split_heads((packed[..., :dim] + row_term + b_row) * scale, heads, 1)[0].flatten(1, 2)
+        q_col = split_heads((packed[..., dim : 2 * dim] + col_term + b_col) * scale, heads, 1)[0].flatten(
+            1, 2
+        )
+        (v,) = split_heads(packed[..., 2 * dim :] + b_value, heads, 1)
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
         out = ops(self.fused_ops, v).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
         return self.merge_heads(out, src.shape[0])
-
-    def heads_of_map(self, x: Tensor) -> Tensor:
-        """[B, H, W, C] -> [B * heads, H, W, head_dim], contiguous."""
-        return split_heads(x, self.num_heads, groups=1)[0]
 
 
 class ProjectedKeys(NamedTuple):
@@ -136,8 +151,8 @@ def project_keys(
 ) -> list[ProjectedKeys]:
     """The keys and values of each of ``attentions`` (modules of one size) over key_row [B, W, C],
     key_col [B, H, C] and value [B, H, W, C]. Every decoder layer attends to the same memory: one GEMM
-    per input projects it for all of them (a layer at a time, the six layers took 18 GEMMs and 18 head
-    splits)."""
+    and one head split per input project it for all of them (a layer at a time took three of each per
+    layer)."""
 
     def projected(x: Tensor, index: int) -> list[Tensor]:
         weights, biases = zip(*(attention.in_proj(index) for attention in attentions), strict=True)

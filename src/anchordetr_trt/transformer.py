@@ -1,6 +1,7 @@
 """The AnchorDETR transformer: RCDA encoder, anchor-point decoder, prediction heads."""
 
 import itertools
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -119,17 +120,19 @@ class DecoderLayer(nn.Module):
         self,
         tgt: Tensor,
         self_terms: Tensor,
-        cross_terms: Tensor,
+        row_terms: Tensor,
+        col_terms: Tensor,
         memory_keys: ProjectedKeys,
         mask_row: Tensor,
         mask_col: Tensor,
     ) -> Tensor:
-        """tgt [B, Q, C]; self_terms and cross_terms [1 or B, Q, 2C]: the projections of the queries'
-        position embeddings for the self-attention's queries and keys and the cross-attention's row and
-        column queries (``Transformer.decode``); memory_keys: the cross-attention's keys and values over
-        the memory; masks [B, W], [B, H]."""
+        """tgt [B, Q, C]; self_terms [1 or B, Q, 2C], row_terms and col_terms [1 or B, Q, C]: the
+        products of the queries' position embeddings with the attentions' ``position_weights``
+        (``Transformer.decode``); memory_keys: the cross-attention's keys and values over the memory;
+        masks [B, W], [B, H]."""
         tgt = self.norm2(tgt, self.self_attn(tgt, self_terms))
-        tgt = self.norm1(tgt, self.cross_attn(tgt, cross_terms, memory_keys, mask_row, mask_col))
+        attended = self.cross_attn(tgt, row_terms, col_terms, memory_keys, mask_row, mask_col)
+        tgt = self.norm1(tgt, attended)
         return self.ffn(tgt)
 
 
@@ -177,11 +180,9 @@ class Transformer(nn.Module):
 
         memory = src.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]; a no-op for channels_last features
         # The embeddings' projections for every layer's row and column queries, in one GEMM each.
-        attentions = [layer.self_attn for layer in self.encoder_layers]
-        row_terms = project_each(posemb_row[:, None], [attention.in_proj(0)[0] for attention in attentions])
-        col_terms = project_each(
-            posemb_col[:, :, None], [attention.in_proj(1)[0] for attention in attentions]
-        )
+        row_weights, col_weights = _position_weights(layer.self_attn for layer in self.encoder_layers)
+        row_terms = project_each(posemb_row[:, None], row_weights)
+        col_terms = project_each(posemb_col[:, :, None], col_weights)
         for layer, row_term, col_term in zip(self.encoder_layers, row_terms, col_terms, strict=True):
             memory = layer(memory, posemb_row, posemb_col, row_term, col_term, mask_row, mask_col)
         return Encoded(memory, posemb_row, posemb_col, mask_row, mask_col)
@@ -210,16 +211,15 @@ class Transformer(nn.Module):
         # Their projections for every layer, in one GEMM each: for the self-attention's queries and
         # keys (tgt + query_pos) and the cross-attention's row and column queries (tgt + query_pos_x,
         # tgt + query_pos_y).
-        layers, dim = self.decoder_layers, self.d_model
-        self_terms = project_each(query_pos, [layer.self_attn.in_proj_weight[: 2 * dim] for layer in layers])
-        row_terms = project_each(query_pos_x, [layer.cross_attn.in_proj(0)[0] for layer in layers])
-        col_terms = project_each(query_pos_y, [layer.cross_attn.in_proj(1)[0] for layer in layers])
+        layers = self.decoder_layers
+        self_terms = project_each(query_pos, [layer.self_attn.position_weight() for layer in layers])
+        row_weights, col_weights = _position_weights(layer.cross_attn for layer in layers)
+        row_terms, col_terms = project_each(query_pos_x, row_weights), project_each(query_pos_y, col_weights)
 
         logits, boxes = [], []
         last = len(layers) - 1
-        for i, (layer, keys) in enumerate(zip(layers, memory_keys, strict=True)):
-            cross_terms = torch.cat((row_terms[i], col_terms[i]), dim=-1)
-            tgt = layer(tgt, self_terms[i], cross_terms, keys, mask_row, mask_col)
+        for i, layer in enumerate(layers):
+            tgt = layer(tgt, self_terms[i], row_terms[i], col_terms[i], memory_keys[i], mask_row, mask_col)
             if aux or i == last:
                 head_input = tgt.to(self.class_embed[i].weight.dtype)  # float32 after set_precision
                 delta = self.bbox_embed[i](head_input)
@@ -239,3 +239,9 @@ class Encoded(NamedTuple):
     posemb_col: Tensor
     mask_row: Tensor
     mask_col: Tensor
+
+
+def _position_weights(attentions: Iterable[RowColumnDecoupledAttention]) -> tuple[list[Tensor], list[Tensor]]:
+    """The row and the column query weights of each RCDA (``position_weights``), in two lists."""
+    weights = [attention.position_weights() for attention in attentions]
+    return [row for row, _ in weights], [col for _, col in weights]
