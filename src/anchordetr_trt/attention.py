@@ -126,12 +126,9 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         packed = F.linear(src, torch.cat((w_row, w_col, w_value)))  # [B, H, W, 3C]
         # The biases added here, not in the GEMM: a slice of packed split into heads as it is would be
         # a view of a strided buffer, on which Inductor guards batch > 1 (see split_heads).
-        heads = self.num_heads
-        q_row = split_heads((packed[..., :dim] + row_term + b_row) * scale, heads, 1)[0].flatten(1, 2)
-        q_col = split_heads((packed[..., dim : 2 * dim] + col_term + b_col) * scale, heads, 1)[0].flatten(
-            1, 2
-        )
-        (v,) = split_heads(packed[..., 2 * dim :] + b_value, heads, 1)
+        queries = (packed[..., :dim] + row_term + b_row, packed[..., dim : 2 * dim] + col_term + b_col)
+        q_row, q_col = (split_heads(q * scale, self.num_heads, 1)[0].flatten(1, 2) for q in queries)
+        (v,) = split_heads(packed[..., 2 * dim :] + b_value, self.num_heads, 1)
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
         out = ops(self.fused_ops, v).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
         return self.merge_heads(out, src.shape[0])
