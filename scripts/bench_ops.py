@@ -1,8 +1,9 @@
 """Benchmark each fused op against the unfused eager PyTorch graph it replaces (its reference), at
 AnchorDETR's real shapes: DC5 at 800x800 (a 50x50 feature map), 8 heads, C = 256, 2500 encoder and
 900 decoder queries, batch 1 and 8. ``masked_softmax`` and ``add_bias_transpose`` are timed at those
-query counts as ops in their own right: the model runs the first inside ``rcda_aggregate`` and the
-second on the encoder's row and column keys only ([B, W, C] and [B, H, C], launch-bound sizes).
+query counts as ops in their own right: the model no longer calls the first (``rcda_aggregate``
+computes both of RCDA's softmaxes) and calls the second on the encoder's row and column keys only
+([B, W, C] and [B, H, C], launch-bound sizes).
 
 For each op: median GPU time of both (CUDA graph replays, triton.testing.do_bench_cudagraph), the
 speedup, the bytes the op must move (inputs read once, outputs written once), the bandwidth that

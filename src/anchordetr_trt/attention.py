@@ -31,10 +31,10 @@ class _ProjectedAttention(nn.Module):
         chunk = slice(index * self.embed_dim, (index + 1) * self.embed_dim)
         return self.in_proj_weight[chunk], self.in_proj_bias[chunk]
 
-    def project(self, x: Tensor, index: int, scale: float = 1.0) -> Tensor:
+    def project(self, x: Tensor, index: int) -> Tensor:
         """Input projection ``index`` of x [B, L, C], split into heads: [B * heads, L, head_dim]."""
         weight, bias = self.in_proj(index)
-        return ops(self.fused_ops, x).add_bias_transpose(F.linear(x, weight), bias, self.num_heads, scale)
+        return ops(self.fused_ops, x).add_bias_transpose(F.linear(x, weight), bias, self.num_heads, 1.0)
 
     def merge_heads(self, x: Tensor, batch: int) -> Tensor:
         """[B * heads, L, head_dim] -> output projection of [B, L, C]."""
@@ -124,8 +124,9 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         dim, scale = self.embed_dim, self.head_dim**-0.5
         (w_row, b_row), (w_col, b_col), (w_value, b_value) = (self.in_proj(i) for i in (0, 1, 4))
         packed = F.linear(src, torch.cat((w_row, w_col, w_value)))  # [B, H, W, 3C]
-        # The biases added here, not in the GEMM: a slice of packed split into heads as it is would be
-        # a view of a strided buffer, on which Inductor guards batch > 1 (see split_heads).
+        # The biases added here, not in the GEMM, so that v is computed rather than a slice of packed:
+        # a slice split into heads would be a view of a strided buffer, on which Inductor guards batch
+        # > 1 (see split_heads).
         queries = (packed[..., :dim] + row_term + b_row, packed[..., dim : 2 * dim] + col_term + b_col)
         q_row, q_col = (split_heads(q * scale, self.num_heads, 1)[0].flatten(1, 2) for q in queries)
         (v,) = split_heads(packed[..., 2 * dim :] + b_value, self.num_heads, 1)
@@ -178,7 +179,7 @@ def split_heads(x: Tensor, num_heads: int, groups: int, merge_batch: bool = True
     strided slice's channels (tests/test_compile.py lowers the model to catch it)."""
     heads = x.unflatten(-1, (groups, num_heads, -1)).movedim((-3, -2), (0, 2))  # [G, B, heads, *S, D]
     # A copy, then views of it, each group's shape made before the groups are split: a view of a split
-    # group, or a reshape of the permuted heads, made Inductor guard batch > 1 as well (splitting a
-    # packed projection by unbind did, on the GPU: results/h100/guard_unbind_c628528_parent.txt).
+    # group, or a reshape of the permuted heads, made Inductor guard batch > 1 as well (unbinding a
+    # packed projection without this copy did, on the GPU: results/h100/guard_unbind_c628528_parent.txt).
     heads = heads.clone(memory_format=torch.contiguous_format)
     return list((heads.flatten(1, 2) if merge_batch else heads).unbind(0))

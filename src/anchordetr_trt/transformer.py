@@ -96,8 +96,8 @@ class EncoderLayer(nn.Module):
         mask_col: Tensor,
     ) -> Tensor:
         """posemb_row [B, W, C] (per column), posemb_col [B, H, C] (per row); row_term [B, 1, W, C] and
-        col_term [B, H, 1, C], their projections for the row and column queries (``Transformer.encode``);
-        masks [B, W], [B, H]."""
+        col_term [B, H, 1, C], their products with the attention's ``position_weights``
+        (``Transformer.encode``); masks [B, W], [B, H]."""
         key_row = src.mean(1) + posemb_row
         key_col = src.mean(2) + posemb_col
         attended = self.self_attn.attend_map(src, row_term, col_term, key_row, key_col, mask_row, mask_col)
