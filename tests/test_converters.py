@@ -669,10 +669,17 @@ def without_torch_tensorrt(monkeypatch):
     trt_backend._import_status.cache_clear()
 
 
-def test_tensorrt_status_names_what_is_missing(without_torch_tensorrt):
+def test_tensorrt_status_names_what_is_missing(without_torch_tensorrt, monkeypatch):
+    # The fix names the release of torch's own minor version: the package's [tensorrt] extra would let
+    # pip replace torch with the newest Torch-TensorRT's.
+    monkeypatch.setattr(torch, "__version__", "2.13.1+cu130")
+    trt_backend._import_status.cache_clear()
     available, reason = trt_backend.status(torch.device("cuda"))
     assert not available
-    assert "torch_tensorrt" in reason and "pip install" in reason
+    assert reason.startswith("torch_tensorrt")
+    assert reason.endswith(
+        "not installed: pip install 'torch-tensorrt==2.13.*' (the release for torch 2.13.1+cu130)"
+    )
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

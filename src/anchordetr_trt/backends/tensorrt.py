@@ -50,13 +50,14 @@ PADDED = True
 PRECISIONS = ("fp16", "fp32")  # the plugins' kernels are built for these
 # Torch-TensorRT minor versions whose plugin, compile and save APIs this backend was checked against.
 SUPPORTED_TORCH_TENSORRT = ((2, 11), (2, 14))
+_SUPPORTED = "{}.{} to {}.{}".format(*SUPPORTED_TORCH_TENSORRT[0], *SUPPORTED_TORCH_TENSORRT[1])
 
 
 @functools.cache
 def _import_status() -> tuple[bool, str]:
     missing = [name for name in ("torch_tensorrt", "tensorrt") if importlib.util.find_spec(name) is None]
     if missing:
-        return False, f"{' and '.join(missing)} not installed (pip install 'anchordetr_trt[tensorrt]')"
+        return False, f"{' and '.join(missing)} not installed: {_install_fix(str(torch.__version__))}"
     if not torch.cuda.is_available():
         return False, "no CUDA GPU is visible (Torch-TensorRT builds engines on a GPU)"
     try:
@@ -75,22 +76,29 @@ def version_problem(torch_tensorrt_version: str, torch_version: str) -> str | No
     """Why this Torch-TensorRT cannot serve the backend next to this torch (one line with the fix),
     or None when the pair is supported: Torch-TensorRT 2.11 to 2.14, of torch's own minor version."""
     low, high = SUPPORTED_TORCH_TENSORRT
-    supported = f"{low[0]}.{low[1]} to {high[0]}.{high[1]}"
     trt_minor, torch_minor = _minor(torch_tensorrt_version), _minor(torch_version)
-    if torch_minor is not None and low <= torch_minor <= high:
-        release = f"{torch_minor[0]}.{torch_minor[1]}"
-        fix = f"pip install 'torch-tensorrt=={release}.*' (the release for torch {torch_version})"
-    else:
-        fix = f"install torch and torch-tensorrt of one minor version from {supported}"
+    fix = _install_fix(torch_version)
     if trt_minor is None or not low <= trt_minor <= high:
         installed = f"Torch-TensorRT {torch_tensorrt_version} is installed"
-        return f"{installed}; backend='tensorrt' supports {supported}: {fix}"
+        return f"{installed}; backend='tensorrt' supports {_SUPPORTED}: {fix}"
     if trt_minor != torch_minor:
         return (
             f"Torch-TensorRT {torch_tensorrt_version} is built for torch {trt_minor[0]}.{trt_minor[1]}, "
             f"but torch {torch_version} is installed: {fix}"
         )
     return None
+
+
+def _install_fix(torch_version: str) -> str:
+    """How to install the Torch-TensorRT that serves this torch: the release of its own minor version,
+    named exactly (``anchordetr_trt[tensorrt]`` would let pip replace torch with the newest release's),
+    or a supported pair of both."""
+    low, high = SUPPORTED_TORCH_TENSORRT
+    torch_minor = _minor(torch_version)
+    if torch_minor is not None and low <= torch_minor <= high:
+        release = f"{torch_minor[0]}.{torch_minor[1]}"
+        return f"pip install 'torch-tensorrt=={release}.*' (the release for torch {torch_version})"
+    return f"install torch and torch-tensorrt of one minor version from {_SUPPORTED}"
 
 
 def _minor(version: str) -> tuple[int, int] | None:
