@@ -17,6 +17,8 @@ from anchordetr_trt.bench.plot import plot_benchmark
 from anchordetr_trt.bench.report import format_table, save_benchmark
 from anchordetr_trt.bench.startup import second_process
 
+H100 = "NVIDIA H100 80GB HBM3"  # the bars' GPU, as torch names it
+
 
 def _ok_row(backend: str, batch: int, median_ms: float, precision: str = "fp16", size: int = 800) -> dict:
     config = BenchConfig(backend, batch, size, size, precision)
@@ -88,24 +90,30 @@ def test_each_bar_is_checked_on_its_row_and_names_its_issue(bar, met):
         _ok_row("eager-fp32", bar.batch, median, bar.precision),  # a baseline: never checked
         _ok_row("inductor", bar.batch, median, bar.precision, size=640),  # another size: not checked
     ]
-    checks = [c for c in report.targets(rows, "r50-dc5")["checks"] if c["target"] == bar.limit]
+    checks = [c for c in report.targets(rows, "r50-dc5", H100)["checks"] if c["target"] == bar.limit]
     value = median if bar.metric == "latency" else 1000 * bar.batch / median
     assert checks == [
         {"issue": bar.issue, "bar": bar.name, "label": rows[0]["label"], "metric": checks[0]["metric"],
-         "value": pytest.approx(value), "target": bar.limit, "met": met}
+         "value": pytest.approx(value), "target": bar.limit, "met": met, "on_target_gpu": True}
     ]  # fmt: skip
     assert checks[0]["metric"].startswith(f"batch-{bar.batch} ")
-    assert report.targets(rows, "r50-c5")["checks"] == []
+    assert report.targets(rows, "r50-c5", H100)["checks"] == []
+
+
+@pytest.mark.parametrize("gpu", ["NVIDIA H200", "NVIDIA A10", None])
+def test_a_check_on_another_gpu_than_the_bars_says_so(gpu):
+    checks = report.targets([_ok_row("inductor", 1, 1.0)], "r50-dc5", gpu)["checks"]
+    assert [(c["met"], c["on_target_gpu"]) for c in checks] == [(True, False), (True, False)]
 
 
 def test_bars_are_issue_8s_and_issue_12s_in_one_table():
     rows = [_ok_row("inductor", 1, 2.0), _ok_row("inductor", 8, 6.0), _ok_row("inductor", 32, 20.0)]
-    checks = report.targets(rows, "r50-dc5")["checks"]
+    checks = report.targets(rows, "r50-dc5", H100)["checks"]
     # batch 1 at 2.0 ms meets issue 8's 2.5 ms, misses issue 12's 1.8 ms; batch 8 at 1333 img/s likewise.
     assert [(c["issue"], c["metric"].split()[0], c["met"]) for c in checks] == [
         (8, "batch-1", True), (12, "batch-1", False), (8, "batch-8", True), (12, "batch-8", False),
     ]  # fmt: skip
-    assert {bar["issue"] for bar in report.targets(rows, "r50-dc5")["bars"]} == {8, 12}
+    assert {bar["issue"] for bar in report.targets(rows, "r50-dc5", H100)["bars"]} == {8, 12}
 
 
 def test_table_lists_measured_and_skipped_rows(rows):
@@ -132,6 +140,7 @@ def flops_report() -> dict:
     ]
     results[0] |= {"parts_ms": {"backbone": 3.0, "encoder": 2.0, "decoder": 1.0}, "parts_timed": "compiled"}
     made_up = {
+        "environment": {"gpu": H100},
         "settings": {"variant": "r50-dc5"},
         "results": results,
         "flops": {

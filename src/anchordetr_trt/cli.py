@@ -740,11 +740,13 @@ def _bench(args: argparse.Namespace) -> int:
         written = save_benchmark(report, args.out, log=lambda line: print(line, file=sys.stderr))
     print(format_table(report))
     print("\n".join(format_flops(report)))
-    for check in report["targets"]["checks"]:
+    targets = report["targets"]
+    for check in targets["checks"]:
         verdict = "meets" if check["met"] else "misses"
+        elsewhere = "" if check["on_target_gpu"] else f", set for an {targets['gpu']}: not a verdict here"
         print(
             f"{check['label']}: {check['metric']} {check['value']:.2f} {verdict} issue {check['issue']}'s bar "
-            f"{check['target']:g} ({check['bar']})"
+            f"{check['target']:g} ({check['bar']}{elsewhere})"
         )
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
