@@ -673,7 +673,6 @@ def test_tensorrt_status_names_what_is_missing(without_torch_tensorrt, monkeypat
     # The fix names the release of torch's own minor version: the package's [tensorrt] extra would let
     # pip replace torch with the newest Torch-TensorRT's.
     monkeypatch.setattr(torch, "__version__", "2.13.1+cu130")
-    trt_backend._import_status.cache_clear()
     available, reason = trt_backend.status(torch.device("cuda"))
     assert not available
     assert reason.startswith("torch_tensorrt")

@@ -741,9 +741,9 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(report))
     print("\n".join(format_flops(report)))
     targets = report["targets"]
+    elsewhere = "" if targets["on_target_gpu"] else f", set for an {targets['gpu']}: not a verdict here"
     for check in targets["checks"]:
         verdict = "meets" if check["met"] else "misses"
-        elsewhere = "" if check["on_target_gpu"] else f", set for an {targets['gpu']}: not a verdict here"
         print(
             f"{check['label']}: {check['metric']} {check['value']:.2f} {verdict} issue {check['issue']}'s bar "
             f"{check['target']:g} ({check['bar']}{elsewhere})"

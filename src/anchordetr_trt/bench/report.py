@@ -123,9 +123,8 @@ def _rate(gflop: float, ms: float, peak: float | None) -> dict:
 
 def targets(results: list[dict], variant: str, gpu: str | None) -> dict:
     """Every bar of ``BARS``, checked for the package's backends where the measured config is the one
-    it names; each check names its issue and whether ``gpu`` (the measuring GPU's name, None for none)
-    is the bars' (``on_target_gpu``)."""
-    on_target_gpu = gpu is not None and TARGET_GPU in gpu
+    it names; each check names its issue. ``on_target_gpu``: whether ``gpu`` (the measuring GPU's name,
+    None for none) is the bars'."""
     checks = []
     if variant == TARGET_VARIANT:
         for row in results:
@@ -145,11 +144,10 @@ def targets(results: list[dict], variant: str, gpu: str | None) -> dict:
                     metric, value = f"batch-{bar.batch} throughput (img/s)", row["throughput_img_s"]
                     met = value >= bar.limit
                 checks.append({"issue": bar.issue, "bar": bar.name, "label": row["label"], "metric": metric,
-                               "value": value, "target": bar.limit, "met": met,
-                               "on_target_gpu": on_target_gpu})  # fmt: skip
+                               "value": value, "target": bar.limit, "met": met})  # fmt: skip
     bars = [asdict(bar) for bar in BARS]
-    return {"variant": TARGET_VARIANT, "size": list(TARGET_SIZE), "gpu": TARGET_GPU, "measured_on": gpu,
-            "bars": bars, "checks": checks}  # fmt: skip
+    return {"variant": TARGET_VARIANT, "size": list(TARGET_SIZE), "gpu": TARGET_GPU,
+            "on_target_gpu": gpu is not None and TARGET_GPU in gpu, "bars": bars, "checks": checks}  # fmt: skip
 
 
 def format_table(report: dict) -> str:
