@@ -208,6 +208,16 @@ BAD_CHECKPOINTS = {
         None,
         "num_feature_levels=3",
     ),
+    "training args without dilation": (
+        lambda sd: {"model": sd, "args": argparse.Namespace(backbone="resnet50")},
+        None,
+        "no 'dilation' to tell C5 from DC5: pass variant=",
+    ),
+    "training args of another type": (
+        lambda sd: {"model": sd, "args": "x"},
+        None,
+        "'args' is a str.*pass variant=",
+    ),
     "training args the model cannot build": (
         lambda sd: {"model": sd, "args": argparse.Namespace(backbone="resnet18", dilation=False)},
         None,
@@ -219,3 +229,21 @@ BAD_CHECKPOINTS = {
 @pytest.mark.parametrize(("make", "variant", "match"), BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys())
 def test_bad_checkpoints_are_explained(state_dict, make, variant, match):
     _expect(make(state_dict), match, variant=variant)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [argparse.Namespace(backbone="resnet50"), "x", argparse.Namespace(backbone="resnet18", dilation=False)],
+    ids=["without dilation", "another type", "cannot build"],
+)
+def test_variant_passes_over_args_that_ask_for_it(state_dict, args):
+    """The errors above say "pass variant=...": passing it must then load the weights."""
+    model = at.load_model({"model": state_dict, "args": args}, variant="r50-c5")
+    assert model.config == at.VARIANTS["r50-c5"]
+    key = "transformer.class_embed.0.bias"
+    assert torch.equal(model.state_dict()[key], state_dict[key])
+
+
+def test_variant_does_not_pass_over_unsupported_training_args(state_dict):
+    args = argparse.Namespace(backbone="resnet50", dilation=False, num_feature_levels=3)
+    _expect({"model": state_dict, "args": args}, "num_feature_levels=3", variant="r50-c5")

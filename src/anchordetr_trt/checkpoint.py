@@ -62,18 +62,24 @@ def load_model(
 
 
 def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | None) -> AnchorDETRConfig:
-    """The model config: ``variant`` if given, else the checkpoint's ``args``; checked against the weights."""
-    from_args = config_from_args(args) if args is not None else None
+    """The model config: ``variant`` if given, else the checkpoint's ``args``; checked against the weights.
+    With ``variant``, args that cannot tell the variant are passed over (their errors ask for it)."""
     if variant is not None:
         config = variant_config(variant)
+        try:
+            from_args = config_from_args(args) if args is not None else None
+        except CheckpointError as err:
+            if err.argument != "variant":
+                raise
+            from_args = None
         if from_args is not None and from_args != config:
             logger.warning(
                 "variant=%r overrides the checkpoint's training arguments (%s)",
                 variant,
                 variant_name(from_args),
             )
-    elif from_args is not None:
-        config = from_args
+    elif args is not None:
+        config = config_from_args(args)
     else:
         raise CheckpointError(
             "checkpoint has no 'args' to tell C5 from DC5 (their weights are identical): "

@@ -1,5 +1,6 @@
 """Model configuration: a small dataclass and the four released variants."""
 
+import argparse
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -92,7 +93,16 @@ _ARG_FIELDS = {
 
 def config_from_args(args: Any) -> AnchorDETRConfig:
     """Config from the training arguments saved in an official checkpoint (argparse.Namespace or dict)."""
-    values = dict(args) if isinstance(args, dict) else vars(args)
+    if isinstance(args, dict):
+        values = dict(args)
+    elif isinstance(args, argparse.Namespace):
+        values = vars(args)
+    else:
+        raise CheckpointError(
+            f"checkpoint 'args' is a {type(args).__name__}, not the training script's arguments "
+            "(argparse.Namespace or dict): pass variant=...",
+            argument="variant",
+        )
     unsupported = {
         "num_feature_levels": (values.get("num_feature_levels", 1), 1),
         "attention_type": (values.get("attention_type", "RCDA"), "RCDA"),
@@ -105,13 +115,18 @@ def config_from_args(args: Any) -> AnchorDETRConfig:
                 f"checkpoint was trained with {name}={got!r}; anchordetr_trt supports {name}={supported!r} "
                 "only (the released single-level RCDA detectors)"
             )
+    if "dilation" not in values:  # C5 and DC5 have the same weights: nothing else tells them apart
+        raise CheckpointError(
+            "checkpoint args have no 'dilation' to tell C5 from DC5: pass variant=...", argument="variant"
+        )
     fields = {field: values[arg] for arg, field in _ARG_FIELDS.items() if arg in values}
-    fields["dilation"] = _as_bool(fields.get("dilation", True), "dilation")
+    fields["dilation"] = _as_bool(fields["dilation"], "dilation")
     try:
         return AnchorDETRConfig(**fields)
     except InputError as error:
         raise CheckpointError(
-            f"checkpoint args describe a model anchordetr_trt cannot build ({error}): pass variant=... to load_model"
+            f"checkpoint args describe a model anchordetr_trt cannot build ({error}): pass variant=...",
+            argument="variant",
         ) from None
 
 
@@ -122,5 +137,5 @@ def _as_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool | int):
         return bool(value)
     raise CheckpointError(
-        f"checkpoint args have {name}={value!r}, not a boolean: pass variant=... to load_model"
+        f"checkpoint args have {name}={value!r}, not a boolean: pass variant=...", argument="variant"
     )
