@@ -76,6 +76,8 @@ def test_the_wrapper_casts_inputs_refuses_larger_batches_and_leaves_the_users_mo
         compiled(*example_inputs((2, 64, 64)))
     assert compiled.runner is not model and fused_ops() == fused
     torch.testing.assert_close(model.state_dict(), before, atol=0, rtol=0)
+    with pytest.raises(at.InputError, match=r"every pixel of image 0 as padding .*~mask"):
+        compiled(images, torch.ones_like(mask))  # True = valid pixel: the other convention
 
 
 def test_defaults_on_cpu_are_eager_fp32():

@@ -12,6 +12,7 @@ from . import backends
 from .cache import use_compile_cache
 from .checkpoint import Checkpoint, load_model
 from .devices import check_device, resolve_device
+from .errors import InputError
 from .fold import fold_frozen_batchnorm
 from .model import OUTPUTS, AnchorDETR, check_inputs
 from .spec import SIZE_MULTIPLE, CompileSpec, Shape, default_precision, round_up
@@ -27,7 +28,9 @@ class CompiledAnchorDETR(nn.Module):
     pads them at the bottom and right with masked pixels, as a batch pads its smaller images: up to
     ``spec.min_shape``'s height and width (a panorama resized to a short side under it still runs),
     and for the compiled backends to multiples of 32. Batches larger than ``spec.max_shape``, or
-    smaller than its batch, and images taller or wider than it are refused with InputError.
+    smaller than its batch, and images taller or wider than it are refused with InputError, as is a
+    mask that marks every pixel of an image as padding (no pixel left to attend to; checked on the
+    mask's device, a synchronization where that is a GPU).
     """
 
     def __init__(self, runner: nn.Module, *, backend: str, spec: CompileSpec):
@@ -59,6 +62,8 @@ class CompiledAnchorDETR(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         check_inputs(images, mask)
+        if mask is not None and mask.numel():
+            check_unpadded_pixels(mask)
         batch, _, height, width = images.shape
         _, min_height, min_width = self.spec.min_shape
         if not self.spec.contains((batch, max(height, min_height), max(width, min_width))):
@@ -77,6 +82,17 @@ class CompiledAnchorDETR(nn.Module):
         images, mask = pad_bottom_right(images, mask, height, width)
         out = self.runner(images, mask)
         return {key: out[key].float() for key in OUTPUTS}
+
+
+def check_unpadded_pixels(mask: Tensor) -> None:
+    """InputError naming the images of ``mask`` [B, H, W] (True = padding) with no unpadded pixel:
+    a mask of the inverse convention, most likely."""
+    empty = mask.flatten(1).all(dim=1).nonzero().flatten().tolist()
+    if empty:
+        raise InputError(
+            f"mask marks every pixel of image {', '.join(map(str, empty))} as padding (True = padding): "
+            "pass mask=None for unpadded images, or ~mask if True marks the valid pixels"
+        )
 
 
 def pad_bottom_right(images: Tensor, mask: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
