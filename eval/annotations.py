@@ -70,9 +70,8 @@ def load_dataset(
 
 def _read_json(ann_file: Path) -> dict[str, Any]:
     if not ann_file.is_file():
-        raise InputError(
-            f"annotation file {ann_file} does not exist: pass the path of a COCO-format JSON file"
-        )
+        problem = "is a folder" if ann_file.is_dir() else "does not exist"
+        raise InputError(f"annotation file {ann_file} {problem}: pass the path of a COCO-format JSON file")
     try:
         with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
@@ -200,7 +199,8 @@ def _check_image_files(
     data: dict[str, Any], image_ids: tuple[int, ...], ann_file: Path, image_dir: Path
 ) -> None:
     if not image_dir.is_dir():
-        raise InputError(f"image directory {image_dir} does not exist: pass the folder that holds the images")
+        problem = "is a file" if image_dir.exists() else "does not exist"
+        raise InputError(f"image directory {image_dir} {problem}: pass the folder that holds the images")
     wanted = set(image_ids)
     missing = [
         image["file_name"]

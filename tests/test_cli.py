@@ -487,6 +487,7 @@ def test_detect_refuses_an_image_too_long_to_compile_for_unless_told_to_skip_it(
     code, _, err = run([*argv, "--skip-bad"], capsys)
     records = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert code == 0 and [Path(r["image"]).name for r in records] == ["a.png"], err
+    assert "skipped" in err and "line.png" in err and "pass --skip-bad" not in err  # it was passed
 
 
 def test_detect_ctrl_c_keeps_the_finished_images(tmp_path, capsys, monkeypatch):

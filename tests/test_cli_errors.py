@@ -50,6 +50,18 @@ CASES = {
         [*EVAL[:3], "{tmp}/none.json", *EVAL[4:]],
         "--ann-file {tmp}/none.json does not exist: pass a COCO annotation file",
     ),
+    "annotation file is a folder": (
+        [*EVAL[:3], "{empty}", *EVAL[4:]],
+        "--ann-file {empty} is not a file: pass a COCO annotation file",
+    ),
+    "image folder is a file": (
+        [*EVAL[:5], "{afile}", *EVAL[6:]],
+        "--image-dir {afile} is not a folder: pass the folder of its images",
+    ),
+    "checkpoint is a folder": (
+        [*DETECT[:2], "--ckpt", "{empty}"],
+        "{empty} is a folder: pass a checkpoint file",
+    ),
     "missing image folder": (
         [*EVAL[:5], "{tmp}/nowhere", *EVAL[6:]],
         "--image-dir {tmp}/nowhere does not exist: pass the folder of its images",
@@ -59,9 +71,31 @@ CASES = {
     "unknown variant": ([*DETECT, "--variant", "r18"], "argument --variant: invalid choice: 'r18'"),
     "threshold above 1": ([*DETECT, "--threshold", "2"], "argument --threshold: expected a number in [0, 1]"),
     "threshold NaN": ([*DETECT, "--threshold", "nan"], "argument --threshold: expected a number in [0, 1]"),
-    "top-k 0": ([*DETECT, "--top-k", "0"], "argument --top-k: expected an integer >= 1, got '0'"),
-    "top-k -1": ([*DETECT, "--top-k", "-1"], "argument --top-k: expected an integer >= 1, got '-1'"),
-    "top-k 5.5": ([*DETECT, "--top-k", "5.5"], "argument --top-k: expected an integer >= 1, got '5.5'"),
+    "top-k 0": (
+        [*DETECT, "--top-k", "0"],
+        "argument --top-k: expected an integer in 1..81900 (queries x classes), got '0'",
+    ),
+    "top-k -1": (
+        [*DETECT, "--top-k", "-1"],
+        "argument --top-k: expected an integer in 1..81900 (queries x classes), got '-1'",
+    ),
+    "top-k past queries x classes": (
+        [*DETECT, "--top-k", "100000"],
+        "argument --top-k: expected an integer in 1..81900 (queries x classes), got '100000'",
+    ),
+    "seed past 64 bits": ([*DETECT, "--seed", str(2**64)], "argument --seed: expected an integer in 0.."),
+    "min-size past the longest side": (
+        [*DETECT, "--min-size", "5000"],
+        "argument --min-size: expected a side",
+    ),
+    "bench size past its longest": (
+        [*BENCH, "--size", "2000000"],
+        "argument --size: expected HxW or S (32..8192)",
+    ),
+    "top-k 5.5": (
+        [*DETECT, "--top-k", "5.5"],
+        "argument --top-k: expected an integer in 1..81900 (queries x classes), got '5.5'",
+    ),
     "batch-size 0": ([*DETECT, "--batch-size", "0"], "argument --batch-size: expected an integer >= 1"),
     "min-size 0": ([*DETECT, "--min-size", "0"], "argument --min-size: expected a side in pixels"),
     "min-size -5": ([*DETECT, "--min-size", "-5"], "argument --min-size: expected a side in pixels"),
@@ -83,7 +117,10 @@ CASES = {
     "compile min-shape 1,0,0": ([*COMPILE, "--min-shape", "1,0,0"], "argument --min-shape: expected B,H,W"),
     "compile shape of two": ([*COMPILE, "--opt-shape", "1,320"], "argument --opt-shape: expected B,H,W"),
     "demo num-images 0": (["demo", "--num-images", "0"], "argument --num-images: expected an integer >= 1"),
-    "demo seed -1": (["demo", "--seed", "-1"], "argument --seed: expected an integer >= 0"),
+    "demo seed -1": (
+        ["demo", "--seed", "-1"],
+        "argument --seed: expected an integer in 0..18446744073709551615, got '-1'",
+    ),
     # what cannot run here
     "device cuda without GPU": pytest.param(
         [*DETECT, "--device", "cuda"],
@@ -138,6 +175,10 @@ CASES = {
     "cache-dir is a file": ([*DETECT, "--cache-dir", "{afile}"], "--cache-dir {afile} is a file"),
     "eval out exists": ([*EVAL, "--out", "{afile}"], "exists and anchordetr-trt did not write it"),
     "eval out is a folder": ([*EVAL, "--out", "{empty}"], "is a folder: pass a file name"),
+    "eval out is a run folder's record": (
+        [*EVAL, "--out", "{ours}/.anchordetr-trt-run.json"],
+        "is an output folder's record of its files: pass another file name",
+    ),
     "bench out holds user files": (BENCH, "(compile_cache/user.bin)"),
     "demo out holds user files": (
         ["demo", "--out", "{user}"],
@@ -183,8 +224,22 @@ def paths(tmp_path) -> dict[str, Path]:
     (tmp_path / "user" / "notes.txt").write_text("mine")
     (tmp_path / "bench" / "compile_cache").mkdir(parents=True)
     (tmp_path / "bench" / "compile_cache" / "user.bin").write_bytes(b"\x00" * 10)
+    (tmp_path / "ours").mkdir()  # an output folder of this tool's, with its record of what it wrote
+    (tmp_path / "ours" / ".anchordetr-trt-run.json").write_text('{"tool": "anchordetr-trt", "files": {}}')
     make_synthetic_coco(tmp_path / "coco", num_images=1, seed=0)
-    named = ("images", "empty", "fake", "afile", "corrupt", "bare", "previous", "user", "bench", "coco")
+    named = (
+        "images",
+        "empty",
+        "fake",
+        "afile",
+        "corrupt",
+        "bare",
+        "previous",
+        "user",
+        "bench",
+        "coco",
+        "ours",
+    )
     files = {"fake": "fake.png", "corrupt": "corrupt.pth", "bare": "bare.pth"}
     return {"tmp": tmp_path} | {name: tmp_path / files.get(name, name) for name in named}
 

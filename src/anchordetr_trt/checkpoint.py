@@ -97,8 +97,9 @@ def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | N
 def _read(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
+        problem = f"{path} is a folder" if path.is_dir() else f"checkpoint file not found: {path}"
         raise CheckpointError(
-            f"checkpoint file not found: {path}: pass a checkpoint file, an http(s) URL, or a released "
+            f"{problem}: pass a checkpoint file, an http(s) URL, or a released "
             f"model's name ({', '.join(name.upper() for name in OFFICIAL_CHECKPOINTS)})"
         )
     data = path.read_bytes()

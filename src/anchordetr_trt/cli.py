@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import VARIANTS
+from .config import VARIANTS, AnchorDETRConfig
 from .errors import AnchorDETRError, InputError
 
 PROG = "anchordetr-trt"
@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--threshold", type=_fraction, default=0.5, help="minimum score to keep (default 0.5)"
     )
-    detect.add_argument("--top-k", type=_positive, default=100, help="at most this many detections per image")
+    detect.add_argument("--top-k", type=_top_k, default=100, help="at most this many detections per image")
     detect.add_argument("--batch-size", type=_positive, default=1, help="images per model call (default 1)")
     _size_options(detect)
     detect.add_argument(
@@ -237,9 +237,9 @@ def _parser() -> argparse.ArgumentParser:
         "--variant", choices=list(VARIANTS), help="model variant (default: the checkpoint's, or r50-dc5)"
     )
     demo.add_argument("--num-images", type=_positive, default=4, help="generated images (default 4)")
-    demo.add_argument("--top-k", type=_positive, default=5, help="detections drawn per image (default 5)")
+    demo.add_argument("--top-k", type=_top_k, default=5, help="detections drawn per image (default 5)")
     demo.add_argument(
-        "--seed", type=_count, default=0, help="seed of the images and random weights (default 0)"
+        "--seed", type=_seed, default=0, help="seed of the images and random weights (default 0)"
     )
     demo.set_defaults(run=_demo)
 
@@ -275,7 +275,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         choices=list(VARIANTS),
         help="model variant (needed when the checkpoint has no args; default r50-dc5)",
     )
-    parser.add_argument("--seed", type=_count, default=0, help="seed of --random-weights (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of --random-weights (default 0)")
     parser.add_argument("--backend", choices=["auto", "tensorrt", "inductor", "eager"], default="auto",
                         help="auto: tensorrt, else inductor on a GPU, else eager (default auto)")  # fmt: skip
     parser.add_argument(
@@ -291,14 +291,18 @@ def _size_options(parser: argparse.ArgumentParser) -> None:
 
 
 # Flag types: argparse prefixes each message with the flag ("argument --top-k: ...").
+_MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
+# The benchmark's largest side: its images are made in memory, and past this a batch of them takes
+# gigabytes on the CPU before the model sees it.
+_LONGEST_BENCH_SIDE = 8192
 
 
-def _integer(text: str, low: int, what: str) -> int:
+def _integer(text: str, low: int, what: str, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         value = None
-    if value is None or value < low:
+    if value is None or value < low or (high is not None and value > high):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 
@@ -311,8 +315,20 @@ def _count(text: str) -> int:
     return _integer(text, 0, "an integer >= 0")
 
 
+def _seed(text: str) -> int:
+    return _integer(text, 0, f"an integer in 0..{_MAX_SEED}", _MAX_SEED)
+
+
+def _top_k(text: str) -> int:
+    config = AnchorDETRConfig()  # every variant has its queries and classes
+    most = config.num_queries * config.num_classes
+    return _integer(text, 1, f"an integer in 1..{most} (queries x classes)", most)
+
+
 def _side(text: str) -> int:
-    return _integer(text, 32, "a side in pixels, an integer >= 32")
+    return _integer(
+        text, 32, f"a side in pixels, an integer in 32..{_LONGEST_RESIZED_SIDE}", _LONGEST_RESIZED_SIDE
+    )
 
 
 def _fraction(text: str) -> float:
@@ -348,9 +364,9 @@ def _size(text: str) -> tuple[int, int]:
         sides = [int(v) for v in text.lower().split("x")]
     except ValueError:
         sides = []
-    if len(sides) not in (1, 2) or min(sides) < 32:
+    if len(sides) not in (1, 2) or min(sides) < 32 or max(sides) > _LONGEST_BENCH_SIDE:
         raise argparse.ArgumentTypeError(
-            f"expected HxW or S (at least 32), such as 800 or 800x1216, got {text!r}"
+            f"expected HxW or S (32..{_LONGEST_BENCH_SIDE}), such as 800 or 800x1216, got {text!r}"
         )
     return (sides[0], sides[-1])
 
@@ -478,16 +494,17 @@ def _compiled_model(
 _LONGEST_RESIZED_SIDE = 4096
 
 
-def _resized_side(path: Path, size: tuple[int, int], args: argparse.Namespace, leave_out: str) -> int:
-    """The longest side of an image of ``size`` (h, w) once resized; InputError past the limit."""
+def _resized_side(path: Path, size: tuple[int, int], args: argparse.Namespace, leave_out: str | None) -> int:
+    """The longest side of an image of ``size`` (h, w) once resized; InputError past the limit, naming
+    ``leave_out``, the flag that would leave the image out (None where it is given)."""
     from .transforms import resized_size
 
     side = max(resized_size(*size, args.min_size, args.max_size))
     if side > _LONGEST_RESIZED_SIDE:
         raise InputError(
             f"{path} resizes to a side of {side} pixels (--min-size {args.min_size} --max-size "
-            f"{args.max_size}), over the {_LONGEST_RESIZED_SIDE} this command compiles for: crop it, or pass "
-            f"{leave_out}"
+            f"{args.max_size}), over the {_LONGEST_RESIZED_SIDE} this command compiles for: crop it"
+            + (f", or pass {leave_out}" if leave_out else "")
         )
     return side
 
@@ -563,7 +580,9 @@ def _detect(args: argparse.Namespace) -> int:
     readable, largest_side = [], 0
     for path in paths:  # headers only, so that a file that is no image stops the run before the model loads
         try:
-            side = _resized_side(path, check_image(path), args, "--skip-bad to leave it out")
+            side = _resized_side(
+                path, check_image(path), args, None if args.skip_bad else "--skip-bad to leave it out"
+            )
             readable.append(path)
             largest_side = max(largest_side, side)
         except InputError as err:
@@ -648,12 +667,13 @@ def _eval(args: argparse.Namespace) -> int:
     from .eval.annotations import load_dataset
     from .outputs import check_new_file
 
-    for flag, path, what in (
-        ("--ann-file", args.ann_file, "a COCO annotation file (instances_*.json)"),
-        ("--image-dir", args.image_dir, "the folder of its images"),
+    for flag, path, is_kind, kind, what in (
+        ("--ann-file", args.ann_file, Path.is_file, "file", "a COCO annotation file (instances_*.json)"),
+        ("--image-dir", args.image_dir, Path.is_dir, "folder", "the folder of its images"),
     ):
-        if not path.exists():
-            raise InputError(f"{flag} {path} does not exist: pass {what}")
+        if not is_kind(path):
+            problem = "does not exist" if not path.exists() else f"is not a {kind}"
+            raise InputError(f"{flag} {path} {problem}: pass {what}")
     _check_sizes(args)
     _check_cache_dir(args)
     if args.out is not None:

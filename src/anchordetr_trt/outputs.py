@@ -130,6 +130,8 @@ def check_new_file(path: Path, flag: str = "--out", *, owned_key: str = "tool") 
     is new or a JSON file this tool wrote (with ``owned_key`` "anchordetr-trt ...")."""
     if path.is_dir():
         raise InputError(f"{flag} {path} is a folder: pass a file name such as {path / 'result.json'}")
+    if path.name == MANIFEST:  # ours, but an output folder's record of its files, not a result
+        raise InputError(f"{flag} {path} is an output folder's record of its files: pass another file name")
     if path.exists():
         try:
             owned = str(json.loads(path.read_text()).get(owned_key, "")).startswith("anchordetr-trt")
