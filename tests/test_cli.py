@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -536,6 +537,34 @@ def test_detect_skip_bad_reports_unreadable_files_and_goes_on(tmp_path, capsys, 
         str(images / "b.jpg"),
         str(truncated),
     ]
+
+
+def test_detect_names_a_float_image_out_of_range_and_skip_bad_skips_it(tmp_path, capsys, monkeypatch):
+    """A float TIFF of 0..255 values: its file is named (not its place in a batch) and --skip-bad skips it."""
+    _fixed_model(monkeypatch)
+    images = _write_images(tmp_path / "images", {"a.png": (40, 50)})
+    Image.fromarray(np.full((30, 40), 200.0, dtype=np.float32), mode="F").save(images / "b.tif")
+    argv = ["detect", str(images), "--random-weights", "--out", str(tmp_path / "out")]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"image {images / 'b.tif'}: float values must lie in [0, 1], got [200, 200]" in err
+    code, _, err = run([*argv, "--skip-bad"], capsys)
+    records = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert code == 0 and [Path(r["image"]).name for r in records] == ["a.png"] and "skipped" in err, err
+
+
+def test_detect_names_an_image_past_pillows_size_limit_and_the_fix(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warns past 1000 pixels, refuses past 2000
+    images = _write_images(tmp_path / "images", {"a.png": (30, 40), "b.png": (50, 50)})
+    with warnings.catch_warnings(record=True) as caught:  # restores the filters the command sets
+        warnings.simplefilter("always")
+        code, _, err = run(
+            ["detect", str(images), "--random-weights", "--out", str(tmp_path / "out")], capsys
+        )
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"cannot read image {images / 'b.png'}" in err and "raise PIL.Image.MAX_IMAGE_PIXELS" in err
+    assert not [w for w in caught if w.category is Image.DecompressionBombWarning]  # a.png: read quietly
 
 
 def test_detect_without_skip_bad_stops_at_a_truncated_file_naming_it(tmp_path, capsys, monkeypatch):

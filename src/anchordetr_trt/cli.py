@@ -13,6 +13,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     args = _parser().parse_args(argv)
     _configure_logging(args.debug)
+    _quiet_pillow()
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -369,6 +371,15 @@ def _size(text: str) -> tuple[int, int]:
             f"expected HxW or S (32..{_LONGEST_BENCH_SIDE}), such as 800 or 800x1216, got {text!r}"
         )
     return (sides[0], sides[-1])
+
+
+def _quiet_pillow() -> None:
+    """No Pillow warning of a large image (over PIL.Image.MAX_IMAGE_PIXELS, a possible decompression
+    bomb) between the command's lines: such an image is read (an aerial photo may be that large);
+    past twice the limit Pillow refuses it, and the command says so in its one line."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _configure_logging(debug: bool) -> None:
