@@ -247,3 +247,12 @@ def test_variant_passes_over_args_that_ask_for_it(state_dict, args):
 def test_variant_does_not_pass_over_unsupported_training_args(state_dict):
     args = argparse.Namespace(backbone="resnet50", dilation=False, num_feature_levels=3)
     _expect({"model": state_dict, "args": args}, "num_feature_levels=3", variant="r50-c5")
+
+
+def test_a_variant_other_than_the_training_args_is_used_with_a_warning(released_file, caplog):
+    with caplog.at_level("WARNING", logger="anchordetr_trt"):
+        model = at.load_model(released_file, variant="r50-dc5")
+    assert model.config == at.VARIANTS["r50-dc5"]
+    assert (
+        "the variant passed (r50-dc5) overrides the checkpoint's training arguments (r50-c5)" in caplog.text
+    )

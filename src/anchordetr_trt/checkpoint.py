@@ -74,7 +74,7 @@ def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | N
             from_args = None
         if from_args is not None and from_args != config:
             logger.warning(
-                "variant=%r overrides the checkpoint's training arguments (%s)",
+                "the variant passed (%s) overrides the checkpoint's training arguments (%s)",
                 variant,
                 variant_name(from_args),
             )
