@@ -4,16 +4,17 @@ import json
 import os
 from pathlib import Path
 
+from .files import write_files
 from .scoring import STAT_NAMES
 
 
 def write_report(report: dict, out_dir: str | os.PathLike, *, stem: str = "parity") -> tuple[Path, Path]:
-    """Write ``report`` (from ``parity_report``) to ``out_dir/<stem>.json`` and ``<stem>.md``; returns both paths."""
+    """Write ``report`` (from ``parity_report``) to ``out_dir/<stem>.json`` and ``<stem>.md``; returns both
+    paths. InputError, before anything is written, if either file is there with other contents."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    md_path.write_text(_markdown(report))
+    contents = {json_path: json.dumps(report, indent=2, allow_nan=False) + "\n", md_path: _markdown(report)}
+    write_files({path: text.encode() for path, text in contents.items()}, "write_report", "out_dir or stem")
     return json_path, md_path
 
 

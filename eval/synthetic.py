@@ -8,6 +8,7 @@ stripes, grain). Image ``index`` of seed ``seed`` is the same picture whether it
 ``make_synthetic_coco`` or rendered on the fly by ``synthetic_image`` during training.
 """
 
+import io
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw
 from anchordetr_trt.errors import InputError
 
 from .categories import COCO_CLASSES
+from .files import write_files
 
 # Saved file formats, cycled over the images so that loading converts each kind.
 _FORMATS = (("RGB", "jpg"), ("L", "png"), ("RGBA", "png"), ("I;16", "png"), ("RGB", "png"))
@@ -92,15 +94,16 @@ def make_synthetic_coco(
     the ``SHAPE_CLASSES`` (the last of 5 or more images holds none, as some COCO images do). With
     ``mixed_formats`` the files cycle through RGB JPEG, grayscale, RGBA, 16-bit grayscale and RGB PNG
     (to exercise loading); without, every image is an RGB PNG (lossless colour: a training or accuracy
-    set). The same arguments always give the same files. Returns ``(ann_file, image_dir)``.
+    set). The same arguments always give the same files, and only those replace files already there:
+    InputError, before anything is written, if ``out_dir`` holds others of those names. Returns
+    ``(ann_file, image_dir)``.
     """
     _check_sizes(min_size, max_size, max_objects)
     if num_images < 1:
         raise InputError(f"make_synthetic_coco needs num_images >= 1, got num_images={num_images}")
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    files, images, annotations = {}, [], []
     for index in range(num_images):
         empty = index == num_images - 1 and num_images >= 5
         pixels, objects = synthetic_image(
@@ -109,7 +112,7 @@ def make_synthetic_coco(
         height, width = pixels.shape[:2]
         mode, ext = _FORMATS[index % len(_FORMATS)] if mixed_formats else ("RGB", "png")
         file_name = f"{index + 1:06d}.{ext}"
-        _save(Image.fromarray(pixels), mode, image_dir / file_name)
+        files[image_dir / file_name] = _encoded(Image.fromarray(pixels), mode, ext)
         images.append({"id": index + 1, "file_name": file_name, "height": height, "width": width})
         for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **obj, "iscrowd": 0})
@@ -122,7 +125,9 @@ def make_synthetic_coco(
         "annotations": annotations,
         "categories": categories,
     }
-    ann_file.write_text(json.dumps(dataset, indent=1))
+    files[ann_file] = json.dumps(dataset, indent=1).encode()
+    write_files(files, "make_synthetic_coco", "out_dir")
+    image_dir.mkdir(parents=True, exist_ok=True)  # the folder is returned even where it holds no image
     return ann_file, image_dir
 
 
@@ -253,15 +258,18 @@ def _draw(draw: ImageDraw.ImageDraw, shape_class: ShapeClass, box: tuple[int, ..
         draw.polygon([(x + u * (w - 1), y + v * (h - 1)) for u, v in _POLYGONS[shape]], fill=color)
 
 
-def _save(canvas: Image.Image, mode: str, path: Path) -> None:
+def _encoded(canvas: Image.Image, mode: str, ext: str) -> bytes:
+    """``canvas`` as the bytes of a ``mode`` image file in format ``ext`` ("jpg" or "png")."""
+    buffer = io.BytesIO()
     if mode == "I;16":  # 16-bit grayscale PNG: the 8-bit gray levels spread over 0..65535
         gray = np.asarray(canvas.convert("L"), dtype=np.uint16) * 257
-        Image.fromarray(gray).save(path)
+        Image.fromarray(gray).save(buffer, format="PNG")
     elif mode == "RGBA":
         rgba = canvas.convert("RGBA")
         rgba.putalpha(200)
-        rgba.save(path)
-    elif path.suffix == ".jpg":
-        canvas.convert(mode).save(path, quality=95)
+        rgba.save(buffer, format="PNG")
+    elif ext == "jpg":
+        canvas.convert(mode).save(buffer, format="JPEG", quality=95)
     else:
-        canvas.convert(mode).save(path, compress_level=1)  # fast to write; PNG stays lossless
+        canvas.convert(mode).save(buffer, format="PNG", compress_level=1)  # fast to write; PNG stays lossless
+    return buffer.getvalue()

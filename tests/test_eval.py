@@ -566,6 +566,12 @@ def test_parity_report_measures_a_known_difference(synthetic, oracle, tmp_path):
 
     json_path, md_path = write_report(report, tmp_path / "report")
     assert json.loads(json_path.read_text()) == report
+    md_path.write_text("the user's notes")
+    with pytest.raises(at.InputError, match=r"write_report: .*parity\.md already exist"):
+        write_report(report, tmp_path / "report")
+    assert md_path.read_text() == "the user's notes"
+    md_path.unlink()
+    write_report(report, tmp_path / "report")  # its own json again, and a new md
     markdown = md_path.read_text()
     assert "# Parity: exact vs perturbed" in markdown
     assert f"| AP | 1.0000 | {perturbed['AP']:.4f} | {perturbed['AP'] - 1:+.4f} |" in markdown

@@ -115,3 +115,17 @@ def test_splits_differ_and_an_image_is_the_same_on_disk_and_on_the_fly(tmp_path)
 def test_bad_arguments_are_named(tmp_path, kwargs):
     with pytest.raises(InputError, match=next(iter(kwargs))):
         make_synthetic_coco(tmp_path, **kwargs)
+
+
+def test_files_of_others_are_never_replaced_and_the_same_call_again_is_fine(tmp_path):
+    make_synthetic_coco(tmp_path, num_images=2, seed=0)
+    make_synthetic_coco(tmp_path, num_images=2, seed=0)  # the same files: replaced by themselves
+    user_file = tmp_path / "images" / "000001.jpg"
+    user_file.write_bytes(b"the user's photo")
+    untouched = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(
+        InputError, match=r"make_synthetic_coco: .*000001\.jpg already exist.*new or empty out_dir"
+    ):
+        make_synthetic_coco(tmp_path, num_images=3, seed=0)
+    assert user_file.read_bytes() == b"the user's photo"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == untouched  # nothing written, 000003 neither
