@@ -111,11 +111,41 @@ def test_a_moved_box_is_unmatched(expected):
         ({"precision": "int8"}, ValueError, "unknown precision 'int8'"),
         ({"logit_atol": 0.1}, TypeError, "unknown tolerance logit_atol"),
         ({"top_k": 0}, ValueError, "top_k must be an int >= 1"),
+        ({"top_k": True}, ValueError, "top_k must be an int >= 1"),
+        ({"logits_atol": float("nan")}, ValueError, "logits_atol must be a finite number >= 0, got nan"),
+        ({"boxes_atol": -1.0}, ValueError, "boxes_atol must be a finite number >= 0"),
+        ({"score_atol": None}, ValueError, "score_atol must be a finite number >= 0, got None"),
+        ({"logits_atol": "0.1"}, ValueError, "logits_atol must be a finite number >= 0, got '0.1'"),
+        ({"min_match_rate": 2.0}, ValueError, r"min_match_rate must be a number in \[0, 1\], got 2.0"),
+        ({"iou_threshold": float("nan")}, ValueError, r"iou_threshold must be a number in \[0, 1\]"),
     ],
 )
 def test_bad_arguments_are_named(expected, kwargs, error, match):
     with pytest.raises(error, match=match):
         assert_detections_close(expected, expected, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (
+            lambda out: {**out, "pred_logits": out["pred_logits"][:0]},
+            r"actual\['pred_logits'\] must be a tensor \[B, Q, classes\] with B, Q >= 1, got \[0,",
+        ),
+        (
+            lambda out: {**out, "pred_boxes": out["pred_boxes"][0]},
+            r"actual\['pred_boxes'\] must be a tensor \[B, Q, 4\].*got \[900, 4\]",
+        ),
+        (
+            lambda out: {**out, "pred_boxes": out["pred_boxes"].numpy()},
+            r"actual\['pred_boxes'\] must be a tensor .*got ndarray",
+        ),
+    ],
+    ids=["empty batch", "2-D boxes", "numpy boxes"],
+)
+def test_outputs_that_are_no_batch_of_detections_are_named(expected, change, match):
+    with pytest.raises(ValueError, match=match):
+        assert_detections_close(change(expected), expected)
 
 
 def test_shapes_that_differ_are_reported(expected):

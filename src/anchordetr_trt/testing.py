@@ -34,6 +34,7 @@ with score >= ``score_threshold``; it is matched when the other output's box of 
 rather than by overlap keeps the check exact for untrained weights, whose boxes all look alike.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -161,7 +162,9 @@ def compare_detections(
     _check_outputs(actual, expected)
     precision = precision or _precision_of(actual)
     tol = _tolerance(precision, tolerance)
-    if not (isinstance(top_k, int) and top_k >= 1 and 0.0 <= score_threshold <= 1.0):
+    if not (
+        _is_number(top_k, int) and top_k >= 1 and _is_number(score_threshold) and 0 <= score_threshold <= 1
+    ):
         raise ValueError(
             f"top_k must be an int >= 1 and score_threshold in [0, 1], got {top_k!r} and {score_threshold!r}"
         )
@@ -327,7 +330,25 @@ def _tolerance(precision: str, overrides: dict[str, float]) -> Tolerance:
         raise TypeError(
             f"unknown tolerance {', '.join(sorted(unknown))}: choose from {', '.join(Tolerance.__dataclass_fields__)}"
         )
+    for name, value in overrides.items():
+        fraction = name in _FRACTIONS
+        if not (_is_number(value) and value >= 0 and (value <= 1 or not fraction)):
+            raise ValueError(
+                f"{name} must be a number in [0, 1], got {value!r}"
+                if fraction
+                else f"{name} must be a finite number >= 0, got {value!r}"
+            )
     return replace(TOLERANCES[precision], **overrides)
+
+
+# Tolerances that are shares (a rate, an IoU); the others are absolute differences.
+_FRACTIONS = ("iou_threshold", "min_match_rate")
+
+
+def _is_number(value: object, kind: type = float) -> bool:
+    """A finite int (or, for ``kind`` float, float) that is not a bool."""
+    types = (int,) if kind is int else (int, float)
+    return isinstance(value, types) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _precision_of(outputs: dict[str, Tensor]) -> str:
@@ -338,6 +359,17 @@ def _check_outputs(actual: dict, expected: dict) -> None:
     for name, out in (("actual", actual), ("expected", expected)):
         if not isinstance(out, dict) or not set(OUTPUTS) <= out.keys():
             raise ValueError(f"{name} must be a model output: a dict with 'pred_logits' and 'pred_boxes'")
+        for key, last in (("pred_logits", None), ("pred_boxes", 4)):
+            value = out[key]
+            if (
+                not isinstance(value, Tensor)
+                or value.dim() != 3
+                or 0 in value.shape[:2]
+                or (last is not None and value.shape[2] != last)
+            ):
+                layout = "[B, Q, classes]" if last is None else "[B, Q, 4]"
+                got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"{name}[{key!r}] must be a tensor {layout} with B, Q >= 1, got {got}")
     for key in OUTPUTS:
         if actual[key].shape != expected[key].shape:
             raise AssertionError(
