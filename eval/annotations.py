@@ -112,8 +112,9 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
 
     image_ids = set()
     for index, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or not _is_int(image.get("id")) or not image.get("file_name"):
-            raise fail("images", index, f"must have an integer 'id' and a 'file_name', got {image!r}")
+        if not (isinstance(image, dict) and _is_int(image.get("id")) and isinstance(image.get("file_name"), str)
+                and image["file_name"]):  # fmt: skip
+            raise fail("images", index, f"must have an integer 'id' and a string 'file_name', got {image!r}")
         if image["id"] in image_ids:
             raise fail("images", index, f"repeats image id {image['id']}")
         for key in ("height", "width"):
@@ -143,6 +144,8 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
                 f"has a box of negative size {bbox}: COCO boxes are [x, y, width, height]",
             )
         ann.setdefault("iscrowd", 0)
+        if not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
+            raise fail("annotations", index, f"has iscrowd {ann['iscrowd']!r}: it must be 0 or 1")
         ann.setdefault("area", bbox[2] * bbox[3])
         if not _is_finite_number(ann["area"]) or ann["area"] < 0:
             raise fail("annotations", index, f"has area {ann['area']!r}: it must be a number >= 0")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from anchordetr_trt.devices import check_device
 from anchordetr_trt.errors import InputError
 from anchordetr_trt.transforms import postprocess
 
@@ -102,7 +103,7 @@ def _device_of(model: Detector, device: str | torch.device | None) -> torch.devi
         if isinstance(attribute, str | torch.device):
             return torch.device(attribute)
         return first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = check_device(device)
     if attribute is None and first is not None and first.device.type != device.type:
         raise InputError(
             f"the model's parameters are on {first.device} but device={str(device)!r}: "

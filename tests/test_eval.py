@@ -362,6 +362,14 @@ def _wrong_image_size(data):
     data["images"][0]["height"] += 1
 
 
+def _file_name_not_a_string(data):
+    data["images"][1]["file_name"] = 5
+
+
+def _iscrowd_not_0_or_1(data):
+    data["annotations"][0]["iscrowd"] = "no"
+
+
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
@@ -374,6 +382,8 @@ def _wrong_image_size(data):
         (_no_images, "lists no images"),
         (_no_annotations, "has no annotations"),
         (_wrong_image_size, "000001.jpg is 146x125 pixels but .* says 147x125"),
+        (_file_name_not_a_string, r"images\[1\] must have an integer 'id' and a string 'file_name'"),
+        (_iscrowd_not_0_or_1, r"annotations\[0\] has iscrowd 'no': it must be 0 or 1"),
     ],
 )
 def test_bad_annotations_are_named_before_scoring(synthetic, tmp_path, corrupt, message):
@@ -385,6 +395,11 @@ def test_bad_annotations_are_named_before_scoring(synthetic, tmp_path, corrupt, 
     with pytest.raises(at.InputError, match=message) as error:
         _evaluate(model, ann_file, image_dir)
     assert str(ann_file) in str(error.value) or "000001.jpg" in str(error.value)
+
+
+def test_an_unknown_device_is_named(synthetic):
+    with pytest.raises(at.InputError, match="device='gpu0' is not supported"):
+        evaluate_coco(never_called, *synthetic, device="gpu0")
 
 
 @pytest.mark.parametrize(
