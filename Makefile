@@ -33,13 +33,15 @@ demo: venv
 	$(PY) -m anchordetr_trt.cli demo --out $(OUT)/demo $(if $(CKPT),--ckpt $(CKPT),)
 
 # The 800x800 side-by-side report, on a CUDA GPU with each part's TFLOP/s (--parts) and then the
-# cold-stream benchmark (stream.json).
+# cold-stream benchmark (stream.json); without one, a smoke run of the harness (the CLI refuses CPU
+# figures unless asked for them with --device cpu).
 bench: venv
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench --parts && \
 		$(PY) -m anchordetr_trt.bench.stream --out $(OUT)/bench --commit "$$(git rev-parse --short HEAD 2>/dev/null)"; \
-	else $(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench && \
-		echo "make bench: no CUDA GPU here, so no per-part figures and no cold-stream benchmark"; fi
+	else $(PY) -m anchordetr_trt.cli bench --out $(OUT)/bench --device cpu --variant r50-c5 --size 320 --batch 1 \
+			--warmup 1 --iters 3 && \
+		echo "make bench: no CUDA GPU here: a smoke run of the harness at 320x320, no per-part figures, no cold-stream benchmark"; fi
 
 bench-ops: venv
 	$(PY) scripts/bench_ops.py --out $(OUT)/bench_ops
