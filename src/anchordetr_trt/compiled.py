@@ -29,8 +29,8 @@ class CompiledAnchorDETR(nn.Module):
     ``spec.min_shape``'s height and width (a panorama resized to a short side under it still runs),
     and for the compiled backends to multiples of 32. Batches larger than ``spec.max_shape``, or
     smaller than its batch, and images taller or wider than it are refused with InputError, as is a
-    mask that marks every pixel of an image as padding (no pixel left to attend to; checked on the
-    mask's device, a synchronization where that is a GPU).
+    mask on the CPU (as ``preprocess`` makes it) that marks every pixel of an image as padding. A mask
+    already on the GPU is taken as it is: reading it back would stall every call.
     """
 
     def __init__(self, runner: nn.Module, *, backend: str, spec: CompileSpec):
@@ -62,7 +62,7 @@ class CompiledAnchorDETR(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         check_inputs(images, mask)
-        if mask is not None and mask.numel():
+        if mask is not None and mask.device.type == "cpu" and mask.numel():
             check_unpadded_pixels(mask)
         batch, _, height, width = images.shape
         _, min_height, min_width = self.spec.min_shape
