@@ -3,9 +3,7 @@
 from collections.abc import Mapping
 from pathlib import Path
 
-from anchordetr_trt.errors import InputError
-
-_SHOWN = 3
+from anchordetr_trt.errors import InputError, listed
 
 
 def write_files(contents: Mapping[Path, bytes], function: str, argument: str) -> None:
@@ -16,11 +14,8 @@ def write_files(contents: Mapping[Path, bytes], function: str, argument: str) ->
         str(p) for p, data in contents.items() if p.exists() and (p.is_dir() or p.read_bytes() != data)
     )
     if taken:
-        shown = ", ".join(taken[:_SHOWN]) + (
-            f" and {len(taken) - _SHOWN} more" if len(taken) > _SHOWN else ""
-        )
         raise InputError(
-            f"{function}: {shown} already exist with other contents, which are left alone: pass a new or "
+            f"{function}: {listed(taken)} already exist with other contents, which are left alone: pass a new or "
             f"empty {argument}"
         )
     for path, data in contents.items():

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .config import AnchorDETRConfig, config_from_args, variant_config, variant_name
 from .devices import check_device
-from .errors import CheckpointError
+from .errors import CheckpointError, listed
 from .hub import OFFICIAL_CHECKPOINTS, fetch, is_remote, looks_like_html
 from .model import AnchorDETR, build_model
 
@@ -137,11 +137,11 @@ def _unpack(obj: Any) -> tuple[dict[str, Tensor], Any]:
     else:
         raise CheckpointError(
             "checkpoint is a dict without a 'model' state dict and is not a state dict itself "
-            f"(keys: {_listed(list(obj))}): pass the file saved by the AnchorDETR training script"
+            f"(keys: {listed(list(obj), _MAX_LISTED)}): pass the file saved by the AnchorDETR training script"
         )
     bad = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if bad:
-        raise CheckpointError(f"state dict entries are not tensors: {_listed(bad)}")
+        raise CheckpointError(f"state dict entries are not tensors: {listed(bad, _MAX_LISTED)}")
     cleaned = {}
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
@@ -166,11 +166,11 @@ def _check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], config
     ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing keys ({_listed(missing)})")
+        problems.append(f"{len(missing)} missing keys ({listed(missing, _MAX_LISTED)})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})")
+        problems.append(f"{len(unexpected)} unexpected keys ({listed(unexpected, _MAX_LISTED)})")
     if wrong_shape:
-        problems.append(f"{len(wrong_shape)} shape mismatches ({_listed(wrong_shape)})")
+        problems.append(f"{len(wrong_shape)} shape mismatches ({listed(wrong_shape, _MAX_LISTED)})")
     if problems:
         raise CheckpointError(
             f"checkpoint does not match AnchorDETR {variant_name(config)} with {config.num_classes} classes: "
@@ -181,10 +181,5 @@ def _check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], config
     non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if non_finite:
         raise CheckpointError(
-            f"checkpoint has NaN or infinite values in {_listed(non_finite)}: it is corrupt"
+            f"checkpoint has NaN or infinite values in {listed(non_finite, _MAX_LISTED)}: it is corrupt"
         )
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")

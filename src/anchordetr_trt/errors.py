@@ -20,3 +20,9 @@ class InputError(AnchorDETRError, ValueError):
 
 class BackendUnavailableError(AnchorDETRError, RuntimeError):
     """The requested backend cannot run on this machine."""
+
+
+def listed(items: list[str], most: int = 3) -> str:
+    """The first ``most`` of ``items`` for a message: "a, b, c and 4 more"."""
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")

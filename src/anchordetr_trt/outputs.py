@@ -12,10 +12,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, listed
 
 MANIFEST = ".anchordetr-trt-run.json"
-_SHOWN = 3
 
 
 class RunFolder:
@@ -80,12 +79,9 @@ class RunFolder:
         else:  # a cache grows after the run that made it: any earlier run of ours vouches for the folder
             foreign = sorted(present) if not (self.path / MANIFEST).is_file() else []
         if foreign:
-            shown = ", ".join(foreign[:_SHOWN]) + (
-                f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else ""
-            )
             raise InputError(
                 f"{self.flag} {self.path} holds files that anchordetr-trt did not write or that changed since "
-                f"({shown}); they are left alone: pass a new or empty folder"
+                f"({listed(foreign)}); they are left alone: pass a new or empty folder"
             )
         return {name: stat for name, stat in recorded.items() if name in present}
 
