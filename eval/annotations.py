@@ -112,8 +112,10 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
 
     image_ids = set()
     for index, image in enumerate(data["images"]):
-        if not (isinstance(image, dict) and _is_int(image.get("id")) and isinstance(image.get("file_name"), str)
-                and image["file_name"]):  # fmt: skip
+        image_id, file_name = (
+            (image.get("id"), image.get("file_name")) if isinstance(image, dict) else (None, None)
+        )
+        if not (_is_int(image_id) and isinstance(file_name, str) and file_name):
             raise fail("images", index, f"must have an integer 'id' and a string 'file_name', got {image!r}")
         if image["id"] in image_ids:
             raise fail("images", index, f"repeats image id {image['id']}")

@@ -294,8 +294,8 @@ def _size_options(parser: argparse.ArgumentParser) -> None:
 
 # Flag types: argparse prefixes each message with the flag ("argument --top-k: ...").
 _MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
-# The benchmark's largest side: its images are made in memory, and past this a batch of them takes
-# gigabytes on the CPU before the model sees it.
+# The benchmark's largest side, twice the detection commands' (4096): larger ones only fail later, on
+# memory (a 8192x8192 float32 image alone is 0.8 GB) or, far larger, on an integer overflow in torch.
 _LONGEST_BENCH_SIDE = 8192
 
 
