@@ -63,7 +63,7 @@ class CompiledAnchorDETR(nn.Module):
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         check_inputs(images, mask)
         if mask is not None and mask.device.type == "cpu" and mask.numel():
-            check_unpadded_pixels(mask)
+            _check_unpadded_pixels(mask)
         batch, _, height, width = images.shape
         _, min_height, min_width = self.spec.min_shape
         if not self.spec.contains((batch, max(height, min_height), max(width, min_width))):
@@ -84,7 +84,7 @@ class CompiledAnchorDETR(nn.Module):
         return {key: out[key].float() for key in OUTPUTS}
 
 
-def check_unpadded_pixels(mask: Tensor) -> None:
+def _check_unpadded_pixels(mask: Tensor) -> None:
     """InputError naming the images of ``mask`` [B, H, W] (True = padding) with no unpadded pixel:
     a mask of the inverse convention, most likely."""
     empty = mask.flatten(1).all(dim=1).nonzero().flatten().tolist()
