@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import anchordetr_trt as at
-from anchordetr_trt.export import example_inputs, export_model
+from anchordetr_trt.export import example_inputs, export_model, traced_shape
 from anchordetr_trt.spec import check_shape_range
 
 
@@ -16,7 +16,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def exported(model):
-    return export_model(model, min_shape=(1, 64, 64), max_shape=(4, 320, 320))
+    return export_model(model, min_shape=(1, 64, 64), opt_shape=(1, 160, 100), max_shape=(4, 320, 320))
+
+
+def test_traced_at_the_opt_shape(exported):
+    """Torch-TensorRT tunes the engine for the shape the program was traced at: the opt shape (on the
+    32-pixel grid), batch 1 included, while batch stays dynamic."""
+    assert traced_shape(exported) == (1, 160, 128)
 
 
 def test_dimensions_stay_dynamic(exported):

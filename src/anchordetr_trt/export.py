@@ -4,13 +4,22 @@ Height and width are exported as multiples of 32 (``SIZE_MULTIPLE``): on that gr
 backbone computes is exact, so the export carries no shape guard and passes on every supported torch
 (torch 2.11 rejects free height and width: its guards on the strided convolutions' sizes cannot be
 proven). Callers pad inputs up to the grid with masked pixels, as ``CompiledAnchorDETR`` does.
+
+The program is traced at the range's opt shape. Torch-TensorRT takes an engine's optimization-profile
+opt from the values the exported program was traced at (``extract_var_range_info`` in
+torch_tensorrt/dynamo/utils.py, 2.11 to 2.14), not from a user's ``Input``: tracing anywhere else
+tunes the engine for the wrong shape. Tracing runs with torch's ``backed_size_oblivious`` so that an
+opt batch of 1 stays a dynamic dimension instead of being specialized to 1.
 """
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from .spec import SIZE_MULTIPLE, Shape, check_shape_range, padded_shape
+
+_DIMS = ("batch", "height", "width")
 
 
 def example_inputs(shape: Shape, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
@@ -24,32 +33,47 @@ def example_inputs(shape: Shape, device: torch.device | str = "cpu", dtype: torc
     return images, mask
 
 
-def export_model(
-    model: nn.Module, *, min_shape: Shape = (1, 320, 320), max_shape: Shape = (8, 1344, 1344)
-) -> ExportedProgram:
-    """Export ``model(images, mask)`` for batch in [min, max] and height and width multiples of 32 in
-    [min, max] rounded up to 32 (the program accepts only sizes on that grid). A dimension with one
-    value in its range (say batch 4..4, or width 800..800) stays static.
-
-    The example used for tracing sits strictly above each dynamic dimension's minimum, so that no
-    dimension is specialized to it.
-    """
-    check_shape_range(min_shape, max_shape)
+def dynamic_shapes(min_shape: Shape, max_shape: Shape) -> dict[str, dict[int, object]]:
+    """``torch.export`` dynamic shapes of ``(images, mask)`` for the padded range: batch as a Dim, height
+    and width as SIZE_MULTIPLE * a Dim; a dimension with one value in the range stays static."""
     low, high = padded_shape(min_shape), padded_shape(max_shape)
-    dims, example = {}, []
-    for axis, (name, lo, hi) in enumerate(zip(("batch", "height", "width"), low, high, strict=True)):
-        step = 1 if name == "batch" else SIZE_MULTIPLE
+    dims = {}
+    for axis, (name, lo, hi) in enumerate(zip(_DIMS, low, high, strict=True)):
         if lo == hi:
-            example.append(lo)
             continue
-        dim = Dim(name if step == 1 else f"{name}_blocks", min=lo // step, max=hi // step)
-        dims[axis] = dim if step == 1 else step * dim
-        example.append(lo + step)
-    param = next(model.parameters())
-    images, mask = example_inputs(tuple(example), param.device, param.dtype)
-    dynamic_shapes = {
+        if name == "batch":
+            dims[axis] = Dim(name, min=lo, max=hi)
+        else:
+            dims[axis] = SIZE_MULTIPLE * Dim(f"{name}_blocks", min=lo // SIZE_MULTIPLE, max=hi // SIZE_MULTIPLE)
+    return {
         "images": {{0: 0, 1: 2, 2: 3}[axis]: dim for axis, dim in dims.items()},
         "mask": {{0: 0, 1: 1, 2: 2}[axis]: dim for axis, dim in dims.items()},
     }
-    with torch.no_grad():
-        return torch.export.export(model, (images, mask), dynamic_shapes=dynamic_shapes)
+
+
+def traced_shape(program: ExportedProgram) -> Shape:
+    """(batch, height, width) of the images the program was traced at: the hints of its dynamic sizes,
+    which Torch-TensorRT turns into the engine profile's opt."""
+    images = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == "images")
+    sizes = images.meta["val"].shape
+    return tuple(int(s.node.hint) if isinstance(s, torch.SymInt) else int(s) for s in (sizes[0], *sizes[2:]))
+
+
+def export_model(
+    model: nn.Module,
+    *,
+    min_shape: Shape = (1, 320, 320),
+    opt_shape: Shape | None = None,
+    max_shape: Shape = (8, 1344, 1344),
+) -> ExportedProgram:
+    """Export ``model(images, mask)`` for batch in [min, max] and height and width multiples of 32 in
+    [min, max] rounded up to 32 (the program accepts only sizes on that grid), traced at ``opt_shape``
+    rounded up to 32 (default: ``min_shape``)."""
+    check_shape_range(min_shape, max_shape, opt_shape)
+    example = padded_shape(opt_shape or min_shape)
+    param = next(model.parameters())
+    images, mask = example_inputs(example, param.device, param.dtype)
+    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+        return torch.export.export(
+            model, (images, mask), dynamic_shapes=dynamic_shapes(min_shape, max_shape)
+        )

@@ -145,7 +145,7 @@ def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
             spec.precision,
             route,
         )
-        exported = export_model(model, min_shape=shapes[0], max_shape=shapes[2])
+        exported = export_model(model, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2])
         runner = torch_tensorrt.dynamo.compile(
             exported, arg_inputs=engine_inputs(shapes, spec.dtype), device=spec.device, min_block_size=1
         )
