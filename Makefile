@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
+# TensorRT's Python plugin layer of each pinned TensorRT, for the plugin contract tests (tests/tensorrt_plugin_layers.py).
+TRT_PLUGIN_LAYERS := $(VENV)/tensorrt-plugin-layers
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv test test-all demo bench bench-ops gpu lint format clean
@@ -16,9 +18,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,dev,plot]'
 	touch $(STAMP)
 
+$(TRT_PLUGIN_LAYERS)/.fetched: tests/tensorrt_plugin_layers.py | $(STAMP)
+	rm -rf $(TRT_PLUGIN_LAYERS)
+	$(PY) tests/tensorrt_plugin_layers.py $(TRT_PLUGIN_LAYERS)
+	touch $@
+
 # CPU test suite: Triton kernels run under the interpreter; GPU/TensorRT tests are reported as skipped.
-test: venv
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not gpu and not tensorrt"
+test: venv $(TRT_PLUGIN_LAYERS)/.fetched
+	ANCHORDETR_TRT_PLUGIN_LAYERS=$(abspath $(TRT_PLUGIN_LAYERS)) TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not gpu and not tensorrt"
 
 lint: venv
 	$(PY) -m ruff check .

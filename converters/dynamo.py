@@ -1,7 +1,7 @@
 """Torch-TensorRT (dynamo) converters: each ``anchordetr`` op node becomes one plugin layer.
 
 The converter binds the node's arguments to the op's plugin (``specs.bind``), turns weights into
-constants, and adds the QDP plugin; a node whose dtypes no plugin kernel supports stays in PyTorch
+constants, and adds the plugin layer with its ahead-of-time kernel; a node whose dtypes no plugin kernel supports stays in PyTorch
 (the capability validator says why in the log). Imported only when TensorRT is used.
 """
 
@@ -18,14 +18,15 @@ from torch_tensorrt.dynamo.conversion.converter_utils import get_trt_tensor
 
 from anchordetr_trt.errors import InputError
 
+from .qdp import encode_attrs
 from .specs import NAMESPACE, PLUGINS, bind, check_node
 
 logger = logging.getLogger(__name__)
 
 
 @functools.cache
-def register_converters(aot: bool) -> None:
-    """Register one converter per op in ``PLUGINS`` (once per process), adding AOT or JIT plugin layers."""
+def register_converters() -> None:
+    """Register one converter per op in ``PLUGINS`` (once per process)."""
     for op in PLUGINS:
         target = getattr(getattr(torch.ops, NAMESPACE), op).default
         dynamo_tensorrt_converter(
@@ -33,18 +34,20 @@ def register_converters(aot: bool) -> None:
             capability_validator=functools.partial(_supported, op),
             priority=ConverterPriority.HIGH,
             supports_dynamic_shapes=True,
-        )(_converter(op, aot))
+        )(_converter(op))
 
 
-def _converter(op: str, aot: bool) -> Any:
+def _converter(op: str) -> Any:
     def convert(ctx: Any, target: Any, args: Sequence[Any], kwargs: dict[str, Any], name: str) -> Any:
         call = bind(op, args, kwargs)
         tensors = [
             get_trt_tensor(ctx, value, f"{name}_{arg}")
             for arg, value in zip(call.spec.tensors, call.tensors, strict=True)
         ]
-        plugin = getattr(getattr(trtp.op, NAMESPACE), call.spec.name)(*tensors, **call.attrs)
-        layer = ctx.net.add_plugin(plugin, aot=True) if aot else ctx.net.add_plugin(plugin)
+        plugin = getattr(getattr(trtp.op, NAMESPACE), call.spec.name)(
+            *tensors, **encode_attrs(call.spec, call.attrs)
+        )
+        layer = ctx.net.add_plugin(plugin, aot=True)
         layer.name = f"[{target}]-[{name}]"
         # The op's outputs come first; a workspace output after them is the kernel's own.
         outputs = tuple(layer.get_output(i) for i in range(len(call.spec.returns)))

@@ -204,7 +204,7 @@ def bind(op: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> BoundCall:
         else:
             raise InputError(f"{op}: missing argument {arg.name!r}")
     spec = spec.variant(frozenset(n for n in spec.optional if values[n] is not None))
-    attrs = {name: _coerce(op, name, kind, values[name]) for name, kind in spec.attrs().items()}
+    attrs = {name: coerce_attr(op, name, kind, values[name]) for name, kind in spec.attrs().items()}
     return BoundCall(spec, tuple(values[name] for name in spec.tensors), attrs)
 
 
@@ -253,8 +253,9 @@ def op_schema(op: str) -> torch.FunctionSchema:
 _ATTR_TYPES = {"float": float, "int": int, "bool": bool}
 
 
-def _coerce(op: str, name: str, kind: type, value: Any) -> Any:
-    # QDP checks attribute types exactly: a numpy float, or an int for a float attribute, is rejected.
+def coerce_attr(op: str, name: str, kind: type, value: Any) -> Any:
+    """``value`` as the exact Python ``kind`` of the op's attribute ``name`` (an int for a float attribute
+    becomes a float; a bool is no int); InputError for a non-finite float or a non-integer int."""
     if kind is float:
         value = float(value)
         if not math.isfinite(value):

@@ -46,7 +46,7 @@ def masked_softmax_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Rows of ``row_length`` <= BLOCK_K scores, ``rows_per_batch`` (heads * Lq) of them per image;
+    """Rows of ``row_length`` <= BLOCK_K scores (longer rows give NaN), ``rows_per_batch`` (heads * Lq) of them per image;
     mask [B, row_length] uint8, nonzero = padded key. Contiguous inputs and output."""
     first_row = tl.program_id(0) * BLOCK_R
     rows = first_row + tl.arange(0, BLOCK_R)
@@ -63,7 +63,10 @@ def masked_softmax_kernel(
     x = tl.load(scores_ptr + offsets, mask=valid, other=float("-inf")).to(tl.float32)
     e = softmax_numerators(x, valid, tl.max(x, axis=1))
     inverse = softmax_scale(tl.sum(e, axis=1))
-    tl.store(out_ptr + offsets, (e * inverse[:, None]).to(out_ptr.dtype.element_ty), mask=in_bounds)
+    probs = e * inverse[:, None]
+    # Rows longer than the kernel was built for would lose their tail: all NaN instead, never silent.
+    probs = tl.where(row_length > BLOCK_K, float("nan"), probs)
+    tl.store(out_ptr + offsets, probs.to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 
 def masked_softmax_launch_config(num_rows: int, row_length: int) -> tuple[tuple[int], dict]:

@@ -264,6 +264,8 @@ def rcda_aggregate_kernel(
                 acc=acc,
                 input_precision=DOT_PRECISION,
             )
+    # Columns past the kernel's BLOCK_W + TAIL_W would be left out: all NaN instead, never silent.
+    acc = tl.where(width > BLOCK_W + TAIL_W, float("nan"), acc)
     out_ptrs = out_ptr + row_index[:, None] * head_dim + d[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
 

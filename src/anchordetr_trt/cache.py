@@ -7,6 +7,9 @@ moves it too); a ``download_dir`` argument overrides it. Compiled artifacts go o
 it with ``use_compile_cache``.
 """
 
+import functools
+import hashlib
+import importlib.util
 import os
 import tempfile
 from collections.abc import Callable
@@ -21,6 +24,13 @@ T = TypeVar("T")
 
 
 CACHE_ENV = "ANCHORDETR_CACHE"
+# The package and its subpackages, whose folders lie outside the package's in an editable install.
+_PACKAGES = (
+    "anchordetr_trt",
+    "anchordetr_trt.custom_ops",
+    "anchordetr_trt.converters",
+    "anchordetr_trt.eval",
+)
 
 
 def cache_home() -> Path:
@@ -56,6 +66,32 @@ def use_compile_cache(cache_dir: str | os.PathLike) -> Path:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
     os.environ["TRITON_CACHE_DIR"] = str(cache_dir / "triton")
     return cache_dir
+
+
+def source_files() -> list[tuple[str, Path]]:
+    """(name, path) of every Python file of the package, named from its package's folder so that the same
+    code in another checkout or venv gets the same names."""
+    roots = {
+        Path(location).resolve()
+        for package in _PACKAGES
+        for location in importlib.util.find_spec(package).submodule_search_locations
+    }
+    files = {
+        (f"{root.name}/{path.relative_to(root).as_posix()}", path)
+        for root in roots
+        for path in root.rglob("*.py")
+    }
+    return sorted(files)
+
+
+@functools.cache
+def source_digest() -> str:
+    """sha256 of the package's source: part of every compiled artifact's cache key, since a compiled
+    model depends on any of it (model, ops, kernels, plugins) and code changes without a version bump."""
+    digest = hashlib.sha256()
+    for name, path in source_files():
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def write_whole(path: Path, write: Callable[[Path], T]) -> T:

@@ -44,7 +44,9 @@ def dynamic_shapes(min_shape: Shape, max_shape: Shape) -> dict[str, dict[int, ob
         if name == "batch":
             dims[axis] = Dim(name, min=lo, max=hi)
         else:
-            dims[axis] = SIZE_MULTIPLE * Dim(f"{name}_blocks", min=lo // SIZE_MULTIPLE, max=hi // SIZE_MULTIPLE)
+            dims[axis] = SIZE_MULTIPLE * Dim(
+                f"{name}_blocks", min=lo // SIZE_MULTIPLE, max=hi // SIZE_MULTIPLE
+            )
     return {
         "images": {{0: 0, 1: 2, 2: 3}[axis]: dim for axis, dim in dims.items()},
         "mask": {{0: 0, 1: 1, 2: 2}[axis]: dim for axis, dim in dims.items()},
@@ -74,6 +76,4 @@ def export_model(
     param = next(model.parameters())
     images, mask = example_inputs(example, param.device, param.dtype)
     with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
-        return torch.export.export(
-            model, (images, mask), dynamic_shapes=dynamic_shapes(min_shape, max_shape)
-        )
+        return torch.export.export(model, (images, mask), dynamic_shapes=dynamic_shapes(min_shape, max_shape))

@@ -32,7 +32,6 @@ activations plus ``max_graphs`` graphs' small static outputs and executables, wh
 
 import collections
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -45,7 +44,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 
-from ..cache import write_whole
+from ..cache import source_digest, write_whole
 from ..environment import installed_version
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
 from .inductor_rewrites import rewrite_for_inductor
@@ -342,7 +341,7 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
     if device.type == "cuda" and device.index is None:  # "cuda" is the current GPU, which tensor guards name
         device = torch.device("cuda", torch.cuda.current_device())
     parts = {
-        "source": _source_digest(),
+        "source": source_digest(),
         "torch": torch.__version__,
         "triton": installed_version("triton"),
         "python": list(sys.version_info[:2]),  # the function's bytecode is saved
@@ -357,25 +356,6 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
         "compiler": "inductor" if compiler is None else getattr(compiler, "__qualname__", repr(compiler)),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-@functools.cache
-def _source_digest() -> str:
-    """A hash of the code a trace can reach: the package and its custom ops, whose folder is not
-    inside the package's in an editable install."""
-    from .. import custom_ops
-
-    roots = {Path(__file__).resolve().parents[1], *(Path(root).resolve() for root in custom_ops.__path__)}
-    # Named from each root, not by absolute path: the same code in another checkout or venv matches.
-    files = {
-        (f"{root.name}/{path.relative_to(root).as_posix()}", path)
-        for root in roots
-        for path in root.rglob("*.py")
-    }
-    digest = hashlib.sha256()
-    for name, path in sorted(files):
-        digest.update(name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:

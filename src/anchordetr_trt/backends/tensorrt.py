@@ -27,14 +27,14 @@ import importlib.util
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..cache import write_whole
+from ..cache import source_digest, write_whole
 from ..environment import installed_version
 from ..errors import BackendUnavailableError
 from ..export import export_model
@@ -107,12 +107,39 @@ def _minor(version: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+# NVIDIA/TensorRT#4849 (open): an engine with AOT plugins keeps GPU memory (CUDA modules) for every change
+# of input shape, also after the engine is destroyed; reported on TensorRT 11.1 and 11.2.1, no fixed
+# release known. This engine has an AOT plugin in every transformer layer, and its padded H and W vary.
+_AOT_PLUGIN_LEAK = ((11, 1), "NVIDIA/TensorRT#4849")
+
+
+def known_issues(tensorrt_version: str) -> list[str]:
+    """Upstream problems that affect this backend with TensorRT ``tensorrt_version``, one line each."""
+    since, issue = _AOT_PLUGIN_LEAK
+    version = _minor(tensorrt_version)
+    if version is not None and version >= since:
+        return [
+            f"TensorRT {tensorrt_version}: GPU memory grows with each new input shape while an engine with "
+            f"AOT plugins runs ({issue}, open; reported on 11.1 and 11.2.1): in a long-running service, feed "
+            "few distinct shapes (a fixed opt_shape-sized batch), or use TensorRT 10.15 with Torch-TensorRT 2.11"
+        ]
+    return []
+
+
 def status(device: torch.device) -> tuple[bool, str]:
     """(whether the tensorrt backend can run on ``device`` here, why or why not)."""
     available, reason = _import_status()
     if available and device.type != "cuda":
         return False, f"needs a CUDA GPU (device is {device})"
     return available, reason
+
+
+def warn_known_issues() -> None:
+    """Log a warning for each of ``known_issues`` of the installed TensorRT."""
+    import tensorrt
+
+    for issue in known_issues(str(tensorrt.__version__)):
+        logger.warning("tensorrt: %s", issue)
 
 
 def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
@@ -129,7 +156,8 @@ def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
 
     from anchordetr_trt.converters import register_converters
 
-    route = register_converters()
+    register_converters()
+    warn_known_issues()
     model = model.to(spec.device).set_precision(spec.dtype).eval().set_fused_ops(True)
     shapes = spec.padded_range
     path = None
@@ -139,11 +167,11 @@ def build(model: nn.Module, spec: CompileSpec) -> nn.Module:
     runner = _load(path) if path is not None and path.exists() else None
     if runner is None:
         logger.info(
-            "tensorrt: building an engine for %s..%s (%s, %s plugins)",
+            "tensorrt: building an engine for %s..%s, tuned for %s (%s)",
             shapes[0],
             shapes[2],
+            shapes[1],
             spec.precision,
-            route,
         )
         exported = export_model(model, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2])
         runner = torch_tensorrt.dynamo.compile(
@@ -242,28 +270,18 @@ def cache_key(
 
 
 def library_versions(device: torch.device | None = None) -> dict[str, str]:
-    """Versions of everything an engine depends on: libraries, the GPU, and the kernel sources."""
+    """Versions of everything an engine depends on: libraries, the GPU, and the package's source (the
+    model as well as the kernels and plugins: any of it can change without a version bump)."""
     versions = {name: _version(name) for name in _LIBRARIES}
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(device)
         versions["gpu"] = f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
-    kernels = hashlib.sha256()
-    for path in sorted(_kernel_sources()):
-        kernels.update(path.read_bytes())
-    versions["kernels"] = kernels.hexdigest()
+    versions["source"] = source_digest()
     return versions
 
 
 def _version(name: str) -> str:
     return installed_version(name.replace("_", "-")) or "missing"
-
-
-def _kernel_sources() -> Iterator[Path]:
-    # The kernels and the plugins' launch contracts can change without a version bump.
-    from anchordetr_trt import converters, custom_ops
-
-    for package in (custom_ops, converters):
-        yield from Path(package.__file__).parent.glob("*.py")
 
 
 def _load(path: Path) -> nn.Module | None:
