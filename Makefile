@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev,plot]'
+	$(PY) -m pip install -q -e '.[test,dev,plot,onnx]'
 	touch $(STAMP)
 
 # CPU test suite: Triton kernels run under the interpreter; GPU/TensorRT tests are reported as skipped.

@@ -152,6 +152,14 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str
     }
 
 
+def print_table(capsys, title: str, diffs: dict[str, dict[str, float]]) -> None:
+    """Print max abs differences in the test run's output (shown without -s too)."""
+    with capsys.disabled():
+        print(f"\n{title}, max abs diff:")
+        for label, diff in diffs.items():
+            print(f"  {label:<50} logits {diff['pred_logits']:.2e}  boxes {diff['pred_boxes']:.2e}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -202,14 +210,17 @@ def test_onnx_file_has_the_documented_interface(onnx_file, variant, precision):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_fp32_onnx_matches_eager_fp32_in_onnxruntime(onnx_file, session, eager_fp32, variant):
+def test_fp32_onnx_matches_eager_fp32_in_onnxruntime(onnx_file, session, eager_fp32, variant, capsys):
     """At three shapes that differ in batch, aspect and padding, one image all padding: logits within
-    1e-4 and boxes within 1e-5 of eager fp32, and finite everywhere."""
+    1e-4 and boxes within 1e-5 of eager fp32, and finite everywhere (the table is printed)."""
     ort_session = session(onnx_file(variant, "fp32"))
+    diffs = {}
     for name in CASES:
         got = run_onnx(ort_session, name, torch.float32)
         assert all(torch.isfinite(v).all() for v in got.values()), f"{name}: NaN or inf from the ONNX"
-        diff = max_diff(got, eager_fp32(variant)[name])
+        diffs[name] = max_diff(got, eager_fp32(variant)[name])
+    print_table(capsys, f"{variant} fp32 ONNX (onnxruntime CPU) vs eager fp32", diffs)
+    for name, diff in diffs.items():
         assert diff["pred_logits"] <= 1e-4 and diff["pred_boxes"] <= 1e-5, f"{name}: {diff}"
 
 
@@ -229,10 +240,7 @@ def test_fp16_onnx_parity_reported(onnx_file, session, eager_fp32, variant, caps
         got = run_onnx(ort_session, name, torch.float16)
         assert all(torch.isfinite(v).all() for v in got.values()), f"{name}: NaN or inf from the fp16 ONNX"
         rows.append((f"{name} vs eager fp32", max_diff(got, eager_fp32(variant)[name])))
-    with capsys.disabled():
-        print(f"\n{variant} fp16 ONNX (onnxruntime CPU), max abs diff:")
-        for label, diff in rows:
-            print(f"  {label:<50} logits {diff['pred_logits']:.2e}  boxes {diff['pred_boxes']:.2e}")
+    print_table(capsys, f"{variant} fp16 ONNX (onnxruntime CPU)", dict(rows))
     for key, tolerance in FP16_TOLERANCE.items():
         assert rows[0][1][key] <= tolerance, rows[0]
 

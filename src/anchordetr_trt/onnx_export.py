@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -104,7 +105,9 @@ def export_onnx(
     logger.info(
         "onnx: exporting %s %s for %s..%s", variant_name(model.config), precision, min_shape, max_shape
     )
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # images and mask share their Dims: the exporter says, per axis, that it names them once.
+        warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
         program = torch.onnx.export(
             _Outputs(model).eval(),
             (images, mask),
