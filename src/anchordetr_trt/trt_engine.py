@@ -153,7 +153,7 @@ def build_engine(
     write_whole(engine_path, lambda partial: partial.write_bytes(data))
     record = json.dumps(build.to_json(), indent=1)
     write_whole(_record_path(engine_path), lambda partial: partial.write_text(record))
-    logger.info("engine: %s built %s in %.1f s (%s)", version, engine_path, build.build_s, build.targets)
+    logger.debug("engine: %s built %s in %.1f s (%s)", version, engine_path, build.build_s, build.targets)
     return build
 
 
