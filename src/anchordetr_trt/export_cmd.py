@@ -52,12 +52,14 @@ def run(args: argparse.Namespace) -> int:
     from .cache import check_replaceable
     from .checkpoint import load_model
     from .onnx_export import export_onnx, written_by_us
+    from .outputs import check_writable
     from .spec import check_shape_range
     from .trt_engine import build_engine, check_engine_paths, choose_builder
     from .weights import random_model
 
     check_shape_range(args.min_shape, args.max_shape, args.opt_shape)
     check_replaceable(args.onnx, written_by_us, f"--onnx {args.onnx}")
+    check_writable(args.onnx.parent, "--onnx")
     if args.engine is not None:
         outputs = [args.onnx.resolve(), args.engine.resolve(), Path(f"{args.engine}.json").resolve()]
         if len(set(outputs)) < len(outputs):
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
                 "three different files: pass other names"
             )
         check_engine_paths(args.engine, f"--engine {args.engine}")
+        check_writable(args.engine.parent, "--engine")
         choose_builder(args.builder)  # a missing builder stops here, not after the export
     shapes = {f"{name}_shape": getattr(args, f"{name}_shape") for name in _DEFAULT_SHAPES}
     start = time.perf_counter()

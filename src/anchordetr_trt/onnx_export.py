@@ -74,8 +74,9 @@ def export_onnx(
     max_shape: Shape = (8, 1344, 1344),
     variant: str | None = None,
 ) -> Path:
-    """Write the ONNX file of an AnchorDETR (a checkpoint as ``load_model`` takes it, or a model,
-    which is copied, never changed) to ``path`` and return the path.
+    """Write the ONNX file of an AnchorDETR (a checkpoint as ``load_model`` takes it, with
+    ``variant`` where it has no training arguments, or a model, which is copied, never changed) to
+    ``path`` and return the path.
 
     ``precision``: "fp16" or "fp32", the dtype of ``images`` and of the network (heads and anchor
     points stay float32; outputs are float32). Shapes are (batch, height, width): the file accepts

@@ -160,8 +160,9 @@ def build_engine(
 def check_engine_paths(engine_path: Path, label: str) -> None:
     """InputError (``label`` names the path) unless the engine and its record ``<engine>.json`` are
     new or were written by ``build_engine``, unchanged since: a user's file is never replaced."""
+    record = _record_path(engine_path)
     check_replaceable(engine_path, _engine_written_by_us, label)
-    check_replaceable(_record_path(engine_path), _record_written_by_us, f"{label}'s record")
+    check_replaceable(record, _record_written_by_us, f"{label}: its record {record}")
 
 
 def load_engine(path: str | os.PathLike, *, device: str | torch.device = "cuda") -> "CompiledAnchorDETR":
@@ -183,8 +184,13 @@ def load_engine(path: str | os.PathLike, *, device: str | torch.device = "cuda")
     trt = _import(name)
     runner = EngineRunner(trt, data, _log(trt), device=device)
     images = runner.input_profile("images")
+    precision = {torch.float16: "fp16", torch.float32: "fp32"}.get(runner.dtype("images"))
+    if precision is None:
+        raise InputError(
+            f"the engine takes {runner.dtype('images')} images: load_engine runs fp16 or fp32 engines"
+        )
     spec = CompileSpec(
-        precision={torch.float16: "fp16", torch.float32: "fp32"}[runner.dtype("images")],
+        precision=precision,
         device=device,
         **{
             f"{k}_shape": (shape[0], shape[2], shape[3])
