@@ -2,7 +2,7 @@
 run from torch (``load_engine``).
 
 ``build_engine`` uses TensorRT where it is installed and a CUDA GPU is visible (the engine then runs
-on GPUs of the one it was built on), else TensorRT-RTX, whose builder runs on the CPU and whose
+on GPUs like the one it was built on), else TensorRT-RTX, whose builder runs on the CPU and whose
 engines run on GPUs of compute capability 8.0, 8.6, 8.9 and 12.x (its default targets; no 9.0,
 the H100 and H200). Both build strongly typed networks: FP16 comes from the ONNX's own dtypes.
 One optimization profile covers the whole range. Beside the engine, ``<engine>.json`` records how
