@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev,plot]'
+	$(PY) -m pip install -q -e '.[test,dev,plot,onnx]'
 	touch $(STAMP)
 
 $(TRT_PLUGIN_LAYERS)/.fetched: tests/tensorrt_plugin_layers.py | $(STAMP)

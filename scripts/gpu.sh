@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one call (`make gpu`), on a machine with torch preinstalled and no
 # network. Results land in $OUT (default out/gpu): summary.txt, gpu.log, gpu_tests.xml, check.json, bench_ops.json,
-# bench/ (bench.json, bench.png, profile), parts/ (per-part TFLOP/s), stream.json, parity.json, parity.md, train.json,
+# bench/ (bench.json, bench.png, profile), parts/ (per-part TFLOP/s), stream.json, parity.json, parity.md, onnx.json, train.json,
 # accuracy.json, accuracy.md. Each stage has its own time limit, cut to what is left
 # of GPU_BUDGET_S (default 575 s, one call of the GPU machine this project was built on: raise it where
 # there is no such limit); a stage that fails does not stop the next one.
@@ -29,7 +29,7 @@ fi
 
 : > "$OUT/summary.txt"
 BUDGET=${GPU_BUDGET_S:-575}
-STAGES=${STAGES:-info tests check bench-ops parity stream bench parts train accuracy}
+STAGES=${STAGES:-info tests check bench-ops parity onnx stream bench parts train accuracy}
 stage() {  # stage NAME SECONDS COMMAND...
     local name=$1 limit=$2 start=$SECONDS
     shift 2
@@ -51,6 +51,9 @@ stage tests 575 python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/g
 stage check 240 python3 -m anchordetr_trt.cli check --out "$OUT/check"
 stage bench-ops 45 python3 scripts/bench_ops.py --out "$OUT"
 stage parity 90 python3 scripts/gpu_parity.py --out "$OUT"
+# export_onnx on this machine's torch (CI covers 2.14) and onnxruntime parity: onnx, onnxscript and
+# onnxruntime must be importable (preinstalled on the GPU machine this project was built on).
+stage onnx 300 python3 scripts/gpu_onnx.py --out "$OUT"
 stage stream 590 python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 380 --commit "${GIT_COMMIT:-unknown}"
 # Last: its report is saved after each backend, so a cut-off run keeps what it measured.
 stage bench 560 python3 -m anchordetr_trt.cli bench --out "$OUT/bench" --cache-dir .cache/bench

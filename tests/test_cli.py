@@ -23,7 +23,7 @@ from anchordetr_trt.draw import draw_detections
 from anchordetr_trt.eval import COCO_CLASSES, make_synthetic_coco
 from anchordetr_trt.weights import random_model
 
-COMMANDS = ["info", "detect", "eval", "bench", "compile", "demo"]
+COMMANDS = ["info", "detect", "eval", "bench", "compile", "demo", "export"]
 SMALL = ["--variant", "r50-c5", "--min-size", "320", "--max-size", "512"]  # the quickest model and inputs
 
 

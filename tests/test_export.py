@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import anchordetr_trt as at
-from anchordetr_trt.export import example_inputs, export_model, traced_shape
+from anchordetr_trt.export import example_inputs, export_model, trace_plan, traced_shape
 from anchordetr_trt.spec import check_shape_range
 
 
@@ -72,3 +72,21 @@ def test_a_dimension_with_one_value_stays_static():
             torch.testing.assert_close(
                 exported.module()(images, mask), model(images, mask), atol=1e-5, rtol=0
             )
+
+
+@pytest.mark.parametrize(
+    ("min_shape", "opt_shape", "max_shape", "example"),
+    [
+        ((1, 320, 320), None, (8, 1344, 1344), (1, 320, 320)),  # the minimum without an opt
+        ((1, 320, 320), (1, 800, 800), (8, 1344, 1344), (1, 800, 800)),  # opt, batch 1 included
+        ((1, 320, 320), (4, 790, 1333), (8, 1344, 1344), (4, 800, 1344)),  # padded to 32
+        ((2, 64, 96), (2, 96, 96), (2, 128, 96), (2, 96, 96)),  # static batch and width stay put
+    ],
+)
+def test_trace_plan_traces_at_the_padded_opt(min_shape, opt_shape, max_shape, example):
+    dynamic_shapes, got = trace_plan(min_shape, max_shape, opt_shape)
+    assert got == example
+    static = [axis for axis, (lo, hi) in enumerate(zip(min_shape, max_shape, strict=True)) if lo == hi]
+    assert sorted(dynamic_shapes) == ["images", "mask"]
+    assert sorted(dynamic_shapes["mask"]) == [axis for axis in range(3) if axis not in static]
+    assert sorted(dynamic_shapes["images"]) == [(0, 2, 3)[axis] for axis in range(3) if axis not in static]

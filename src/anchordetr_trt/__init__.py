@@ -1,7 +1,8 @@
 """anchordetr_trt: AnchorDETR checkpoints compiled to fast FP16 inference modules.
 
 Public API: ``load_model``, ``compile`` (returning a ``CompiledAnchorDETR``), ``preprocess``, ``postprocess``, ``build_model``,
-``AnchorDETRConfig``, ``VARIANTS`` and the error classes.
+``AnchorDETRConfig``, ``VARIANTS``, the error classes, and the ONNX route: ``export_onnx``, ``build_engine``
+and ``load_engine``.
 """
 
 import importlib
@@ -23,8 +24,11 @@ _EXPORTS = {
     "CheckpointError": "errors",
     "CompiledAnchorDETR": "compiled",
     "InputError": "errors",
+    "build_engine": "trt_engine",
     "build_model": "model",
     "compile": "compiled",
+    "export_onnx": "onnx_export",
+    "load_engine": "trt_engine",
     "load_model": "checkpoint",
     "postprocess": "transforms",
     "preprocess": "transforms",
@@ -38,8 +42,11 @@ __all__ = [
     "CheckpointError",
     "CompiledAnchorDETR",
     "InputError",
+    "build_engine",
     "build_model",
     "compile",
+    "export_onnx",
+    "load_engine",
     "load_model",
     "postprocess",
     "preprocess",
@@ -51,7 +58,9 @@ if TYPE_CHECKING:
     from .config import VARIANTS, AnchorDETRConfig
     from .errors import AnchorDETRError, BackendUnavailableError, CheckpointError, InputError
     from .model import AnchorDETR, build_model
+    from .onnx_export import export_onnx
     from .transforms import postprocess, preprocess
+    from .trt_engine import build_engine, load_engine
 
 
 def __getattr__(name: str):

@@ -116,3 +116,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_replaceable(path: Path, ours: Callable[[Path], bool], label: str) -> None:
+    """InputError unless ``path`` is new, or a file that this package wrote and that has not changed
+    since (``ours(path)`` says so): a user's file is never replaced. ``label`` names the path as the
+    caller knows it, e.g. "--out result.json" or "path='model.onnx'"."""
+    if path.is_dir():
+        raise InputError(f"{label} is a folder: pass a file name")
+    if path.exists() and not ours(path):
+        raise InputError(
+            f"{label} exists and anchordetr-trt did not write it (or it changed since); "
+            "it is left alone: pass a new file name"
+        )

@@ -1,4 +1,4 @@
-"""``anchordetr-trt``: info, detect, eval, bench, compile and demo from the command line.
+"""``anchordetr-trt``: info, detect, eval, bench, compile, demo, check and export from the command line.
 
 Errors in the user's input end the command with one line on stderr, in terms of the command's flags,
 and exit code 2; any other failure is one line and exit code 1. ``--debug`` shows the traceback instead.
@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, export_cmd
 from .config import VARIANTS, AnchorDETRConfig
 from .errors import AnchorDETRError, InputError
 
@@ -44,6 +44,7 @@ _FLAGS = {
     "max_images": "--max-images",
     "num_images": "--num-images",
     "seed": "--seed",
+    "builder": "--builder",
 }
 # name='a', name='a' or 'b', name='a', 'b' or 'c', name=3: an argument as the Python API spells it.
 _ASSIGNMENT = re.compile(r"\b(\w+)=('[^']*'(?:(?:, | or )'[^']*')*|[^\s,;:)]+)")
@@ -102,19 +103,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _Parser(add_help=False)
+    debug = _Parser(add_help=False)
     # SUPPRESS: the subcommand's default must not undo a --debug given before the subcommand.
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common = _Parser(add_help=False, parents=[debug])
     common.add_argument("--device", type=_device_name, help=DEVICE_HELP)
 
-    model = _Parser(add_help=False)
-    weights = model.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--ckpt", help="AnchorDETR checkpoint (.pth), e.g. the released R50-DC5")
-    weights.add_argument(
+    weights = _Parser(add_help=False)
+    source = weights.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="AnchorDETR checkpoint (.pth), e.g. the released R50-DC5")
+    source.add_argument(
         "--random-weights",
         action="store_true",
         help="deterministic random weights (untrained: for trying the tool)",
     )
+    _weights_options(weights)
+    model = _Parser(add_help=False, parents=[weights])
     _model_options(model)
     # detect and eval read a compile cache; compile writes one, in --out (it refuses --cache-dir).
     cached = _Parser(add_help=False)
@@ -268,16 +272,21 @@ def _parser() -> argparse.ArgumentParser:
         help="also write check.json into this folder: new, empty, or an earlier check output, which is replaced",
     )  # fmt: skip
     check.set_defaults(run=_check)
+
+    export_cmd.register(commands, parents=[debug, weights], shape=_shape)
     return parser
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _weights_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant",
         choices=list(VARIANTS),
         help="model variant (needed when the checkpoint has no args; default r50-dc5)",
     )
     parser.add_argument("--seed", type=_seed, default=0, help="seed of --random-weights (default 0)")
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["auto", "tensorrt", "inductor", "eager"], default="auto",
                         help="auto: tensorrt, else inductor on a GPU, else eager (default auto)")  # fmt: skip
     parser.add_argument(

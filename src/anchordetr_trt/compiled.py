@@ -38,7 +38,7 @@ class CompiledAnchorDETR(nn.Module):
         self.runner = runner
         self.backend = backend
         self.spec = spec
-        self.padded = backends.BACKENDS[backend].PADDED
+        self.padded = backends.RUNNERS[backend].PADDED
 
     @property
     def device(self) -> torch.device:

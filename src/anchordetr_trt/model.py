@@ -8,6 +8,7 @@ from .config import NORM_GROUPS, AnchorDETRConfig
 from .errors import InputError
 from .transformer import Encoded, Transformer
 
+INPUTS = ("images", "mask")  # forward's arguments, as the ONNX and the engine name them
 OUTPUTS = ("pred_logits", "pred_boxes")  # the keys of every detector's output, compiled or not
 
 

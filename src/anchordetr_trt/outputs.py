@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .cache import check_replaceable
 from .errors import InputError, listed
 
 MANIFEST = ".anchordetr-trt-run.json"
@@ -128,16 +129,15 @@ def check_new_file(path: Path, flag: str = "--out", *, owned_key: str = "tool") 
         raise InputError(f"{flag} {path} is a folder: pass a file name such as {path / 'result.json'}")
     if path.name == MANIFEST:  # ours, but an output folder's record of its files, not a result
         raise InputError(f"{flag} {path} is an output folder's record of its files: pass another file name")
-    if path.exists():
-        try:
-            owned = str(json.loads(path.read_text()).get(owned_key, "")).startswith("anchordetr-trt")
-        except (OSError, ValueError, AttributeError):
-            owned = False
-        if not owned:
-            raise InputError(
-                f"{flag} {path} exists and anchordetr-trt did not write it; it is left alone: pass a new file name"
-            )
+    check_replaceable(path, lambda p: _json_owned(p, owned_key), f"{flag} {path}")
     check_writable(path.parent, flag)
+
+
+def _json_owned(path: Path, owned_key: str) -> bool:
+    try:
+        return str(json.loads(path.read_text()).get(owned_key, "")).startswith("anchordetr-trt")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -6,6 +6,9 @@
   and, where ``PADDED`` is true, padded to multiples of ``spec.SIZE_MULTIPLE``;
 - ``PADDED``: whether the backend compiles for padded shapes.
 
+``engine`` runs a serialized TensorRT engine (``load_engine``) behind the same wrapper; it builds
+nothing from a model, so it is not among ``BACKENDS``, which ``compile`` chooses from.
+
 ``choose_backend`` is the one rule for which backend runs: ``compile``, ``anchordetr-trt info``, the
 demo and the benchmark all ask it.
 """
@@ -15,10 +18,12 @@ from types import ModuleType
 import torch
 
 from ..errors import BackendUnavailableError, InputError
-from . import eager, inductor, tensorrt
+from . import eager, engine, inductor, tensorrt
 
 # Fastest first: compile(backend="auto") takes the first available.
 BACKENDS: dict[str, ModuleType] = {"tensorrt": tensorrt, "inductor": inductor, "eager": eager}
+# Runners of artifacts built elsewhere: ``CompiledAnchorDETR`` wraps them too.
+RUNNERS: dict[str, ModuleType] = {**BACKENDS, "engine": engine}
 
 
 def backend_status(device: torch.device, precision: str | None = None) -> dict[str, tuple[bool, str]]:
