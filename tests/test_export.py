@@ -31,8 +31,9 @@ def test_dimensions_stay_dynamic(exported):
     assert (1, 4) in ranges and ranges.count((2, 10)) == 2
 
 
-@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 160, 96), (4, 320, 320), (2, 97, 255)])
+@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 160, 96), (4, 320, 320), (2, 96, 256)])
 def test_exported_equals_eager(model, exported, shape):
+    """On the 32-pixel grid, the only sizes the program accepts (torch 2.11 guards off-grid sizes)."""
     images, mask = example_inputs(shape)
     with torch.no_grad():
         expected = model(images, mask)
