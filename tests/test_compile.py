@@ -424,8 +424,26 @@ def test_device_names_that_are_not_devices_are_input_errors(device):
         at.compile(model, device=device)
 
 
-def test_spec_expands_home_and_refuses_a_missing_opt_shape():
+def test_spec_expands_home():
     spec = CompileSpec("fp32", torch.device("cpu"), cache_dir="~/anchordetr_cache")
     assert spec.cache_dir == Path.home() / "anchordetr_cache"
-    with pytest.raises(at.InputError, match="opt_shape must be"):
-        CompileSpec("fp32", torch.device("cpu"), opt_shape=None)
+
+
+@pytest.mark.parametrize(
+    ("min_shape", "max_shape", "opt_shape"),
+    [
+        ((1, 64, 64), (2, 320, 320), (1, 320, 320)),  # the default opt (1, 800, 800) clamped down
+        ((2, 960, 1024), (4, 1344, 1344), (2, 960, 1024)),  # ... and up
+        ((1, 320, 320), (8, 1344, 1344), (1, 800, 800)),  # the default range: the default opt
+    ],
+)
+def test_the_default_opt_shape_fits_the_range_it_is_given(min_shape, max_shape, opt_shape):
+    spec = CompileSpec("fp32", torch.device("cpu"), min_shape=min_shape, max_shape=max_shape)
+    assert spec.opt_shape == opt_shape
+    compiled = at.compile(at.build_model(at.VARIANTS["r50-c5"]), min_shape=min_shape, max_shape=max_shape)
+    assert compiled.spec.opt_shape == opt_shape
+
+
+def test_an_explicit_opt_shape_outside_the_range_is_still_refused():
+    with pytest.raises(at.InputError, match="min <= opt <= max"):
+        CompileSpec("fp32", torch.device("cpu"), min_shape=(1, 64, 64), max_shape=(2, 320, 320), opt_shape=(1, 800, 800))
