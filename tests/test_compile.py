@@ -446,4 +446,10 @@ def test_the_default_opt_shape_fits_the_range_it_is_given(min_shape, max_shape, 
 
 def test_an_explicit_opt_shape_outside_the_range_is_still_refused():
     with pytest.raises(at.InputError, match="min <= opt <= max"):
-        CompileSpec("fp32", torch.device("cpu"), min_shape=(1, 64, 64), max_shape=(2, 320, 320), opt_shape=(1, 800, 800))
+        CompileSpec(
+            "fp32",
+            torch.device("cpu"),
+            min_shape=(1, 64, 64),
+            max_shape=(2, 320, 320),
+            opt_shape=(1, 800, 800),
+        )
