@@ -1,7 +1,5 @@
 """The demo's report: sizes written one way (height x width), and timings named for what they measured."""
 
-import json
-
 import pytest
 import torch
 
