@@ -19,7 +19,7 @@ from .loader import Batch
 Detector = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
 
-class Runner:
+class TimedDetector:
     """Calls ``model(images [B, 3, H, W], mask [B, H, W])`` on the model's device and input dtype.
 
     The device is ``device`` if given, else the model's ``.device`` attribute (compiled modules), else

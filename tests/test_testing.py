@@ -16,7 +16,7 @@ import torch
 import anchordetr_trt as at
 from anchordetr_trt import checks, cli
 from anchordetr_trt.backends import backend_status
-from anchordetr_trt.custom_ops.cases import SPECS, as_tuple
+from anchordetr_trt.custom_ops.cases import OP_CASES, as_tuple
 from anchordetr_trt.testing import (
     TOLERANCES,
     assert_detections_close,
@@ -352,7 +352,7 @@ def test_check_runs_on_the_cpu(check_run):
 @pytest.mark.skipif(
     not interpreted(), reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 (make test)"
 )
-@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", OP_CASES, ids=lambda spec: spec.name)
 def test_op_check_runs_the_kernel_against_the_reference(spec, monkeypatch):
     """check's op row on a small case under the interpreter (on a GPU it runs spec.gpu_cases), and its
     failure when the kernel is wrong."""

@@ -116,9 +116,9 @@ class CheckSuite:
             )
             yield "fused kernels", _skip(reason)
             return
-        from .custom_ops.cases import SPECS
+        from .custom_ops.cases import OP_CASES
 
-        for spec in SPECS:
+        for spec in OP_CASES:
             yield spec.name, lambda spec=spec: check_op(spec, self.device)
 
     def _backends(self):

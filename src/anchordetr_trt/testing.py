@@ -251,7 +251,7 @@ def assert_parity(
     ``preprocess(images, min_size=..., max_size=...)`` batches. Each model gets the inputs on its own
     device and dtype. ``precision`` defaults to the model's ``.precision`` or its parameters' dtype.
     """
-    from .eval.inference import Runner
+    from .eval.inference import TimedDetector
     from .eval.loader import Batch
     from .transforms import preprocess
 
@@ -264,7 +264,7 @@ def assert_parity(
     if mask is None:
         mask = torch.zeros_like(images[:, 0], dtype=torch.bool)
     batch = Batch(list(range(len(images))), images, mask, torch.zeros(len(images), 2, dtype=torch.int64))
-    runner, reference_runner = Runner(model), Runner(reference)
+    runner, reference_runner = TimedDetector(model), TimedDetector(reference)
     with torch.no_grad():
         actual, expected = runner(batch), reference_runner(batch)
     if precision is None:
