@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= out
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-all demo bench bench-ops gpu lint format clean
+.PHONY: venv test test-fast demo bench bench-ops gpu lint format clean
 
 venv: $(STAMP)
 
@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,dev,plot]'
 	touch $(STAMP)
 
-# CPU test suite: Triton kernels run under the interpreter; GPU/TensorRT tests are reported as skipped.
+# The whole CPU suite (what CI runs): Triton kernels under the interpreter; GPU and TensorRT tests are
+# left to `make gpu`. docs/testing.md lists the tiers.
 test: venv
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not gpu and not tensorrt"
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not gpu and not tensorrt" --durations=10
+
+# The edit loop: the same without the tests marked slow (a few minutes).
+test-fast: venv
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not gpu and not tensorrt and not slow" --durations=5
 
 lint: venv
 	$(PY) -m ruff check .
@@ -44,9 +49,10 @@ bench: venv
 		echo "make bench: no CUDA GPU here: a smoke run of the harness at 320x320, no per-part figures, no cold-stream benchmark"; fi
 
 bench-ops: venv
-	$(PY) scripts/bench_ops.py --out $(OUT)/bench_ops
+	$(PY) -m scripts.bench_ops --out $(OUT)/bench_ops
 
-# Everything that needs the GPU, in one call (the device machine has torch preinstalled: no venv there).
+# Everything that needs the GPU, in one call (the device machine has torch preinstalled: no venv there);
+# writes a result set as results/<gpu>/ holds it (scripts/gpu.sh says how to update results/).
 gpu:
 	bash scripts/gpu.sh
 

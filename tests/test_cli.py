@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli as run
 from PIL import Image
 
 import anchordetr_trt
@@ -25,16 +26,6 @@ from anchordetr_trt.weights import random_model
 
 COMMANDS = ["info", "detect", "eval", "bench", "compile", "demo"]
 SMALL = ["--variant", "r50-c5", "--min-size", "320", "--max-size", "512"]  # the quickest model and inputs
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``anchordetr-trt argv``, run in this process."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's --help and usage errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 import triton
+from conftest import needs_interpreter
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from triton.runtime.interpreter import InterpretedFunction
 
 import anchordetr_trt as at
 from anchordetr_trt.backends import tensorrt as trt_backend
@@ -63,11 +63,6 @@ REGISTERED_OPS = registered_ops()  # imports every op module
 ops = torch.ops.anchordetr
 PLUGIN_SPECS = {spec.name: spec for spec in all_plugins()}
 TOLERANCE = {F32: {"atol": 3e-5, "rtol": 1e-4}, F16: {"atol": 2e-3, "rtol": 1e-2}}  # fp32: sin, cos on a GPU
-interpreted = isinstance(PLUGINS["masked_softmax"].kernel_fn(), InterpretedFunction)
-needs_interpreter = pytest.mark.skipif(
-    not interpreted,
-    reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 set before import (make test)",
-)
 
 SMALL = {"batch": 2, "heads": 4, "height": 5, "width": 7, "channels": 32, "queries": 11}
 # The largest shapes of the default engine range (8, 1344, 1344) with DC5 (stride 16): 84 x 84 features.

@@ -16,15 +16,14 @@ from types import ModuleType
 
 import pytest
 import torch
+from conftest import needs_interpreter
 from torch import Tensor, nn
-from triton.runtime.interpreter import InterpretedFunction
 
 from anchordetr_trt.custom_ops import (
     add_bias_transpose,
     fused,
     layer_norm,
     mask2pos,
-    masked_softmax,
     rcda_aggregate,
     reference,
 )
@@ -41,12 +40,6 @@ from anchordetr_trt.custom_ops.cases import (
     run_launcher,
 )
 from anchordetr_trt.errors import InputError
-
-interpreted = isinstance(masked_softmax.masked_softmax_kernel, InterpretedFunction)
-needs_interpreter = pytest.mark.skipif(
-    not interpreted,
-    reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 set before import (make test)",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -418,6 +411,7 @@ def test_rcda_aggregate_cases_cover_both_step_sizes(case, rows_per_step):
         assert meta["BLOCK_H"] == rows_per_step
 
 
+@needs_interpreter
 @pytest.mark.parametrize(("key", "index"), [("k_row", 4), ("k_col", 1)])
 def test_rcda_aggregate_kernel_keeps_a_nan_score_nan_like_the_reference(key, index):
     """A NaN in k_row or k_col (an fp16 overflow upstream, say) must reach the output, as in the

@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from conftest import needs_interpreter
 
 import anchordetr_trt as at
 from anchordetr_trt import checks, cli
@@ -307,14 +308,6 @@ def test_plugin_rejects_an_unknown_backend(pytester):
 # anchordetr-trt check on the CPU
 
 
-def interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from anchordetr_trt.custom_ops import masked_softmax
-
-    return isinstance(masked_softmax.masked_softmax_kernel, InterpretedFunction)
-
-
 def run_check(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -349,9 +342,7 @@ def test_check_runs_on_the_cpu(check_run):
     assert "PASS" in printed and "0 failed" in printed
 
 
-@pytest.mark.skipif(
-    not interpreted(), reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 (make test)"
-)
+@needs_interpreter
 @pytest.mark.parametrize("spec", OP_CASES, ids=lambda spec: spec.name)
 def test_op_check_runs_the_kernel_against_the_reference(spec, monkeypatch):
     """check's op row on a small case under the interpreter (on a GPU it runs spec.gpu_cases), and its
