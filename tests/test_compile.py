@@ -177,10 +177,9 @@ def test_inductor_traces_one_graph_for_batch_one_and_larger_batches():
 def test_inductors_lowering_guards_nothing_that_splits_the_range():
     # Inductor itself (its C++ kernels on the CPU), not only the trace above: lowering a graph can add
     # guards too, as the GPU test below found after the fact. The custom ops stay opaque, as on the GPU.
-    # It fails on df6becf, whose packed query-key projection split by unbind made Inductor guard batch
-    # > 1 (torch 2.14, and 2.11: results/cpu/lowering_test_torch211.txt; on the H100:
-    # results/h100/guard_unbind_c628528_parent.txt). Two decoder layers: the memory's keys are
-    # projected for several layers at once.
+    # It fails on a packed query-key projection split by unbind, which makes Inductor guard batch > 1
+    # (torch 2.11 to 2.14, and on the GPU). Two decoder layers: the memory's keys are projected for
+    # several layers at once.
     config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=1, num_decoder_layers=2)
     model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(config)))
     model = model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(True)
