@@ -28,6 +28,7 @@ from torch import Tensor, nn
 import anchordetr_trt as at
 from anchordetr_trt.config import variant_name
 from anchordetr_trt.eval import evaluate_coco, parity_report
+from anchordetr_trt.testing import TOLERANCES
 from scripts.train_synthetic import DEFAULT_CKPT, Recipe, git_commit, val_settings
 
 FP16_MAX = 65504.0
@@ -38,7 +39,12 @@ CONFIGS = {  # name -> (backend, precision)
     "eager_bf16": ("eager", "bf16"),
     "inductor_bf16": ("inductor", "bf16"),
 }
-MATCHING = {"match_min_score": 0.3, "iou_threshold": 0.9, "match_max_score_diff": 0.02}
+# The fp16 match rule of anchordetr_trt.testing (IoU 0.9, score within 0.02), on detections scoring >= 0.3.
+MATCHING = {
+    "match_min_score": 0.3,
+    "iou_threshold": TOLERANCES["fp16"].iou_threshold,
+    "match_max_score_diff": TOLERANCES["fp16"].score_atol,
+}
 TARGETS = {  # docs/accuracy.md; AP in COCO points
     "ap_fp32": 40.0,
     "ap50_fp32": 70.0,
