@@ -478,6 +478,7 @@ def widest_rcda(dtype: torch.dtype) -> dict:
     return {**ENGINE_MAX, "width": max_kernel_width(dtype.itemsize, head_dim)}
 
 
+@pytest.mark.slow
 def test_kernels_compile_ahead_of_time_with_tensorrts_parameter_order(tmp_path):
     """Each plugin's kernel compiled for sm_90 at the engine's largest shapes (in a process without the
     interpreter), assembled by ptxas: input pointers (8 bytes), int32 scalars (4), output pointers (8);
@@ -640,6 +641,7 @@ def expected_model_ops(config: at.AnchorDETRConfig) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_exported_model_holds_exactly_the_expected_plugin_nodes():
     torch.manual_seed(0)
     model = at.build_model(at.VARIANTS["r50-c5"]).set_fused_ops(True)
@@ -877,6 +879,7 @@ def test_plugin_runtime_entries_on_device_pointers_match_the_reference(plugin, d
             )
 
 
+@pytest.mark.slow
 def test_a_module_that_runs_ops_in_pytorch_is_refused():
     """The exported model itself is all PyTorch: every anchordetr op and a hundred others outside TensorRT."""
     torch.manual_seed(0)
