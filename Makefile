@@ -8,7 +8,7 @@ OUT ?= out
 TRT_PLUGIN_LAYERS := $(VENV)/tensorrt-plugin-layers
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-all demo bench bench-ops gpu lint format clean
+.PHONY: venv test test-fast demo bench bench-ops gpu lint format clean
 
 venv: $(STAMP)
 
@@ -23,9 +23,16 @@ $(TRT_PLUGIN_LAYERS)/.fetched: tests/tensorrt_plugin_layers.py | $(STAMP)
 	$(PY) tests/tensorrt_plugin_layers.py $(TRT_PLUGIN_LAYERS)
 	touch $@
 
-# CPU test suite: Triton kernels run under the interpreter; GPU/TensorRT tests are reported as skipped.
+TEST_ENV := ANCHORDETR_TRT_PLUGIN_LAYERS=$(abspath $(TRT_PLUGIN_LAYERS)) TRITON_INTERPRET=1
+
+# The whole CPU suite (what CI runs): Triton kernels under the interpreter; GPU and TensorRT tests are
+# left to `make gpu`. docs/testing.md lists the tiers.
 test: venv $(TRT_PLUGIN_LAYERS)/.fetched
-	ANCHORDETR_TRT_PLUGIN_LAYERS=$(abspath $(TRT_PLUGIN_LAYERS)) TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not gpu and not tensorrt"
+	$(TEST_ENV) $(PY) -m pytest -q -m "not gpu and not tensorrt" --durations=10
+
+# The edit loop: the same without the tests marked slow (a few minutes).
+test-fast: venv $(TRT_PLUGIN_LAYERS)/.fetched
+	$(TEST_ENV) $(PY) -m pytest -q -m "not gpu and not tensorrt and not slow" --durations=5
 
 lint: venv
 	$(PY) -m ruff check .
@@ -51,9 +58,10 @@ bench: venv
 		echo "make bench: no CUDA GPU here: a smoke run of the harness at 320x320, no per-part figures, no cold-stream benchmark"; fi
 
 bench-ops: venv
-	$(PY) scripts/bench_ops.py --out $(OUT)/bench_ops
+	$(PY) -m scripts.bench_ops --out $(OUT)/bench_ops
 
-# Everything that needs the GPU, in one call (the device machine has torch preinstalled: no venv there).
+# Everything that needs the GPU, in one call (the device machine has torch preinstalled: no venv there);
+# writes a result set as results/<gpu>/ holds it (scripts/gpu.sh says how to update results/).
 gpu:
 	bash scripts/gpu.sh
 

@@ -115,8 +115,9 @@ def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
 
 
 @dataclass(frozen=True)
-class OpSpec:
-    """An op ``name`` of ``module``, which holds ``<name>_triton`` and ``<name>_launch_config``."""
+class OpCases:
+    """The test cases of op ``name`` of ``module`` (which holds ``<name>_triton`` and
+    ``<name>_launch_config``): inputs, shapes and tolerances."""
 
     name: str
     module: ModuleType
@@ -145,8 +146,8 @@ class OpSpec:
 
 
 REAL_BATCHES = (1, 8)
-SPECS = [
-    OpSpec(
+OP_CASES = [
+    OpCases(
         "masked_softmax",
         masked_softmax,
         masked_softmax_inputs,
@@ -167,7 +168,7 @@ SPECS = [
         tolerance={F32: (1e-6, 1e-5), F16: (1e-5, 1e-3), BF16: (1e-4, 1.6e-2)},
         widen=lambda rows, length: (rows, 4 * length),
     ),
-    OpSpec(
+    OpCases(
         "layer_norm",
         layer_norm,
         layer_norm_inputs,
@@ -192,7 +193,7 @@ SPECS = [
         tolerance={F32: (1e-5, 1e-5), F16: (1e-3, 2e-3), BF16: (1e-2, 1.6e-2)},
         widen=lambda rows, length: (rows, 4 * length),
     ),
-    OpSpec(
+    OpCases(
         "add_bias_transpose",
         add_bias_transpose,
         add_bias_transpose_inputs,
@@ -213,7 +214,7 @@ SPECS = [
         tolerance={BF16: (1e-2, 1.6e-2)},
         widen=lambda batch, length, channels: (batch, 4 * length, 4 * channels),
     ),
-    OpSpec(
+    OpCases(
         "mask2pos",
         mask2pos,
         mask2pos_inputs,
@@ -233,7 +234,7 @@ SPECS = [
         dtypes=(None,),
         widen=lambda batch, height, width: (batch, 4 * height, 4 * width),
     ),
-    OpSpec(
+    OpCases(
         "mask2posemb",
         mask2pos,
         mask2posemb_inputs,
@@ -253,7 +254,7 @@ SPECS = [
         tolerance={None: (2e-5, 0.0)},  # float32 sin/cos of angles up to 2 pi
         widen=lambda batch, height, width, feats: (batch, 4 * height, 4 * width, 4 * feats),
     ),
-    OpSpec(
+    OpCases(
         "rcda_aggregate",
         rcda_aggregate,
         rcda_aggregate_inputs,
@@ -303,7 +304,7 @@ def poisoned_like(outputs: tuple[Tensor, ...]):
     return poisoned if len(poisoned) > 1 else poisoned[0]
 
 
-def assert_matches(spec: OpSpec, got, expected, dtype) -> float:
+def assert_matches(spec: OpCases, got, expected, dtype) -> float:
     """Raise AssertionError unless ``got`` matches ``expected`` within the op's tolerance for ``dtype``
     (NaN nowhere); returns the largest |got - expected|."""
     atol, rtol = spec.tolerance.get(dtype, (0.0, 0.0))
@@ -322,7 +323,7 @@ def assert_matches(spec: OpSpec, got, expected, dtype) -> float:
     return largest
 
 
-def run_launcher(spec: OpSpec, args: tuple, dtype) -> float:
+def run_launcher(spec: OpCases, args: tuple, dtype) -> float:
     """The launcher writes NaN-poisoned outputs in place and matches the reference; returns the
     largest |kernel - reference|."""
     expected = spec.reference(*args)

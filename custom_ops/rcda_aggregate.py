@@ -12,22 +12,13 @@ buffer (each step of the aggregation reads a few of their columns, which Triton 
 registers; written and read back by one program, they stay in L2). Then the row probabilities, in
 registers; then each step takes a few rows h of value, [BLOCK_H * W, D], and multiplies them with the
 joint weights probs_col[q, h] * probs_row[q, w] of those rows, accumulating in float32: one
-tensor-core product per step whose output is the accumulator itself.
-
-The kernel first multiplied the row probabilities with the rows, [W, BLOCK_H * D] at a time, and
-weighted each product's BLOCK_H column blocks by probs_col afterwards (a reshape and a reduction of
-the product's output). Kernel alone, fp16, H100 (results/h100/rcda_joint_adabf5a.json; the old kernel
-is adabf5a's), old against new: 138 against 124 us per encoder layer and 60 against 52 per decoder
-layer at 800x800, batch 8; 653 against 496 and 111 against 87 at 1216x1344; 1.06 to 1.32 times as
-long in all 8 cases (batch 1 and 8). Before that, the column side was a matmul and a
-``masked_softmax`` launch per call, its scores and probabilities going through memory (0.40 ms of a
-7.6 ms batch-8 call at 800x800 on an H100, results/h100/probe_kernels_6e9f4b4.json).
+tensor-core product per step whose output is the accumulator itself (weighting the product's
+column blocks afterwards instead costs a reshape and a reduction of its output).
 
 The products run over W padded to a power of two, or to two of them (``width_blocks``): feature maps
-are rarely a power of two wide, and 84 columns (1344 pixels with DC5) as 64 + 32 instead of 128 took
-the kernel from 0.72 to 0.59 ms at the stream benchmark's 76x84 maps, batch 8, on an H100
-(scripts/sweep_rcda_aggregate.py, results/h100/sweep_rcda_aggregate.json). The height is a loop
-bound only: one build serves every height.
+are rarely a power of two wide, and 84 columns (1344 pixels with DC5) as 64 + 32 instead of 128
+spare a third of the padded work. The height is a loop bound only: one build serves every height.
+docs/performance.md has the kernel's measurements.
 """
 
 from typing import Any
@@ -43,10 +34,9 @@ from . import _common, reference
 from .masked_softmax import softmax_numerators, softmax_scale
 
 _OP = "rcda_aggregate"
-# The best of 24 configurations at 1216x1344 and within 1-31% of the best at 800x800 (BLOCK_Q 64/128,
-# BLOCK_H 1/2/4, 4/8 warps, 2/3 stages; batch 1 and 8; H100, results/h100/rcda_joint_adabf5a.json).
-# BLOCK_Q 64 does better at 800x800, batch 1, where 128 leaves SMs idle, and 1.2-1.4 times worse at
-# 1216x1344.
+# The best of 24 configurations at 1216x1344 and within 31% of the best at 800x800 (BLOCK_Q 64/128,
+# BLOCK_H 1/2/4, 4/8 warps, 2/3 stages; batch 1 and 8: docs/performance.md). BLOCK_Q 64 does better at
+# 800x800, batch 1, where 128 leaves SMs idle, and worse at 1216x1344.
 BLOCK_Q = 128
 BLOCK_H = 2  # rows h per product (its K is BLOCK_H * W); 1 where two rows pass SHARED_BUDGET
 MAX_STAGES = 3
@@ -451,9 +441,9 @@ def _(
     mask_row: Tensor,
     value: Tensor,
 ) -> Tensor:
-    # float32: the kernel's products run on the CUDA cores: 1.0 s for a batch of 8 x 800 x 1216 on an
-    # H100 against 0.13 s for the whole model on cuBLAS (measured); its three-TF32 variant needs more
-    # shared memory than an H100 has at that width. fp32 is the reference precision.
+    # float32: the kernel's products would run on the CUDA cores, several times slower than the whole
+    # model on cuBLAS (docs/performance.md); its three-TF32 variant needs more shared memory than an
+    # H100 has at that width. fp32 is the reference precision.
     args = (q_col, k_col, mask_col, q_row, k_row, mask_row, value)
     if value.dtype == torch.float32 or value.shape[2] > max_kernel_width(
         value.element_size(), value.shape[3]

@@ -11,10 +11,10 @@ import torch
 from anchordetr_trt.errors import InputError
 
 from .annotations import CocoDataset, check_counts, load_dataset
-from .inference import Detector, Runner, check_num_classes, detections, non_finite_counts
+from .dataset_pass import dataset_pass
+from .inference import Detector, TimedDetector, check_num_classes, detections, non_finite_counts
 from .loader import Batch
 from .scoring import score
-from .sweep import sweep
 
 
 def evaluate_coco(
@@ -56,7 +56,7 @@ def evaluate_coco(
     if not isinstance(skip_bad_images, bool):
         raise InputError(f"skip_bad_images must be True or False, got {skip_bad_images!r}")
     dataset = load_dataset(ann_file, image_dir, max_images, category_map)
-    runner = Runner(model, device)
+    runner = TimedDetector(model, device)
     to_category = _label_lookup(category_map)
 
     def per_batch(batch: Batch) -> list[tuple[int, np.ndarray | str]]:
@@ -70,7 +70,7 @@ def evaluate_coco(
         found = [to_category(rows) for rows in detections(outputs, batch.sizes, top_k)]
         return list(zip(batch.image_ids, found, strict=True)) + skipped
 
-    done = sweep(
+    done = dataset_pass(
         dataset,
         [runner],
         per_batch,

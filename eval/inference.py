@@ -19,7 +19,7 @@ from .loader import Batch
 Detector = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
 
-class Runner:
+class TimedDetector:
     """Calls ``model(images [B, 3, H, W], mask [B, H, W])`` on the model's device and input dtype.
 
     The device is ``device`` if given, else the model's ``.device`` attribute (compiled modules), else
@@ -68,8 +68,12 @@ def detections(outputs: dict[str, Tensor], sizes: Tensor, top_k: int) -> list[np
     """Per image, [top_k, 6] float64 rows (x, y, w, h, score, label) in pixels of the original image.
     Non-finite outputs are the callers' to report per image (evaluate_coco refuses them, parity counts them)."""
     num_candidates = outputs["pred_logits"].shape[1] * outputs["pred_logits"].shape[2]
-    results = postprocess(
-        outputs, sizes.to(outputs["pred_logits"].device), top_k=min(top_k, num_candidates), check_finite=False
+    results = postprocess(  # unclipped, as the official evaluation scores them
+        outputs,
+        sizes.to(outputs["pred_logits"].device),
+        top_k=min(top_k, num_candidates),
+        clip=False,
+        check_finite=False,
     )
     rows = []
     for result in results:

@@ -11,10 +11,10 @@ from anchordetr_trt.comparison import abs_diff, count_matches
 from anchordetr_trt.errors import InputError
 
 from .annotations import CocoDataset, check_counts, load_dataset
-from .inference import Detector, Runner, check_num_classes, detections, non_finite_counts
+from .dataset_pass import dataset_pass
+from .inference import Detector, TimedDetector, check_num_classes, detections, non_finite_counts
 from .loader import Batch
 from .scoring import STAT_NAMES, score
-from .sweep import sweep
 
 
 class _ImageComparison(NamedTuple):
@@ -77,7 +77,9 @@ def parity_report(
             )
     matching = {"min_score": match_min_score, "max_score_diff": match_max_score_diff}
     dataset = load_dataset(ann_file, image_dir, max_images)
-    runners = [Runner(model, device) for model, device in zip((model_a, model_b), devices, strict=True)]
+    runners = [
+        TimedDetector(model, device) for model, device in zip((model_a, model_b), devices, strict=True)
+    ]
 
     def per_batch(batch: Batch) -> list[_ImageComparison]:
         outputs = [runner(batch) for runner in runners]
@@ -87,7 +89,7 @@ def parity_report(
             batch, *outputs, top_k=top_k, match_top_k=match_top_k, iou_threshold=iou_threshold, **matching
         )
 
-    done = sweep(
+    done = dataset_pass(
         dataset,
         runners,
         per_batch,

@@ -1,5 +1,5 @@
 """Deterministic COCO-format datasets of drawn shapes: to run the evaluation path without COCO, and to
-train a detector whose accuracy can be measured (scripts/train_synthetic.py).
+train a detector whose accuracy can be measured (``scripts.train_synthetic``).
 
 Each of the ``SHAPE_CLASSES`` is one shape in one hue, labeled with a real COCO category id, so the
 classes are learnable. Objects are small, medium and large (COCO's 32² and 96² pixel area limits),

@@ -10,7 +10,7 @@ speedup, the bytes the op must move (inputs read once, outputs written once), th
 achieves, and its share of the copy bandwidth measured in the same run (a large device-to-device
 copy, read + write). Targets: >= 2x faster than eager and >= 60% of the copy bandwidth.
 
-    python scripts/bench_ops.py --out DIR   # writes DIR/bench_ops.json, prints a table
+    python -m scripts.bench_ops --out DIR   # writes DIR/bench_ops.json, prints a table
 """
 
 import argparse

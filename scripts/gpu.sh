@@ -1,69 +1,102 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one call (`make gpu`), on a machine with torch preinstalled and no
-# network. Results land in $OUT (default out/gpu): summary.txt, gpu.log, gpu_tests.xml, check.json, bench_ops.json,
-# bench/ (bench.json, bench.png, profile), parts/ (per-part TFLOP/s), stream.json, parity.json, parity.md, onnx.json, train.json,
-# accuracy.json, accuracy.md. Each stage has its own time limit, cut to what is left
-# of GPU_BUDGET_S (default 575 s, one call of the GPU machine this project was built on: raise it where
-# there is no such limit); a stage that fails does not stop the next one.
-# STAGES="tests bench" runs a subset (e.g. to finish on a second call; the compile cache is kept).
-# Training (7.5 min) and the trained-model accuracy check (~4 min) fill calls of their own on a machine
-# with a 10-minute call limit: STAGES=train, then at once STAGES=accuracy (the checkpoint stays in
-# .cache/train only while the machine is held). pycocotools must be importable: carry its wheel in .whl/.
+# network. $OUT (default out/gpu) receives one result set, named as results/<gpu>/ holds it:
+#   environment.json  gpu_tests.xml  check.json  bench_ops.json  parity.json parity.md  onnx.json  stream.json
+#   bench.json bench.png profile.json profile.txt  bench_parts.json  train.json  accuracy.json accuracy.md
+#   runs.tsv (stage, commit, files, command of each stage that ran)
+# and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
+# To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
+# `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
+# Each stage has its own time limit, cut to what is left of GPU_BUDGET_S (default 575 s, one call of
+# the GPU machine this project is measured on: raise it where there is no such limit); a stage that
+# fails does not stop the next one. STAGES="tests bench" runs a subset (e.g. to finish on a second
+# call; the compile cache is kept). Training (7.5 min) and the trained-model accuracy check (~4 min)
+# fill calls of their own on a machine with a 10-minute call limit: STAGES=train, then at once
+# STAGES=accuracy (the checkpoint stays in .cache/train only while the machine is held).
+# pycocotools must be importable: carry its wheel in .whl/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
-mkdir -p "$OUT"
+LOGS=$OUT/logs
+WORK=$PWD/.cache/gpu_work  # the CLI's own output folders; their result files are copied to $OUT
+mkdir -p "$OUT" "$LOGS" "$WORK"
 export PYTHONUNBUFFERED=1
-# The code's commit for the JSON reports: pass COMMIT=$(git rev-parse --short HEAD) (the copied tree's .git may be stale).
+# The code's commit for the reports: pass COMMIT=$(git rev-parse --short HEAD) (the copied tree's .git may be stale).
 export GIT_COMMIT=${COMMIT:-${GIT_COMMIT:-}}
+COMMIT_SHOWN=${GIT_COMMIT:-unknown}
 # Compiled kernels and graphs are cached in the work tree, which a warm machine keeps between calls.
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
 
 if ! python3 -c "import anchordetr_trt" 2>/dev/null; then
     site=/tmp/anchordetr_site
     wheels=$(ls .whl/*.whl 2>/dev/null || true)  # e.g. pycocotools for the machine's Python
-    python3 -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --target "$site" $wheels . \
-        || { echo "install failed" | tee "$OUT/summary.txt"; exit 1; }
+    if ! python3 -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --target "$site" $wheels .; then
+        # pyproject.toml's SPDX license string needs setuptools >= 77 (no build isolation here).
+        echo "install failed (setuptools $(python3 -c 'import setuptools; print(setuptools.__version__)' 2>&1))" \
+            | tee "$LOGS/summary.txt"
+        exit 1
+    fi
     export PYTHONPATH=$site
 fi
 
-: > "$OUT/summary.txt"
+: > "$LOGS/summary.txt"
+[[ -f $OUT/runs.tsv ]] || printf 'stage\tcommit\tfiles\tcommand\n' > "$OUT/runs.tsv"
 BUDGET=${GPU_BUDGET_S:-575}
 STAGES=${STAGES:-info tests check bench-ops parity onnx stream bench parts train accuracy}
-stage() {  # stage NAME SECONDS COMMAND...
-    local name=$1 limit=$2 start=$SECONDS
-    shift 2
-    [[ " $STAGES " == *" $name "* ]] || return 0
+selected() { [[ " $STAGES " == *" $1 "* ]]; }
+stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's limit) if NAME is selected
+    local name=$1 limit=$2 files=$3 start=$SECONDS
+    shift 3
+    selected "$name" || return 0
     local left=$((BUDGET - SECONDS))
     ((left < limit)) && limit=$left
     if ((limit < 10)); then
-        printf '%-10s skipped: the %ss budget is spent\n' "$name" "$BUDGET" | tee -a "$OUT/summary.txt"
+        printf '%-10s skipped: the %ss budget is spent\n' "$name" "$BUDGET" | tee -a "$LOGS/summary.txt"
         return 0
     fi
-    echo "=== $name ($(date -u +%T), limit ${limit}s)" >> "$OUT/gpu.log"
-    timeout "$limit" "$@" >> "$OUT/gpu.log" 2>&1
+    echo "=== $name ($(date -u +%T), limit ${limit}s)" >> "$LOGS/gpu.log"
+    timeout "$limit" "$@" >> "$LOGS/gpu.log" 2>&1
     local rc=$?
-    printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$OUT/summary.txt"
+    printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$LOGS/summary.txt"
+    local command="$*"  # as results/README.md shows it: one line, folders by name
+    command=${command//$'\n'/ } command=${command//$'\t'/ } command=${command//$OUT/OUT}
+    printf '%s\t%s\t%s\t%s\n' "$name" "$COMMIT_SHOWN" "$files" "${command//$WORK/.cache/gpu_work}" >> "$OUT/runs.tsv"
+}
+collect() {  # collect NAME DIR SRC[:DEST]...: copy a selected stage's files from DIR into $OUT (as DEST)
+    local name=$1 dir=$2 pair
+    shift 2
+    selected "$name" || return 0
+    for pair in "$@"; do
+        [[ -f $dir/${pair%%:*} ]] && cp "$dir/${pair%%:*}" "$OUT/${pair##*:}"
+    done
+    return 0
 }
 
-stage info 30 python3 -m anchordetr_trt.cli info
-stage tests 575 python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/gpu_tests.xml" tests
-stage check 240 python3 -m anchordetr_trt.cli check --out "$OUT/check"
-stage bench-ops 45 python3 scripts/bench_ops.py --out "$OUT"
-stage parity 90 python3 scripts/gpu_parity.py --out "$OUT"
+# Versions, GPU and which backends run here (also in gpu.log); nvidia-smi's clocks and power limit too.
+INFO='python3 -m anchordetr_trt.cli info --json > "$0" && cat "$0"; nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv'
+stage info 30 environment.json sh -c "$INFO" "$OUT/environment.json"
+stage tests 575 gpu_tests.xml python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/gpu_tests.xml" tests
+stage check 240 check.json python3 -m anchordetr_trt.cli check --out "$WORK/check"
+collect check "$WORK/check" check.json
+stage bench-ops 45 bench_ops.json python3 -m scripts.bench_ops --out "$OUT"
+stage parity 90 "parity.json parity.md" python3 -m scripts.gpu_parity --out "$OUT"
 # export_onnx on this machine's torch (CI covers 2.14) and onnxruntime parity: onnx, onnxscript and
-# onnxruntime must be importable (preinstalled on the GPU machine this project was built on).
-stage onnx 300 python3 scripts/gpu_onnx.py --out "$OUT"
-stage stream 590 python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 380 --commit "${GIT_COMMIT:-unknown}"
-# Last: its report is saved after each backend, so a cut-off run keeps what it measured.
-stage bench 560 python3 -m anchordetr_trt.cli bench --out "$OUT/bench" --cache-dir .cache/bench
+# onnxruntime must be importable (preinstalled on the GPU machine this project is measured on).
+stage onnx 300 onnx.json python3 -m scripts.gpu_onnx --out "$OUT"
+stage stream 590 stream.json python3 -m anchordetr_trt.bench.stream --out "$OUT" --random-budget-s 380 \
+    --commit "$COMMIT_SHOWN"
+# Late: its report is saved after each backend, so a cut-off run keeps what it measured.
+stage bench 560 "bench.json bench.png profile.json profile.txt" \
+    python3 -m anchordetr_trt.cli bench --out "$WORK/bench" --cache-dir .cache/bench
+collect bench "$WORK/bench" bench.json bench.png profile.json profile.txt
 # The per-part TFLOP/s (a compile of each part): with the baselines they overrun one 10-minute call.
-stage parts 560 python3 -m anchordetr_trt.cli bench --out "$OUT/parts" --cache-dir .cache/bench --parts \
-    --backends inductor --batch 8 --no-startup
-# Not in the default STAGES: the FFN epilogue on and off, side by side (STAGES=ffn-ab).
-stage ffn-ab 300 python3 scripts/ab_ffn_epilogue.py --out "$OUT"
+stage parts 560 bench_parts.json python3 -m anchordetr_trt.cli bench --out "$WORK/parts" --cache-dir .cache/bench \
+    --parts --backends inductor --batch 8 --no-startup
+collect parts "$WORK/parts" bench.json:bench_parts.json
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
-stage train 480 python3 scripts/train_synthetic.py --out "$OUT" --budget-min 7.5
-stage accuracy 240 python3 scripts/gpu_accuracy.py --out "$OUT"
-tail -n 60 "$OUT/gpu.log"
-cat "$OUT/summary.txt"
+stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min 7.5
+stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT"
+
+python3 -m scripts.results_table "$OUT" > "$LOGS/results.md" 2>> "$LOGS/gpu.log"
+tail -n 60 "$LOGS/gpu.log"
+cat "$LOGS/summary.txt"

@@ -7,7 +7,7 @@ that differ in batch, aspect and padding (targets: logits within 1e-4, boxes wit
 file against eager fp16 (reference ops) on the GPU, reported. Exits 1 when a target is missed or a
 step fails; the JSON is written after each file, so a cut-off run keeps what it measured.
 
-    python scripts/gpu_onnx.py --out DIR [--variant r50-dc5] [--precisions fp32 fp16]
+    python -m scripts.gpu_onnx --out DIR [--variant r50-dc5] [--precisions fp32 fp16]
 """
 
 import argparse

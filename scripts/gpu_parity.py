@@ -4,7 +4,7 @@ Both models get the same weights (a checkpoint, or the demo's deterministic rand
 preprocessed batches; the report (mAP of each, delta, detection agreement, numeric diffs) is written as
 parity.json and parity.md. Images are square so that every batch falls in one compiled shape bucket.
 
-    python scripts/gpu_parity.py --out DIR [--ckpt CKPT --variant r50-dc5] [--num-images 16]
+    python -m scripts.gpu_parity --out DIR [--ckpt CKPT --variant r50-dc5] [--num-images 16]
 """
 
 import argparse
@@ -18,7 +18,7 @@ import anchordetr_trt as at
 from anchordetr_trt.backends import choose_backend
 from anchordetr_trt.config import variant_name
 from anchordetr_trt.eval import make_synthetic_coco, parity_report, write_report
-from anchordetr_trt.weights import random_model
+from anchordetr_trt.weights import load_or_random
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_parity: no CUDA GPU visible: this stage compares GPU backends", file=sys.stderr)
         return 2
 
-    model = (
-        random_model(args.variant or "r50-dc5")
-        if args.ckpt is None
-        else at.load_model(args.ckpt, variant=args.variant)
-    )
+    model = load_or_random(args.ckpt, variant=args.variant)
     # The same variant as the model: C5 and DC5 weights are identical, so the name cannot come from them.
     reference = at.load_model(model.state_dict(), variant=variant_name(model.config), device="cuda")
     reference.set_fused_ops(False)  # the official computation: plain PyTorch ops, fp32

@@ -1,6 +1,6 @@
 """Train AnchorDETR from scratch on the synthetic shapes set, on one GPU, within a wall-clock budget.
 
-The point is a *trained* detector for accuracy checks of the FP16 backends (scripts/gpu_accuracy.py):
+The point is a *trained* detector for accuracy checks of the FP16 backends (``scripts.gpu_accuracy``):
 random weights give near-equal scores everywhere, so their parity says little. The loop follows the
 paper: Hungarian matching (scipy) on focal class cost + L1 + GIoU, sigmoid focal loss, L1 and GIoU box
 losses on every decoder layer (auxiliary losses), AdamW, bf16 autocast, gradient clipping, a fixed seed.
@@ -22,7 +22,7 @@ checkpoint and scoring the val split. The checkpoint stays on the machine (``--c
 ``--log-every`` steps, val AP during and after training) goes to ``OUT/train.json`` and next to the
 checkpoint.
 
-    python scripts/train_synthetic.py --out DIR [--budget-min 8] [--ckpt PATH] [--retrain]
+    python -m scripts.train_synthetic --out DIR [--budget-min 8] [--ckpt PATH] [--retrain]
 """
 
 import time

@@ -1,8 +1,42 @@
-"""Where a test can run: ``gpu``-marked tests need a CUDA GPU (``make gpu`` runs them); ``no_gpu``-marked
-tests check what a machine without one is told."""
+"""Where a test can run, and the helpers several test files share.
+
+- ``gpu``-marked tests need a CUDA GPU (``make gpu`` runs them); ``no_gpu``-marked tests check what a
+  machine without one is told.
+- ``interpreter``-marked tests (``needs_interpreter``) run the Triton kernels on the CPU, which needs
+  ``TRITON_INTERPRET=1`` set before triton is imported (``make test`` and ``make test-fast`` set it).
+  Selected on a machine without a GPU and without the interpreter, they stop the run with a usage
+  error rather than skip: a suite that skipped them would pass without testing a kernel. On a GPU
+  they are skipped: the ``gpu``-marked tests run the kernels compiled.
+"""
+
+import functools
 
 import pytest
 import torch
+
+needs_interpreter = pytest.mark.interpreter
+
+
+@functools.cache
+def interpreted() -> bool:
+    """Whether the Triton kernels run under the interpreter (TRITON_INTERPRET=1 before triton's import)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from anchordetr_trt.custom_ops import masked_softmax
+
+    return isinstance(masked_softmax.masked_softmax_kernel, InterpretedFunction)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``anchordetr-trt argv``, run in this process."""
+    from anchordetr_trt.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's --help and usage errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -13,3 +47,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (run by `make gpu`)"))
         if item.get_closest_marker("no_gpu") and has_gpu:
             item.add_marker(pytest.mark.skip(reason="checks what a machine without a GPU is told"))
+        if item.get_closest_marker("interpreter") and has_gpu and not interpreted():
+            item.add_marker(
+                pytest.mark.skip(reason="runs the kernels on the CPU; the gpu tests run them here")
+            )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # After -m/-k deselection: only the tests that would run count.
+    if torch.cuda.is_available() or interpreted():
+        return
+    kernel_tests = [item for item in session.items if item.get_closest_marker("interpreter")]
+    if kernel_tests:
+        raise pytest.UsageError(
+            f"{len(kernel_tests)} selected tests run the Triton kernels on the CPU, which needs "
+            "TRITON_INTERPRET=1 set before triton is imported: run `make test` (or `make test-fast`), or "
+            'TRITON_INTERPRET=1 pytest ...; -m "not interpreter" leaves those tests out'
+        )

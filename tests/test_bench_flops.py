@@ -119,6 +119,7 @@ def model():
     return random_model("r50-c5").eval()
 
 
+@pytest.mark.slow
 def test_split_forward_computes_the_models_output(model):
     images, mask = example_inputs((2, 64, 96))
     with torch.no_grad():

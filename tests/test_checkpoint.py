@@ -256,3 +256,14 @@ def test_a_variant_other_than_the_training_args_is_used_with_a_warning(released_
     assert (
         "the variant passed (r50-dc5) overrides the checkpoint's training arguments (r50-c5)" in caplog.text
     )
+
+
+def test_load_or_random_loads_a_checkpoint_else_builds_seeded_random_weights(state_dict):
+    from anchordetr_trt.config import DEFAULT_VARIANT, variant_name
+    from anchordetr_trt.weights import load_or_random, random_model
+
+    loaded = load_or_random({"model": state_dict}, variant="r50-c5")
+    torch.testing.assert_close(loaded.state_dict(), state_dict, atol=0, rtol=0)
+    seeded = load_or_random(None, variant="r50-c5", seed=3)
+    torch.testing.assert_close(seeded.state_dict(), random_model("r50-c5", 3).state_dict(), atol=0, rtol=0)
+    assert variant_name(load_or_random(None).config) == DEFAULT_VARIANT

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli as run
 from PIL import Image
 
 import anchordetr_trt
@@ -25,16 +26,6 @@ from anchordetr_trt.weights import random_model
 
 COMMANDS = ["info", "detect", "eval", "bench", "compile", "demo", "export"]
 SMALL = ["--variant", "r50-c5", "--min-size", "320", "--max-size", "512"]  # the quickest model and inputs
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``anchordetr-trt argv``, run in this process."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's --help and usage errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -102,6 +93,7 @@ def test_info_reports_versions_and_why_backends_cannot_run(capsys):
     assert f"backend='auto' picks: {info['auto']}" in text
 
 
+@pytest.mark.slow
 def test_detect_writes_json_and_annotated_images(image_dir, checkpoint, tmp_path, capsys):
     out, top_k = tmp_path / "out", 7
     sizes = SMALL[2:]  # the checkpoint's training args name its variant
@@ -182,6 +174,7 @@ def test_draw_puts_box_and_label_at_the_detection():
     assert not drawn[:, :38].any() and not drawn[:28].any(), "nothing is drawn away from the detection"
 
 
+@pytest.mark.slow
 def test_bench_cpu_smoke_run_writes_json_png_and_profile(tmp_path, capsys, cache_env):
     out = tmp_path / "bench"
     argv = [
@@ -289,6 +282,7 @@ def test_eval_runs_images_the_resize_takes_past_the_default_range(tmp_path, caps
     assert out.startswith("1 images")
 
 
+@pytest.mark.slow
 def test_demo_writes_report_and_says_weights_are_random(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, _ = run(
@@ -353,6 +347,7 @@ def test_unexpected_failure_is_one_line_with_exit_code_1(image_dir, tmp_path, ca
     assert "RuntimeError: CUDA error: an illegal memory access" in err and "--debug" in err
 
 
+@pytest.mark.slow
 def test_console_script_and_module_run_as_processes(tmp_path):
     script = shutil.which("anchordetr-trt", path=str(Path(sys.executable).parent)) or "anchordetr-trt"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -379,6 +374,7 @@ def test_console_script_and_module_run_as_processes(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     # --help answers at once: torch (seconds to import) is imported by the commands that need it.
     probe = (
@@ -452,6 +448,7 @@ def test_detect_rerun_replaces_its_own_outputs_and_stops_at_a_user_file(tmp_path
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_detect_runs_images_the_resize_takes_past_the_default_range(tmp_path, capsys):
     """The official resize makes 10x2000 7x1400 (short side under 320, long side over 1344): padded up
     to the range's 320, and the range widened to the longest resized side, it runs like any image."""

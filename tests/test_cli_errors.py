@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli as run
 from PIL import Image
 
-from anchordetr_trt.cli import main
 from anchordetr_trt.eval import make_synthetic_coco
 
 DETECT = ["detect", "{images}", "--random-weights", "--out", "{tmp}/out"]
@@ -185,15 +185,6 @@ CASES = {
         "did not write or that changed since (notes.txt)",
     ),
 }
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's usage errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def checksums(folder: Path) -> dict[str, str]:

@@ -28,6 +28,7 @@ def dc5_weights():
     return {"model": fixture_state_dict("r50-dc5")}
 
 
+@pytest.mark.slow
 def test_eager_fp32_on_cpu_equals_load_model(dc5_weights):
     compiled = at.compile(
         dc5_weights, variant="r50-dc5", backend="eager", device="cpu", precision="fp32", min_shape=(1, 64, 64)
@@ -41,6 +42,7 @@ def test_eager_fp32_on_cpu_equals_load_model(dc5_weights):
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_images_smaller_than_min_shape_are_padded_up_to_it(dc5_weights):
     """A panorama resized to a short side under min_shape runs as if padded in a batch (masked pixels)."""
     compiled = at.compile(
@@ -59,6 +61,7 @@ def test_images_smaller_than_min_shape_are_padded_up_to_it(dc5_weights):
         compiled(*example_inputs((1, 64, 1400)))  # larger than max_shape is still refused, as passed
 
 
+@pytest.mark.slow
 def test_the_wrapper_casts_inputs_refuses_larger_batches_and_leaves_the_users_model_alone():
     model = at.build_model(at.VARIANTS["r50-c5"]).eval()
     fused_ops = lambda: [m.fused_ops for m in model.modules() if hasattr(m, "fused_ops")]
@@ -144,6 +147,7 @@ def _keep_graph(graphs: list) -> Callable:
     return keep_graph
 
 
+@pytest.mark.slow
 def test_inductor_traces_one_graph_for_batch_one_and_larger_batches():
     # The Dynamo graph the inductor backend compiles, counted without compiling it (no GPU here), first
     # traced at the range's largest batch as build() does: batch 1, other batches and every block count
@@ -169,13 +173,13 @@ def test_inductor_traces_one_graph_for_batch_one_and_larger_batches():
     assert targets.count(str(torch._addmm_activation)) == 12
 
 
+@pytest.mark.slow
 def test_inductors_lowering_guards_nothing_that_splits_the_range():
     # Inductor itself (its C++ kernels on the CPU), not only the trace above: lowering a graph can add
     # guards too, as the GPU test below found after the fact. The custom ops stay opaque, as on the GPU.
-    # It fails on df6becf, whose packed query-key projection split by unbind made Inductor guard batch
-    # > 1 (torch 2.14, and 2.11: results/cpu/lowering_test_torch211.txt; on the H100:
-    # results/h100/guard_unbind_c628528_parent.txt). Two decoder layers: the memory's keys are
-    # projected for several layers at once.
+    # It fails on a packed query-key projection split by unbind, which makes Inductor guard batch > 1
+    # (torch 2.11 to 2.14, and on the GPU). Two decoder layers: the memory's keys are projected for
+    # several layers at once.
     config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=1, num_decoder_layers=2)
     model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(config)))
     model = model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(True)
@@ -221,6 +225,7 @@ def _loaded_runner(model, spec) -> InductorRunner:
     return runner
 
 
+@pytest.mark.slow
 def test_a_second_runner_loads_the_saved_range_and_reads_the_weights_of_its_model(saved_range):
     # What a second process does with a warm cache_dir: load the function (no trace) and run it on
     # this model's weights, which the file does not hold.
@@ -241,6 +246,7 @@ def test_a_second_runner_loads_the_saved_range_and_reads_the_weights_of_its_mode
     assert third.compiles == 0 and not torch.allclose(out["pred_boxes"], outputs[0]["pred_boxes"])
 
 
+@pytest.mark.slow
 def test_inputs_the_saved_range_rejects_get_a_function_of_their_own(saved_range, caplog):
     # Batch 3 is beyond the range (compile() refuses it before the runner sees it): it stands for
     # inputs the guards reject, which get a function for their shape and a warning, not an error.
@@ -261,6 +267,7 @@ def test_inputs_no_function_accepts_run_uncompiled_past_the_limit(saved_range, m
     assert runner.compiles == 0 and "running the model uncompiled" in caplog.text
 
 
+@pytest.mark.slow
 def test_changed_global_settings_compile_the_range_again_under_another_name(saved_range, caplog):
     # Dynamo guards global settings (here torch's thread count, which torchrun sets to 1): a function
     # compiled under others rejects every input, so the range is compiled again, once, and saved apart.
@@ -295,6 +302,7 @@ def _saved_path(model, spec) -> Path:
     return InductorRunner(model, spec, compiler=_keep_graph([]))._saved_path(inductor._global_state())
 
 
+@pytest.mark.slow
 def test_a_damaged_saved_file_is_compiled_again_and_replaced(saved_range, tmp_path, caplog):
     model, spec, shapes, outputs = saved_range
     shutil.copytree(spec.cache_dir / "precompiled", tmp_path / "precompiled")
@@ -424,8 +432,32 @@ def test_device_names_that_are_not_devices_are_input_errors(device):
         at.compile(model, device=device)
 
 
-def test_spec_expands_home_and_refuses_a_missing_opt_shape():
+def test_spec_expands_home():
     spec = CompileSpec("fp32", torch.device("cpu"), cache_dir="~/anchordetr_cache")
     assert spec.cache_dir == Path.home() / "anchordetr_cache"
-    with pytest.raises(at.InputError, match="opt_shape must be"):
-        CompileSpec("fp32", torch.device("cpu"), opt_shape=None)
+
+
+@pytest.mark.parametrize(
+    ("min_shape", "max_shape", "opt_shape"),
+    [
+        ((1, 64, 64), (2, 320, 320), (1, 320, 320)),  # the default opt (1, 800, 800) clamped down
+        ((2, 960, 1024), (4, 1344, 1344), (2, 960, 1024)),  # ... and up
+        ((1, 320, 320), (8, 1344, 1344), (1, 800, 800)),  # the default range: the default opt
+    ],
+)
+def test_the_default_opt_shape_fits_the_range_it_is_given(min_shape, max_shape, opt_shape):
+    spec = CompileSpec("fp32", torch.device("cpu"), min_shape=min_shape, max_shape=max_shape)
+    assert spec.opt_shape == opt_shape
+    compiled = at.compile(at.build_model(at.VARIANTS["r50-c5"]), min_shape=min_shape, max_shape=max_shape)
+    assert compiled.spec.opt_shape == opt_shape
+
+
+def test_an_explicit_opt_shape_outside_the_range_is_still_refused():
+    with pytest.raises(at.InputError, match="min <= opt <= max"):
+        CompileSpec(
+            "fp32",
+            torch.device("cpu"),
+            min_shape=(1, 64, 64),
+            max_shape=(2, 320, 320),
+            opt_shape=(1, 800, 800),
+        )

@@ -30,10 +30,10 @@ import numpy as np
 import pytest
 import torch
 import triton
+from conftest import needs_interpreter
 from plugin_launch import launch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from triton.runtime.interpreter import InterpretedFunction
 
 import anchordetr_trt as at
 from anchordetr_trt.backends import tensorrt as trt_backend
@@ -63,11 +63,6 @@ REGISTERED_OPS = registered_ops()  # imports every op module
 ops = torch.ops.anchordetr
 PLUGIN_SPECS = {spec.name: spec for spec in all_plugins()}
 TOLERANCE = {F32: {"atol": 3e-5, "rtol": 1e-4}, F16: {"atol": 2e-3, "rtol": 1e-2}}  # fp32: sin, cos on a GPU
-interpreted = isinstance(PLUGINS["masked_softmax"].kernel_fn(), InterpretedFunction)
-needs_interpreter = pytest.mark.skipif(
-    not interpreted,
-    reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 set before import (make test)",
-)
 
 SMALL = {"batch": 2, "heads": 4, "height": 5, "width": 7, "channels": 32, "queries": 11}
 # The largest shapes of the default engine range (8, 1344, 1344) with DC5 (stride 16): 84 x 84 features.
@@ -502,6 +497,7 @@ def widest_rcda(dtype: torch.dtype) -> dict:
     return {**ENGINE_MAX, "width": max_kernel_width(dtype.itemsize, head_dim)}
 
 
+@pytest.mark.slow
 def test_kernels_compile_ahead_of_time_with_tensorrts_parameter_order(tmp_path):
     """Each plugin's kernel compiled for sm_90 at the engine's largest shapes (in a process without the
     interpreter), assembled by ptxas: input pointers (8 bytes), int32 scalars (4), output pointers (8);
@@ -664,6 +660,7 @@ def expected_model_ops(config: at.AnchorDETRConfig) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_exported_model_holds_exactly_the_expected_plugin_nodes():
     torch.manual_seed(0)
     model = at.build_model(at.VARIANTS["r50-c5"]).set_fused_ops(True)
@@ -902,6 +899,7 @@ def test_aot_kernels_on_device_pointers_match_the_reference(plugin, dtype):
         torch.testing.assert_close(got, want, **TOLERANCE[want.dtype])
 
 
+@pytest.mark.slow
 def test_a_module_that_runs_ops_in_pytorch_is_refused():
     """The exported model itself is all PyTorch: every anchordetr op and a hundred others outside TensorRT."""
     torch.manual_seed(0)

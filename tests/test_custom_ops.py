@@ -8,24 +8,22 @@ encoder queries, C = 256). Inputs are fresh random ones per test (the seed is pr
 outputs are pre-filled with NaN so that an element a kernel forgets to write fails the comparison.
 """
 
-import importlib.util
+import importlib
 import json
 import random
 import re
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import needs_interpreter
 from torch import Tensor, nn
-from triton.runtime.interpreter import InterpretedFunction
 
 from anchordetr_trt.custom_ops import (
     add_bias_transpose,
     fused,
     layer_norm,
     mask2pos,
-    masked_softmax,
     rcda_aggregate,
     reference,
 )
@@ -33,7 +31,7 @@ from anchordetr_trt.custom_ops.cases import (
     BF16,
     F16,
     F32,
-    SPECS,
+    OP_CASES,
     as_tuple,
     assert_matches,
     image_mask,
@@ -42,12 +40,6 @@ from anchordetr_trt.custom_ops.cases import (
     run_launcher,
 )
 from anchordetr_trt.errors import InputError
-
-interpreted = isinstance(masked_softmax.masked_softmax_kernel, InterpretedFunction)
-needs_interpreter = pytest.mark.skipif(
-    not interpreted,
-    reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 set before import (make test)",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +52,7 @@ def fresh_seed():
 def cases(gpu: bool = False, interpreted: bool = False):
     return [
         pytest.param(spec, case, dtype, id=f"{spec.name}-{name}-{str(dtype).removeprefix('torch.')}")
-        for spec in SPECS
+        for spec in OP_CASES
         for name, case in (spec.gpu_cases if gpu else spec.cases).items()
         for dtype in spec.dtypes
         if not (gpu and dtype is BF16)  # bfloat16 on the GPU: covered by test_opcheck_cuda
@@ -79,7 +71,7 @@ def test_triton_matches_reference(spec, case, dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", OP_CASES, ids=lambda spec: spec.name)
 def test_kernel_serves_any_size_up_to_its_blocks(spec, monkeypatch):
     """A kernel built for larger sizes (blocks and grid of 4x the lengths, as for a TensorRT engine's
     maximum shape) is exact on smaller inputs: extra lanes and programs write nothing."""
@@ -99,7 +91,7 @@ def spec_dtypes(dtypes: tuple) -> list:
     """(spec, dtype) pairs: each float op with ``dtypes``, each mask op once."""
     return [
         pytest.param(spec, dtype, id=f"{spec.name}-{str(dtype).removeprefix('torch.')}")
-        for spec in SPECS
+        for spec in OP_CASES
         for dtype in (dtypes if spec.dtypes != (None,) else (None,))
     ]
 
@@ -315,7 +307,7 @@ def bad_inputs() -> list:
 
 @pytest.mark.parametrize(("name", "args", "match", "entry"), bad_inputs())
 def test_bad_inputs_raise_input_error(name, args, match, entry):
-    spec = next(spec for spec in SPECS if spec.name == name)
+    spec = next(spec for spec in OP_CASES if spec.name == name)
     if entry == "fake":
         args = tuple(a.to("meta") if isinstance(a, Tensor) else a for a in args)
     call = spec.launcher if entry == "launcher" else spec.op
@@ -323,7 +315,7 @@ def test_bad_inputs_raise_input_error(name, args, match, entry):
         call(*args)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", OP_CASES, ids=lambda spec: spec.name)
 def test_launcher_rejects_a_wrong_out(spec):
     args = spec.first_inputs(spec.dtypes[0], "cpu")
     expected = as_tuple(spec.reference(*args))
@@ -333,16 +325,11 @@ def test_launcher_rejects_a_wrong_out(spec):
 
 
 # ---------------------------------------------------------------------------------------------------
-# scripts/bench_ops.py: its arithmetic and report on CPU (its timings need the GPU)
+# scripts.bench_ops: its arithmetic and report on CPU (its timings need the GPU)
 
 
 def load_bench_ops() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_ops", Path(__file__).parents[1] / "scripts/bench_ops.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("scripts.bench_ops")  # the repository root is on pytest's pythonpath
 
 
 @pytest.mark.no_gpu
@@ -417,13 +404,14 @@ def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
 @pytest.mark.parametrize(("case", "rows_per_step"), [("wider", 2), ("one_row_per_step", 1)])
 def test_rcda_aggregate_cases_cover_both_step_sizes(case, rows_per_step):
     """The interpreter cases above run the kernel with two rows h per step and with one."""
-    shape = next(spec for spec in SPECS if spec.name == "rcda_aggregate").cases[case]["shape"]
+    shape = next(spec for spec in OP_CASES if spec.name == "rcda_aggregate").cases[case]["shape"]
     n, queries, _, width, head_dim = shape
     for element_size in (2, 4):
         _, meta = rcda_aggregate.rcda_aggregate_launch_config(queries, n, width, head_dim, element_size)
         assert meta["BLOCK_H"] == rows_per_step
 
 
+@needs_interpreter
 @pytest.mark.parametrize(("key", "index"), [("k_row", 4), ("k_col", 1)])
 def test_rcda_aggregate_kernel_keeps_a_nan_score_nan_like_the_reference(key, index):
     """A NaN in k_row or k_col (an fp16 overflow upstream, say) must reach the output, as in the

@@ -612,6 +612,7 @@ def _uneven_shift(image_id):
     return 0.15 * (image_id % 3)  # IoU 1, 0.74 or 0.54 by image: AP strictly between 0 and 1
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(synthetic, tmp_path):
     ann_file, image_dir = synthetic
     expected = _evaluate(Oracle(*synthetic, shift=_uneven_shift), *synthetic, batch_size=2)

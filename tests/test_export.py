@@ -25,12 +25,14 @@ def test_traced_at_the_opt_shape(exported):
     assert traced_shape(exported) == (1, 160, 128)
 
 
+@pytest.mark.slow
 def test_dimensions_stay_dynamic(exported):
     ranges = sorted((r.lower, r.upper) for r in exported.range_constraints.values())
     # batch, and height and width in blocks of 32 (the program's sizes are 32 * blocks)
     assert (1, 4) in ranges and ranges.count((2, 10)) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 64, 64), (3, 160, 96), (4, 320, 320), (2, 96, 256)])
 def test_exported_equals_eager(model, exported, shape):
     """On the 32-pixel grid, the only sizes the program accepts (torch 2.11 guards off-grid sizes)."""
@@ -41,6 +43,7 @@ def test_exported_equals_eager(model, exported, shape):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_exported_program_rejects_shapes_outside_the_range(exported):
     images, mask = example_inputs((1, 352, 64))
     with pytest.raises(Exception, match="<= 320"):  # the bound on height; the type varies with torch
@@ -61,6 +64,7 @@ def test_bad_shape_ranges(min_shape, max_shape, opt_shape):
         check_shape_range(min_shape, max_shape, opt_shape)
 
 
+@pytest.mark.slow
 def test_a_dimension_with_one_value_stays_static():
     """Batch 2..2 and width 96..96 (a fixed-batch deployment): only the height varies."""
     torch.manual_seed(0)

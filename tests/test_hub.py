@@ -67,6 +67,7 @@ def server(checkpoint_bytes):
     httpd.server_close()
 
 
+@pytest.mark.slow
 def test_url_is_downloaded_once_then_read_from_the_cache(server, tmp_path, checkpoint_bytes):
     url = f"{server.url}/model.pth"
     before = len(server.requests)

@@ -18,6 +18,7 @@ NotebookClient = pytest.importorskip(
 ).NotebookClient
 
 NOTEBOOK = Path(__file__).parents[1] / "examples" / "quickstart.ipynb"
+pytestmark = pytest.mark.slow  # one run of the whole notebook, about a minute
 
 
 @pytest.fixture(scope="module")

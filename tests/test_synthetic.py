@@ -12,7 +12,7 @@ from anchordetr_trt import InputError
 from anchordetr_trt.eval import COCO_CLASSES, make_synthetic_coco
 from anchordetr_trt.eval.synthetic import SHAPE_CLASSES, synthetic_image
 
-TRAIN_LIKE = {"min_size": 320, "max_size": 640, "max_objects": 10}  # as scripts/train_synthetic.py
+TRAIN_LIKE = {"min_size": 320, "max_size": 640, "max_objects": 10}  # as scripts.train_synthetic
 
 
 @pytest.fixture(scope="module")

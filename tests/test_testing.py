@@ -12,11 +12,12 @@ import json
 
 import pytest
 import torch
+from conftest import needs_interpreter
 
 import anchordetr_trt as at
 from anchordetr_trt import checks, cli
 from anchordetr_trt.backends import backend_status
-from anchordetr_trt.custom_ops.cases import SPECS, as_tuple
+from anchordetr_trt.custom_ops.cases import OP_CASES, as_tuple
 from anchordetr_trt.testing import (
     TOLERANCES,
     assert_detections_close,
@@ -160,11 +161,13 @@ def test_shapes_that_differ_are_reported(expected):
 # assert_parity on models: it passes for the same computation and catches planted faults
 
 
+@pytest.mark.slow
 def test_parity_of_the_eager_backend(reference, batch):
     compiled = at.compile(copy.deepcopy(reference), backend="eager", device="cpu", min_shape=(1, 32, 32))
     assert_parity(compiled, reference, *batch)
 
 
+@pytest.mark.slow
 def test_parity_on_a_list_of_images(reference):
     images = [torch.randint(0, 256, (3, 100, 150), dtype=torch.uint8), torch.rand(3, 140, 90)]
     assert_parity(copy.deepcopy(reference), reference, images, min_size=96, max_size=128)
@@ -250,6 +253,7 @@ def skip_reasons() -> dict[str, str]:
     return {name: why for name, (ok, why) in backend_status(torch.device("cpu")).items() if not ok}
 
 
+@pytest.mark.slow
 def test_plugin_passes_matching_models_and_skips_what_cannot_run(pytester):
     pytester.makepyfile(test_user=USER_TEST)
     result = pytester.runpytest(
@@ -281,6 +285,7 @@ def test_plugin_on_the_gpu_passes_eager_and_inductor(pytester):
     result.assert_outcomes(passed=2)
 
 
+@pytest.mark.slow
 def test_plugin_fails_a_nudged_model_with_a_report(pytester, reference, monkeypatch):
     ckpt = pytester.path / "model.pth"
     torch.save({"model": reference.state_dict()}, ckpt)
@@ -307,14 +312,6 @@ def test_plugin_rejects_an_unknown_backend(pytester):
 # anchordetr-trt check on the CPU
 
 
-def interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from anchordetr_trt.custom_ops import masked_softmax
-
-    return isinstance(masked_softmax.masked_softmax_kernel, InterpretedFunction)
-
-
 def run_check(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -329,6 +326,7 @@ def check_run(tmp_path_factory):
     return code, printed, json.loads((out / "check.json").read_text())
 
 
+@pytest.mark.slow
 def test_check_runs_on_the_cpu(check_run):
     code, printed, report = check_run
     assert code == 0 and report["passed"] and report["device"] == "cpu" and report["variant"] == "r50-c5"
@@ -349,10 +347,8 @@ def test_check_runs_on_the_cpu(check_run):
     assert "PASS" in printed and "0 failed" in printed
 
 
-@pytest.mark.skipif(
-    not interpreted(), reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 (make test)"
-)
-@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+@needs_interpreter
+@pytest.mark.parametrize("spec", OP_CASES, ids=lambda spec: spec.name)
 def test_op_check_runs_the_kernel_against_the_reference(spec, monkeypatch):
     """check's op row on a small case under the interpreter (on a GPU it runs spec.gpu_cases), and its
     failure when the kernel is wrong."""
@@ -371,6 +367,7 @@ def test_op_check_runs_the_kernel_against_the_reference(spec, monkeypatch):
         checks.check_op(spec, torch.device("cpu"), {name: case})
 
 
+@pytest.mark.slow
 def test_a_failing_check_exits_non_zero(tmp_path, monkeypatch):
     compile_model = checks.CheckSuite._compile
 
@@ -389,6 +386,7 @@ def test_a_failing_check_exits_non_zero(tmp_path, monkeypatch):
     assert "FAILED backends eager (2, 160, 160):" in printed and "0 passed, 2 failed" in printed
 
 
+@pytest.mark.slow
 def test_a_backend_that_cannot_compile_fails_each_of_its_checks(monkeypatch):
     def unavailable(suite, backend):
         raise at.BackendUnavailableError(f"{backend} cannot build here")
@@ -399,6 +397,7 @@ def test_a_backend_that_cannot_compile_fails_each_of_its_checks(monkeypatch):
     assert printed.count("BackendUnavailableError: eager cannot build here") >= 2
 
 
+@pytest.mark.slow
 def test_check_with_nothing_to_check_fails_saying_so(capsys):
     code, printed = run_check("--only", "tensorrt")  # no torch_tensorrt here: every row is skipped
     assert code == 1 and "0 passed, 0 failed" in printed

@@ -1,11 +1,10 @@
-"""scripts/train_synthetic.py and scripts/gpu_accuracy.py on the CPU with a small AnchorDETR: matcher,
+"""scripts.train_synthetic and scripts.gpu_accuracy on the CPU with a small AnchorDETR: matcher,
 set loss, batch-norm swap and fold-back, training steps, checkpoints, and the accuracy report."""
 
 import copy
-import importlib.util
+import importlib
 import json
 import time
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -18,7 +17,6 @@ from anchordetr_trt.config import config_from_args
 
 pytest.importorskip("scipy", reason="the training extra: pip install 'anchordetr_trt[train]'")
 
-SCRIPTS = Path(__file__).parents[1] / "scripts"
 SMALL = at.AnchorDETRConfig(
     dilation=False,
     num_heads=4,
@@ -31,10 +29,7 @@ SMALL = at.AnchorDETRConfig(
 
 
 def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"scripts.{name}")  # the repository root is on pytest's pythonpath
 
 
 @pytest.fixture(scope="module")

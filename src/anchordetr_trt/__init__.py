@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place of the version (pyproject.toml reads it)
 
 # Name -> module. Imported on first use, so that `anchordetr-trt --help` does not wait for torch.
 _EXPORTS = {

@@ -179,7 +179,7 @@ def split_heads(x: Tensor, num_heads: int, groups: int, merge_batch: bool = True
     strided slice's channels (tests/test_compile.py lowers the model to catch it)."""
     heads = x.unflatten(-1, (groups, num_heads, -1)).movedim((-3, -2), (0, 2))  # [G, B, heads, *S, D]
     # A copy, then views of it, each group's shape made before the groups are split: a view of a split
-    # group, or a reshape of the permuted heads, made Inductor guard batch > 1 as well (unbinding a
-    # packed projection without this copy did, on the GPU: results/h100/guard_unbind_c628528_parent.txt).
+    # group, or a reshape of the permuted heads, made Inductor guard batch > 1 as well (so did unbinding
+    # a packed projection without this copy, on the GPU).
     heads = heads.clone(memory_format=torch.contiguous_format)
     return list((heads.flatten(1, 2) if merge_batch else heads).unbind(0))

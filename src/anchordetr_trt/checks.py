@@ -60,14 +60,13 @@ class CheckSuite:
         device: str | torch.device | None = None,
         log: Callable[[str], None] = lambda line: None,
     ):
-        from .checkpoint import load_model
         from .config import variant_name
         from .testing import example_batches
-        from .weights import random_model
+        from .weights import load_or_random
 
         self.device = resolve_device(device)
         self.backends, self.precision, self.log = tuple(backends), precision, log
-        model = random_model(variant or "r50-dc5") if ckpt is None else load_model(ckpt, variant=variant)
+        model = load_or_random(ckpt, variant=variant)
         self.weights = str(ckpt) if ckpt is not None else "seeded random weights (seed 0): an untrained model"
         self.state_dict, self.variant = model.state_dict(), variant_name(model.config)
         self.reference = self.load(fused=False)
@@ -117,9 +116,9 @@ class CheckSuite:
             )
             yield "fused kernels", _skip(reason)
             return
-        from .custom_ops.cases import SPECS
+        from .custom_ops.cases import OP_CASES
 
-        for spec in SPECS:
+        for spec in OP_CASES:
             yield spec.name, lambda spec=spec: check_op(spec, self.device)
 
     def _backends(self):

@@ -15,7 +15,15 @@ from .devices import check_device, resolve_device
 from .errors import InputError
 from .fold import fold_frozen_batchnorm
 from .model import OUTPUTS, AnchorDETR, check_inputs
-from .spec import SIZE_MULTIPLE, CompileSpec, Shape, default_precision, round_up
+from .spec import (
+    DEFAULT_MAX_SHAPE,
+    DEFAULT_MIN_SHAPE,
+    SIZE_MULTIPLE,
+    CompileSpec,
+    Shape,
+    default_precision,
+    round_up,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +125,9 @@ def compile(
     variant: str | None = None,
     backend: str = "auto",
     precision: str | None = None,
-    min_shape: Shape = (1, 320, 320),
-    opt_shape: Shape = (1, 800, 800),
-    max_shape: Shape = (8, 1344, 1344),
+    min_shape: Shape = DEFAULT_MIN_SHAPE,
+    opt_shape: Shape | None = None,
+    max_shape: Shape = DEFAULT_MAX_SHAPE,
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> CompiledAnchorDETR:
@@ -130,7 +138,7 @@ def compile(
     (torch.compile with the Triton ops and CUDA graphs), "eager" (the model itself), or "auto" (the
     first of these that runs here; the choice and its reason are logged). Shapes are (batch, height,
     width): one compiled module serves every input within [min_shape, max_shape] and is tuned for
-    opt_shape; images smaller than min_shape's height or width are padded up to it with masked
+    opt_shape (default (1, 800, 800), moved into the range where it lies outside); images smaller than min_shape's height or width are padded up to it with masked
     pixels. ``precision``: "fp16" (default on a GPU), "bf16" or "fp32" (default, and the only one, on
     the CPU). ``cache_dir`` keeps compiled artifacts so that a second process starts fast (the
     inductor backend's compiled function, the tensorrt backend's module); it also points Inductor and

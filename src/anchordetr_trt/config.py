@@ -60,6 +60,7 @@ VARIANTS: dict[str, AnchorDETRConfig] = {
     "r101-c5": AnchorDETRConfig(backbone="resnet101", dilation=False),
     "r101-dc5": AnchorDETRConfig(backbone="resnet101", dilation=True),
 }
+DEFAULT_VARIANT = "r50-dc5"  # the variant of random weights and of the benchmark, unless one is named
 
 
 def variant_config(variant: str) -> AnchorDETRConfig:

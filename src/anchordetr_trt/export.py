@@ -23,7 +23,7 @@ import torch.fx.experimental._config as fx_config
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
-from .spec import SIZE_MULTIPLE, Shape, check_shape_range, padded_shape
+from .spec import DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, SIZE_MULTIPLE, Shape, check_shape_range, padded_shape
 
 # Where batch, height and width sit in each input: images [B, 3, H, W], mask [B, H, W].
 _AXES = {"images": (0, 2, 3), "mask": (0, 1, 2)}
@@ -84,9 +84,9 @@ def traced_shape(program: ExportedProgram) -> Shape:
 def export_model(
     model: nn.Module,
     *,
-    min_shape: Shape = (1, 320, 320),
+    min_shape: Shape = DEFAULT_MIN_SHAPE,
     opt_shape: Shape | None = None,
-    max_shape: Shape = (8, 1344, 1344),
+    max_shape: Shape = DEFAULT_MAX_SHAPE,
 ) -> ExportedProgram:
     """Export ``model(images, mask)`` for batch in [min, max] and height and width multiples of 32 in
     [min, max] rounded up to 32 (the program accepts only sizes on that grid), traced at ``opt_shape``

@@ -47,9 +47,8 @@ class AnchorDETR(nn.Module):
     def set_precision(self, dtype: torch.dtype) -> "AnchorDETR":
         """Cast the model to ``dtype`` except the anchor points and the prediction heads, which stay
         float32: rounded to bfloat16, the boxes alone would lie on a grid of 1/256 of the image, and the
-        anchors they are decoded from as well. Trained synthetic model, H100 (results/h100/): bf16 dAP
-        -0.68 all rounded, -0.14 so; fp16 -0.08 and -0.03; for some 0.1% of the FLOPs and 0.04 to
-        0.08 ms at batch 1 (ab_heads_latency_2a8cbd9.txt). Images go in ``dtype``."""
+        anchors they are decoded from as well (docs/accuracy.md measures both rules). Images go in
+        ``dtype``."""
         kept = {name: getattr(self.transformer, name) for name in ("position", "class_embed", "bbox_embed")}
         for name in kept:  # out of the model while it is cast, so their float32 values are not rounded
             setattr(self.transformer, name, None)

@@ -81,20 +81,17 @@ def anchordetr_weights(pytestconfig: pytest.Config) -> tuple[dict, str]:
     """(state dict, variant name) of the checkpoint, or of seeded random weights."""
     import warnings
 
-    from .checkpoint import load_model
-    from .config import variant_name
-    from .weights import random_model
+    from .config import DEFAULT_VARIANT, variant_name
+    from .weights import load_or_random
 
     ckpt, variant = option(pytestconfig, "ckpt"), option(pytestconfig, "variant")
     if ckpt is None:
         warnings.warn(
             f"anchordetr_trt: no --anchordetr-ckpt (or ANCHORDETR_CKPT): the fixtures use seeded random weights "
-            f"(seed {RANDOM_SEED}) of {variant or 'r50-dc5'}, an untrained model",
+            f"(seed {RANDOM_SEED}) of {variant or DEFAULT_VARIANT}, an untrained model",
             stacklevel=1,
         )
-        model = random_model(variant or "r50-dc5", RANDOM_SEED)
-    else:
-        model = load_model(ckpt, variant=variant)
+    model = load_or_random(ckpt, variant=variant, seed=RANDOM_SEED)
     return model.state_dict(), variant_name(model.config)
 
 

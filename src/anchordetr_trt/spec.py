@@ -22,6 +22,12 @@ PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float
 # The backbone's total stride is 32 (C5) or 16 (DC5): on multiples of 32 every convolution, pooling
 # and mask downsampling step divides exactly, so shapes need no guards and compile symbolically.
 SIZE_MULTIPLE = 32
+# The default range: batches of 1 to 8 images of 320 to 1344 pixels a side (COCO's resize gives a
+# short side of 800 and a long side of at most 1333), tuned for one 800x800 image. The compile
+# entry points take their defaults from here.
+DEFAULT_MIN_SHAPE: Shape = (1, 320, 320)
+DEFAULT_OPT_SHAPE: Shape = (1, 800, 800)
+DEFAULT_MAX_SHAPE: Shape = (8, 1344, 1344)
 
 
 def default_precision(device: torch.device) -> str:
@@ -48,6 +54,14 @@ def covering_range(shapes: Sequence[Shape]) -> tuple[Shape, Shape]:
     """(min_shape, max_shape): the elementwise minimum and maximum of ``shapes``, the smallest range
     that serves each of them."""
     return tuple(map(min, zip(*shapes, strict=True))), tuple(map(max, zip(*shapes, strict=True)))
+
+
+def fitted_opt_shape(min_shape: Shape, max_shape: Shape) -> Shape:
+    """DEFAULT_OPT_SHAPE moved into [min_shape, max_shape] in each dimension: the opt_shape of a
+    range given without one."""
+    return tuple(
+        max(lo, min(opt, hi)) for lo, opt, hi in zip(min_shape, DEFAULT_OPT_SHAPE, max_shape, strict=True)
+    )
 
 
 def check_shape_range(min_shape: Shape, max_shape: Shape, opt_shape: Shape | None = None) -> None:
@@ -79,13 +93,14 @@ def check_shape_range(min_shape: Shape, max_shape: Shape, opt_shape: Shape | Non
 @dataclass(frozen=True)
 class CompileSpec:
     """A compiled module's contract: inputs (batch, height, width) within [min_shape, max_shape], run
-    at ``precision`` on ``device``, tuned for ``opt_shape``; compiled artifacts kept in ``cache_dir``."""
+    at ``precision`` on ``device``, tuned for ``opt_shape`` (None: ``fitted_opt_shape``, the default
+    opt shape moved into the range); compiled artifacts kept in ``cache_dir``."""
 
     precision: str
     device: torch.device
-    min_shape: Shape = (1, 320, 320)
-    opt_shape: Shape = (1, 800, 800)
-    max_shape: Shape = (8, 1344, 1344)
+    min_shape: Shape = DEFAULT_MIN_SHAPE
+    opt_shape: Shape | None = None
+    max_shape: Shape = DEFAULT_MAX_SHAPE
     cache_dir: Path | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -96,9 +111,8 @@ class CompileSpec:
                 f"precision={self.precision!r} is for GPUs (a CUDA GPU runs it); on the CPU use precision='fp32'"
             )
         if self.opt_shape is None:
-            raise InputError(
-                "opt_shape must be (batch, height, width), got None: e.g. opt_shape=(1, 800, 800)"
-            )
+            check_shape_range(self.min_shape, self.max_shape)
+            object.__setattr__(self, "opt_shape", fitted_opt_shape(self.min_shape, self.max_shape))
         check_shape_range(self.min_shape, self.max_shape, self.opt_shape)
         for name in ("min_shape", "opt_shape", "max_shape"):
             object.__setattr__(self, name, tuple(getattr(self, name)))

@@ -120,10 +120,13 @@ def postprocess(
     target_sizes: Tensor | Sequence,
     top_k: int = 100,
     *,
+    clip: bool = True,
     check_finite: bool = True,
 ) -> list[dict[str, Tensor]]:
     """Top-k detections per image: ``scores`` [k], ``labels`` [k] (COCO category ids) and ``boxes``
-    [k, 4] (x0, y0, x1, y1 in pixels of the image of size ``target_sizes[i]`` = (h, w)).
+    [k, 4] (x0, y0, x1, y1 in pixels of the image of size ``target_sizes[i]`` = (h, w)), clipped to
+    the image as torchvision's detectors return them; ``clip=False`` gives the official PostProcess's
+    boxes, which may reach past the image's edges (what COCO evaluation of the official model scores).
 
     ``outputs``: the model's ``pred_logits`` [B, Q, classes] and ``pred_boxes`` [B, Q, 4];
     ``target_sizes`` [B, 2] positive integers; ``top_k`` at most Q * classes. NaN or infinite outputs
@@ -151,7 +154,10 @@ def postprocess(
     xyxy = torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
     xyxy = torch.gather(xyxy, 1, query[..., None].expand(-1, -1, 4))
     img_h, img_w = sizes.float().unbind(1)
-    xyxy = xyxy * torch.stack((img_w, img_h, img_w, img_h), dim=1)[:, None]
+    scale = torch.stack((img_w, img_h, img_w, img_h), dim=1)[:, None]
+    xyxy = xyxy * scale
+    if clip:
+        xyxy = torch.minimum(xyxy.clamp(min=0), scale)
     return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy, strict=True)]
 
 

@@ -11,9 +11,8 @@ their block sizes make (by feature-map height or width) are compiled in ``compil
 
 Kept on disk. The trace goes through Dynamo's precompile (``torch.compile(...).aot_compile``): the
 compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir`` (``precompiled/``),
-and a second process loads them instead of tracing and compiling again (on the H100 the cold stream's
-second process went from 21 s to 5.9 s, results/h100/stream.json; Inductor's own caches alone leave
-Dynamo's trace to redo). The file's name is a hash of everything the function depends on: the code a
+and a second process loads them instead of tracing and compiling again (Inductor's own caches alone
+leave Dynamo's trace to redo; docs/design.md). The file's name is a hash of everything the function depends on: the code a
 trace reaches, torch, triton, Python, the GPU and its index, torch's global settings that Dynamo guards
 (thread count, cuBLAS TF32 and reduced-precision flags, autocast), the model's configuration, the
 precision and the range. The weights are not in it: the function reads them from the model at each
@@ -56,8 +55,7 @@ PADDED = True
 MAX_GRAPHS = 32
 MAX_FUNCTIONS = 8  # compiled functions of one runner: one for the range; more say that settings change
 # cuDNN's autotuning times every algorithm of every convolution at each new shape (seconds per shape);
-# its heuristics choose at once. Autotuning gained nothing on the backbone at 800x800 and 1216x1216, batch
-# 1 and 8 (H100: scripts/probe_cudnn.py, results/h100/probe_cudnn_adabf5a.json).
+# its heuristics choose at once, and autotuning gained nothing on the backbone (docs/performance.md).
 CUDNN_BENCHMARK = False
 
 
@@ -205,8 +203,8 @@ class InductorRunner(nn.Module):
         shape's height and width, and save it in ``spec.cache_dir``.
 
         Not traced at batch 1: Inductor then guards ``batch == 1`` while it lowers the graph, which
-        breaks the one-graph range (measured on the H100, torch 2.11); traced at batch 8, the same graph
-        served batches 1 to 8 over 2,000 random shapes."""
+        breaks the one-graph range (torch 2.11); traced at the largest batch, the same graph serves
+        batch 1 too (docs/design.md)."""
         from ..export import example_inputs
 
         (_, height, width), largest = self.spec.padded_range[1], self.spec.padded_range[2][0]

@@ -8,15 +8,15 @@ tracing guards on the batch size.
   input projection's GroupNorm works in the channels_last order of its input (``Stem``, ``GroupNorm``).
 - The FFN's first linear layer and its ReLU in one cuBLASLt call (bias and ReLU in the GEMM's
   epilogue). Inductor splits a linear layer whose output only feeds pointwise ops into a matmul and
-  a Triton kernel for bias + ReLU: one more pass over the encoder's largest activation, 6 kernels
-  and 0.66 ms of a 28.8 ms batch-32 call at 800x800 (H100 profile, results/h100/profile_3b3868f.json).
+  a Triton kernel for bias + ReLU: one more pass over the encoder's largest activation (6 kernels
+  per call).
 - Biases. A convolution's bias added on its own is one more pass over its output: the downsampling
   shortcut's bias joins the residual convolution's, and the input projection's is added in the graph,
   where Inductor fuses it into the GroupNorm.
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about
   the batch size, and ``F.group_norm`` checks that there is more than one value per channel (torch
   2.11): each puts a guard ``batch > 1`` on the graph, so batch 1 would compile a second graph
-  (~46 s on an H100). The convolution ops below give their output size by arithmetic, always
+  (tens of seconds). The convolution ops below give their output size by arithmetic, always
   channels_last as cuDNN returns it for channels_last inputs (the real ops return exactly that
   layout), and the input projection's GroupNorm is written out with ``var_mean``.
 
@@ -129,8 +129,7 @@ class ConvReLU(Conv):
 class Stem(Conv):
     """The stem, relu(``conv``(images)), on images and weight padded with a zero fourth channel: cuDNN's
     first-layer kernels read pixels of 4 channels and pad 3-channel inputs and weights themselves, in
-    two more kernels per call (0.23 ms of a batch-32 call at 800x800 on an H100,
-    results/h100/probe_kernels_146d38b.json); here the padding joins the images' copy to channels_last."""
+    two more kernels per call; here the padding joins the images' copy to channels_last."""
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias, stride, padding, dilation = _conv_args(self.conv)
@@ -166,8 +165,7 @@ class FusedBottleneck(nn.Module):
 class GroupNorm(nn.Module):
     """``norm`` (an nn.GroupNorm) without ``F.group_norm``, on channels_last x [B, C, H, W]: statistics
     in float32, computed and applied in the memory's order, [B, H * W, groups, C / groups]. Grouped as
-    [B, groups, C / groups * H * W] instead, the graph transposed the map twice around the norm, in a
-    kernel of 0.56 ms at batch 32, 800x800 on an H100 (results/h100/probe_kernels_146d38b.json). The
+    [B, groups, C / groups * H * W] instead, the graph transposes the map twice around the norm. The
     output is channels_last too, so that the encoder's [B, H, W, C] view of it is free."""
 
     def __init__(self, norm: nn.GroupNorm):

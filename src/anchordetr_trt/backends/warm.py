@@ -1,8 +1,7 @@
 """The custom ops' Triton kernels compiled inside ``compile()``, for every size of the range.
 
 A kernel's block sizes make a few variants (``custom_ops.fused.kernel_variant``), each compiled by
-Triton at its first launch: about a second on the H100 (the stream benchmark's first pass took 2.4 s
-for one at 0041c18). Launching each variant once here moves that cost into ``compile()``, so that no
+Triton at its first launch (about a second each). Launching each variant once here moves that cost into ``compile()``, so that no
 image of a new size compiles anything. Shared by the backends that launch the kernels from PyTorch
 (inductor, eager on CUDA); the tensorrt backend compiles its kernels into the engine.
 """

@@ -20,8 +20,8 @@ BACKEND_LABELS = {
     "torch-compile": "torch.compile reduce-overhead (fp16 autocast)",
 }
 _BASELINE_PRECISION = {"eager-fp32": "fp32", "torch-compile": "fp16"}
-# Batch sizes measured by default: on a GPU up to 32 (issue 12 asks for its throughput); on the CPU,
-# a smoke run of the harness, small ones.
+# Batch sizes measured by default: on a GPU up to 32 (the throughput of large batches); on the CPU, a
+# smoke run of the harness, small ones.
 DEFAULT_BATCHES = {"cuda": (1, 8, 32), "cpu": (1, 8)}
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cache import use_compile_cache
-from ..checkpoint import Checkpoint, load_model
+from ..checkpoint import Checkpoint
 from ..compiled import compile
 from ..config import variant_name
 from ..devices import resolve_device
@@ -23,7 +23,7 @@ from ..errors import BackendUnavailableError
 from ..export import example_inputs
 from ..model import AnchorDETR
 from ..spec import padded_shape
-from ..weights import random_model
+from ..weights import load_or_random
 from . import timing
 from .configs import PACKAGE_BACKENDS, BenchConfig, shape_range
 from .flops import flops_report, peak_tflops
@@ -80,7 +80,7 @@ def run_benchmark(
         cache_dir = Path(cache_dir).resolve()
         cache_warm = cache_dir.is_dir() and any(cache_dir.iterdir())
         cache_dir = use_compile_cache(cache_dir)
-    template = random_model(variant or "r50-dc5", seed) if ckpt is None else load_model(ckpt, variant=variant)
+    template = load_or_random(ckpt, variant=variant, seed=seed)
     variant = variant_name(template.config)
     if ckpt is None:
         weights = f"deterministic random (seed {seed})"

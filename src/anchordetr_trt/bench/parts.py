@@ -68,8 +68,7 @@ def time_parts(
     ``mask``, the calls queued back to back as a throughput measurement queues them. ``compiled``:
     each part through ``torch.compile`` for this shape (CUDA graphs on a GPU), else eager.
 
-    Cost (an estimate, not measured): compiled, three static compiles per shape, some 10-20 s each
-    on an H100 with a cold cache; eager, ``warmup + iters`` calls of each part."""
+    Cost: compiled, three static compiles per shape (each some seconds with a cold cache); eager, ``warmup + iters`` calls of each part."""
     device = images.device
     with torch.no_grad():
         parts = split_forward(model, images, mask)

@@ -1,39 +1,15 @@
 """The benchmark's report: speedups against the baselines, the fastest backend, the FLOP rates, the
-acceptance bars, a plain-text table, and the files (``bench.json``, ``bench.png``, ``profile.json/.txt``)."""
+check of the benchmark's targets (``targets``), a plain-text table, and the files (``bench.json``,
+``bench.png``, ``profile.json/.txt``)."""
 
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .configs import BASELINES, PACKAGE_BACKENDS
+from .targets import check_targets
 
-
-@dataclass(frozen=True)
-class Bar:
-    """An acceptance bar of ``issue``: at most ``limit`` ms median latency ("latency") or at least
-    ``limit`` img/s ("throughput"), for a package backend at ``precision`` and ``batch``."""
-
-    issue: int
-    name: str
-    precision: str
-    batch: int
-    metric: str
-    limit: float
-
-
-# Every acceptance bar, for R50-DC5 at 800x800 on an H100, each with the issue that set it. Checked on
-# any GPU, but a check says whether it ran on the bars' GPU: an H200 (the same chip with faster memory)
-# or an A10 meeting or missing a bar says nothing of the H100.
-TARGET_VARIANT, TARGET_SIZE, TARGET_GPU = "r50-dc5", (800, 800), "H100"
-BARS = (
-    Bar(8, "no regression at 800x800", "fp16", 1, "latency", 2.5),
-    Bar(8, "no regression at 800x800", "fp16", 8, "throughput", 950.0),
-    Bar(12, "close in on the hardware", "fp16", 1, "latency", 1.8),
-    Bar(12, "close in on the hardware", "fp16", 8, "throughput", 1500.0),
-    Bar(12, "fp8, if it passes accuracy", "fp8", 8, "throughput", 2000.0),
-)
 PLOT_NEEDS_MATPLOTLIB = "bench.png not drawn: it needs matplotlib, pip install 'anchordetr_trt[plot]'"
 
 
@@ -43,13 +19,13 @@ def row_shape(row: dict) -> tuple[int, int, int]:
 
 
 def summarize(report: dict) -> None:
-    """(Re)compute the speedups, the fastest backend, the FLOP rates and the target checks from the
-    results so far."""
+    """(Re)compute the speedups, the fastest backend, the FLOP rates and the target checks
+    (``targets.check_targets``) from the results so far."""
     add_speedups(report["results"])
     report["fastest"] = fastest(report["results"])
     if "flops" in report:
         report["flops"]["rows"] = flop_rates(report["results"], report["flops"])
-    report["targets"] = targets(
+    report["targets"] = check_targets(
         report["results"], report["settings"]["variant"], report["environment"]["gpu"]
     )
 
@@ -119,35 +95,6 @@ def flop_rates(results: list[dict], flops: dict) -> list[dict]:
 def _rate(gflop: float, ms: float, peak: float | None) -> dict:
     tflops = gflop / ms  # GFLOP per ms is TFLOP/s
     return {"tflops": tflops, "percent_of_peak": 100 * tflops / peak if peak else None}
-
-
-def targets(results: list[dict], variant: str, gpu: str | None) -> dict:
-    """Every bar of ``BARS``, checked for the package's backends where the measured config is the one
-    it names; each check names its issue. ``on_target_gpu``: whether ``gpu`` (the measuring GPU's name,
-    None for none) is the bars'."""
-    checks = []
-    if variant == TARGET_VARIANT:
-        for row in results:
-            if (
-                row["status"] != "ok"
-                or row["backend"] in BASELINES
-                or (row["height"], row["width"]) != TARGET_SIZE
-            ):
-                continue
-            for bar in BARS:
-                if (bar.precision, bar.batch) != (row["precision"], row["batch"]):
-                    continue
-                if bar.metric == "latency":
-                    metric, value = f"batch-{bar.batch} median latency (ms)", row["latency_ms"]["median"]
-                    met = value <= bar.limit
-                else:
-                    metric, value = f"batch-{bar.batch} throughput (img/s)", row["throughput_img_s"]
-                    met = value >= bar.limit
-                checks.append({"issue": bar.issue, "bar": bar.name, "label": row["label"], "metric": metric,
-                               "value": value, "target": bar.limit, "met": met})  # fmt: skip
-    bars = [asdict(bar) for bar in BARS]
-    return {"variant": TARGET_VARIANT, "size": list(TARGET_SIZE), "gpu": TARGET_GPU,
-            "on_target_gpu": gpu is not None and TARGET_GPU in gpu, "bars": bars, "checks": checks}  # fmt: skip
 
 
 def format_table(report: dict) -> str:

@@ -35,7 +35,7 @@ import torch
 from ..compiled import compile
 from ..custom_ops.fused import compiled_variants
 from ..environment import environment
-from ..spec import padded_shape
+from ..spec import DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, padded_shape
 from ..transforms import resized_size
 from ..weights import random_model
 from .timing import latencies_ms, stats
@@ -43,7 +43,7 @@ from .timing import latencies_ms, stats
 # (width, height) of common COCO photos: the frequent landscape, portrait and square originals.
 COCO_SIZES = ((640, 480), (640, 427), (640, 424), (640, 426), (500, 375), (640, 360), (612, 612),
               (480, 640), (427, 640), (424, 640), (375, 500), (640, 512), (640, 383), (333, 500))  # fmt: skip
-SHAPE_RANGE = ((1, 320, 320), (8, 1344, 1344))
+SHAPE_RANGE = (DEFAULT_MIN_SHAPE, DEFAULT_MAX_SHAPE)
 
 
 def stream_shapes(images: int = 96, batch: int = 8, seed: int = 0) -> list[tuple[int, int, int]]:
@@ -77,7 +77,7 @@ def _compile(
     backend: str, precision: str | None, cache_dir: str, shapes
 ) -> tuple[torch.nn.Module, list, float]:
     """(compiled model, the stream's input batches, seconds from compile() to the model's return)."""
-    model = random_model("r50-dc5")
+    model = random_model()
     start = time.perf_counter()
     compiled = compile(
         model, backend=backend, precision=precision, device="cuda", cache_dir=cache_dir,

@@ -1,0 +1,33 @@
+"""scripts.results_table: every file of a result set listed with its commit and command, and the
+figures of the files it knows read from them."""
+
+import json
+
+from scripts import results_table
+
+
+def test_table_lists_each_file_with_its_run_and_reads_the_figures(tmp_path):
+    folder = tmp_path / "h100"
+    folder.mkdir()
+    (folder / "runs.tsv").write_text(
+        "stage\tcommit\tfiles\tcommand\n"
+        "tests\tabc1234\tgpu_tests.xml\tpython3 -m pytest -m 'gpu or tensorrt' tests\n"
+        "check\tdef5678\tcheck.json\tpython3 -m anchordetr_trt.cli check --out OUT/check\n"
+    )
+    (folder / "gpu_tests.xml").write_text(
+        '<testsuites><testsuite tests="10" failures="1" errors="0" skipped="2"/></testsuites>'
+    )
+    results = [{"status": status} for status in ("pass", "pass", "fail", "skip")]
+    (folder / "check.json").write_text(json.dumps({"results": results}))
+    (folder / "notes.txt").write_text("by hand")
+
+    text = results_table.table([folder])
+    assert "| GPU tests | 7 passed, 1 failed, 2 skipped | H100 | abc1234 | `STAGES=tests make gpu` |" in text
+    assert "| anchordetr-trt check | 2 passed, 1 failed, 1 skipped | H100 | def5678 |" in text
+    assert "| H100 | `gpu_tests.xml` | abc1234 | `python3 -m pytest -m 'gpu or tensorrt' tests` |" in text
+    assert "| H100 | `notes.txt` | ? | `?` |" in text  # no run names it
+    assert "`runs.tsv`" not in text
+
+    out = tmp_path / "README.md"
+    assert results_table.main([str(folder), "--write", str(out)]) == 0
+    assert out.read_text().startswith("# Results") and text in out.read_text()
