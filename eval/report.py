@@ -4,17 +4,19 @@ import json
 import os
 from pathlib import Path
 
-from .files import write_files
+from anchordetr_trt.outputs import write_results
+
 from .scoring import STAT_NAMES
 
 
 def write_report(report: dict, out_dir: str | os.PathLike, *, stem: str = "parity") -> tuple[Path, Path]:
     """Write ``report`` (from ``parity_report``) to ``out_dir/<stem>.json`` and ``<stem>.md``; returns both
-    paths. InputError, before anything is written, if either file is there with other contents."""
+    paths. They are result files (``outputs.write_results``): InputError, before anything is written,
+    if either is there and was not written by an earlier call, or changed since."""
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     contents = {json_path: json.dumps(report, indent=2, allow_nan=False) + "\n", md_path: _markdown(report)}
-    write_files({path: text.encode() for path, text in contents.items()}, "write_report", "out_dir or stem")
+    write_results({path: text.encode() for path, text in contents.items()}, "write_report: out_dir")
     return json_path, md_path
 
 

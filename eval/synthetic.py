@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from anchordetr_trt.errors import InputError
+from anchordetr_trt.outputs import write_results
 
 from .categories import COCO_CLASSES
-from .files import write_files
 
 # Saved file formats, cycled over the images so that loading converts each kind.
 _FORMATS = (("RGB", "jpg"), ("L", "png"), ("RGBA", "png"), ("I;16", "png"), ("RGB", "png"))
@@ -94,8 +94,9 @@ def make_synthetic_coco(
     the ``SHAPE_CLASSES`` (the last of 5 or more images holds none, as some COCO images do). With
     ``mixed_formats`` the files cycle through RGB JPEG, grayscale, RGBA, 16-bit grayscale and RGB PNG
     (to exercise loading); without, every image is an RGB PNG (lossless colour: a training or accuracy
-    set). The same arguments always give the same files, and only those replace files already there:
-    InputError, before anything is written, if ``out_dir`` holds others of those names. Returns
+    set). The same arguments always give the same files. They are result files
+    (``outputs.write_results``): a file of the same name is replaced only if an earlier call wrote
+    it and it is unchanged since; otherwise InputError, before anything is written. Returns
     ``(ann_file, image_dir)``.
     """
     _check_sizes(min_size, max_size, max_objects)
@@ -126,7 +127,7 @@ def make_synthetic_coco(
         "categories": categories,
     }
     files[ann_file] = json.dumps(dataset, indent=1).encode()
-    write_files(files, "make_synthetic_coco", "out_dir")
+    write_results(files, "make_synthetic_coco: out_dir", root=out_dir)
     image_dir.mkdir(parents=True, exist_ok=True)  # the folder is returned even where it holds no image
     return ann_file, image_dir
 

@@ -1,5 +1,7 @@
 """The ``anchordetr-trt`` command line: run in-process through ``main(argv)``, plus real processes once."""
 
+import errno
+import io
 import json
 import math
 import os
@@ -123,7 +125,7 @@ def test_detect_writes_json_and_annotated_images(image_dir, checkpoint, tmp_path
             assert set(det) == {"label", "name", "score", "box"} and det["name"] == COCO_CLASSES[det["label"]]
             x0, y0, x1, y1 = det["box"]
             assert 0 <= x0 <= x1 <= record["width"] and 0 <= y0 <= y1 <= record["height"]
-        with Image.open(record["annotated"]) as annotated:
+        with Image.open(out / record["annotated"]) as annotated:
             assert annotated.size == (record["width"], record["height"]) and annotated.mode == "RGB"
             assert (np.asarray(annotated) != plain).any()
     assert "3 images" in stdout and stdout.count(": 7 detections") == 3
@@ -301,7 +303,7 @@ def test_demo_writes_report_and_says_weights_are_random(tmp_path, capsys):
         assert (report["backend"], report["precision"], report["device"]) == ("eager", "fp32", "cpu")
     for record in report["images"]:
         assert len(record["detections"]) == 3
-        with Image.open(record["annotated"]) as annotated:
+        with Image.open(out / record["annotated"]) as annotated:
             assert annotated.size == (record["width"], record["height"])
     markdown = (out / "report.md").read_text()
     assert "Random weights detect nothing meaningful" in markdown and markdown.count("](annotated/") == 2
@@ -450,6 +452,79 @@ def test_detect_rerun_replaces_its_own_outputs_and_stops_at_a_user_file(tmp_path
     assert code == 2 and "annotated/d.png, notes.txt" in err and "left alone" in err
     assert (out / "annotated" / "d.png").read_bytes() == b"edited by the user"
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_detect_never_claims_a_file_saved_into_its_folder_mid_run(tmp_path, capsys, monkeypatch):
+    """A file the user saves into --out while detect runs is not the run's: the next run stops at it."""
+    import anchordetr_trt.detect as detect_module
+
+    _fixed_model(monkeypatch)
+    out, images = tmp_path / "out", _write_images(tmp_path / "images", {"a.png": (40, 50)})
+    detect_files = detect_module.detect_files
+
+    def saving_mid_run(*args, **kwargs):
+        out.mkdir(exist_ok=True)
+        (out / "mine.txt").write_text("saved by the user during the run")
+        yield from detect_files(*args, **kwargs)
+
+    monkeypatch.setattr(detect_module, "detect_files", saving_mid_run)
+    assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 0
+    monkeypatch.setattr(detect_module, "detect_files", detect_files)
+    code, _, err = run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)
+    assert code == 2 and "mine.txt" in err and "left alone" in err
+    assert (out / "mine.txt").read_text() == "saved by the user during the run"
+
+
+def test_a_run_that_fails_after_its_checks_leaves_the_earlier_outputs(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    out, images = tmp_path / "out", _write_images(tmp_path / "images", {"a.png": (40, 50)})
+    assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 0
+    before = _tree(out)
+    monkeypatch.undo()  # the real model loader: it refuses the checkpoint below
+    (tmp_path / "notes.pth").write_text("a text file")
+    code, _, err = run(
+        ["detect", str(images), "--ckpt", str(tmp_path / "notes.pth"), "--out", str(out)], capsys
+    )
+    assert code == 2 and "not a PyTorch checkpoint" in err
+    assert _tree(out) == before, "the earlier run's detections, drawings and record are as they were"
+
+
+def test_eval_out_never_replaces_a_result_file_edited_since(tmp_path, capsys, monkeypatch):
+    ann_file, images = make_synthetic_coco(tmp_path / "coco", num_images=1, seed=0)
+    _fixed_model(monkeypatch)
+    result = tmp_path / "res.json"
+    argv = ["eval", "--random-weights", "--ann-file", str(ann_file), "--image-dir", str(images)]
+    argv += ["--out", str(result), "--min-size", "64", "--max-size", "64", "--quiet"]
+    assert run(argv, capsys)[0] == 0
+    assert run(argv, capsys)[0] == 0, "its own result, unchanged, is replaced"
+    edited = {**json.loads(result.read_text()), "note": "my reading of these numbers"}
+    result.write_text(json.dumps(edited))
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "left alone" in err and json.loads(result.read_text()) == edited
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [(errno.EPIPE, 141), (errno.ENOSPC, 1)])
+def test_detect_finishes_its_files_when_stdout_fails(code, exit_code, tmp_path, capsys, monkeypatch):
+    """`detect ... | head -n 1` and `detect ... > /dev/full`: the files are complete, and one line
+    says what happened to stdout."""
+
+    class Failing(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(code, os.strerror(code))
+
+    _fixed_model(monkeypatch)
+    out, images = tmp_path / "out", _write_images(tmp_path / "images", {"a.png": (40, 50), "b.png": (30, 30)})
+    monkeypatch.setattr(sys, "stdout", Failing())
+    status = main(["detect", str(images), "--random-weights", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == exit_code and len(json.loads((out / "detections.json").read_text())) == 2
+    assert len(err) == 1 and "stdout" in err[0] and "the command itself finished" in err[0], err
 
 
 def test_detect_runs_images_the_resize_takes_past_the_default_range(tmp_path, capsys):

@@ -582,7 +582,9 @@ def test_parity_report_measures_a_known_difference(synthetic, oracle, tmp_path):
     json_path, md_path = write_report(report, tmp_path / "report")
     assert json.loads(json_path.read_text()) == report
     md_path.write_text("the user's notes")
-    with pytest.raises(at.InputError, match=r"write_report: .*parity\.md already exist"):
+    with pytest.raises(
+        at.InputError, match=r"write_report: out_dir .*parity\.md exists and anchordetr-trt did not write it"
+    ):
         write_report(report, tmp_path / "report")
     assert md_path.read_text() == "the user's notes"
     md_path.unlink()

@@ -2,6 +2,9 @@
 
 Errors in the user's input end the command with one line on stderr, in terms of the command's flags,
 and exit code 2; any other failure is one line and exit code 1. ``--debug`` shows the traceback instead.
+A stdout that stops taking lines (a reader that closed the pipe, a full disk) does not stop the work:
+the files are finished, and one line says what happened to stdout (exit code 141 for a closed pipe,
+1 otherwise, unless the command failed on its own).
 Every flag is checked, and every output location, before any work; torch is imported only by the
 commands (``--help`` and ``--version`` stay fast).
 """
@@ -12,6 +15,7 @@ import logging
 import math
 import re
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -51,9 +55,23 @@ _ASSIGNMENT = re.compile(r"\b(\w+)=('[^']*'(?:(?:, | or )'[^']*')*|[^\s,;:)]+)")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    from .outputs import guarded_stdout, stdout_problem
+
     args = _parser().parse_args(argv)
     _configure_logging(args.debug)
     _quiet_pillow()
+    with guarded_stdout() as stdout:  # a closed pipe or a full disk on stdout does not stop the work
+        code = _run(args)
+    if stdout.error is None:
+        return code
+    message, stdout_code = stdout_problem(stdout.error)
+    print(
+        f"{PROG} {args.command}: {message}{'' if code else '; the command itself finished'}", file=sys.stderr
+    )
+    return code or stdout_code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -192,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--iters", type=_positive, default=100, help="timed calls per config (default 100)")
     bench.add_argument(
         "--cache-dir", type=Path,
-        help="compile cache to use as is (default: a new OUT/compile_cache, so that compile times are cold)",
+        help="compile cache to use as is (default: a new temporary one, so that compile times are cold)",
     )  # fmt: skip
     bench.add_argument("--no-profile", action="store_true", help="skip the torch.profiler kernel summary")
     bench.add_argument(
@@ -634,10 +652,9 @@ def _detect(args: argparse.Namespace) -> int:
                         "detections": dets,
                     }
                     if not args.no_draw:
-                        record["annotated"] = str(
-                            folder.path / "annotated" / f"{_unique(path.stem, names)}.png"
-                        )
-                        draw_detections(image, dets).save(record["annotated"])
+                        drawing = folder.path / "annotated" / f"{_unique(path.stem, names)}.png"
+                        draw_detections(image, dets).save(drawing)
+                        record["annotated"] = str(folder.final(drawing))
                     stream.write(json.dumps(record) + "\n")
                     stream.flush()  # each image's result is kept as soon as it is done
                     records.append(record)
@@ -646,7 +663,8 @@ def _detect(args: argparse.Namespace) -> int:
                         best = ", ".join(f"{d['name']} {d['score']:.2f}" for d in dets[:3]) or "-"
                         tqdm.write(f"{path.name}: {len(dets)} detections  {best}", file=sys.stdout)
         except KeyboardInterrupt:
-            print(f"interrupted: the {len(records)} images done so far are in {stream_path}", file=sys.stderr)
+            done = f"the {len(records)} images done so far are in {folder.final(stream_path)}"
+            print(f"interrupted: {done}", file=sys.stderr)
             raise
         seconds = time.perf_counter() - start
         (folder.path / "detections.json").write_text(json.dumps(records, indent=1))
@@ -676,7 +694,7 @@ def _unique(stem: str, taken: set[str]) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_coco
     from .eval.annotations import load_dataset
-    from .outputs import check_new_file
+    from .outputs import check_results, write_results
 
     for flag, path, is_kind, kind, what in (
         ("--ann-file", args.ann_file, Path.is_file, "file", "a COCO annotation file (instances_*.json)"),
@@ -688,7 +706,7 @@ def _eval(args: argparse.Namespace) -> int:
     _check_sizes(args)
     _check_cache_dir(args)
     if args.out is not None:
-        check_new_file(args.out)
+        check_results([args.out])
     device = _device(args)
     _check_backend(args, device)
     dataset = load_dataset(args.ann_file, args.image_dir, args.max_images)  # its errors come before compiling
@@ -718,7 +736,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{result['num_images']} images, {model.backend} {model.precision}: {stats}")
     print(f"{result['timing']['images_per_s']:.1f} images/s end to end")
     if args.out is not None:
-        args.out.write_text(json.dumps({"tool": f"{PROG} eval", **result}, indent=1))
+        write_results({args.out: json.dumps({"tool": f"{PROG} eval", **result}, indent=1).encode()})
         print(f"wrote {args.out}")
     return 0
 
@@ -747,19 +765,19 @@ def _bench(args: argparse.Namespace) -> int:
         backends=args.backends,
         precision=args.precision,
     )
-    # The folder is checked, and the files of an earlier bench run there removed, before any work.
-    with RunFolder(args.out, inputs=_local_files(args.ckpt)):
+    # The folder is checked before any work; the earlier bench run's files are replaced when this one ends.
+    with RunFolder(args.out, inputs=_local_files(args.ckpt)) as folder, tempfile.TemporaryDirectory() as cold:
         if device.type == "cpu":
             print(
                 "CPU smoke run: these numbers only exercise the harness; the benchmark needs a GPU",
                 file=sys.stderr,
             )
-        # Default: a cache in the run's own folder, new for each run so that first-call compile times are cold.
-        cache_dir = args.cache_dir if args.cache_dir is not None else args.out / "compile_cache"
+        # Default: a new cache for each run, so that first-call compile times are cold.
+        cache_dir = args.cache_dir if args.cache_dir is not None else Path(cold)
         report = run_benchmark(
             configs, variant=args.variant, ckpt=args.ckpt, device=device, warmup=args.warmup, iters=args.iters,
             cache_dir=cache_dir, profile=not args.no_profile, startup=not args.no_startup, parts=args.parts,
-            on_progress=lambda partial: _measured(partial) and save_benchmark(partial, args.out, log=None),  # kept if cut short
+            on_progress=lambda partial: _measured(partial) and save_benchmark(partial, folder.path, log=None),  # kept if cut short
         )  # fmt: skip
         if not _measured(report):
             reasons = {f"{row['label']}: {row['reason']}" for row in report["results"]}
@@ -767,8 +785,10 @@ def _bench(args: argparse.Namespace) -> int:
                 f"{PROG} bench: error: nothing could be measured ({'; '.join(sorted(reasons))})",
                 file=sys.stderr,
             )
+            folder.drop()
             return 1
-        written = save_benchmark(report, args.out, log=lambda line: print(line, file=sys.stderr))
+        written = save_benchmark(report, folder.path, log=lambda line: print(line, file=sys.stderr))
+        written = [folder.final(path) for path in written]
     print(format_table(report))
     print("\n".join(format_flops(report)))
     targets = report["targets"]
@@ -827,7 +847,9 @@ def _compile(args: argparse.Namespace) -> int:
         )
     _check_backend(args, device)
     # A cache folder: an earlier compile output there is kept and reused; anything else stops here.
-    with RunFolder(args.out, replace=False, inputs=_local_files(args.ckpt)):
+    with RunFolder(
+        args.out, replace=False, writes=["compile.json"], inputs=_local_files(args.ckpt)
+    ) as folder:
         out = args.out.resolve()
         start = time.perf_counter()
         model = (
@@ -856,7 +878,7 @@ def _compile(args: argparse.Namespace) -> int:
             "reuse": f"anchordetr_trt.compile(ckpt, backend={compiled.backend!r}, precision={compiled.precision!r}, "
             f"min_shape={args.min_shape}, opt_shape={args.opt_shape}, max_shape={args.max_shape}, cache_dir={str(out)!r})",
         }
-        (out / "compile.json").write_text(json.dumps(manifest, indent=1))
+        folder.write_text("compile.json", json.dumps(manifest, indent=1))
     print(
         f"compiled {compiled.backend} {compiled.precision} in {seconds:.1f} s into {out}; see {out / 'compile.json'}"
     )
@@ -868,11 +890,12 @@ def _demo(args: argparse.Namespace) -> int:
     from .outputs import RunFolder
 
     device = _device(args)
-    with RunFolder(args.out, inputs=_local_files(args.ckpt)):
+    with RunFolder(args.out, inputs=_local_files(args.ckpt)) as folder:
         run_demo(
-            args.out, ckpt=args.ckpt, variant=args.variant, num_images=args.num_images, seed=args.seed,
+            folder.path, ckpt=args.ckpt, variant=args.variant, num_images=args.num_images, seed=args.seed,
             top_k=args.top_k, device=device,
         )  # fmt: skip
+    print(f"wrote {args.out}/report.md, report.json, detections.json and annotated/*.png")
     return 0
 
 
@@ -889,11 +912,13 @@ def _check(args: argparse.Namespace) -> int:
     if args.ckpt is None:
         print("no --ckpt: checking seeded random weights (an untrained model)", file=sys.stderr)
     folder = RunFolder(args.out, inputs=_local_files(args.ckpt)) if args.out else contextlib.nullcontext()
-    with folder:
+    with folder as run:
         passed = run_checks(
-            args.ckpt, variant=args.variant, backends=args.backends, precision=args.precision,
-            device=device, groups=args.only, out=args.out, log=lambda line: print(line, file=sys.stderr),
+            args.ckpt, variant=args.variant, backends=args.backends, precision=args.precision, device=device,
+            groups=args.only, out=run and run.path, log=lambda line: print(line, file=sys.stderr),
         )  # fmt: skip
+    if args.out:
+        print(f"wrote {args.out / 'check.json'}")
     return 0 if passed else 1
 
 
