@@ -12,7 +12,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from anchordetr_trt.errors import InputError
+from anchordetr_trt.errors import InputError, check_int
 
 from .categories import COCO_CLASSES
 
@@ -49,12 +49,14 @@ def load_dataset(
     """Read and check ``ann_file``, index it, pick the first ``max_images`` images and check that their
     files exist under ``image_dir``. Model labels are COCO category ids: without ``category_map``
     (dataset category id -> model label, covering every category) a category with a COCO name must
-    have that name's COCO id. Raises InputError naming the file and the problem."""
+    have that name's COCO id, and no annotated category may have the id of an unused COCO slot (N/A).
+    Raises InputError naming the file and the problem."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     data = _read_json(ann_file)
     _check_dataset(data, ann_file)
     if category_map is None:
         _check_category_names(data["categories"], ann_file)
+        _check_unused_slots(data, ann_file)
     else:
         check_category_map(category_map, [cat["id"] for cat in data["categories"]], ann_file)
     if max_images is not None:
@@ -179,6 +181,21 @@ def _check_category_names(categories: list[dict[str, Any]], ann_file: Path) -> N
         )
 
 
+def _check_unused_slots(data: dict[str, Any], ann_file: Path) -> None:
+    """InputError for annotated categories whose ids are COCO's unused slots ("N/A", e.g. 0 or 12),
+    which a COCO model never predicts: their AP would be 0, averaged into mAP."""
+    annotated = {ann["category_id"] for ann in data["annotations"]}
+    names = {cat["id"]: cat["name"] for cat in data["categories"]}
+    unused = [i for i in sorted(annotated) if 0 <= i < len(COCO_CLASSES) and COCO_CLASSES[i] == "N/A"]
+    if unused:
+        shown = ", ".join(f"{i} {names[i]!r}" for i in unused[:3]) + (", ..." if len(unused) > 3 else "")
+        raise InputError(
+            f"annotation file {ann_file}: categories {shown} have ids of COCO's unused slots (N/A), which a "
+            "COCO model never predicts: their AP would be 0 and pull mAP down. Drop them from the file; or, "
+            "for a model trained with these ids, pass category_map={id: id, ...} for every category"
+        )
+
+
 def check_category_map(category_map: Mapping[int, int], category_ids: list[int], ann_file: Path) -> None:
     """Raise InputError unless ``category_map`` maps every category id of the file to a distinct model
     label (an integer >= 0)."""
@@ -223,8 +240,7 @@ def _check_image_files(
 def check_counts(**counts: int) -> None:
     """Raise InputError unless every value is a positive integer."""
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
 
 
 def _is_int(value: Any) -> bool:

@@ -11,7 +11,7 @@ from anchordetr_trt.comparison import abs_diff, count_matches
 from anchordetr_trt.errors import InputError
 
 from .annotations import CocoDataset, check_counts, load_dataset
-from .inference import Detector, Runner, check_num_classes, detections, non_finite_counts
+from .inference import Detector, Runner, check_num_classes, detections, non_finite_counts, num_classes_of
 from .loader import Batch
 from .scoring import STAT_NAMES, score
 from .sweep import sweep
@@ -77,7 +77,12 @@ def parity_report(
             )
     matching = {"min_score": match_min_score, "max_score_diff": match_max_score_diff}
     dataset = load_dataset(ann_file, image_dir, max_images)
-    runners = [Runner(model, device) for model, device in zip((model_a, model_b), devices, strict=True)]
+    runners = [
+        Runner(model, device, name=name)
+        for model, device, name in zip((model_a, model_b), devices, ("model_a", "model_b"), strict=True)
+    ]
+    for model in (model_a, model_b):
+        check_num_classes(dataset.coco.cats, num_classes_of(model), dataset.ann_file)
 
     def per_batch(batch: Batch) -> list[_ImageComparison]:
         outputs = [runner(batch) for runner in runners]

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from anchordetr_trt.errors import InputError
-from anchordetr_trt.outputs import write_results
+from anchordetr_trt.errors import InputError, check_int, check_seed
+from anchordetr_trt.outputs import check_results, write_results
 
 from .categories import COCO_CLASSES
 
@@ -100,10 +100,11 @@ def make_synthetic_coco(
     ``(ann_file, image_dir)``.
     """
     _check_sizes(min_size, max_size, max_objects)
-    if num_images < 1:
-        raise InputError(f"make_synthetic_coco needs num_images >= 1, got num_images={num_images}")
+    check_int("num_images", num_images)
+    check_seed(seed)
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
+    check_results([out_dir / "annotations.json"], "make_synthetic_coco: out_dir")  # before the drawing
     files, images, annotations = {}, [], []
     for index in range(num_images):
         empty = index == num_images - 1 and num_images >= 5
@@ -138,8 +139,8 @@ def synthetic_image(
     """Image ``index`` of the set drawn from ``seed``: pixels [H, W, 3] uint8 with H, W in
     [min_size, max_size], and its objects as COCO annotation fields (``bbox`` [x, y, w, h] in pixels,
     ``category_id``, ``area`` of the drawn shape). Holds 1..``max_objects`` objects (none when 0)."""
-    _check_sizes(min_size, max_size, max(max_objects, 1))
-    rng = np.random.default_rng((seed, index))
+    _check_sizes(min_size, max_size, max(check_int("max_objects", max_objects, 0), 1))
+    rng = np.random.default_rng((check_seed(seed), check_int("index", index, 0)))
     height, width = (int(s) for s in rng.integers(min_size, max_size + 1, size=2))
     canvas = Image.fromarray(_background(rng, height, width))
     count = int(rng.integers(1, max_objects + 1)) if max_objects else 0
@@ -161,6 +162,8 @@ def synthetic_image(
 
 
 def _check_sizes(min_size: int, max_size: int, max_objects: int) -> None:
+    for name, value in (("min_size", min_size), ("max_size", max_size), ("max_objects", max_objects)):
+        check_int(name, value)
     if max_objects < 1 or not 16 <= min_size <= max_size:
         raise InputError(
             "synthetic images need max_objects >= 1 and 16 <= min_size <= max_size, got "

@@ -527,6 +527,25 @@ def test_detect_finishes_its_files_when_stdout_fails(code, exit_code, tmp_path, 
     assert len(err) == 1 and "stdout" in err[0] and "the command itself finished" in err[0], err
 
 
+def test_detect_on_a_folder_lists_each_file_it_does_not_read_and_why(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    images = _write_images(tmp_path / "images", {"a.jpg": (40, 50), "b.gif": (30, 40)})
+    (images / "notes.txt").write_text("not an image")
+    (images / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (images / "more").mkdir()
+    out = tmp_path / "out"
+    code, stdout, err = run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)
+    records = json.loads((out / "detections.json").read_text())
+    assert code == 0 and [Path(r["image"]).name for r in records] == ["a.jpg", "b.gif"], err
+    listed = dict(line.split("\t") for line in (out / "skipped.txt").read_text().splitlines())
+    assert listed == {
+        str(images / "gone.png"): "a link to a file that does not exist",
+        str(images / "more"): "a folder (folders are not searched inside)",
+        str(images / "notes.txt"): "not an image file type (.txt); pass it by name to read it anyway",
+    }
+    assert all(f"skipped {path}" in err for path in listed) and "skipped 3 files" in stdout
+
+
 def test_detect_runs_images_the_resize_takes_past_the_default_range(tmp_path, capsys):
     """The official resize makes 10x2000 7x1400 (short side under 320, long side over 1344): padded up
     to the range's 320, and the range widened to the longest resized side, it runs like any image."""

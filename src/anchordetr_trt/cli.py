@@ -194,7 +194,9 @@ def _parser() -> argparse.ArgumentParser:
         help="output folder (default out/bench): new, empty, or an earlier bench output, which is replaced",
     )  # fmt: skip
     bench.add_argument("--ckpt", help="checkpoint (default: random weights; speed does not depend on them)")
-    bench.add_argument("--variant", choices=list(VARIANTS), help="model variant (default r50-dc5)")
+    bench.add_argument(
+        "--variant", choices=list(VARIANTS), type=str.lower, help="model variant (default r50-dc5)"
+    )
     bench.add_argument(
         "--size", type=_size, action="append", help="input HxW or S for SxS, repeatable (default 800)"
     )
@@ -254,7 +256,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.add_argument("--ckpt", help="checkpoint (default: deterministic random weights)")
     demo.add_argument(
-        "--variant", choices=list(VARIANTS), help="model variant (default: the checkpoint's, or r50-dc5)"
+        "--variant",
+        choices=list(VARIANTS),
+        type=str.lower,
+        help="model variant (default: the checkpoint's, or r50-dc5)",
     )
     demo.add_argument("--num-images", type=_positive, default=4, help="generated images (default 4)")
     demo.add_argument("--top-k", type=_top_k, default=5, help="detections drawn per image (default 5)")
@@ -268,7 +273,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--ckpt", help="checkpoint to check (default: seeded random weights)")
     check.add_argument(
-        "--variant", choices=list(VARIANTS), help="model variant (default: the checkpoint's, or r50-dc5)"
+        "--variant",
+        choices=list(VARIANTS),
+        type=str.lower,
+        help="model variant (default: the checkpoint's, or r50-dc5)",
     )
     check.add_argument(
         "--backends", nargs="+", choices=["eager", "inductor", "tensorrt"], default=["eager", "inductor", "tensorrt"],
@@ -293,6 +301,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant",
         choices=list(VARIANTS),
+        type=str.lower,
         help="model variant (needed when the checkpoint has no args; default r50-dc5)",
     )
     parser.add_argument("--seed", type=_seed, default=0, help="seed of --random-weights (default 0)")
@@ -467,6 +476,8 @@ def _check_sizes(args: argparse.Namespace) -> None:
 
 
 def _check_cache_dir(args: argparse.Namespace, out: Path | None = None) -> None:
+    from .outputs import check_writable
+
     if args.cache_dir is None:
         return
     if args.cache_dir.exists() and not args.cache_dir.is_dir():
@@ -476,6 +487,7 @@ def _check_cache_dir(args: argparse.Namespace, out: Path | None = None) -> None:
             f"--cache-dir {args.cache_dir} lies inside --out {out}, whose earlier outputs each run replaces: "
             "pass a cache folder outside it"
         )
+    check_writable(args.cache_dir, "--cache-dir")
 
 
 def _local_files(*paths: str | Path | None) -> list[Path]:
@@ -599,12 +611,13 @@ def _detect(args: argparse.Namespace) -> int:
     _check_cache_dir(args, args.out)
     device = _device(args)
     _check_backend(args, device)
-    paths = find_images(args.images)
     skipped: list[tuple[Path, str]] = []
 
-    def skip(path: Path, err: Exception) -> None:
+    def skip(path: Path, err: Exception | str) -> None:
         skipped.append((path, str(err)))
         tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
+
+    paths = find_images(args.images, on_passed_over=skip)
 
     readable, largest_side = [], 0
     for path in paths:  # headers only, so that a file that is no image stops the run before the model loads
@@ -675,7 +688,7 @@ def _detect(args: argparse.Namespace) -> int:
         f"wrote {args.out / 'detections.json'}"
         + ("" if args.no_draw else f" and {args.out / 'annotated'}/*.png")
         + (
-            f"; skipped {len(skipped)} unreadable files, listed in {args.out / 'skipped.txt'}"
+            f"; skipped {len(skipped)} files (unreadable, or no images), listed in {args.out / 'skipped.txt'}"
             if skipped
             else ""
         )
@@ -820,7 +833,11 @@ def _compile(args: argparse.Namespace) -> int:
     from .weights import random_model
 
     flat = lambda shape: ",".join(map(str, shape))
-    for low, high in (("min", "opt"), ("opt", "max"), ("min", "max")):
+    for low, high in (
+        ("min", "max"),
+        ("min", "opt"),
+        ("opt", "max"),
+    ):  # min and max first: a default --opt-shape is not blamed for them
         lo, hi = getattr(args, f"{low}_shape"), getattr(args, f"{high}_shape")
         if any(a > b for a, b in zip(lo, hi, strict=True)):
             raise InputError(

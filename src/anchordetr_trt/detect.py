@@ -13,13 +13,23 @@ from .images import IMAGE_SUFFIXES, load_image
 from .transforms import postprocess, preprocess
 
 
-def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+def find_images(
+    paths: Sequence[str | os.PathLike], on_passed_over: Callable[[Path, str], None] | None = None
+) -> list[Path]:
     """Image files named by ``paths``: files as given, folders expanded to their images (sorted, not
-    recursive). Raises FileNotFoundError for a missing path and InputError when nothing is found."""
+    recursive). Each other entry of a folder (another file type, a subfolder, a broken link) is
+    reported to ``on_passed_over(path, why)``. Raises FileNotFoundError for a missing path and
+    InputError when nothing is found."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = []
+            for entry in sorted(path.iterdir()):
+                why = _not_an_image(entry)
+                if why is None:
+                    images.append(entry)
+                elif on_passed_over is not None:
+                    on_passed_over(entry, why)
             if not images:
                 raise InputError(
                     f"folder {path} has no images ({', '.join(IMAGE_SUFFIXES)}): pass image files or another folder"
@@ -32,6 +42,19 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     if not found:
         raise InputError("no images given: pass image files or folders")
     return found
+
+
+def _not_an_image(entry: Path) -> str | None:
+    """Why a folder's ``entry`` is not one of its images to read, or None."""
+    if entry.is_symlink() and not entry.exists():
+        return "a link to a file that does not exist"
+    if entry.is_dir():
+        return "a folder (folders are not searched inside)"
+    if not entry.is_file():
+        return "not a regular file"
+    if entry.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"not an image file type ({entry.suffix or 'no suffix'}); pass it by name to read it anyway"
+    return None
 
 
 @torch.no_grad()

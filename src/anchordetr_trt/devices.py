@@ -1,6 +1,7 @@
 """The device rule shared by every entry point: the one asked for, else the GPU when there is one."""
 
 import torch
+from torch import Tensor, nn
 
 from .errors import BackendUnavailableError, InputError
 
@@ -31,3 +32,28 @@ def check_device(device: str | torch.device) -> torch.device:
                 f"device={shown} but only {count} CUDA GPU(s) are visible: use an index below {count}"
             )
     return parsed
+
+
+def check_tensor_device(value: Tensor, name: str) -> Tensor:
+    """``value`` if it is on a device the package runs on; InputError naming ``name`` otherwise (a
+    tensor on "meta" has a shape but no values)."""
+    if value.device.type not in _DEVICE_TYPES:
+        raise InputError(
+            f"{name} is on the {value.device.type} device, which the package does not run on"
+            f"{' (it holds no values)' if value.device.type == 'meta' else ''}: pass it on the CPU or a CUDA GPU"
+        )
+    return value
+
+
+def check_module_device(module: nn.Module, name: str = "model") -> nn.Module:
+    """``module`` if its parameters and buffers are on devices the package runs on; InputError naming
+    ``name`` otherwise (a module on "meta" was built without weights)."""
+    for kind, tensors in (("parameters", module.parameters()), ("buffers", module.buffers())):
+        device = next((t.device for t in tensors if t.device.type not in _DEVICE_TYPES), None)
+        if device is not None:
+            raise InputError(
+                f"{name} has {kind} on the {device.type} device"
+                f"{', which holds no weights' if device.type == 'meta' else ''}: load its weights first "
+                "(anchordetr_trt.load_model, or module.to_empty(device='cpu') and load_state_dict)"
+            )
+    return module

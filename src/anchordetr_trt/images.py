@@ -10,7 +10,7 @@ from .errors import InputError
 from .transforms import pil_to_rgb
 from .transforms import upright as turn_upright
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
@@ -50,5 +50,5 @@ def _reading(path: str | os.PathLike) -> Iterator[None]:
         ) from err
     except _READ_ERRORS as err:
         raise InputError(
-            f"cannot read image {path} ({err}): pass a JPEG, PNG, BMP, WebP or TIFF file"
+            f"cannot read image {path} ({err}): pass a JPEG, PNG, BMP, GIF, WebP or TIFF file"
         ) from err

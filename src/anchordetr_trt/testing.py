@@ -42,7 +42,8 @@ import torch
 from torch import Tensor
 
 from .comparison import finite_abs_diff, match_rows
-from .model import OUTPUTS
+from .errors import InputError
+from .model import OUTPUTS, check_inputs
 
 __all__ = [
     "TOLERANCES",
@@ -261,10 +262,11 @@ def assert_parity(
                 "assert_parity: pass mask only with a batch tensor; preprocess makes the mask of a list"
             )
         images, mask, _ = preprocess(images, min_size=min_size, max_size=max_size)
+    check_inputs(images, mask)  # the model's own rules: normalized float images, a bool mask
     if mask is None:
         mask = torch.zeros_like(images[:, 0], dtype=torch.bool)
     batch = Batch(list(range(len(images))), images, mask, torch.zeros(len(images), 2, dtype=torch.int64))
-    runner, reference_runner = Runner(model), Runner(reference)
+    runner, reference_runner = Runner(model), Runner(reference, name="reference")
     with torch.no_grad():
         actual, expected = runner(batch), reference_runner(batch)
     if precision is None:
@@ -298,11 +300,23 @@ def example_batches(
     smooth random RGB images: one batch per entry of ``image_sizes``, a list of (height, width);
     images of different shapes in a batch are padded. ``min_size``/``max_size`` default to
     ``EXAMPLE_RESIZE`` of the device type."""
+    from .devices import check_device
+    from .errors import check_int, check_seed
     from .transforms import preprocess
 
-    device = torch.device(device)
+    device = check_device(device)
     default_min, default_max = EXAMPLE_RESIZE["cuda" if device.type == "cuda" else "cpu"]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    for i, sizes in enumerate(image_sizes):
+        for j, size in enumerate(sizes):
+            try:
+                valid = len(size) == 2 and all(check_int("side", side) for side in size)
+            except (InputError, TypeError):
+                valid = False
+            if not valid:
+                raise InputError(
+                    f"image_sizes[{i}][{j}] must be (height, width) of positive integers, got {size!r}"
+                )
     batches = []
     for sizes in image_sizes:
         images = [

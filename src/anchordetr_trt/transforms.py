@@ -10,7 +10,8 @@ import torchvision.transforms.functional as TF
 from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 
-from .errors import InputError
+from .devices import check_tensor_device
+from .errors import InputError, check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,6 +75,8 @@ def preprocess(
         raise InputError("preprocess() got no images: pass a list of arrays, PIL images or CHW tensors")
     tensors, sizes = [], []
     for index, image in enumerate(images):
+        if isinstance(image, Image.Image):
+            check_open(image, f"image {index}")
         if exif_orientation and isinstance(image, Image.Image):
             image = upright(image)
         image = _as_rgb(image, index)
@@ -90,9 +93,8 @@ def preprocess(
 
 
 def _check_sizes(min_size: int, max_size: int) -> None:
-    for name, value in (("min_size", min_size), ("max_size", max_size)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise InputError(f"{name} must be a positive integer number of pixels, got {value!r}")
+    check_int("min_size", min_size, what=" (pixels)")
+    check_int("max_size", max_size, what=" (pixels)")
     if max_size < min_size:
         raise InputError(
             f"max_size={max_size} is below min_size={min_size}: the long side cap must be at least "
@@ -131,14 +133,7 @@ def postprocess(
     """
     logits, boxes = _check_outputs(outputs)
     num_queries, num_classes = logits.shape[1:]
-    if (
-        isinstance(top_k, bool)
-        or not isinstance(top_k, int | np.integer)
-        or not 1 <= top_k <= num_queries * num_classes
-    ):
-        raise InputError(
-            f"top_k must be an integer in 1..{num_queries * num_classes} (queries x classes), got {top_k!r}"
-        )
+    top_k = check_int("top_k", top_k, 1, num_queries * num_classes, " (queries x classes)")
     sizes = _check_target_sizes(target_sizes, logits.shape[0], logits.device)
     if check_finite and not (torch.isfinite(logits).all() & torch.isfinite(boxes).all()):
         raise InputError(
@@ -162,10 +157,18 @@ def _check_outputs(outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     if not (isinstance(logits, Tensor) and isinstance(boxes, Tensor)):
         raise InputError("outputs['pred_logits'] and outputs['pred_boxes'] must be tensors")
+    check_tensor_device(logits, "pred_logits")
+    check_tensor_device(boxes, "pred_boxes")
     if logits.dim() != 3 or boxes.shape != (*logits.shape[:2], 4):
         raise InputError(
             f"outputs have pred_logits {list(logits.shape)} and pred_boxes {list(boxes.shape)}: expected "
             "[B, Q, classes] and [B, Q, 4] with the same B and Q (pass the model's outputs unchanged)"
+        )
+    empty = [name for name, size in zip(("queries", "classes"), logits.shape[1:], strict=True) if size == 0]
+    if empty:
+        raise InputError(
+            f"outputs have 0 {' and 0 '.join(empty)} (pred_logits {list(logits.shape)}): there is nothing to "
+            "rank; pass the model's outputs unchanged"
         )
     return logits, boxes
 
@@ -178,6 +181,7 @@ def _check_target_sizes(target_sizes: Tensor | Sequence, batch: int, device: tor
             f"target_sizes must be [B, 2] (h, w) integers, got {type(target_sizes).__name__}: "
             "pass the sizes returned by preprocess()"
         ) from None
+    check_tensor_device(sizes, "target_sizes")
     if sizes.dim() != 2 or sizes.shape != (batch, 2):
         raise InputError(f"target_sizes must be [B, 2] (h, w) with B = {batch}, got {list(sizes.shape)}")
     if sizes.is_floating_point() or sizes.is_complex() or sizes.dtype == torch.bool:
@@ -220,7 +224,7 @@ def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
             raise InputError(
                 f"image {index}: tensor of shape {list(image.shape)} is not CHW with 1, 3 or 4 channels"
             )
-        tensor = image.detach().cpu()
+        tensor = check_tensor_device(image, f"image {index}").detach().cpu()
         if tensor.dtype == torch.uint16:
             tensor = tensor.to(torch.float32) / 65535
     else:
@@ -259,6 +263,21 @@ def _check_unit_range(tensor: Tensor, name: str) -> Tensor:
     return tensor
 
 
+def check_open(image: Image.Image, name: str = "image") -> Image.Image:
+    """``image`` with its pixels read; InputError if it was closed before (used after its ``with
+    Image.open(...)`` block), or if its pixels cannot be decoded."""
+    try:
+        image.load()
+    except (AssertionError, ValueError):  # Pillow's errors for a closed file
+        raise InputError(
+            f"{name} was closed before its pixels were read (used after its `with Image.open(...)` block?): "
+            "call .load() inside the block, or read the file with anchordetr_trt.images.load_image"
+        ) from None
+    except OSError as error:
+        raise InputError(f"{name} cannot be decoded ({error}): check the file it was read from") from None
+    return image
+
+
 def upright(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF orientation says (phone photos), or itself when it has none."""
     if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
@@ -268,7 +287,9 @@ def upright(image: Image.Image) -> Image.Image:
 
 def pil_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     """An 8-bit RGB copy of ``image`` in any PIL mode. 16-bit gray ("I;16*", and "I" as 16-bit PNGs
-    open) is scaled by 1/257; "F" must lie in [0, 1]. Raises InputError for values outside those ranges."""
+    open) is scaled by 1/257; "F" must lie in [0, 1]. Raises InputError for values outside those ranges
+    and for an image closed before its pixels were read."""
+    check_open(image, name)
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         array = np.array(image, dtype=np.float32)
         if image.mode == "F":
