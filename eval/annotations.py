@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from anchordetr_trt.errors import InputError, check_int
+from anchordetr_trt.errors import InputError, check_int, check_path
 
 from .categories import COCO_CLASSES
 
@@ -51,7 +52,7 @@ def load_dataset(
     (dataset category id -> model label, covering every category) a category with a COCO name must
     have that name's COCO id, and no annotated category may have the id of an unused COCO slot (N/A).
     Raises InputError naming the file and the problem."""
-    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    ann_file, image_dir = Path(check_path("ann_file", ann_file)), Path(check_path("image_dir", image_dir))
     data = _read_json(ann_file)
     _check_dataset(data, ann_file)
     if category_map is None:
@@ -75,7 +76,7 @@ def _read_json(ann_file: Path) -> dict[str, Any]:
         problem = "is a folder" if ann_file.is_dir() else "does not exist"
         raise InputError(f"annotation file {ann_file} {problem}: pass the path of a COCO-format JSON file")
     try:
-        with open(ann_file, encoding="utf-8") as f:
+        with open(ann_file, encoding="utf-8-sig") as f:  # a byte-order mark, as some editors write, is fine
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"annotation file {ann_file} is not valid JSON: {error}") from None
@@ -112,7 +113,7 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
             raise fail("categories", index, f"repeats category id {cat['id']}")
         category_ids.add(cat["id"])
 
-    image_ids = set()
+    image_ids, stated_sizes = set(), {}
     for index, image in enumerate(data["images"]):
         image_id, file_name = (
             (image.get("id"), image.get("file_name")) if isinstance(image, dict) else (None, None)
@@ -125,6 +126,8 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
             if key in image and not (_is_int(image[key]) and image[key] > 0):
                 raise fail("images", index, f"has {key}={image[key]!r}: it must be a positive integer")
         image_ids.add(image["id"])
+        if "height" in image and "width" in image:
+            stated_sizes[image["id"]] = (image["height"], image["width"])
 
     annotation_ids = set()
     for index, ann in enumerate(data["annotations"]):
@@ -146,6 +149,14 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
                 "annotations",
                 index,
                 f"has a box of negative size {bbox}: COCO boxes are [x, y, width, height]",
+            )
+        height, width = stated_sizes.get(ann["image_id"], (math.inf, math.inf))
+        if bbox[0] > width or bbox[1] > height or bbox[0] + bbox[2] < 0 or bbox[1] + bbox[3] < 0:
+            raise fail(
+                "annotations",
+                index,
+                f"has bbox {bbox}, which lies outside its image ({width}x{height}): it could never be matched; "
+                "COCO boxes are [x, y, width, height] in pixels",
             )
         ann.setdefault("iscrowd", 0)
         if not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
@@ -244,7 +255,7 @@ def check_counts(**counts: int) -> None:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_finite_number(value: Any) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from anchordetr_trt.errors import InputError
+from anchordetr_trt.errors import InputError, check_bool
 
 from .annotations import CocoDataset, check_counts, load_dataset
 from .inference import Detector, Runner, check_num_classes, detections, non_finite_counts, num_classes_of
@@ -53,8 +53,7 @@ def evaluate_coco(
     """
     start = time.perf_counter()
     check_counts(top_k=top_k)
-    if not isinstance(skip_bad_images, bool):
-        raise InputError(f"skip_bad_images must be True or False, got {skip_bad_images!r}")
+    check_bool("skip_bad_images", skip_bad_images)
     dataset = load_dataset(ann_file, image_dir, max_images, category_map)
     runner = Runner(model, device)
     check_num_classes(dataset.coco.cats, num_classes_of(model), dataset.ann_file, category_map)

@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from anchordetr_trt.errors import InputError
+from anchordetr_trt.errors import InputError, check_path
 from anchordetr_trt.outputs import check_results, write_results
 
 from .scoring import STAT_NAMES
@@ -16,7 +16,9 @@ def write_report(report: dict, out_dir: str | os.PathLike, *, stem: str = "parit
     """Write ``report`` (from ``parity_report``) to ``out_dir/<stem>.json`` and ``<stem>.md``; returns both
     paths. They are result files (``outputs.write_results``): InputError, before anything is written,
     if either is there and was not written by an earlier call, or changed since."""
-    out_dir = Path(out_dir)
+    out_dir = Path(check_path("out_dir", out_dir))
+    if not isinstance(stem, str) or not stem or Path(stem).name != stem or stem.startswith("."):
+        raise InputError(f"stem must be a plain file name without a suffix, such as 'parity', got {stem!r}")
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     check_results([json_path, md_path], "write_report: out_dir")
     missing = [key for key in _REPORT_KEYS if key not in report] if isinstance(report, dict) else _REPORT_KEYS

@@ -18,8 +18,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from anchordetr_trt.errors import InputError, check_int, check_seed
+from anchordetr_trt.errors import InputError, check_bool, check_int, check_path, check_seed
 from anchordetr_trt.outputs import check_results, write_results
+from anchordetr_trt.transforms import MAX_RESIZED_SIDE
 
 from .categories import COCO_CLASSES
 
@@ -102,7 +103,8 @@ def make_synthetic_coco(
     _check_sizes(min_size, max_size, max_objects)
     check_int("num_images", num_images)
     check_seed(seed)
-    out_dir = Path(out_dir)
+    check_bool("mixed_formats", mixed_formats)
+    out_dir = Path(check_path("out_dir", out_dir))
     image_dir = out_dir / "images"
     check_results([out_dir / "annotations.json"], "make_synthetic_coco: out_dir")  # before the drawing
     files, images, annotations = {}, [], []
@@ -162,8 +164,9 @@ def synthetic_image(
 
 
 def _check_sizes(min_size: int, max_size: int, max_objects: int) -> None:
-    for name, value in (("min_size", min_size), ("max_size", max_size), ("max_objects", max_objects)):
-        check_int(name, value)
+    check_int("min_size", min_size, 16, MAX_RESIZED_SIDE)
+    check_int("max_size", max_size, 16, MAX_RESIZED_SIDE)
+    check_int("max_objects", max_objects)
     if max_objects < 1 or not 16 <= min_size <= max_size:
         raise InputError(
             "synthetic images need max_objects >= 1 and 16 <= min_size <= max_size, got "

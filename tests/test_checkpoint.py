@@ -222,6 +222,11 @@ BAD_CHECKPOINTS = {
         "r50-c5",
         r"no values \(on the meta device\) in input_proj\.0\.0\.bias",
     ),
+    "negative batch-norm variances (NaN in every output)": (
+        lambda sd: dict(sd, **{"backbone.body.bn1.running_var": -sd["backbone.body.bn1.running_var"]}),
+        "r50-c5",
+        r"negative batch-norm variances in backbone\.body\.bn1\.running_var",
+    ),
     "not a dict": (lambda sd: [1, 2, 3], None, "holds a list"),
     "dict without model": (lambda sd: {"epoch": 3, "args": None}, None, "without a 'model' state dict"),
     "unsupported training args": (

@@ -634,6 +634,20 @@ def test_detect_skip_bad_reports_unreadable_files_and_goes_on(tmp_path, capsys, 
     ]
 
 
+def test_detect_skip_bad_with_no_image_left_is_an_error_and_keeps_the_earlier_run(
+    tmp_path, capsys, monkeypatch
+):
+    _fixed_model(monkeypatch)
+    images, out = _write_images(tmp_path / "images", {"a.png": (40, 50)}), tmp_path / "out"
+    assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 0
+    before = _tree(out)
+    (tmp_path / "cut.png").write_bytes((images / "a.png").read_bytes()[:300])  # header whole, pixels cut
+    code, _, err = run(
+        ["detect", str(tmp_path / "cut.png"), "--random-weights", "--skip-bad", "--out", str(out)], capsys
+    )
+    assert code == 2 and "error: none of the 1 image files could be read" in err and _tree(out) == before
+
+
 def test_detect_names_a_float_image_out_of_range_and_skip_bad_skips_it(tmp_path, capsys, monkeypatch):
     """A float TIFF of 0..255 values: its file is named (not its place in a batch) and --skip-bad skips it."""
     _fixed_model(monkeypatch)

@@ -187,6 +187,10 @@ CASES = {
     ),
     "eval out exists": ([*EVAL, "--out", "{afile}"], "exists and anchordetr-trt did not write it"),
     "eval out is a folder": ([*EVAL, "--out", "{empty}"], "is a folder: pass a file name"),
+    "eval out is its annotation file, a result of make_synthetic_coco": (
+        [*EVAL, "--out", "{coco}/annotations.json"],
+        "--out {coco}/annotations.json holds the input",
+    ),
     "eval out is a run folder's record": (
         [*EVAL, "--out", "{ours}/.anchordetr-trt-run.json"],
         "is an output folder's record of its files: pass another file name",
@@ -254,7 +258,13 @@ def paths(tmp_path) -> dict[str, Path]:
         "coco",
         "ours",
     )
-    files = {"fake": "fake.png", "corrupt": "corrupt.pth", "bare": "bare.pth", "pickled": "pickled.pth"}
+    files = {
+        "fake": "fake.png",
+        "corrupt": "corrupt.pth",
+        "bare": "bare.pth",
+        "pickled": "pickled.pth",
+        "trunc": "trunc.png",
+    }
     return {"tmp": tmp_path} | {name: tmp_path / files.get(name, name) for name in named}
 
 

@@ -1,7 +1,9 @@
 """Bad input where it enters the library: one clear AnchorDETRError per kind of input, never a raw
 exception from a dependency, never a silent wrong answer."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +46,15 @@ def coco(tmp_path_factory):
     return make_synthetic_coco(tmp_path_factory.mktemp("coco"), num_images=1, seed=0)
 
 
+def _edited(fixtures, key: str, value) -> Path:
+    """A copy of the synthetic annotation file whose first annotation has ``key`` set to ``value``."""
+    data = json.loads(fixtures["coco"][0].read_text())
+    data["annotations"][0][key] = value
+    path = fixtures["tmp_path"] / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
 def _closed_image(tmp_path) -> Image.Image:
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
     with Image.open(tmp_path / "a.png") as image:  # closed at the end of the block, never loaded
@@ -75,6 +86,23 @@ CASES = {
         lambda f: f["model"](f["batch"][0], torch.ones_like(f["batch"][1])),
         at.InputError,
         "marks every pixel of image 0 as padding",
+    ),
+    "plain model, NaN pixels (every output would be NaN)": (
+        lambda f: f["model"](torch.full_like(f["batch"][0], math.nan), f["batch"][1]),
+        at.InputError,
+        "images have NaN or infinite pixels",
+    ),
+    "evaluate_coco, an annotation box outside its image": (
+        lambda f: evaluate_coco(
+            _NeverCalled(), _edited(f, "bbox", [5000, 10, 5, 5]), f["coco"][1], progress=False
+        ),
+        at.InputError,
+        "annotations[0] has bbox [5000, 10, 5, 5], which lies outside its image",
+    ),
+    "preprocess, a size that would exhaust memory": (
+        lambda f: preprocess(np.zeros((40, 50, 3), np.uint8), min_size=10**6, max_size=10**6),
+        at.InputError,
+        "past the 8192-pixel side",
     ),
     "assert_parity on 0..255 uint8 images": (
         lambda f: assert_parity(f["model"], f["model"], (f["batch"][0] * 50).to(torch.uint8), f["batch"][1]),
@@ -219,10 +247,21 @@ def test_example_batches_for_a_gpu_that_is_not_there():
         example_batches(device="cuda")
 
 
-def test_variant_names_are_case_insensitive_as_release_names_are():
+def test_names_are_case_insensitive_as_release_names_are(model):
     from anchordetr_trt.cli import _parser
 
     assert variant_config(" R50-C5") == at.VARIANTS["r50-c5"]
+    shape = (1, 64, 64)
+    compiled = at.compile(
+        model,
+        backend="Eager",
+        precision="FP32",
+        device="CPU",
+        min_shape=shape,
+        opt_shape=shape,
+        max_shape=shape,
+    )
+    assert (compiled.backend, compiled.precision, compiled.device.type) == ("eager", "fp32", "cpu")
     assert (
         _parser().parse_args(["detect", "a.png", "--random-weights", "--variant", "R101-DC5"]).variant
         == "r101-dc5"

@@ -207,3 +207,8 @@ def _check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], config
         raise CheckpointError(
             f"checkpoint has NaN or infinite values in {listed(non_finite, _MAX_LISTED)}: it is corrupt"
         )
+    negative = [k for k, v in state_dict.items() if k.endswith("running_var") and (v < 0).any()]
+    if negative:  # a variance: its square root would be NaN in every output
+        raise CheckpointError(
+            f"checkpoint has negative batch-norm variances in {listed(negative, _MAX_LISTED)}: it is corrupt"
+        )

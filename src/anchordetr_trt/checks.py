@@ -396,7 +396,7 @@ def run_checks(
     from .outputs import check_results, write_results
 
     if out is not None:
-        check_results([Path(out) / "check.json"], "out")
+        check_results([Path(out) / "check.json"], "run_checks: out")
 
     suite = CheckSuite(ckpt, variant=variant, backends=backends, precision=precision, device=device, log=log)
     results = suite.run(groups)
@@ -414,5 +414,7 @@ def run_checks(
             "environment": environment(),
             "results": [asdict(r) for r in results],
         }
-        write_results({Path(out) / "check.json": json.dumps(report, indent=1, default=str).encode()}, "out")
+        write_results(
+            {Path(out) / "check.json": json.dumps(report, indent=1, default=str).encode()}, "run_checks: out"
+        )
     return passed

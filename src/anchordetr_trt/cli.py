@@ -680,6 +680,8 @@ def _detect(args: argparse.Namespace) -> int:
             print(f"interrupted: {done}", file=sys.stderr)
             raise
         seconds = time.perf_counter() - start
+        if not records:  # --skip-bad passed over every image: no run to put in place of the earlier one
+            raise InputError(f"none of the {len(paths)} image files could be read (see the lines above)")
         (folder.path / "detections.json").write_text(json.dumps(records, indent=1))
         if skipped:
             (folder.path / "skipped.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
@@ -719,7 +721,9 @@ def _eval(args: argparse.Namespace) -> int:
     _check_sizes(args)
     _check_cache_dir(args)
     if args.out is not None:
-        check_results([args.out])
+        check_results(
+            [args.out], writer="eval", inputs=[args.ann_file, args.image_dir, *_local_files(args.ckpt)]
+        )
     device = _device(args)
     _check_backend(args, device)
     dataset = load_dataset(args.ann_file, args.image_dir, args.max_images)  # its errors come before compiling
@@ -749,7 +753,9 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{result['num_images']} images, {model.backend} {model.precision}: {stats}")
     print(f"{result['timing']['images_per_s']:.1f} images/s end to end")
     if args.out is not None:
-        write_results({args.out: json.dumps({"tool": f"{PROG} eval", **result}, indent=1).encode()})
+        write_results(
+            {args.out: json.dumps({"tool": f"{PROG} eval", **result}, indent=1).encode()}, writer="eval"
+        )
         print(f"wrote {args.out}")
     return 0
 

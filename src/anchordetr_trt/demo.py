@@ -47,7 +47,7 @@ def run_demo(
     Returns the report. ``ckpt`` None means deterministic random weights of ``variant`` (default r50-dc5)."""
     out_dir = Path(out_dir)
     names = ("detections.json", "report.json", "report.md")
-    check_results([out_dir / name for name in names], "out_dir", root=out_dir)
+    check_results([out_dir / name for name in names], "run_demo: out_dir", root=out_dir)
     device = resolve_device(device)
     if ckpt is None:
         weights = (
@@ -127,7 +127,7 @@ def run_demo(
     files[out_dir / "detections.json"] = json.dumps(records, indent=1).encode()
     files[out_dir / "report.json"] = json.dumps(report, indent=1).encode()
     files[out_dir / "report.md"] = _markdown(report).encode()
-    write_results(files, "out_dir", root=out_dir)
+    write_results(files, "run_demo: out_dir", root=out_dir)
     log(_table(records))
     log(
         f"{len(images)} images {shape[1]}x{shape[2]} in {run_s:.2f} s ({report['ms_per_image']:.0f} ms/image; "

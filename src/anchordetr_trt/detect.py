@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, check_fraction, check_int, check_path
 from .eval.inference import Detector, input_device_dtype
 from .images import IMAGE_SUFFIXES, load_image
 from .transforms import postprocess, preprocess
@@ -20,8 +20,12 @@ def find_images(
     recursive). Each other entry of a folder (another file type, a subfolder, a broken link) is
     reported to ``on_passed_over(path, why)``. Raises FileNotFoundError for a missing path and
     InputError when nothing is found."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    if not isinstance(paths, Sequence):
+        raise InputError(f"paths must be a list of image files or folders, got {paths!r}")
     found = []
-    for path in map(Path, paths):
+    for path in (Path(check_path("paths", p)) for p in paths):
         if path.is_dir():
             images = []
             for entry in sorted(path.iterdir()):
@@ -75,10 +79,21 @@ def detect(
     ``.device``/``.dtype`` when it has them. Each detection is ``{"label": int, "name": str, "score":
     float, "box": [x0, y0, x1, y1]}`` with the box in pixels of the original image, clipped to it.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold must lie in [0, 1], got {threshold}", argument="threshold")
-    if top_k < 1 or batch_size < 1:
-        raise InputError(f"top_k and batch_size must be >= 1, got top_k={top_k}, batch_size={batch_size}")
+    check_fraction("threshold", threshold)
+    check_int("top_k", top_k)
+    check_int("batch_size", batch_size)
+    if not isinstance(images, Sequence) or isinstance(images, str | bytes):
+        raise InputError(
+            f"images must be a list of images, got a {type(images).__name__}: e.g. detect(model, [image], ...)"
+        )
+    if (
+        not isinstance(class_names, Sequence)
+        or isinstance(class_names, str)
+        or not all(isinstance(name, str) for name in class_names)
+    ):
+        raise InputError(
+            f"class_names must be a list of names, one per label (e.g. anchordetr_trt.eval.COCO_CLASSES), got {class_names!r:.80}"
+        )
     device, dtype = input_device_dtype(model)
     results = []
     for start in range(0, len(images), batch_size):
@@ -117,6 +132,8 @@ def detect_files(
     """``detect`` on image files, read upright (EXIF orientation applied) one batch at a time: yields
     ``(path, image, detections)`` as each batch finishes. An unreadable file raises InputError, or,
     with ``on_unreadable``, is reported to it and passed over. ``options``: those of ``detect``."""
+    if on_unreadable is not None and not callable(on_unreadable):
+        raise InputError(f"on_unreadable must be a function (path, error) or None, got {on_unreadable!r}")
     pending: list[tuple[Path, Image.Image]] = []
     for index, path in enumerate(paths):
         try:

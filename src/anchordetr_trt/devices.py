@@ -10,7 +10,9 @@ _DEVICE_TYPES = ("cpu", "cuda")
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a torch.device; None means "cuda" where a GPU is visible, else "cpu"."""
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device.strip().lower() if isinstance(device, str) else device)
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -18,7 +20,7 @@ def check_device(device: str | torch.device) -> torch.device:
     GPU visible) otherwise."""
     shown = repr(str(device) if isinstance(device, torch.device) else device)  # as the caller wrote it
     try:
-        parsed = torch.device(device)
+        parsed = torch.device(device.strip().lower() if isinstance(device, str) else device)
     except (RuntimeError, TypeError):
         parsed = None
     if parsed is None or parsed.type not in _DEVICE_TYPES:
@@ -35,13 +37,15 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def check_tensor_device(value: Tensor, name: str) -> Tensor:
-    """``value`` if it is on a device the package runs on; InputError naming ``name`` otherwise (a
-    tensor on "meta" has a shape but no values)."""
+    """``value`` if it is a dense tensor on a device the package runs on; InputError naming ``name``
+    otherwise (a tensor on "meta" has a shape but no values; a sparse one has no strides)."""
     if value.device.type not in _DEVICE_TYPES:
         raise InputError(
             f"{name} is on the {value.device.type} device, which the package does not run on"
             f"{' (it holds no values)' if value.device.type == 'meta' else ''}: pass it on the CPU or a CUDA GPU"
         )
+    if value.layout != torch.strided:
+        raise InputError(f"{name} is a {value.layout} tensor: pass a dense one (e.g. .to_dense())")
     return value
 
 

@@ -81,7 +81,7 @@ def check_detections(detections: Iterable[Mapping[str, Any]]) -> list[dict]:
                 "x0 <= x1 and y0 <= y1"
             )
         score = det["score"]
-        if not isinstance(score, numbers.Real) or not math.isfinite(score):
+        if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
             raise InputError(f"detection {index} has score {score!r}: a score is a finite number")
         check_int(f"detection {index}'s label", det["label"], 0)
         checked.append({**det, "box": values, "name": str(det["name"])})

@@ -1,7 +1,8 @@
 """Exceptions raised for bad user input, each message naming the problem and the fix, and the checks of
-plain values (integers, seeds) that every entry point shares."""
+plain values (integers, seeds, flags, fractions, paths) that every entry point shares."""
 
 import numbers
+import os
 import re
 
 
@@ -54,3 +55,29 @@ def first_line(error: BaseException) -> str:
     """The first line of a dependency's error message, without terminal escapes (bold, colors)."""
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(error)).strip()
     return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False (a string such as "no" would read as True)."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False, got {value!r}", argument=name)
+    return value
+
+
+def check_fraction(name: str, value: object, *, open_low: bool = False) -> float:
+    """``value`` as a float if it is a real number in [0, 1] (or (0, 1] with ``open_low``), not a bool."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if number and (value > 0 if open_low else value >= 0) and value <= 1:
+        return float(value)
+    raise InputError(
+        f"{name} must be a number in {'(' if open_low else '['}0, 1], got {value!r}", argument=name
+    )
+
+
+def check_path(name: str, value: object) -> os.PathLike | str:
+    """``value`` if it is a path (str or os.PathLike, not empty); InputError naming ``name`` otherwise."""
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise InputError(
+            f"{name} must be a file or folder path (str or pathlib.Path), got {value!r}", argument=name
+        )
+    return value

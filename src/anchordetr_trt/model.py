@@ -89,7 +89,9 @@ def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = No
         raise InputError(
             f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}: use preprocess()"
         )
-    if weight is None:  # a model on "meta" takes meta inputs (FLOP counts); the others' device is checked below
+    if (
+        weight is None
+    ):  # a model on "meta" takes meta inputs (FLOP counts); the others' device is checked below
         check_tensor_device(images, "images")
     if images.dim() != 4 or images.shape[1] != 3:
         raise InputError(
@@ -115,6 +117,7 @@ def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = No
             f"images are on {images.device} but the model is on {weight.device}: pass "
             f"images.to('{weight.device}') or move the model (model.to('{images.device}'))"
         )
+    _check_finite_pixels(images)
     if mask is None:
         return
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
@@ -132,6 +135,15 @@ def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = No
         )
     if mask.device.type == "cpu" and not _tracing(mask):
         _check_unpadded_pixels(mask)
+
+
+def _check_finite_pixels(images: Tensor) -> None:
+    """InputError for NaN or infinite pixels, which would make every output NaN; where the images are
+    on the CPU (reading GPU images back would stall every call)."""
+    if images.device.type == "cpu" and not _tracing(images) and not torch.isfinite(images).all():
+        raise InputError(
+            "images have NaN or infinite pixels: fix or drop those images (preprocess refuses them)"
+        )
 
 
 def _check_unpadded_pixels(mask: Tensor) -> None:

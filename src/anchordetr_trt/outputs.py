@@ -19,6 +19,7 @@ it and it is unchanged since; anything else stops the writer before it does any 
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
-from .errors import InputError, listed
+from .errors import InputError, check_path, listed
 
 MANIFEST = ".anchordetr-trt-run.json"
 _SCRATCH = ".anchordetr-trt-partial-"  # + the writing process's id
@@ -57,7 +58,7 @@ class RunFolder:
         writes: Iterable[str] = (),
         flag: str = "--out",
     ):
-        self.folder = Path(path)
+        self.folder = Path(check_path(flag, path))
         self.path = self.folder
         self.inputs = [Path(p) for p in inputs]
         self.replace = replace
@@ -109,7 +110,9 @@ class RunFolder:
             return {}
         entries = read_record(self.folder, self.flag)
         ours = {name: entry for name, entry in entries.items() if entry.get("output") == _FOLDER}
-        present = list(_files(self.folder))
+        # Without a record every file here is another's: a few of them name the problem (a folder such
+        # as "/" or a home folder is not walked in full).
+        present = list(_files(self.folder) if entries else itertools.islice(_files(self.folder), 100))
         if self.replace:
             foreign = [
                 name for name in present if not (name in ours and unchanged(self.folder / name, ours[name]))
@@ -159,20 +162,37 @@ class RunFolder:
 
 
 def write_results(
-    contents: Mapping[Path, bytes], flag: str = "--out", *, root: Path | None = None
+    contents: Mapping[Path, bytes],
+    flag: str = "--out",
+    *,
+    root: Path | None = None,
+    writer: str | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> list[Path]:
     """Write each result file of ``contents`` (path -> bytes) after checking them all with
     ``check_results``: beside its place, then renamed over it, and recorded. ``root``: the folder
     whose record lists them all (default: each file's own folder)."""
-    contents = {Path(path): data for path, data in contents.items()}
-    check_results(contents, flag, root=root)
-    return _write_recorded(contents, flag, _FILE, root)
+    contents = {Path(check_path(flag, path)): data for path, data in contents.items()}
+    bad = [str(path) for path, data in contents.items() if not isinstance(data, bytes | bytearray)]
+    if bad:
+        raise InputError(f"{flag}: the contents of {listed(bad)} must be bytes (e.g. text.encode())")
+    check_results(contents, flag, root=root, writer=writer, inputs=inputs)
+    return _write_recorded(contents, flag, _FILE, root, writer or flag)
 
 
-def check_results(paths: Iterable[Path], flag: str = "--out", *, root: Path | None = None) -> None:
-    """InputError unless each result file can be written: its folder is writable, and it is new or a
-    result the package wrote there, unchanged since. Call it before the work, then ``write_results``."""
-    paths = [Path(p) for p in paths]
+def check_results(
+    paths: Iterable[Path],
+    flag: str = "--out",
+    *,
+    root: Path | None = None,
+    writer: str | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> None:
+    """InputError unless each result file can be written: its folder is writable; it is no input of
+    the run (``inputs``); and it is new, or a result that the same ``writer`` (default: ``flag``)
+    wrote there and that is unchanged since. Call it before the work, then ``write_results``."""
+    paths = [Path(check_path(flag, p)) for p in paths]
+    inputs = [Path(p) for p in inputs]
     for path in paths:
         if path.is_dir():
             raise InputError(f"{flag} {path} is a folder: pass a file name such as {path / 'result.json'}")
@@ -180,19 +200,19 @@ def check_results(paths: Iterable[Path], flag: str = "--out", *, root: Path | No
             raise InputError(
                 f"{flag} {path} is an output folder's record of its files: pass another file name"
             )
+        check_not_inside(path, inputs, flag)
     taken = []
     for folder, names in _by_record(paths, root).items():
         entries = read_record(folder, flag) if any(_occupied(folder, n) for n in names) else {}
         for name in names:
             entry = entries.get(name)
-            if _occupied(folder, name) and not (
-                entry and entry["output"] == _FILE and unchanged(folder / name, entry)
-            ):
+            ours = entry and entry["output"] == _FILE and entry.get("by") == (writer or flag)
+            if _occupied(folder, name) and not (ours and unchanged(folder / name, entry)):
                 taken.append(str(folder / name))
     if taken:
         raise InputError(
-            f"{flag} {listed(taken)} exists and anchordetr-trt did not write it, or it changed since; it is "
-            "left alone: pass a new file name"
+            f"{flag} {listed(taken)} exists and anchordetr-trt did not write it there as such a result, or it "
+            "changed since; it is left alone: pass a new file name"
         )
     for folder in {p.parent for p in paths}:
         check_writable(folder, flag)
@@ -208,7 +228,11 @@ def _by_record(paths: Iterable[Path], root: Path | None) -> dict[Path, list[str]
 
 
 def _write_recorded(
-    contents: Mapping[Path, bytes], flag: str, output: str, root: Path | None = None
+    contents: Mapping[Path, bytes],
+    flag: str,
+    output: str,
+    root: Path | None = None,
+    writer: str | None = None,
 ) -> list[Path]:
     """Write each file beside its place and rename it there, then record them in their folder's record."""
     from .cache import write_whole
@@ -223,6 +247,8 @@ def _write_recorded(
             data = contents[folder / name]
             write_whole(folder / name, lambda partial, data=data: partial.write_bytes(data))
             entries[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "output": output}
+            if writer is not None:
+                entries[name]["by"] = writer
         write_record(folder, entries)
     return list(contents)
 

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .comparison import finite_abs_diff, match_rows
+from .devices import check_tensor_device
 from .errors import InputError
 from .model import OUTPUTS, check_inputs
 
@@ -166,7 +167,7 @@ def compare_detections(
     if not (
         _is_number(top_k, int) and top_k >= 1 and _is_number(score_threshold) and 0 <= score_threshold <= 1
     ):
-        raise ValueError(
+        raise InputError(
             f"top_k must be an int >= 1 and score_threshold in [0, 1], got {top_k!r} and {score_threshold!r}"
         )
     actual = {key: actual[key].detach().float().to(expected[key].device) for key in OUTPUTS}
@@ -258,7 +259,7 @@ def assert_parity(
 
     if not (isinstance(images, Tensor) and images.dim() == 4):
         if mask is not None:
-            raise ValueError(
+            raise InputError(
                 "assert_parity: pass mask only with a batch tensor; preprocess makes the mask of a list"
             )
         images, mask, _ = preprocess(images, min_size=min_size, max_size=max_size)
@@ -307,6 +308,10 @@ def example_batches(
     device = check_device(device)
     default_min, default_max = EXAMPLE_RESIZE["cuda" if device.type == "cuda" else "cpu"]
     generator = torch.Generator().manual_seed(check_seed(seed))
+    if not (isinstance(image_sizes, Sequence) and all(isinstance(sizes, Sequence) for sizes in image_sizes)):
+        raise InputError(
+            f"image_sizes must be a list of batches, each a list of (height, width), got {image_sizes!r}"
+        )
     for i, sizes in enumerate(image_sizes):
         for j, size in enumerate(sizes):
             try:
@@ -338,16 +343,16 @@ def example_batches(
 
 def _tolerance(precision: str, overrides: dict[str, float]) -> Tolerance:
     if precision not in TOLERANCES:
-        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(TOLERANCES)}")
+        raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(TOLERANCES)}")
     unknown = set(overrides) - set(Tolerance.__dataclass_fields__)
     if unknown:
-        raise TypeError(
+        raise InputError(
             f"unknown tolerance {', '.join(sorted(unknown))}: choose from {', '.join(Tolerance.__dataclass_fields__)}"
         )
     for name, value in overrides.items():
         fraction = name in _FRACTIONS
         if not (_is_number(value) and value >= 0 and (value <= 1 or not fraction)):
-            raise ValueError(
+            raise InputError(
                 f"{name} must be a number in [0, 1], got {value!r}"
                 if fraction
                 else f"{name} must be a finite number >= 0, got {value!r}"
@@ -372,7 +377,7 @@ def _precision_of(outputs: dict[str, Tensor]) -> str:
 def _check_outputs(actual: dict, expected: dict) -> None:
     for name, out in (("actual", actual), ("expected", expected)):
         if not isinstance(out, dict) or not set(OUTPUTS) <= out.keys():
-            raise ValueError(f"{name} must be a model output: a dict with 'pred_logits' and 'pred_boxes'")
+            raise InputError(f"{name} must be a model output: a dict with 'pred_logits' and 'pred_boxes'")
         for key, last in (("pred_logits", None), ("pred_boxes", 4)):
             value = out[key]
             if (
@@ -383,7 +388,12 @@ def _check_outputs(actual: dict, expected: dict) -> None:
             ):
                 layout = "[B, Q, classes]" if last is None else "[B, Q, 4]"
                 got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"{name}[{key!r}] must be a tensor {layout} with B, Q >= 1, got {got}")
+                raise InputError(f"{name}[{key!r}] must be a tensor {layout} with B, Q >= 1, got {got}")
+            check_tensor_device(value, f"{name}[{key!r}]")
+            if not value.is_floating_point():
+                raise InputError(
+                    f"{name}[{key!r}] must be a float tensor (a model output), got {value.dtype}"
+                )
     for key in OUTPUTS:
         if actual[key].shape != expected[key].shape:
             raise AssertionError(

@@ -11,10 +11,12 @@ from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 
 from .devices import check_tensor_device
-from .errors import InputError, check_int
+from .errors import InputError, check_bool, check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The longest side an image may have once resized: 8192x8192 float32 RGB is 0.8 GB per image already.
+MAX_RESIZED_SIDE = 8192
 
 ImageLike = np.ndarray | Image.Image | Tensor
 
@@ -27,6 +29,8 @@ def resized_size(height: int, width: int, min_size: int = 800, max_size: int = 1
     below 1 pixel, so an image longer than ``max_size`` times its short side keeps a long side above
     ``max_size`` (1x5000 stays 1x5000) rather than vanishing.
     """
+    height, width = check_int("height", height), check_int("width", width)
+    min_size, max_size = check_int("min_size", min_size), check_int("max_size", max_size)
     short, long = min(height, width), max(height, width)
     if long / short * min_size > max_size:
         min_size = max(1, round(max_size * short / long))
@@ -55,6 +59,7 @@ def preprocess(
     bool with True on padding, sizes [B, 2] int64 (h, w) of each upright image before resizing)``.
     """
     _check_sizes(min_size, max_size)
+    check_bool("exif_orientation", exif_orientation)
     if images is None:
         raise InputError(
             "preprocess() got None: pass an image (PIL image, HxWx3 array or CHW tensor) or a list"
@@ -83,6 +88,12 @@ def preprocess(
         height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
         sizes.append((height, width))
         new_h, new_w = resized_size(height, width, min_size, max_size)
+        if max(new_h, new_w) > MAX_RESIZED_SIDE:
+            raise InputError(
+                f"image {index} ({height}x{width}) resizes to {new_h}x{new_w} (min_size={min_size}, "
+                f"max_size={max_size}), past the {MAX_RESIZED_SIDE}-pixel side this package takes (a float "
+                "batch that large runs out of memory): lower min_size and max_size, or crop the image"
+            )
         if isinstance(image, Image.Image):  # 8-bit images resize in PIL, as the official pipeline does
             image = TF.to_tensor(image.resize((new_w, new_h), Image.BILINEAR))
         else:
@@ -104,6 +115,10 @@ def _check_sizes(min_size: int, max_size: int) -> None:
 
 def pad_batch(images: Sequence[Tensor], size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Pad CHW images at the bottom and right to a common size (default: the largest of each side)."""
+    if not images or any(
+        not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 for img in images
+    ):
+        raise InputError("pad_batch takes a non-empty list of [3, H, W] tensors (normalized RGB images)")
     height = max(img.shape[-2] for img in images) if size is None else size[0]
     width = max(img.shape[-1] for img in images) if size is None else size[1]
     batch = images[0].new_zeros((len(images), 3, height, width))
@@ -128,18 +143,27 @@ def postprocess(
     [k, 4] (x0, y0, x1, y1 in pixels of the image of size ``target_sizes[i]`` = (h, w)).
 
     ``outputs``: the model's ``pred_logits`` [B, Q, classes] and ``pred_boxes`` [B, Q, 4];
-    ``target_sizes`` [B, 2] positive integers; ``top_k`` at most Q * classes. NaN or infinite outputs
-    raise InputError unless ``check_finite=False`` (one check per call: a single host sync).
+    ``target_sizes`` [B, 2] positive integers; ``top_k`` at most Q * classes. NaN or infinite outputs,
+    and boxes outside [0, 1], raise InputError unless ``check_finite=False`` (one host sync per call).
     """
     logits, boxes = _check_outputs(outputs)
     num_queries, num_classes = logits.shape[1:]
     top_k = check_int("top_k", top_k, 1, num_queries * num_classes, " (queries x classes)")
     sizes = _check_target_sizes(target_sizes, logits.shape[0], logits.device)
-    if check_finite and not (torch.isfinite(logits).all() & torch.isfinite(boxes).all()):
-        raise InputError(
-            "the model produced NaN or infinite outputs: check the images for NaN/Inf pixels and the "
-            "weights, or compare with an fp32 model (precision='fp32')"
-        )
+    if check_bool("check_finite", check_finite):
+        finite = torch.isfinite(logits).all() & torch.isfinite(boxes).all()
+        in_range = ((boxes >= 0) & (boxes <= 1)).all()
+        finite, in_range = torch.stack((finite, in_range)).tolist()  # one host sync for both
+        if not finite:
+            raise InputError(
+                "the model produced NaN or infinite outputs: check the images for NaN/Inf pixels and the "
+                "weights, or compare with an fp32 model (precision='fp32')"
+            )
+        if not in_range:
+            raise InputError(
+                "pred_boxes must be (cx, cy, w, h) in [0, 1] of the image, as the model's sigmoid gives them: "
+                "pass the model's outputs unchanged"
+            )
     scores, index = logits.float().sigmoid().flatten(1).topk(int(top_k), dim=1)
     query, labels = index // num_classes, index % num_classes
     cx, cy, w, h = boxes.float().unbind(-1)
@@ -157,8 +181,12 @@ def _check_outputs(outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     if not (isinstance(logits, Tensor) and isinstance(boxes, Tensor)):
         raise InputError("outputs['pred_logits'] and outputs['pred_boxes'] must be tensors")
-    check_tensor_device(logits, "pred_logits")
-    check_tensor_device(boxes, "pred_boxes")
+    for name, value in (("pred_logits", logits), ("pred_boxes", boxes)):
+        check_tensor_device(value, name)
+        if not value.is_floating_point():
+            raise InputError(
+                f"outputs[{name!r}] must be a float tensor, got {value.dtype}: pass the model's outputs unchanged"
+            )
     if logits.dim() != 3 or boxes.shape != (*logits.shape[:2], 4):
         raise InputError(
             f"outputs have pred_logits {list(logits.shape)} and pred_boxes {list(boxes.shape)}: expected "

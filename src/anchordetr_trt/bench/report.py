@@ -251,7 +251,7 @@ def save_benchmark(
         contents[out_dir / "profile.json"] = json.dumps(summary, indent=1).encode()
         table = f"{best['label']}: {profile['kind']}, {profile['calls']} calls\n\n{profile['table']}\n"
         contents[out_dir / "profile.txt"] = table.encode()
-    return write_results(contents, "out_dir")
+    return write_results(contents, "save_benchmark: out_dir")
 
 
 def _json_value(value: object) -> object:
