@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from anchordetr_trt.errors import InputError
+from anchordetr_trt.errors import InputError, check_int, check_path
 
 from .categories import COCO_CLASSES
 
@@ -49,12 +50,14 @@ def load_dataset(
     """Read and check ``ann_file``, index it, pick the first ``max_images`` images and check that their
     files exist under ``image_dir``. Model labels are COCO category ids: without ``category_map``
     (dataset category id -> model label, covering every category) a category with a COCO name must
-    have that name's COCO id. Raises InputError naming the file and the problem."""
-    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    have that name's COCO id, and no annotated category may have the id of an unused COCO slot (N/A).
+    Raises InputError naming the file and the problem."""
+    ann_file, image_dir = Path(check_path("ann_file", ann_file)), Path(check_path("image_dir", image_dir))
     data = _read_json(ann_file)
     _check_dataset(data, ann_file)
     if category_map is None:
         _check_category_names(data["categories"], ann_file)
+        _check_unused_slots(data, ann_file)
     else:
         check_category_map(category_map, [cat["id"] for cat in data["categories"]], ann_file)
     if max_images is not None:
@@ -73,7 +76,7 @@ def _read_json(ann_file: Path) -> dict[str, Any]:
         problem = "is a folder" if ann_file.is_dir() else "does not exist"
         raise InputError(f"annotation file {ann_file} {problem}: pass the path of a COCO-format JSON file")
     try:
-        with open(ann_file, encoding="utf-8") as f:
+        with open(ann_file, encoding="utf-8-sig") as f:  # a byte-order mark, as some editors write, is fine
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"annotation file {ann_file} is not valid JSON: {error}") from None
@@ -110,7 +113,7 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
             raise fail("categories", index, f"repeats category id {cat['id']}")
         category_ids.add(cat["id"])
 
-    image_ids = set()
+    image_ids, stated_sizes = set(), {}
     for index, image in enumerate(data["images"]):
         image_id, file_name = (
             (image.get("id"), image.get("file_name")) if isinstance(image, dict) else (None, None)
@@ -123,6 +126,8 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
             if key in image and not (_is_int(image[key]) and image[key] > 0):
                 raise fail("images", index, f"has {key}={image[key]!r}: it must be a positive integer")
         image_ids.add(image["id"])
+        if "height" in image and "width" in image:
+            stated_sizes[image["id"]] = (image["height"], image["width"])
 
     annotation_ids = set()
     for index, ann in enumerate(data["annotations"]):
@@ -144,6 +149,14 @@ def _check_dataset(data: dict[str, Any], ann_file: Path) -> None:
                 "annotations",
                 index,
                 f"has a box of negative size {bbox}: COCO boxes are [x, y, width, height]",
+            )
+        height, width = stated_sizes.get(ann["image_id"], (math.inf, math.inf))
+        if bbox[0] > width or bbox[1] > height or bbox[0] + bbox[2] < 0 or bbox[1] + bbox[3] < 0:
+            raise fail(
+                "annotations",
+                index,
+                f"has bbox {bbox}, which lies outside its image ({width}x{height}): it could never be matched; "
+                "COCO boxes are [x, y, width, height] in pixels",
             )
         ann.setdefault("iscrowd", 0)
         if not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
@@ -176,6 +189,21 @@ def _check_category_names(categories: list[dict[str, Any]], ann_file: Path) -> N
             f"{', ...' if len(moved) > 3 else ''}); the model's labels are COCO category ids, so they would be "
             "scored against the wrong classes: renumber the categories to COCO ids, or pass "
             f"category_map={{dataset id: COCO id, ...}} covering every category (e.g. {{{example}, ...}})"
+        )
+
+
+def _check_unused_slots(data: dict[str, Any], ann_file: Path) -> None:
+    """InputError for annotated categories whose ids are COCO's unused slots ("N/A", e.g. 0 or 12),
+    which a COCO model never predicts: their AP would be 0, averaged into mAP."""
+    annotated = {ann["category_id"] for ann in data["annotations"]}
+    names = {cat["id"]: cat["name"] for cat in data["categories"]}
+    unused = [i for i in sorted(annotated) if 0 <= i < len(COCO_CLASSES) and COCO_CLASSES[i] == "N/A"]
+    if unused:
+        shown = ", ".join(f"{i} {names[i]!r}" for i in unused[:3]) + (", ..." if len(unused) > 3 else "")
+        raise InputError(
+            f"annotation file {ann_file}: categories {shown} have ids of COCO's unused slots (N/A), which a "
+            "COCO model never predicts: their AP would be 0 and pull mAP down. Drop them from the file; or, "
+            "for a model trained with these ids, pass category_map={id: id, ...} for every category"
         )
 
 
@@ -223,12 +251,11 @@ def _check_image_files(
 def check_counts(**counts: int) -> None:
     """Raise InputError unless every value is a positive integer."""
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_finite_number(value: Any) -> bool:

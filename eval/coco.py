@@ -8,11 +8,18 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from anchordetr_trt.errors import InputError
+from anchordetr_trt.errors import InputError, check_bool
 
 from .annotations import CocoDataset, check_counts, load_dataset
 from .dataset_pass import dataset_pass
-from .inference import Detector, TimedDetector, check_num_classes, detections, non_finite_counts
+from .inference import (
+    Detector,
+    TimedDetector,
+    check_num_classes,
+    detections,
+    non_finite_counts,
+    num_classes_of,
+)
 from .loader import Batch
 from .scoring import score
 
@@ -53,10 +60,10 @@ def evaluate_coco(
     """
     start = time.perf_counter()
     check_counts(top_k=top_k)
-    if not isinstance(skip_bad_images, bool):
-        raise InputError(f"skip_bad_images must be True or False, got {skip_bad_images!r}")
+    check_bool("skip_bad_images", skip_bad_images)
     dataset = load_dataset(ann_file, image_dir, max_images, category_map)
     runner = TimedDetector(model, device)
+    check_num_classes(dataset.coco.cats, num_classes_of(model), dataset.ann_file, category_map)
     to_category = _label_lookup(category_map)
 
     def per_batch(batch: Batch) -> list[tuple[int, np.ndarray | str]]:
@@ -64,8 +71,7 @@ def evaluate_coco(
         if not batch.image_ids:
             return skipped
         outputs = runner(batch)
-        labels = dataset.coco.cats if category_map is None else category_map.values()
-        check_num_classes(labels, outputs, dataset.ann_file)
+        check_num_classes(dataset.coco.cats, outputs, dataset.ann_file, category_map)
         _check_finite(dataset, batch.image_ids, non_finite_counts(outputs))
         found = [to_category(rows) for rows in detections(outputs, batch.sizes, top_k)]
         return list(zip(batch.image_ids, found, strict=True)) + skipped

@@ -7,7 +7,7 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from anchordetr_trt.errors import InputError
+from anchordetr_trt.errors import check_bool, check_int
 
 from . import distributed
 from .annotations import CocoDataset
@@ -38,8 +38,8 @@ def dataset_pass(
     Returns on rank 0 ``(records of all ranks, seconds in each detector on the slowest rank)``; None on
     other ranks.
     """
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise InputError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    check_int("num_workers", num_workers, 0)
+    check_bool("progress", progress)
     batches = chunk(dataset.image_ids, batch_size)
     ranks = distributed.setup(detectors[0].device)
 

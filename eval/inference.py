@@ -3,14 +3,14 @@
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from anchordetr_trt.devices import check_device
+from anchordetr_trt.devices import check_device, check_module_device
 from anchordetr_trt.errors import InputError
 from anchordetr_trt.transforms import postprocess
 
@@ -26,9 +26,9 @@ class TimedDetector:
     the device of its parameters, else the CPU.
     """
 
-    def __init__(self, model: Detector, device: str | torch.device | None = None):
+    def __init__(self, model: Detector, device: str | torch.device | None = None, *, name: str = "model"):
         self.model = model
-        self.device, self.dtype = input_device_dtype(model, device)
+        self.device, self.dtype = input_device_dtype(model, device, name=name)
         self.seconds = 0.0  # time spent in the model, synchronized on CUDA
 
     def __call__(self, batch: Batch) -> dict[str, Tensor]:
@@ -87,15 +87,31 @@ def detections(outputs: dict[str, Tensor], sizes: Tensor, top_k: int) -> list[np
 
 
 def input_device_dtype(
-    model: Detector, device: str | torch.device | None = None
+    model: Detector, device: str | torch.device | None = None, *, name: str = "model"
 ) -> tuple[torch.device, torch.dtype]:
-    """Where ``model``'s inputs go and in which floating dtype.
+    """Where ``model``'s inputs go and in which floating dtype; InputError (naming ``name``) unless
+    ``model`` is a detector (see ``check_detector``).
 
     Device: ``device`` if given, else the model's ``.device`` attribute (compiled modules), else the
     device of its parameters or buffers, else the CPU. Dtype: its ``.dtype`` attribute, else its first
     floating parameter's, else float32.
     """
+    check_detector(model, name)
     return _device_of(model, device), _input_dtype(model)
+
+
+def check_detector(model: object, name: str = "model") -> Detector:
+    """``model`` if it can be called as a detector, with its weights (if a module) on a device the
+    package runs on; InputError naming ``name`` otherwise. Every entry point that takes a model checks it here."""
+    if model is None or not callable(model):
+        got = "None" if model is None else f"a {type(model).__name__}, which cannot be called"
+        raise InputError(
+            f"{name} is {got}: pass a model, e.g. anchordetr_trt.load_model(ckpt) or anchordetr_trt.compile(ckpt)",
+            argument=name,
+        )
+    if isinstance(model, nn.Module):
+        check_module_device(model, name)
+    return model
 
 
 def _device_of(model: Detector, device: str | torch.device | None) -> torch.device:
@@ -144,13 +160,32 @@ def _check_structure(outputs: dict[str, Tensor], batch_size: int) -> None:
         )
 
 
-def check_num_classes(category_ids: Iterable[int], outputs: dict[str, Tensor], ann_file: Path) -> None:
-    """Model labels are category ids: every category of the dataset needs a logit slot."""
-    num_classes = outputs["pred_logits"].shape[-1]
-    beyond = sorted(i for i in category_ids if not 0 <= i < num_classes)
-    if beyond:
-        raise InputError(
-            f"{ann_file} has category ids {beyond[:5]} outside the model's {num_classes} class slots "
-            f"(0..{num_classes - 1}): the model's labels are category ids, so the dataset must use the "
-            "ids the model was trained with"
-        )
+def check_num_classes(
+    category_ids: Iterable[int],
+    num_classes: int | dict[str, Tensor] | None,
+    ann_file: Path,
+    category_map: Mapping[int, int] | None = None,
+) -> None:
+    """Model labels are category ids (or ``category_map``'s labels): each needs one of the model's
+    ``num_classes`` logit slots (or those of its ``outputs``; None: not known yet, nothing checked)."""
+    if isinstance(num_classes, dict):
+        num_classes = num_classes["pred_logits"].shape[-1]
+    if num_classes is None:
+        return
+    labels = {i: i for i in category_ids} if category_map is None else dict(category_map)
+    beyond = sorted((category, label) for category, label in labels.items() if not 0 <= label < num_classes)
+    if not beyond:
+        return
+    slots = f"the model's {num_classes} class slots (0..{num_classes - 1})"
+    if category_map is not None:
+        shown = ", ".join(f"category {category} to label {label}" for category, label in beyond[:3])
+        raise InputError(f"category_map maps {shown}, outside {slots}: map each category to one of them")
+    raise InputError(
+        f"{ann_file} has category ids {[c for c, _ in beyond][:5]} outside {slots}: the model's labels are "
+        "category ids, so the dataset must use the ids the model was trained with (or pass category_map=)"
+    )
+
+
+def num_classes_of(model: Detector) -> int | None:
+    """The model's number of class slots, where its config tells it before a call."""
+    return getattr(getattr(model, "config", None), "num_classes", None)

@@ -8,11 +8,18 @@ import numpy as np
 import torch
 
 from anchordetr_trt.comparison import abs_diff, count_matches
-from anchordetr_trt.errors import InputError
+from anchordetr_trt.errors import InputError, check_fraction
 
 from .annotations import CocoDataset, check_counts, load_dataset
 from .dataset_pass import dataset_pass
-from .inference import Detector, TimedDetector, check_num_classes, detections, non_finite_counts
+from .inference import (
+    Detector,
+    TimedDetector,
+    check_num_classes,
+    detections,
+    non_finite_counts,
+    num_classes_of,
+)
 from .loader import Batch
 from .scoring import STAT_NAMES, score
 
@@ -65,21 +72,24 @@ def parity_report(
     Agreement is meaningful for trained weights: the near-equal scores of random weights are reordered
     by any rounding difference.
     """
-    if len(names) != 2 or names[0] == names[1]:
+    if not (isinstance(names, Sequence) and len(names) == 2 and all(isinstance(n, str) for n in names)) or (
+        names[0] == names[1]
+    ):
         raise InputError(f"names must be two different labels, got {names!r}")
     check_counts(top_k=top_k, match_top_k=match_top_k)
-    if not 0 < iou_threshold < 1:
+    if check_fraction("iou_threshold", iou_threshold, open_low=True) == 1:
         raise InputError(f"iou_threshold must lie in (0, 1), got {iou_threshold!r}")
     for name, value in (("match_min_score", match_min_score), ("match_max_score_diff", match_max_score_diff)):
-        if value is not None and not 0 <= value <= 1:
-            raise InputError(
-                f"{name} must lie in [0, 1] (scores are probabilities) or be None, got {value!r}"
-            )
+        if value is not None:
+            check_fraction(name, value)
     matching = {"min_score": match_min_score, "max_score_diff": match_max_score_diff}
     dataset = load_dataset(ann_file, image_dir, max_images)
     runners = [
-        TimedDetector(model, device) for model, device in zip((model_a, model_b), devices, strict=True)
+        TimedDetector(model, device, name=name)
+        for model, device, name in zip((model_a, model_b), devices, ("model_a", "model_b"), strict=True)
     ]
+    for model in (model_a, model_b):
+        check_num_classes(dataset.coco.cats, num_classes_of(model), dataset.ann_file)
 
     def per_batch(batch: Batch) -> list[_ImageComparison]:
         outputs = [runner(batch) for runner in runners]

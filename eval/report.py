@@ -4,17 +4,46 @@ import json
 import os
 from pathlib import Path
 
-from .files import write_files
+from anchordetr_trt.errors import InputError, check_path
+from anchordetr_trt.outputs import check_results, write_results
+
 from .scoring import STAT_NAMES
+
+_REPORT_KEYS = ("names", "models", "settings", "agreement", "delta", "problems", "num_images", "ann_file")
 
 
 def write_report(report: dict, out_dir: str | os.PathLike, *, stem: str = "parity") -> tuple[Path, Path]:
     """Write ``report`` (from ``parity_report``) to ``out_dir/<stem>.json`` and ``<stem>.md``; returns both
-    paths. InputError, before anything is written, if either file is there with other contents."""
-    out_dir = Path(out_dir)
+    paths. They are result files (``outputs.write_results``): InputError, before anything is written,
+    if either is there and was not written by an earlier call, or changed since."""
+    out_dir = Path(check_path("out_dir", out_dir))
+    if not isinstance(stem, str) or not stem or Path(stem).name != stem or stem.startswith("."):
+        raise InputError(f"stem must be a plain file name without a suffix, such as 'parity', got {stem!r}")
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    contents = {json_path: json.dumps(report, indent=2, allow_nan=False) + "\n", md_path: _markdown(report)}
-    write_files({path: text.encode() for path, text in contents.items()}, "write_report", "out_dir or stem")
+    check_results([json_path, md_path], "write_report: out_dir")
+    missing = [key for key in _REPORT_KEYS if key not in report] if isinstance(report, dict) else _REPORT_KEYS
+    if missing:
+        raise InputError(
+            f"report lacks {', '.join(map(repr, missing))}: pass the dict that parity_report() returns"
+        )
+    try:
+        text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise InputError(
+            "report has NaN or infinite values, which JSON cannot hold: pass the dict that "
+            "parity_report() returns (it writes None where a value is undefined)"
+        ) from None
+    except TypeError as error:
+        raise InputError(
+            f"report holds a value JSON cannot hold ({error}): pass the dict that parity_report() returns"
+        ) from None
+    try:
+        markdown = _markdown(report)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as error:
+        raise InputError(
+            f"report is not laid out as parity_report() returns it ({type(error).__name__}: {error}): pass that dict"
+        ) from None
+    write_results({json_path: text.encode(), md_path: markdown.encode()}, "write_report: out_dir")
     return json_path, md_path
 
 

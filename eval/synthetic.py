@@ -18,10 +18,11 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from anchordetr_trt.errors import InputError
+from anchordetr_trt.errors import InputError, check_bool, check_int, check_path, check_seed
+from anchordetr_trt.outputs import check_results, write_results
+from anchordetr_trt.transforms import MAX_RESIZED_SIDE
 
 from .categories import COCO_CLASSES
-from .files import write_files
 
 # Saved file formats, cycled over the images so that loading converts each kind.
 _FORMATS = (("RGB", "jpg"), ("L", "png"), ("RGBA", "png"), ("I;16", "png"), ("RGB", "png"))
@@ -94,15 +95,18 @@ def make_synthetic_coco(
     the ``SHAPE_CLASSES`` (the last of 5 or more images holds none, as some COCO images do). With
     ``mixed_formats`` the files cycle through RGB JPEG, grayscale, RGBA, 16-bit grayscale and RGB PNG
     (to exercise loading); without, every image is an RGB PNG (lossless colour: a training or accuracy
-    set). The same arguments always give the same files, and only those replace files already there:
-    InputError, before anything is written, if ``out_dir`` holds others of those names. Returns
+    set). The same arguments always give the same files. They are result files
+    (``outputs.write_results``): a file of the same name is replaced only if an earlier call wrote
+    it and it is unchanged since; otherwise InputError, before anything is written. Returns
     ``(ann_file, image_dir)``.
     """
     _check_sizes(min_size, max_size, max_objects)
-    if num_images < 1:
-        raise InputError(f"make_synthetic_coco needs num_images >= 1, got num_images={num_images}")
-    out_dir = Path(out_dir)
+    check_int("num_images", num_images)
+    check_seed(seed)
+    check_bool("mixed_formats", mixed_formats)
+    out_dir = Path(check_path("out_dir", out_dir))
     image_dir = out_dir / "images"
+    check_results([out_dir / "annotations.json"], "make_synthetic_coco: out_dir")  # before the drawing
     files, images, annotations = {}, [], []
     for index in range(num_images):
         empty = index == num_images - 1 and num_images >= 5
@@ -126,7 +130,7 @@ def make_synthetic_coco(
         "categories": categories,
     }
     files[ann_file] = json.dumps(dataset, indent=1).encode()
-    write_files(files, "make_synthetic_coco", "out_dir")
+    write_results(files, "make_synthetic_coco: out_dir", root=out_dir)
     image_dir.mkdir(parents=True, exist_ok=True)  # the folder is returned even where it holds no image
     return ann_file, image_dir
 
@@ -137,8 +141,8 @@ def synthetic_image(
     """Image ``index`` of the set drawn from ``seed``: pixels [H, W, 3] uint8 with H, W in
     [min_size, max_size], and its objects as COCO annotation fields (``bbox`` [x, y, w, h] in pixels,
     ``category_id``, ``area`` of the drawn shape). Holds 1..``max_objects`` objects (none when 0)."""
-    _check_sizes(min_size, max_size, max(max_objects, 1))
-    rng = np.random.default_rng((seed, index))
+    _check_sizes(min_size, max_size, max(check_int("max_objects", max_objects, 0), 1))
+    rng = np.random.default_rng((check_seed(seed), check_int("index", index, 0)))
     height, width = (int(s) for s in rng.integers(min_size, max_size + 1, size=2))
     canvas = Image.fromarray(_background(rng, height, width))
     count = int(rng.integers(1, max_objects + 1)) if max_objects else 0
@@ -160,6 +164,9 @@ def synthetic_image(
 
 
 def _check_sizes(min_size: int, max_size: int, max_objects: int) -> None:
+    check_int("min_size", min_size, 16, MAX_RESIZED_SIDE)
+    check_int("max_size", max_size, 16, MAX_RESIZED_SIDE)
+    check_int("max_objects", max_objects)
     if max_objects < 1 or not 16 <= min_size <= max_size:
         raise InputError(
             "synthetic images need max_objects >= 1 and 16 <= min_size <= max_size, got "

@@ -198,6 +198,35 @@ BAD_CHECKPOINTS = {
         "r50-c5",
         r"NaN or infinite values in input_proj\.0\.0\.bias",
     ),
+    "int8 weights (a quantized tensor without its scale)": (
+        lambda sd: dict(
+            sd, **{"transformer.class_embed.0.weight": sd["transformer.class_embed.0.weight"].to(torch.int8)}
+        ),
+        "r50-c5",
+        r"not floating point in transformer\.class_embed\.0\.weight \(int8\)",
+    ),
+    "bool weights": (
+        lambda sd: dict(sd, **{"input_proj.0.0.weight": sd["input_proj.0.0.weight"] > 0}),
+        "r50-c5",
+        r"not floating point in input_proj\.0\.0\.weight \(bool\)",
+    ),
+    "complex bias": (
+        lambda sd: dict(
+            sd, **{"transformer.class_embed.0.bias": sd["transformer.class_embed.0.bias"].to(torch.complex64)}
+        ),
+        "r50-c5",
+        r"not floating point in transformer\.class_embed\.0\.bias \(complex64\)",
+    ),
+    "weights on the meta device": (
+        lambda sd: dict(sd, **{"input_proj.0.0.bias": torch.empty(256, device="meta")}),
+        "r50-c5",
+        r"no values \(on the meta device\) in input_proj\.0\.0\.bias",
+    ),
+    "negative batch-norm variances (NaN in every output)": (
+        lambda sd: dict(sd, **{"backbone.body.bn1.running_var": -sd["backbone.body.bn1.running_var"]}),
+        "r50-c5",
+        r"negative batch-norm variances in backbone\.body\.bn1\.running_var",
+    ),
     "not a dict": (lambda sd: [1, 2, 3], None, "holds a list"),
     "dict without model": (lambda sd: {"epoch": 3, "args": None}, None, "without a 'model' state dict"),
     "unsupported training args": (

@@ -1,5 +1,7 @@
 """The ``anchordetr-trt`` command line: run in-process through ``main(argv)``, plus real processes once."""
 
+import errno
+import io
 import json
 import math
 import os
@@ -50,7 +52,7 @@ def image_dir(tmp_path_factory) -> Path:
     ):
         pixels = rng.integers(0, 256, size=(height, width, 4), dtype=np.uint8)
         Image.fromarray(pixels, "RGBA").convert(mode).save(folder / f"{name}.png")
-    (folder / "notes.txt").write_text("not an image: the folder scan skips it")
+    (folder / "notes.txt").write_text("not an image: the folder scan lists it and goes on")
     return folder
 
 
@@ -115,7 +117,7 @@ def test_detect_writes_json_and_annotated_images(image_dir, checkpoint, tmp_path
             assert set(det) == {"label", "name", "score", "box"} and det["name"] == COCO_CLASSES[det["label"]]
             x0, y0, x1, y1 = det["box"]
             assert 0 <= x0 <= x1 <= record["width"] and 0 <= y0 <= y1 <= record["height"]
-        with Image.open(record["annotated"]) as annotated:
+        with Image.open(out / record["annotated"]) as annotated:
             assert annotated.size == (record["width"], record["height"]) and annotated.mode == "RGB"
             assert (np.asarray(annotated) != plain).any()
     assert "3 images" in stdout and stdout.count(": 7 detections") == 3
@@ -295,7 +297,7 @@ def test_demo_writes_report_and_says_weights_are_random(tmp_path, capsys):
         assert (report["backend"], report["precision"], report["device"]) == ("eager", "fp32", "cpu")
     for record in report["images"]:
         assert len(record["detections"]) == 3
-        with Image.open(record["annotated"]) as annotated:
+        with Image.open(out / record["annotated"]) as annotated:
             assert annotated.size == (record["width"], record["height"])
     markdown = (out / "report.md").read_text()
     assert "Random weights detect nothing meaningful" in markdown and markdown.count("](annotated/") == 2
@@ -343,7 +345,8 @@ def test_unexpected_failure_is_one_line_with_exit_code_1(image_dir, tmp_path, ca
 
     monkeypatch.setattr(cli, "_compiled_model", broken)
     code, _, err = run(["detect", str(image_dir), "--random-weights", "--out", str(tmp_path / "o")], capsys)
-    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    lines = [line for line in err.strip().splitlines() if not line.startswith("skipped ")]  # notes.txt
+    assert code == 1 and "Traceback" not in err and len(lines) == 1
     assert "RuntimeError: CUDA error: an illegal memory access" in err and "--debug" in err
 
 
@@ -448,6 +451,98 @@ def test_detect_rerun_replaces_its_own_outputs_and_stops_at_a_user_file(tmp_path
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_detect_never_claims_a_file_saved_into_its_folder_mid_run(tmp_path, capsys, monkeypatch):
+    """A file the user saves into --out while detect runs is not the run's: the next run stops at it."""
+    import anchordetr_trt.detect as detect_module
+
+    _fixed_model(monkeypatch)
+    out, images = tmp_path / "out", _write_images(tmp_path / "images", {"a.png": (40, 50)})
+    detect_files = detect_module.detect_files
+
+    def saving_mid_run(*args, **kwargs):
+        out.mkdir(exist_ok=True)
+        (out / "mine.txt").write_text("saved by the user during the run")
+        yield from detect_files(*args, **kwargs)
+
+    monkeypatch.setattr(detect_module, "detect_files", saving_mid_run)
+    assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 0
+    monkeypatch.setattr(detect_module, "detect_files", detect_files)
+    code, _, err = run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)
+    assert code == 2 and "mine.txt" in err and "left alone" in err
+    assert (out / "mine.txt").read_text() == "saved by the user during the run"
+
+
+def test_a_run_that_fails_after_its_checks_leaves_the_earlier_outputs(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    out, images = tmp_path / "out", _write_images(tmp_path / "images", {"a.png": (40, 50)})
+    assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 0
+    before = _tree(out)
+    monkeypatch.undo()  # the real model loader: it refuses the checkpoint below
+    (tmp_path / "notes.pth").write_text("a text file")
+    code, _, err = run(
+        ["detect", str(images), "--ckpt", str(tmp_path / "notes.pth"), "--out", str(out)], capsys
+    )
+    assert code == 2 and "not a PyTorch checkpoint" in err
+    assert _tree(out) == before, "the earlier run's detections, drawings and record are as they were"
+
+
+def test_eval_out_never_replaces_a_result_file_edited_since(tmp_path, capsys, monkeypatch):
+    ann_file, images = make_synthetic_coco(tmp_path / "coco", num_images=1, seed=0)
+    _fixed_model(monkeypatch)
+    result = tmp_path / "res.json"
+    argv = ["eval", "--random-weights", "--ann-file", str(ann_file), "--image-dir", str(images)]
+    argv += ["--out", str(result), "--min-size", "64", "--max-size", "64", "--quiet"]
+    assert run(argv, capsys)[0] == 0
+    assert run(argv, capsys)[0] == 0, "its own result, unchanged, is replaced"
+    edited = {**json.loads(result.read_text()), "note": "my reading of these numbers"}
+    result.write_text(json.dumps(edited))
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "left alone" in err and json.loads(result.read_text()) == edited
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [(errno.EPIPE, 141), (errno.ENOSPC, 1)])
+def test_detect_finishes_its_files_when_stdout_fails(code, exit_code, tmp_path, capsys, monkeypatch):
+    """`detect ... | head -n 1` and `detect ... > /dev/full`: the files are complete, and one line
+    says what happened to stdout."""
+
+    class Failing(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(code, os.strerror(code))
+
+    _fixed_model(monkeypatch)
+    out, images = tmp_path / "out", _write_images(tmp_path / "images", {"a.png": (40, 50), "b.png": (30, 30)})
+    monkeypatch.setattr(sys, "stdout", Failing())
+    status = main(["detect", str(images), "--random-weights", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == exit_code and len(json.loads((out / "detections.json").read_text())) == 2
+    assert len(err) == 1 and "stdout" in err[0] and "the command itself finished" in err[0], err
+
+
+def test_detect_on_a_folder_lists_each_file_it_does_not_read_and_why(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    images = _write_images(tmp_path / "images", {"a.jpg": (40, 50), "b.gif": (30, 40)})
+    (images / "notes.txt").write_text("not an image")
+    (images / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (images / "more").mkdir()
+    out = tmp_path / "out"
+    code, stdout, err = run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)
+    records = json.loads((out / "detections.json").read_text())
+    assert code == 0 and [Path(r["image"]).name for r in records] == ["a.jpg", "b.gif"], err
+    listed = dict(line.split("\t") for line in (out / "skipped.txt").read_text().splitlines())
+    assert listed == {
+        str(images / "gone.png"): "a link to a file that does not exist",
+        str(images / "more"): "a folder (folders are not searched inside)",
+        str(images / "notes.txt"): "not an image file type (.txt); pass it by name to read it anyway",
+    }
+    assert all(f"skipped {path}" in err for path in listed) and "skipped 3 files" in stdout
+
+
 @pytest.mark.slow
 def test_detect_runs_images_the_resize_takes_past_the_default_range(tmp_path, capsys):
     """The official resize makes 10x2000 7x1400 (short side under 320, long side over 1344): padded up
@@ -534,6 +629,20 @@ def test_detect_skip_bad_reports_unreadable_files_and_goes_on(tmp_path, capsys, 
         str(images / "b.jpg"),
         str(truncated),
     ]
+
+
+def test_detect_skip_bad_with_no_image_left_is_an_error_and_keeps_the_earlier_run(
+    tmp_path, capsys, monkeypatch
+):
+    _fixed_model(monkeypatch)
+    images, out = _write_images(tmp_path / "images", {"a.png": (40, 50)}), tmp_path / "out"
+    assert run(["detect", str(images), "--random-weights", "--out", str(out)], capsys)[0] == 0
+    before = _tree(out)
+    (tmp_path / "cut.png").write_bytes((images / "a.png").read_bytes()[:300])  # header whole, pixels cut
+    code, _, err = run(
+        ["detect", str(tmp_path / "cut.png"), "--random-weights", "--skip-bad", "--out", str(out)], capsys
+    )
+    assert code == 2 and "error: none of the 1 image files could be read" in err and _tree(out) == before
 
 
 def test_detect_names_a_float_image_out_of_range_and_skip_bad_skips_it(tmp_path, capsys, monkeypatch):

@@ -39,6 +39,10 @@ CASES = {
         "checkpoint file not found",
     ),
     "corrupt checkpoint": ([*DETECT[:2], "--ckpt", "{corrupt}"], "truncated or corrupt"),
+    "a pickled model (torch.save(model))": (
+        [*DETECT[:2], "--ckpt", "{pickled}"],
+        "holds a pickled torch.nn.modules.linear.Linear object (saved with torch.save(model)?), not weights",
+    ),
     "checkpoint without args": (
         [*DETECT[:2], "--ckpt", "{bare}"],
         "--variant r50-c5, r50-dc5, r101-c5 or r101-dc5",
@@ -173,8 +177,20 @@ CASES = {
         "did not write or that changed since (notes.txt)",
     ),
     "cache-dir is a file": ([*DETECT, "--cache-dir", "{afile}"], "--cache-dir {afile} is a file"),
+    "cache-dir under a file": (  # before the model loads
+        [*DETECT, "--cache-dir", "{afile}/cache"],
+        "--cache-dir {afile}/cache: part of its path is a file",
+    ),
+    "compile min-shape over max-shape": (
+        [*COMPILE, "--min-shape", "1,800,800", "--max-shape", "1,320,320"],
+        "--min-shape 1,800,800 exceeds --max-shape 1,320,320",
+    ),
     "eval out exists": ([*EVAL, "--out", "{afile}"], "exists and anchordetr-trt did not write it"),
     "eval out is a folder": ([*EVAL, "--out", "{empty}"], "is a folder: pass a file name"),
+    "eval out is its annotation file, a result of make_synthetic_coco": (
+        [*EVAL, "--out", "{coco}/annotations.json"],
+        "--out {coco}/annotations.json holds the input",
+    ),
     "eval out is a run folder's record": (
         [*EVAL, "--out", "{ours}/.anchordetr-trt-run.json"],
         "is an output folder's record of its files: pass another file name",
@@ -207,6 +223,7 @@ def paths(tmp_path) -> dict[str, Path]:
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # a truncated download
     torch.save({"query_embed.weight": torch.zeros(3, 2)}, tmp_path / "bare.pth")  # no 'args': C5 or DC5?
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pth")  # a whole module, not its state dict
     previous = tmp_path / "previous"  # an earlier run's outputs, not written by this tool
     (previous / "annotated").mkdir(parents=True)
     Image.fromarray(pixels).save(previous / "annotated" / "a.png")
@@ -225,13 +242,20 @@ def paths(tmp_path) -> dict[str, Path]:
         "afile",
         "corrupt",
         "bare",
+        "pickled",
         "previous",
         "user",
         "bench",
         "coco",
         "ours",
     )
-    files = {"fake": "fake.png", "corrupt": "corrupt.pth", "bare": "bare.pth"}
+    files = {
+        "fake": "fake.png",
+        "corrupt": "corrupt.pth",
+        "bare": "bare.pth",
+        "pickled": "pickled.pth",
+        "trunc": "trunc.png",
+    }
     return {"tmp": tmp_path} | {name: tmp_path / files.get(name, name) for name in named}
 
 
@@ -247,3 +271,12 @@ def test_bad_input_is_one_line_and_leaves_user_files_alone(argv, message, paths,
     assert "error:" in lines[0] and message.format(**paths) in lines[0], lines[0]
     after = checksums(paths["tmp"])
     assert {name: after.get(name) for name in before} == before, "a file of the user's changed or vanished"
+
+
+def test_a_download_cache_that_is_a_file_is_named_by_its_variable(paths, capsys, monkeypatch):
+    """The command line has no download_dir=: the message names $ANCHORDETR_CACHE, which the user set."""
+    monkeypatch.setenv("ANCHORDETR_CACHE", str(paths["afile"]))
+    argv = ["detect", str(paths["images"]), "--ckpt", "R50-C5", "--out", str(paths["tmp"] / "o")]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and f"$ANCHORDETR_CACHE {paths['afile']} cannot be created" in err
+    assert "download_dir" not in err and len(err.strip().splitlines()) == 1

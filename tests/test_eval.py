@@ -474,6 +474,20 @@ def test_coco_names_under_other_ids_are_refused(synthetic, tmp_path):
         _evaluate(never_called, ann_file, image_dir)
 
 
+@pytest.mark.parametrize(("category", "name"), [(0, "background"), (12, "street sign")])
+def test_categories_in_cocos_unused_slots_are_refused(synthetic, tmp_path, category, name):
+    """Scored against a slot the model never predicts, their AP of 0 would pull mAP down unseen."""
+    ann_file, image_dir = _copy_dataset(synthetic, tmp_path)
+    data = json.loads(ann_file.read_text())
+    data["categories"].append({"id": category, "name": name})
+    data["annotations"][0]["category_id"] = category
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(
+        at.InputError, match=rf"categories {category} '{name}' have ids of COCO's unused slots"
+    ):
+        _evaluate(never_called, ann_file, image_dir)
+
+
 def test_category_map_scores_a_renumbered_dataset(synthetic, tmp_path, oracle):
     # The oracle answers COCO ids (it reads the original file); the map turns them into the file's ids.
     ann_file, image_dir = _copy_dataset(synthetic, tmp_path)
@@ -582,7 +596,9 @@ def test_parity_report_measures_a_known_difference(synthetic, oracle, tmp_path):
     json_path, md_path = write_report(report, tmp_path / "report")
     assert json.loads(json_path.read_text()) == report
     md_path.write_text("the user's notes")
-    with pytest.raises(at.InputError, match=r"write_report: .*parity\.md already exist"):
+    with pytest.raises(
+        at.InputError, match=r"write_report: out_dir .*parity\.md exists and anchordetr-trt did not write it"
+    ):
         write_report(report, tmp_path / "report")
     assert md_path.read_text() == "the user's notes"
     md_path.unlink()

@@ -173,7 +173,8 @@ def test_download_folder_that_is_a_file(tmp_path):
     blocker = tmp_path / "cache"
     blocker.write_text("a user's file")
     with pytest.raises(
-        at.InputError, match=r"cannot create the download folder .*set ANCHORDETR_CACHE or pass download_dir="
+        at.InputError,
+        match=r"download_dir=.*/sub' cannot be created \(Not a directory\): pass a writable folder",
     ):
         at.load_model("http://127.0.0.1:9/model.pth", download_dir=blocker / "sub")
     assert blocker.read_text() == "a user's file"

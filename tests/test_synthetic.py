@@ -124,7 +124,8 @@ def test_files_of_others_are_never_replaced_and_the_same_call_again_is_fine(tmp_
     user_file.write_bytes(b"the user's photo")
     untouched = sorted(p.name for p in tmp_path.rglob("*"))
     with pytest.raises(
-        InputError, match=r"make_synthetic_coco: .*000001\.jpg already exist.*new or empty out_dir"
+        InputError,
+        match=r"make_synthetic_coco: out_dir .*000001\.jpg exists and anchordetr-trt did not write it.*left alone",
     ):
         make_synthetic_coco(tmp_path, num_images=3, seed=0)
     assert user_file.read_bytes() == b"the user's photo"

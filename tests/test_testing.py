@@ -110,7 +110,7 @@ def test_a_moved_box_is_unmatched(expected):
     ("kwargs", "error", "match"),
     [
         ({"precision": "int8"}, ValueError, "unknown precision 'int8'"),
-        ({"logit_atol": 0.1}, TypeError, "unknown tolerance logit_atol"),
+        ({"logit_atol": 0.1}, at.InputError, "unknown tolerance logit_atol"),
         ({"top_k": 0}, ValueError, "top_k must be an int >= 1"),
         ({"top_k": True}, ValueError, "top_k must be an int >= 1"),
         ({"logits_atol": float("nan")}, ValueError, "logits_atol must be a finite number >= 0, got nan"),

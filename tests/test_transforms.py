@@ -151,11 +151,11 @@ def test_sixteen_bit_pil_helper_is_shared_with_drawing():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"min_size": 0}, "min_size must be a positive integer .* got 0"),
-        ({"min_size": -5}, "min_size must be a positive integer .* got -5"),
-        ({"min_size": 64.5}, "min_size must be a positive integer .* got 64.5"),
-        ({"min_size": True}, "min_size must be a positive integer .* got True"),
-        ({"max_size": 0}, "max_size must be a positive integer .* got 0"),
+        ({"min_size": 0}, "min_size must be an integer >= 1 .* got 0"),
+        ({"min_size": -5}, "min_size must be an integer >= 1 .* got -5"),
+        ({"min_size": 64.5}, "min_size must be an integer >= 1 .* got 64.5"),
+        ({"min_size": True}, "min_size must be an integer >= 1 .* got True"),
+        ({"max_size": 0}, "max_size must be an integer >= 1 .* got 0"),
         ({"min_size": 800, "max_size": 600}, "max_size=600 is below min_size=800"),
     ],
 )

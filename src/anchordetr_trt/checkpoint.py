@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from .config import AnchorDETRConfig, config_from_args, variant_config, variant_name
 from .devices import check_device
-from .errors import CheckpointError, listed
+from .errors import CheckpointError, first_line, listed
 from .hub import OFFICIAL_CHECKPOINTS, fetch, is_remote, looks_like_html
 from .model import AnchorDETR, build_model
 
@@ -117,9 +118,14 @@ def _read(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if pickled:  # torch.save(model): a pickled object, which only unpickling code could rebuild
+            raise CheckpointError(
+                f"{path} holds a pickled {pickled[1]} object (saved with torch.save(model)?), not weights: it "
+                "is not loaded, since unpickling it could run any code; save model.state_dict() instead"
+            ) from err
         raise CheckpointError(
-            f"{path} could not be read as a checkpoint ({first_line}): it is truncated, corrupt, or holds "
+            f"{path} could not be read as a checkpoint ({first_line(err)}): it is truncated, corrupt, or holds "
             "objects other than tensors and training arguments; download or export it again"
         ) from err
 
@@ -178,8 +184,31 @@ def _check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], config
             + ". Check the variant (r50/r101, c5/dc5) and that this is an AnchorDETR COCO detector "
             "(91 classes, single feature level, RCDA attention)"
         )
+    meta = [k for k, v in state_dict.items() if v.device.type == "meta"]
+    if meta:
+        raise CheckpointError(
+            f"checkpoint has no values (on the meta device) in {listed(meta, _MAX_LISTED)}: it was saved from a "
+            "model built without weights; save the state dict of a model that holds them"
+        )
+    # A tensor of another kind would be cast by load_state_dict: an int8 tensor of a quantized model
+    # (without its scale) to logits off by orders of magnitude, a complex one to its real part.
+    not_float = [
+        f"{k} ({str(state_dict[k].dtype).removeprefix('torch.')})"
+        for k, v in expected.items()
+        if v.is_floating_point() and not state_dict[k].is_floating_point()
+    ]
+    if not_float:
+        raise CheckpointError(
+            f"checkpoint values are not floating point in {listed(not_float, _MAX_LISTED)}, where the model "
+            "has float weights: a quantized or converted checkpoint? Pass the float (fp32 or fp16) weights"
+        )
     non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if non_finite:
         raise CheckpointError(
             f"checkpoint has NaN or infinite values in {listed(non_finite, _MAX_LISTED)}: it is corrupt"
+        )
+    negative = [k for k, v in state_dict.items() if k.endswith("running_var") and (v < 0).any()]
+    if negative:  # a variance: its square root would be NaN in every output
+        raise CheckpointError(
+            f"checkpoint has negative batch-norm variances in {listed(negative, _MAX_LISTED)}: it is corrupt"
         )

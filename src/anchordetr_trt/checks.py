@@ -388,9 +388,14 @@ def run_checks(
     out: Path | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> bool:
-    """Runs the suite, prints its table and, with ``out``, writes ``out/check.json``; True if a check
-    passed and none failed (a run whose every check was skipped proves nothing: False)."""
+    """Runs the suite, prints its table and, with ``out`` (a folder), writes ``out/check.json`` (a result
+    file, checked first: see ``outputs``); True if a check passed and none failed (a run whose every
+    check was skipped proves nothing: False)."""
     from .environment import environment
+    from .outputs import check_results, write_results
+
+    if out is not None:
+        check_results([Path(out) / "check.json"], "run_checks: out")
 
     suite = CheckSuite(ckpt, variant=variant, backends=backends, precision=precision, device=device, log=log)
     results = suite.run(groups)
@@ -400,7 +405,6 @@ def run_checks(
     if not checked:
         log("nothing was checked: every check was skipped here (the table says why)")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         report = {
             "passed": passed,
             "weights": suite.weights,
@@ -409,6 +413,7 @@ def run_checks(
             "environment": environment(),
             "results": [asdict(r) for r in results],
         }
-        (out / "check.json").write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {out / 'check.json'}")
+        write_results(
+            {Path(out) / "check.json": json.dumps(report, indent=1, default=str).encode()}, "run_checks: out"
+        )
     return passed

@@ -2,6 +2,9 @@
 
 Errors in the user's input end the command with one line on stderr, in terms of the command's flags,
 and exit code 2; any other failure is one line and exit code 1. ``--debug`` shows the traceback instead.
+A stdout that stops taking lines (a reader that closed the pipe, a full disk) does not stop the work:
+the files are finished, and one line says what happened to stdout (exit code 141 for a closed pipe,
+1 otherwise, unless the command failed on its own).
 Every flag is checked, and every output location, before any work; torch is imported only by the
 commands (``--help`` and ``--version`` stay fast).
 """
@@ -12,6 +15,7 @@ import logging
 import math
 import re
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -52,9 +56,23 @@ _ASSIGNMENT = re.compile(r"\b(\w+)=('[^']*'(?:(?:, | or )'[^']*')*|[^\s,;:)]+)")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    from .outputs import guarded_stdout, stdout_problem
+
     args = _parser().parse_args(argv)
     _configure_logging(args.debug)
     _quiet_pillow()
+    with guarded_stdout() as stdout:  # a closed pipe or a full disk on stdout does not stop the work
+        code = _run(args)
+    if stdout.error is None:
+        return code
+    message, stdout_code = stdout_problem(stdout.error)
+    print(
+        f"{PROG} {args.command}: {message}{'' if code else '; the command itself finished'}", file=sys.stderr
+    )
+    return code or stdout_code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -180,7 +198,9 @@ def _parser() -> argparse.ArgumentParser:
         help="output folder (default out/bench): new, empty, or an earlier bench output, which is replaced",
     )  # fmt: skip
     bench.add_argument("--ckpt", help="checkpoint (default: random weights; speed does not depend on them)")
-    bench.add_argument("--variant", choices=list(VARIANTS), help="model variant (default r50-dc5)")
+    bench.add_argument(
+        "--variant", choices=list(VARIANTS), type=str.lower, help="model variant (default r50-dc5)"
+    )
     bench.add_argument(
         "--size", type=_size, action="append", help="input HxW or S for SxS, repeatable (default 800)"
     )
@@ -196,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--iters", type=_positive, default=100, help="timed calls per config (default 100)")
     bench.add_argument(
         "--cache-dir", type=Path,
-        help="compile cache to use as is (default: a new OUT/compile_cache, so that compile times are cold)",
+        help="compile cache to use as is (default: a new temporary one, so that compile times are cold)",
     )  # fmt: skip
     bench.add_argument("--no-profile", action="store_true", help="skip the torch.profiler kernel summary")
     bench.add_argument(
@@ -240,7 +260,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.add_argument("--ckpt", help="checkpoint (default: deterministic random weights)")
     demo.add_argument(
-        "--variant", choices=list(VARIANTS), help="model variant (default: the checkpoint's, or r50-dc5)"
+        "--variant",
+        choices=list(VARIANTS),
+        type=str.lower,
+        help="model variant (default: the checkpoint's, or r50-dc5)",
     )
     demo.add_argument("--num-images", type=_positive, default=4, help="generated images (default 4)")
     demo.add_argument("--top-k", type=_top_k, default=5, help="detections drawn per image (default 5)")
@@ -254,7 +277,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--ckpt", help="checkpoint to check (default: seeded random weights)")
     check.add_argument(
-        "--variant", choices=list(VARIANTS), help="model variant (default: the checkpoint's, or r50-dc5)"
+        "--variant",
+        choices=list(VARIANTS),
+        type=str.lower,
+        help="model variant (default: the checkpoint's, or r50-dc5)",
     )
     check.add_argument(
         "--backends", nargs="+", choices=["eager", "inductor", "tensorrt"], default=["eager", "inductor", "tensorrt"],
@@ -281,6 +307,7 @@ def _weights_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant",
         choices=list(VARIANTS),
+        type=str.lower,
         help="model variant (needed when the checkpoint has no args; default r50-dc5)",
     )
     parser.add_argument("--seed", type=_seed, default=0, help="seed of --random-weights (default 0)")
@@ -458,6 +485,8 @@ def _check_sizes(args: argparse.Namespace) -> None:
 
 
 def _check_cache_dir(args: argparse.Namespace, out: Path | None = None) -> None:
+    from .outputs import check_writable
+
     if args.cache_dir is None:
         return
     if args.cache_dir.exists() and not args.cache_dir.is_dir():
@@ -467,6 +496,7 @@ def _check_cache_dir(args: argparse.Namespace, out: Path | None = None) -> None:
             f"--cache-dir {args.cache_dir} lies inside --out {out}, whose earlier outputs each run replaces: "
             "pass a cache folder outside it"
         )
+    check_writable(args.cache_dir, "--cache-dir")
 
 
 def _local_files(*paths: str | Path | None) -> list[Path]:
@@ -590,12 +620,13 @@ def _detect(args: argparse.Namespace) -> int:
     _check_cache_dir(args, args.out)
     device = _device(args)
     _check_backend(args, device)
-    paths = find_images(args.images)
     skipped: list[tuple[Path, str]] = []
 
-    def skip(path: Path, err: Exception) -> None:
+    def skip(path: Path, err: Exception | str) -> None:
         skipped.append((path, str(err)))
         tqdm.write(f"skipped {path}: {err}", file=sys.stderr)
+
+    paths = find_images(args.images, on_passed_over=skip)
 
     readable, largest_side = [], 0
     for path in paths:  # headers only, so that a file that is no image stops the run before the model loads
@@ -643,10 +674,9 @@ def _detect(args: argparse.Namespace) -> int:
                         "detections": dets,
                     }
                     if not args.no_draw:
-                        record["annotated"] = str(
-                            folder.path / "annotated" / f"{_unique(path.stem, names)}.png"
-                        )
-                        draw_detections(image, dets).save(record["annotated"])
+                        drawing = folder.path / "annotated" / f"{_unique(path.stem, names)}.png"
+                        draw_detections(image, dets).save(drawing)
+                        record["annotated"] = str(folder.final(drawing))
                     stream.write(json.dumps(record) + "\n")
                     stream.flush()  # each image's result is kept as soon as it is done
                     records.append(record)
@@ -655,9 +685,12 @@ def _detect(args: argparse.Namespace) -> int:
                         best = ", ".join(f"{d['name']} {d['score']:.2f}" for d in dets[:3]) or "-"
                         tqdm.write(f"{path.name}: {len(dets)} detections  {best}", file=sys.stdout)
         except KeyboardInterrupt:
-            print(f"interrupted: the {len(records)} images done so far are in {stream_path}", file=sys.stderr)
+            done = f"the {len(records)} images done so far are in {folder.final(stream_path)}"
+            print(f"interrupted: {done}", file=sys.stderr)
             raise
         seconds = time.perf_counter() - start
+        if not records:  # --skip-bad passed over every image: no run to put in place of the earlier one
+            raise InputError(f"none of the {len(paths)} image files could be read (see the lines above)")
         (folder.path / "detections.json").write_text(json.dumps(records, indent=1))
         if skipped:
             (folder.path / "skipped.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
@@ -666,7 +699,7 @@ def _detect(args: argparse.Namespace) -> int:
         f"wrote {args.out / 'detections.json'}"
         + ("" if args.no_draw else f" and {args.out / 'annotated'}/*.png")
         + (
-            f"; skipped {len(skipped)} unreadable files, listed in {args.out / 'skipped.txt'}"
+            f"; skipped {len(skipped)} files (unreadable, or no images), listed in {args.out / 'skipped.txt'}"
             if skipped
             else ""
         )
@@ -685,7 +718,7 @@ def _unique(stem: str, taken: set[str]) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_coco
     from .eval.annotations import load_dataset
-    from .outputs import check_new_file
+    from .outputs import check_results, write_results
 
     for flag, path, is_kind, kind, what in (
         ("--ann-file", args.ann_file, Path.is_file, "file", "a COCO annotation file (instances_*.json)"),
@@ -697,7 +730,9 @@ def _eval(args: argparse.Namespace) -> int:
     _check_sizes(args)
     _check_cache_dir(args)
     if args.out is not None:
-        check_new_file(args.out)
+        check_results(
+            [args.out], writer="eval", inputs=[args.ann_file, args.image_dir, *_local_files(args.ckpt)]
+        )
     device = _device(args)
     _check_backend(args, device)
     dataset = load_dataset(args.ann_file, args.image_dir, args.max_images)  # its errors come before compiling
@@ -727,7 +762,9 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{result['num_images']} images, {model.backend} {model.precision}: {stats}")
     print(f"{result['timing']['images_per_s']:.1f} images/s end to end")
     if args.out is not None:
-        args.out.write_text(json.dumps({"tool": f"{PROG} eval", **result}, indent=1))
+        write_results(
+            {args.out: json.dumps({"tool": f"{PROG} eval", **result}, indent=1).encode()}, writer="eval"
+        )
         print(f"wrote {args.out}")
     return 0
 
@@ -756,19 +793,19 @@ def _bench(args: argparse.Namespace) -> int:
         backends=args.backends,
         precision=args.precision,
     )
-    # The folder is checked, and the files of an earlier bench run there removed, before any work.
-    with RunFolder(args.out, inputs=_local_files(args.ckpt)):
+    # The folder is checked before any work; the earlier bench run's files are replaced when this one ends.
+    with RunFolder(args.out, inputs=_local_files(args.ckpt)) as folder, tempfile.TemporaryDirectory() as cold:
         if device.type == "cpu":
             print(
                 "CPU smoke run: these numbers only exercise the harness; the benchmark needs a GPU",
                 file=sys.stderr,
             )
-        # Default: a cache in the run's own folder, new for each run so that first-call compile times are cold.
-        cache_dir = args.cache_dir if args.cache_dir is not None else args.out / "compile_cache"
+        # Default: a new cache for each run, so that first-call compile times are cold.
+        cache_dir = args.cache_dir if args.cache_dir is not None else Path(cold)
         report = run_benchmark(
             configs, variant=args.variant, ckpt=args.ckpt, device=device, warmup=args.warmup, iters=args.iters,
             cache_dir=cache_dir, profile=not args.no_profile, startup=not args.no_startup, parts=args.parts,
-            on_progress=lambda partial: _measured(partial) and save_benchmark(partial, args.out, log=None),  # kept if cut short
+            on_progress=lambda partial: _measured(partial) and save_benchmark(partial, folder.path, log=None),  # kept if cut short
         )  # fmt: skip
         if not _measured(report):
             reasons = {f"{row['label']}: {row['reason']}" for row in report["results"]}
@@ -776,8 +813,10 @@ def _bench(args: argparse.Namespace) -> int:
                 f"{PROG} bench: error: nothing could be measured ({'; '.join(sorted(reasons))})",
                 file=sys.stderr,
             )
+            folder.drop()
             return 1
-        written = save_benchmark(report, args.out, log=lambda line: print(line, file=sys.stderr))
+        written = save_benchmark(report, folder.path, log=lambda line: print(line, file=sys.stderr))
+        written = [folder.final(path) for path in written]
     print(format_table(report))
     print("\n".join(format_flops(report)))
     targets = report["targets"]
@@ -809,7 +848,11 @@ def _compile(args: argparse.Namespace) -> int:
     from .weights import random_model
 
     flat = lambda shape: ",".join(map(str, shape))
-    for low, high in (("min", "opt"), ("opt", "max"), ("min", "max")):
+    for low, high in (
+        ("min", "max"),
+        ("min", "opt"),
+        ("opt", "max"),
+    ):  # min and max first: a default --opt-shape is not blamed for them
         lo, hi = getattr(args, f"{low}_shape"), getattr(args, f"{high}_shape")
         if any(a > b for a, b in zip(lo, hi, strict=True)):
             raise InputError(
@@ -836,7 +879,9 @@ def _compile(args: argparse.Namespace) -> int:
         )
     _check_backend(args, device)
     # A cache folder: an earlier compile output there is kept and reused; anything else stops here.
-    with RunFolder(args.out, replace=False, inputs=_local_files(args.ckpt)):
+    with RunFolder(
+        args.out, replace=False, writes=["compile.json"], inputs=_local_files(args.ckpt)
+    ) as folder:
         out = args.out.resolve()
         start = time.perf_counter()
         model = (
@@ -865,7 +910,7 @@ def _compile(args: argparse.Namespace) -> int:
             "reuse": f"anchordetr_trt.compile(ckpt, backend={compiled.backend!r}, precision={compiled.precision!r}, "
             f"min_shape={args.min_shape}, opt_shape={args.opt_shape}, max_shape={args.max_shape}, cache_dir={str(out)!r})",
         }
-        (out / "compile.json").write_text(json.dumps(manifest, indent=1))
+        folder.write_text("compile.json", json.dumps(manifest, indent=1))
     print(
         f"compiled {compiled.backend} {compiled.precision} in {seconds:.1f} s into {out}; see {out / 'compile.json'}"
     )
@@ -877,11 +922,12 @@ def _demo(args: argparse.Namespace) -> int:
     from .outputs import RunFolder
 
     device = _device(args)
-    with RunFolder(args.out, inputs=_local_files(args.ckpt)):
+    with RunFolder(args.out, inputs=_local_files(args.ckpt)) as folder:
         run_demo(
-            args.out, ckpt=args.ckpt, variant=args.variant, num_images=args.num_images, seed=args.seed,
+            folder.path, ckpt=args.ckpt, variant=args.variant, num_images=args.num_images, seed=args.seed,
             top_k=args.top_k, device=device,
         )  # fmt: skip
+    print(f"wrote {args.out}/report.md, report.json, detections.json and annotated/*.png")
     return 0
 
 
@@ -898,11 +944,13 @@ def _check(args: argparse.Namespace) -> int:
     if args.ckpt is None:
         print("no --ckpt: checking seeded random weights (an untrained model)", file=sys.stderr)
     folder = RunFolder(args.out, inputs=_local_files(args.ckpt)) if args.out else contextlib.nullcontext()
-    with folder:
+    with folder as run:
         passed = run_checks(
-            args.ckpt, variant=args.variant, backends=args.backends, precision=args.precision,
-            device=device, groups=args.only, out=args.out, log=lambda line: print(line, file=sys.stderr),
+            args.ckpt, variant=args.variant, backends=args.backends, precision=args.precision, device=device,
+            groups=args.only, out=run and run.path, log=lambda line: print(line, file=sys.stderr),
         )  # fmt: skip
+    if args.out:
+        print(f"wrote {args.out / 'check.json'}")
     return 0 if passed else 1
 
 

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from . import backends
 from .cache import use_compile_cache
 from .checkpoint import Checkpoint, load_model
-from .devices import check_device, resolve_device
-from .errors import InputError
+from .config import AnchorDETRConfig
+from .devices import check_device, check_module_device, resolve_device
 from .fold import fold_frozen_batchnorm
 from .model import OUTPUTS, AnchorDETR, check_inputs
 from .spec import (
@@ -41,9 +41,12 @@ class CompiledAnchorDETR(nn.Module):
     already on the GPU is taken as it is: reading it back would stall every call.
     """
 
-    def __init__(self, runner: nn.Module, *, backend: str, spec: CompileSpec):
+    def __init__(
+        self, runner: nn.Module, *, backend: str, spec: CompileSpec, config: AnchorDETRConfig | None = None
+    ):
         super().__init__()
         self.runner = runner
+        self.config = config  # the model's, e.g. its num_classes
         self.backend = backend
         self.spec = spec
         self.padded = backends.RUNNERS[backend].PADDED
@@ -70,8 +73,6 @@ class CompiledAnchorDETR(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         check_inputs(images, mask)
-        if mask is not None and mask.device.type == "cpu" and mask.numel():
-            _check_unpadded_pixels(mask)
         batch, _, height, width = images.shape
         _, min_height, min_width = self.spec.min_shape
         if not self.spec.contains((batch, max(height, min_height), max(width, min_width))):
@@ -90,17 +91,6 @@ class CompiledAnchorDETR(nn.Module):
         images, mask = pad_bottom_right(images, mask, height, width)
         out = self.runner(images, mask)
         return {key: out[key].float() for key in OUTPUTS}
-
-
-def _check_unpadded_pixels(mask: Tensor) -> None:
-    """InputError naming the images of ``mask`` [B, H, W] (True = padding) with no unpadded pixel:
-    a mask of the inverse convention, most likely."""
-    empty = mask.flatten(1).all(dim=1).nonzero().flatten().tolist()
-    if empty:
-        raise InputError(
-            f"mask marks every pixel of image {', '.join(map(str, empty))} as padding (True = padding): "
-            "pass mask=None for unpadded images, or ~mask if True marks the valid pixels"
-        )
 
 
 def pad_bottom_right(images: Tensor, mask: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -145,6 +135,8 @@ def compile(
     Triton at that folder for the rest of the process (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR),
     since they compile lazily and must find it later.
     """
+    if isinstance(ckpt, AnchorDETR):
+        check_module_device(ckpt)
     device = check_device(device) if device is not None else resolve_device(None)
     spec = CompileSpec(
         precision=precision or default_precision(device),
@@ -162,4 +154,4 @@ def compile(
     if backend != "eager":
         model = fold_frozen_batchnorm(model)
     runner = backends.BACKENDS[backend].build(model, spec)
-    return CompiledAnchorDETR(runner, backend=backend, spec=spec)
+    return CompiledAnchorDETR(runner, backend=backend, spec=spec, config=model.config)

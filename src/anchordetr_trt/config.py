@@ -64,9 +64,10 @@ DEFAULT_VARIANT = "r50-dc5"  # the variant of random weights and of the benchmar
 
 
 def variant_config(variant: str) -> AnchorDETRConfig:
+    """The config of ``variant`` ("r50-c5", "r50-dc5", "r101-c5", "r101-dc5"; any case, as release names)."""
     try:
-        return VARIANTS[variant]
-    except KeyError:
+        return VARIANTS[variant.strip().lower()]
+    except (KeyError, AttributeError):
         raise CheckpointError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}") from None
 
 

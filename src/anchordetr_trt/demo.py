@@ -4,6 +4,7 @@ Without a checkpoint the model has deterministic random weights (same seed, same
 whole pipeline runs offline; such a model detects nothing meaningful, and the report says so.
 """
 
+import io
 import json
 import os
 import time
@@ -22,6 +23,7 @@ from .draw import draw_detections
 from .environment import environment
 from .eval import COCO_CLASSES, make_synthetic_coco
 from .images import load_image
+from .outputs import check_results, write_results
 from .transforms import resized_size
 from .weights import load_or_random
 
@@ -40,9 +42,12 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Generate ``num_images`` images, detect with ``compile(backend="auto")`` and write under ``out_dir``:
-    ``inputs/`` (the images), ``annotated/*.png``, ``detections.json``, ``report.json`` and ``report.md``.
+    ``inputs/`` (the images), ``annotated/*.png``, ``detections.json``, ``report.json`` and ``report.md``
+    (result files: see ``outputs.write_results``; the paths in them are relative to ``out_dir``).
     Returns the report. ``ckpt`` None means deterministic random weights of ``variant`` (default r50-dc5)."""
     out_dir = Path(out_dir)
+    names = ("detections.json", "report.json", "report.md")
+    check_results([out_dir / name for name in names], "run_demo: out_dir", root=out_dir)
     device = resolve_device(device)
     if ckpt is None:
         weights = (
@@ -96,14 +101,14 @@ def run_demo(
         steady_s = time.perf_counter() - start
     run_s = first_s if steady_s is None else steady_s
 
-    (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
-    records = []
+    records, files = [], {}
     for path, image, dets in zip(paths, images, found, strict=True):
-        annotated = out_dir / "annotated" / f"{path.stem}.png"
-        draw_detections(image, dets).save(annotated)
+        annotated, png = Path("annotated") / f"{path.stem}.png", io.BytesIO()
+        draw_detections(image, dets).save(png, format="PNG")
+        files[out_dir / annotated] = png.getvalue()
         records.append(
-            {"image": str(path), "annotated": str(annotated), "height": image.height, "width": image.width,
-             "detections": dets}
+            {"image": path.relative_to(out_dir).as_posix(), "annotated": annotated.as_posix(),
+             "height": image.height, "width": image.width, "detections": dets}
         )  # fmt: skip
     report = {
         "weights": weights,
@@ -121,16 +126,16 @@ def run_demo(
         "environment": environment(),
         "images": records,
     }
-    (out_dir / "detections.json").write_text(json.dumps(records, indent=1))
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "report.md").write_text(_markdown(report))
+    files[out_dir / "detections.json"] = json.dumps(records, indent=1).encode()
+    files[out_dir / "report.json"] = json.dumps(report, indent=1).encode()
+    files[out_dir / "report.md"] = _markdown(report).encode()
+    write_results(files, "run_demo: out_dir", root=out_dir)
     log(_table(records))
     log(f"{len(images)} images in one batch padded to {shape[1]}x{shape[2]} (HxW): {_timing(report)}")
     if ckpt is None:
         log(
             "NOTE: random weights detect nothing meaningful; pass CKPT=path/to/checkpoint.pth for real detections"
         )
-    log(f"wrote {out_dir}/report.md, report.json, detections.json and annotated/*.png")
     return report
 
 

@@ -7,19 +7,33 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, check_fraction, check_int, check_path
 from .eval.inference import Detector, input_device_dtype
 from .images import IMAGE_SUFFIXES, load_image
 from .transforms import postprocess, preprocess
 
 
-def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+def find_images(
+    paths: Sequence[str | os.PathLike], on_passed_over: Callable[[Path, str], None] | None = None
+) -> list[Path]:
     """Image files named by ``paths``: files as given, folders expanded to their images (sorted, not
-    recursive). Raises FileNotFoundError for a missing path and InputError when nothing is found."""
+    recursive). Each other entry of a folder (another file type, a subfolder, a broken link) is
+    reported to ``on_passed_over(path, why)``. Raises FileNotFoundError for a missing path and
+    InputError when nothing is found."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    if not isinstance(paths, Sequence):
+        raise InputError(f"paths must be a list of image files or folders, got {paths!r}")
     found = []
-    for path in map(Path, paths):
+    for path in (Path(check_path("paths", p)) for p in paths):
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = []
+            for entry in sorted(path.iterdir()):
+                why = _not_an_image(entry)
+                if why is None:
+                    images.append(entry)
+                elif on_passed_over is not None:
+                    on_passed_over(entry, why)
             if not images:
                 raise InputError(
                     f"folder {path} has no images ({', '.join(IMAGE_SUFFIXES)}): pass image files or another folder"
@@ -32,6 +46,19 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     if not found:
         raise InputError("no images given: pass image files or folders")
     return found
+
+
+def _not_an_image(entry: Path) -> str | None:
+    """Why a folder's ``entry`` is not one of its images to read, or None."""
+    if entry.is_symlink() and not entry.exists():
+        return "a link to a file that does not exist"
+    if entry.is_dir():
+        return "a folder (folders are not searched inside)"
+    if not entry.is_file():
+        return "not a regular file"
+    if entry.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"not an image file type ({entry.suffix or 'no suffix'}); pass it by name to read it anyway"
+    return None
 
 
 @torch.no_grad()
@@ -52,10 +79,21 @@ def detect(
     ``.device``/``.dtype`` when it has them. Each detection is ``{"label": int, "name": str, "score":
     float, "box": [x0, y0, x1, y1]}`` with the box in pixels of the original image, clipped to it.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold must lie in [0, 1], got {threshold}", argument="threshold")
-    if top_k < 1 or batch_size < 1:
-        raise InputError(f"top_k and batch_size must be >= 1, got top_k={top_k}, batch_size={batch_size}")
+    check_fraction("threshold", threshold)
+    check_int("top_k", top_k)
+    check_int("batch_size", batch_size)
+    if not isinstance(images, Sequence) or isinstance(images, str | bytes):
+        raise InputError(
+            f"images must be a list of images, got a {type(images).__name__}: e.g. detect(model, [image], ...)"
+        )
+    if (
+        not isinstance(class_names, Sequence)
+        or isinstance(class_names, str)
+        or not all(isinstance(name, str) for name in class_names)
+    ):
+        raise InputError(
+            f"class_names must be a list of names, one per label (e.g. anchordetr_trt.eval.COCO_CLASSES), got {class_names!r:.80}"
+        )
     device, dtype = input_device_dtype(model)
     results = []
     for start in range(0, len(images), batch_size):
@@ -94,6 +132,8 @@ def detect_files(
     """``detect`` on image files, read upright (EXIF orientation applied) one batch at a time: yields
     ``(path, image, detections)`` as each batch finishes. An unreadable file raises InputError, or,
     with ``on_unreadable``, is reported to it and passed over. ``options``: those of ``detect``."""
+    if on_unreadable is not None and not callable(on_unreadable):
+        raise InputError(f"on_unreadable must be a function (path, error) or None, got {on_unreadable!r}")
     pending: list[tuple[Path, Image.Image]] = []
     for index, path in enumerate(paths):
         try:

@@ -20,7 +20,7 @@ from typing import TypeVar
 import torch
 
 from .cache import CACHE_ENV, cache_home, write_whole
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, first_line
 
 # The "model" links of the official README (github.com/megvii-research/AnchorDETR).
 OFFICIAL_CHECKPOINTS: dict[str, str] = {
@@ -77,9 +77,15 @@ def fetch(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        why = error.strerror or first_line(error)
+        if download_dir is not None:
+            raise InputError(
+                f"download_dir={str(download_dir)!r} cannot be created ({why}): pass a writable folder",
+                argument="download_dir",
+            ) from None
+        origin = f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the default download folder"
         raise InputError(
-            f"cannot create the download folder {folder} ({error.strerror}): set {CACHE_ENV} or pass "
-            "download_dir= to a writable folder"
+            f"{origin} {folder} cannot be created ({why}): set {CACHE_ENV} to a writable folder"
         ) from None
 
     def download_and_read(partial: Path) -> T:
@@ -89,7 +95,7 @@ def fetch(
             return read(partial)
         except CheckpointError as error:
             raise CheckpointError(
-                f"the file downloaded from {_url(source)} is not a usable checkpoint ({_first_line(error)}); "
+                f"the file downloaded from {_url(source)} is not a usable checkpoint ({first_line(error)}); "
                 "nothing was kept: try again, or download it by hand and pass its path"
             ) from None
 
@@ -131,7 +137,7 @@ def _download_google_drive(url: str, dest: Path, progress: bool) -> None:
     try:
         done = gdown.download(url, str(dest), quiet=not progress, fuzzy=True)
     except Exception as error:  # gdown raises its own types (quota, permission, network)
-        done, reason = None, _first_line(error)
+        done, reason = None, first_line(error)
     else:
         reason = "gdown returned no file"
     if not done:
@@ -155,8 +161,3 @@ def _refuse_html(path: Path, source: str) -> None:
             f"{_url(source)} served a web page, not a checkpoint (a login, quota or virus-scan page?); "
             "nothing was kept: open the link in a browser, download the file and pass its path"
         )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, check_bool, check_path
 from .transforms import pil_to_rgb
 from .transforms import upright as turn_upright
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
@@ -22,6 +22,8 @@ def load_image(path: str | os.PathLike, *, upright: bool = True) -> Image.Image:
     ``upright``: apply the EXIF orientation, as photo viewers do (phone photos are stored sideways);
     False keeps the stored pixels, as COCO's annotations do. Raises InputError if unreadable.
     """
+    check_path("path", path)
+    check_bool("upright", upright)
     with _reading(path), Image.open(path) as image:
         image.load()
         image = turn_upright(image) if upright else image
@@ -33,7 +35,7 @@ def load_image(path: str | os.PathLike, *, upright: bool = True) -> Image.Image:
 def check_image(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of the stored image at ``path``; InputError unless it opens as an image. Reads
     the header only (fast): truncated pixel data is found by ``load_image``."""
-    with _reading(path), Image.open(path) as image:
+    with _reading(check_path("path", path)), Image.open(path) as image:
         return image.height, image.width
 
 
@@ -50,5 +52,5 @@ def _reading(path: str | os.PathLike) -> Iterator[None]:
         ) from err
     except _READ_ERRORS as err:
         raise InputError(
-            f"cannot read image {path} ({err}): pass a JPEG, PNG, BMP, WebP or TIFF file"
+            f"cannot read image {path} ({err}): pass a JPEG, PNG, BMP, GIF, WebP or TIFF file"
         ) from err

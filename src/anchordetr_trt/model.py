@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 from .backbone import Backbone, downsample_mask
 from .config import NORM_GROUPS, AnchorDETRConfig
+from .devices import check_tensor_device
 from .errors import InputError
 from .transformer import Encoded, Transformer
 
@@ -80,13 +81,18 @@ class AnchorDETR(nn.Module):
 
 
 def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = None) -> None:
-    """Raise InputError for images or masks the model cannot take (checks on static properties only;
-    a size that is symbolic while tracing is not compared). With ``weight``, a parameter of the model,
+    """Raise InputError for images or masks the model cannot take: the plain model and compiled
+    modules alike. Static properties only while tracing (a symbolic size is not compared); a mask on
+    the CPU must leave some pixel of each image unpadded. With ``weight``, a parameter of the model,
     the images must also have its dtype and device: the plain model makes no hidden copies."""
     if not isinstance(images, Tensor):
         raise InputError(
             f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}: use preprocess()"
         )
+    if (
+        weight is None
+    ):  # a model on "meta" takes meta inputs (FLOP counts); the others' device is checked below
+        check_tensor_device(images, "images")
     if images.dim() != 4 or images.shape[1] != 3:
         raise InputError(
             f"images must have shape [B, 3, H, W], got {list(images.shape)}: batch CHW images, e.g. with preprocess()"
@@ -111,6 +117,7 @@ def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = No
             f"images are on {images.device} but the model is on {weight.device}: pass "
             f"images.to('{weight.device}') or move the model (model.to('{images.device}'))"
         )
+    _check_finite_pixels(images)
     if mask is None:
         return
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
@@ -126,6 +133,38 @@ def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = No
         raise InputError(
             f"mask shape {list(mask.shape)} does not match images {list(images.shape)}: expected [B, H, W]"
         )
+    if mask.device.type == "cpu" and not _tracing(mask):
+        _check_unpadded_pixels(mask)
+
+
+def _check_finite_pixels(images: Tensor) -> None:
+    """InputError for NaN or infinite pixels, which would make every output NaN; where the images are
+    on the CPU (reading GPU images back would stall every call)."""
+    if images.device.type == "cpu" and not _tracing(images) and not torch.isfinite(images).all():
+        raise InputError(
+            "images have NaN or infinite pixels: fix or drop those images (preprocess refuses them)"
+        )
+
+
+def _check_unpadded_pixels(mask: Tensor) -> None:
+    """InputError naming the images of ``mask`` [B, H, W] (True = padding) with no unpadded pixel: a
+    mask of the inverse convention, most likely. Checked where the mask is on the CPU (as preprocess
+    makes it), before any copy: reading a GPU mask back would stall every call."""
+    empty = mask.flatten(1).all(dim=1).nonzero().flatten().tolist() if mask.numel() else []
+    if empty:
+        raise InputError(
+            f"mask marks every pixel of image {', '.join(map(str, empty))} as padding (True = padding): "
+            "pass mask=None for unpadded images, or ~mask if True marks the valid pixels"
+        )
+
+
+def _tracing(tensor: Tensor) -> bool:
+    """Whether ``tensor`` stands for values being traced (torch.compile, torch.export): no values to read."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return True
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(tensor)
 
 
 def build_model(config: AnchorDETRConfig) -> AnchorDETR:

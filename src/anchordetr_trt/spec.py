@@ -7,6 +7,7 @@ compiled graph, or one TensorRT profile, serves the whole range).
 """
 
 import itertools
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ def check_shape_range(min_shape: Shape, max_shape: Shape, opt_shape: Shape | Non
         if (
             not isinstance(shape, tuple | list)
             or len(shape) != 3
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
         ):
             raise InputError(
                 f"{name} must be (batch, height, width) of positive ints, got {shape!r}: e.g. {name}=(1, 800, 800)"
@@ -104,6 +105,8 @@ class CompileSpec:
     cache_dir: Path | None = field(default=None)
 
     def __post_init__(self) -> None:
+        if isinstance(self.precision, str):  # any case, as variant names
+            object.__setattr__(self, "precision", self.precision.strip().lower())
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.device.type == "cpu" and self.precision != "fp32":
@@ -115,7 +118,7 @@ class CompileSpec:
             object.__setattr__(self, "opt_shape", fitted_opt_shape(self.min_shape, self.max_shape))
         check_shape_range(self.min_shape, self.max_shape, self.opt_shape)
         for name in ("min_shape", "opt_shape", "max_shape"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            object.__setattr__(self, name, tuple(int(s) for s in getattr(self, name)))
         if self.cache_dir is not None:
             if not isinstance(self.cache_dir, str | os.PathLike):
                 raise InputError(

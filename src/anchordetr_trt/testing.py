@@ -39,7 +39,9 @@ import torch
 from torch import Tensor
 
 from .comparison import finite_abs_diff, match_rows
-from .model import OUTPUTS
+from .devices import check_tensor_device
+from .errors import InputError
+from .model import OUTPUTS, check_inputs
 
 __all__ = [
     "TOLERANCES",
@@ -162,7 +164,7 @@ def compare_detections(
     if not (
         _is_number(top_k, int) and top_k >= 1 and _is_number(score_threshold) and 0 <= score_threshold <= 1
     ):
-        raise ValueError(
+        raise InputError(
             f"top_k must be an int >= 1 and score_threshold in [0, 1], got {top_k!r} and {score_threshold!r}"
         )
     actual = {key: actual[key].detach().float().to(expected[key].device) for key in OUTPUTS}
@@ -254,14 +256,15 @@ def assert_parity(
 
     if not (isinstance(images, Tensor) and images.dim() == 4):
         if mask is not None:
-            raise ValueError(
+            raise InputError(
                 "assert_parity: pass mask only with a batch tensor; preprocess makes the mask of a list"
             )
         images, mask, _ = preprocess(images, min_size=min_size, max_size=max_size)
+    check_inputs(images, mask)  # the model's own rules: normalized float images, a bool mask
     if mask is None:
         mask = torch.zeros_like(images[:, 0], dtype=torch.bool)
     batch = Batch(list(range(len(images))), images, mask, torch.zeros(len(images), 2, dtype=torch.int64))
-    runner, reference_runner = TimedDetector(model), TimedDetector(reference)
+    runner, reference_runner = TimedDetector(model), TimedDetector(reference, name="reference")
     with torch.no_grad():
         actual, expected = runner(batch), reference_runner(batch)
     if precision is None:
@@ -295,11 +298,27 @@ def example_batches(
     smooth random RGB images: one batch per entry of ``image_sizes``, a list of (height, width);
     images of different shapes in a batch are padded. ``min_size``/``max_size`` default to
     ``EXAMPLE_RESIZE`` of the device type."""
+    from .devices import check_device
+    from .errors import check_int, check_seed
     from .transforms import preprocess
 
-    device = torch.device(device)
+    device = check_device(device)
     default_min, default_max = EXAMPLE_RESIZE["cuda" if device.type == "cuda" else "cpu"]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    if not (isinstance(image_sizes, Sequence) and all(isinstance(sizes, Sequence) for sizes in image_sizes)):
+        raise InputError(
+            f"image_sizes must be a list of batches, each a list of (height, width), got {image_sizes!r}"
+        )
+    for i, sizes in enumerate(image_sizes):
+        for j, size in enumerate(sizes):
+            try:
+                valid = len(size) == 2 and all(check_int("side", side) for side in size)
+            except (InputError, TypeError):
+                valid = False
+            if not valid:
+                raise InputError(
+                    f"image_sizes[{i}][{j}] must be (height, width) of positive integers, got {size!r}"
+                )
     batches = []
     for sizes in image_sizes:
         images = [
@@ -321,16 +340,16 @@ def example_batches(
 
 def _tolerance(precision: str, overrides: dict[str, float]) -> Tolerance:
     if precision not in TOLERANCES:
-        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(TOLERANCES)}")
+        raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(TOLERANCES)}")
     unknown = set(overrides) - set(Tolerance.__dataclass_fields__)
     if unknown:
-        raise TypeError(
+        raise InputError(
             f"unknown tolerance {', '.join(sorted(unknown))}: choose from {', '.join(Tolerance.__dataclass_fields__)}"
         )
     for name, value in overrides.items():
         fraction = name in _FRACTIONS
         if not (_is_number(value) and value >= 0 and (value <= 1 or not fraction)):
-            raise ValueError(
+            raise InputError(
                 f"{name} must be a number in [0, 1], got {value!r}"
                 if fraction
                 else f"{name} must be a finite number >= 0, got {value!r}"
@@ -355,7 +374,7 @@ def _precision_of(outputs: dict[str, Tensor]) -> str:
 def _check_outputs(actual: dict, expected: dict) -> None:
     for name, out in (("actual", actual), ("expected", expected)):
         if not isinstance(out, dict) or not set(OUTPUTS) <= out.keys():
-            raise ValueError(f"{name} must be a model output: a dict with 'pred_logits' and 'pred_boxes'")
+            raise InputError(f"{name} must be a model output: a dict with 'pred_logits' and 'pred_boxes'")
         for key, last in (("pred_logits", None), ("pred_boxes", 4)):
             value = out[key]
             if (
@@ -366,7 +385,12 @@ def _check_outputs(actual: dict, expected: dict) -> None:
             ):
                 layout = "[B, Q, classes]" if last is None else "[B, Q, 4]"
                 got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"{name}[{key!r}] must be a tensor {layout} with B, Q >= 1, got {got}")
+                raise InputError(f"{name}[{key!r}] must be a tensor {layout} with B, Q >= 1, got {got}")
+            check_tensor_device(value, f"{name}[{key!r}]")
+            if not value.is_floating_point():
+                raise InputError(
+                    f"{name}[{key!r}] must be a float tensor (a model output), got {value.dtype}"
+                )
     for key in OUTPUTS:
         if actual[key].shape != expected[key].shape:
             raise AssertionError(

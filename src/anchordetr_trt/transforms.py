@@ -10,10 +10,13 @@ import torchvision.transforms.functional as TF
 from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 
-from .errors import InputError
+from .devices import check_tensor_device
+from .errors import InputError, check_bool, check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The longest side an image may have once resized: 8192x8192 float32 RGB is 0.8 GB per image already.
+MAX_RESIZED_SIDE = 8192
 
 ImageLike = np.ndarray | Image.Image | Tensor
 
@@ -26,6 +29,8 @@ def resized_size(height: int, width: int, min_size: int = 800, max_size: int = 1
     below 1 pixel, so an image longer than ``max_size`` times its short side keeps a long side above
     ``max_size`` (1x5000 stays 1x5000) rather than vanishing.
     """
+    height, width = check_int("height", height), check_int("width", width)
+    min_size, max_size = check_int("min_size", min_size), check_int("max_size", max_size)
     short, long = min(height, width), max(height, width)
     if long / short * min_size > max_size:
         min_size = max(1, round(max_size * short / long))
@@ -54,6 +59,7 @@ def preprocess(
     bool with True on padding, sizes [B, 2] int64 (h, w) of each upright image before resizing)``.
     """
     _check_sizes(min_size, max_size)
+    check_bool("exif_orientation", exif_orientation)
     if images is None:
         raise InputError(
             "preprocess() got None: pass an image (PIL image, HxWx3 array or CHW tensor) or a list"
@@ -74,12 +80,20 @@ def preprocess(
         raise InputError("preprocess() got no images: pass a list of arrays, PIL images or CHW tensors")
     tensors, sizes = [], []
     for index, image in enumerate(images):
+        if isinstance(image, Image.Image):
+            check_open(image, f"image {index}")
         if exif_orientation and isinstance(image, Image.Image):
             image = upright(image)
         image = _as_rgb(image, index)
         height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
         sizes.append((height, width))
         new_h, new_w = resized_size(height, width, min_size, max_size)
+        if max(new_h, new_w) > MAX_RESIZED_SIDE:
+            raise InputError(
+                f"image {index} ({height}x{width}) resizes to {new_h}x{new_w} (min_size={min_size}, "
+                f"max_size={max_size}), past the {MAX_RESIZED_SIDE}-pixel side this package takes (a float "
+                "batch that large runs out of memory): lower min_size and max_size, or crop the image"
+            )
         if isinstance(image, Image.Image):  # 8-bit images resize in PIL, as the official pipeline does
             image = TF.to_tensor(image.resize((new_w, new_h), Image.BILINEAR))
         else:
@@ -90,9 +104,8 @@ def preprocess(
 
 
 def _check_sizes(min_size: int, max_size: int) -> None:
-    for name, value in (("min_size", min_size), ("max_size", max_size)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise InputError(f"{name} must be a positive integer number of pixels, got {value!r}")
+    check_int("min_size", min_size, what=" (pixels)")
+    check_int("max_size", max_size, what=" (pixels)")
     if max_size < min_size:
         raise InputError(
             f"max_size={max_size} is below min_size={min_size}: the long side cap must be at least "
@@ -102,6 +115,10 @@ def _check_sizes(min_size: int, max_size: int) -> None:
 
 def pad_batch(images: Sequence[Tensor], size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Pad CHW images at the bottom and right to a common size (default: the largest of each side)."""
+    if not images or any(
+        not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 for img in images
+    ):
+        raise InputError("pad_batch takes a non-empty list of [3, H, W] tensors (normalized RGB images)")
     height = max(img.shape[-2] for img in images) if size is None else size[0]
     width = max(img.shape[-1] for img in images) if size is None else size[1]
     batch = images[0].new_zeros((len(images), 3, height, width))
@@ -129,25 +146,27 @@ def postprocess(
     boxes, which may reach past the image's edges (what COCO evaluation of the official model scores).
 
     ``outputs``: the model's ``pred_logits`` [B, Q, classes] and ``pred_boxes`` [B, Q, 4];
-    ``target_sizes`` [B, 2] positive integers; ``top_k`` at most Q * classes. NaN or infinite outputs
-    raise InputError unless ``check_finite=False`` (one check per call: a single host sync).
+    ``target_sizes`` [B, 2] positive integers; ``top_k`` at most Q * classes. NaN or infinite outputs,
+    and boxes outside [0, 1], raise InputError unless ``check_finite=False`` (one host sync per call).
     """
     logits, boxes = _check_outputs(outputs)
     num_queries, num_classes = logits.shape[1:]
-    if (
-        isinstance(top_k, bool)
-        or not isinstance(top_k, int | np.integer)
-        or not 1 <= top_k <= num_queries * num_classes
-    ):
-        raise InputError(
-            f"top_k must be an integer in 1..{num_queries * num_classes} (queries x classes), got {top_k!r}"
-        )
+    top_k = check_int("top_k", top_k, 1, num_queries * num_classes, " (queries x classes)")
     sizes = _check_target_sizes(target_sizes, logits.shape[0], logits.device)
-    if check_finite and not (torch.isfinite(logits).all() & torch.isfinite(boxes).all()):
-        raise InputError(
-            "the model produced NaN or infinite outputs: check the images for NaN/Inf pixels and the "
-            "weights, or compare with an fp32 model (precision='fp32')"
-        )
+    if check_bool("check_finite", check_finite):
+        finite = torch.isfinite(logits).all() & torch.isfinite(boxes).all()
+        in_range = ((boxes >= 0) & (boxes <= 1)).all()
+        finite, in_range = torch.stack((finite, in_range)).tolist()  # one host sync for both
+        if not finite:
+            raise InputError(
+                "the model produced NaN or infinite outputs: check the images for NaN/Inf pixels and the "
+                "weights, or compare with an fp32 model (precision='fp32')"
+            )
+        if not in_range:
+            raise InputError(
+                "pred_boxes must be (cx, cy, w, h) in [0, 1] of the image, as the model's sigmoid gives them: "
+                "pass the model's outputs unchanged"
+            )
     scores, index = logits.float().sigmoid().flatten(1).topk(int(top_k), dim=1)
     query, labels = index // num_classes, index % num_classes
     cx, cy, w, h = boxes.float().unbind(-1)
@@ -168,10 +187,22 @@ def _check_outputs(outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     if not (isinstance(logits, Tensor) and isinstance(boxes, Tensor)):
         raise InputError("outputs['pred_logits'] and outputs['pred_boxes'] must be tensors")
+    for name, value in (("pred_logits", logits), ("pred_boxes", boxes)):
+        check_tensor_device(value, name)
+        if not value.is_floating_point():
+            raise InputError(
+                f"outputs[{name!r}] must be a float tensor, got {value.dtype}: pass the model's outputs unchanged"
+            )
     if logits.dim() != 3 or boxes.shape != (*logits.shape[:2], 4):
         raise InputError(
             f"outputs have pred_logits {list(logits.shape)} and pred_boxes {list(boxes.shape)}: expected "
             "[B, Q, classes] and [B, Q, 4] with the same B and Q (pass the model's outputs unchanged)"
+        )
+    empty = [name for name, size in zip(("queries", "classes"), logits.shape[1:], strict=True) if size == 0]
+    if empty:
+        raise InputError(
+            f"outputs have 0 {' and 0 '.join(empty)} (pred_logits {list(logits.shape)}): there is nothing to "
+            "rank; pass the model's outputs unchanged"
         )
     return logits, boxes
 
@@ -184,6 +215,7 @@ def _check_target_sizes(target_sizes: Tensor | Sequence, batch: int, device: tor
             f"target_sizes must be [B, 2] (h, w) integers, got {type(target_sizes).__name__}: "
             "pass the sizes returned by preprocess()"
         ) from None
+    check_tensor_device(sizes, "target_sizes")
     if sizes.dim() != 2 or sizes.shape != (batch, 2):
         raise InputError(f"target_sizes must be [B, 2] (h, w) with B = {batch}, got {list(sizes.shape)}")
     if sizes.is_floating_point() or sizes.is_complex() or sizes.dtype == torch.bool:
@@ -226,7 +258,7 @@ def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
             raise InputError(
                 f"image {index}: tensor of shape {list(image.shape)} is not CHW with 1, 3 or 4 channels"
             )
-        tensor = image.detach().cpu()
+        tensor = check_tensor_device(image, f"image {index}").detach().cpu()
         if tensor.dtype == torch.uint16:
             tensor = tensor.to(torch.float32) / 65535
     else:
@@ -265,6 +297,21 @@ def _check_unit_range(tensor: Tensor, name: str) -> Tensor:
     return tensor
 
 
+def check_open(image: Image.Image, name: str = "image") -> Image.Image:
+    """``image`` with its pixels read; InputError if it was closed before (used after its ``with
+    Image.open(...)`` block), or if its pixels cannot be decoded."""
+    try:
+        image.load()
+    except (AssertionError, ValueError):  # Pillow's errors for a closed file
+        raise InputError(
+            f"{name} was closed before its pixels were read (used after its `with Image.open(...)` block?): "
+            "call .load() inside the block, or read the file with anchordetr_trt.images.load_image"
+        ) from None
+    except OSError as error:
+        raise InputError(f"{name} cannot be decoded ({error}): check the file it was read from") from None
+    return image
+
+
 def upright(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF orientation says (phone photos), or itself when it has none."""
     if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
@@ -274,7 +321,9 @@ def upright(image: Image.Image) -> Image.Image:
 
 def pil_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     """An 8-bit RGB copy of ``image`` in any PIL mode. 16-bit gray ("I;16*", and "I" as 16-bit PNGs
-    open) is scaled by 1/257; "F" must lie in [0, 1]. Raises InputError for values outside those ranges."""
+    open) is scaled by 1/257; "F" must lie in [0, 1]. Raises InputError for values outside those ranges
+    and for an image closed before its pixels were read."""
+    check_open(image, name)
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         array = np.array(image, dtype=np.float32)
         if image.mode == "F":

@@ -5,6 +5,7 @@ import torch
 
 from .checkpoint import Checkpoint, load_model
 from .config import DEFAULT_VARIANT, variant_config
+from .errors import check_seed
 from .model import AnchorDETR, build_model
 
 
@@ -13,6 +14,7 @@ def random_model(variant: str = DEFAULT_VARIANT, seed: int = 0) -> AnchorDETR:
     the same weights on every machine, and no download. It is untrained: its detections are noise,
     nearly the same for every query and image."""
     config = variant_config(variant)
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(config)

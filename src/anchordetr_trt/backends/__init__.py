@@ -42,7 +42,8 @@ def backend_status(device: torch.device, precision: str | None = None) -> dict[s
 def choose_backend(requested: str, device: torch.device, precision: str | None = None) -> tuple[str, str]:
     """(backend, reason) for ``requested`` ("auto" or a name) on ``device`` at ``precision``;
     BackendUnavailableError naming what is missing and the backend to use instead when the requested
-    one cannot run."""
+    one cannot run. Names in any case, as variant and release names."""
+    requested = requested.strip().lower() if isinstance(requested, str) else requested
     if requested != "auto" and requested not in BACKENDS:
         raise InputError(f"unknown backend {requested!r}: choose one of auto, {', '.join(BACKENDS)}")
     status = backend_status(device, precision)

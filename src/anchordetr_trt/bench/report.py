@@ -2,11 +2,13 @@
 check of the benchmark's targets (``targets``), a plain-text table, and the files (``bench.json``,
 ``bench.png``, ``profile.json/.txt``)."""
 
+import io
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ..outputs import write_results
 from .configs import BASELINES, PACKAGE_BACKENDS
 from .targets import check_targets
 
@@ -173,11 +175,10 @@ def save_benchmark(
 ) -> list[Path]:
     """Write ``bench.json``, ``bench.png`` (with matplotlib, the ``plot`` extra; without it ``log``
     gets one line saying so, unless None) and, when profiled, ``profile.json`` / ``profile.txt`` (the
-    fastest backend's top kernels) under ``out_dir``; returns the paths written."""
+    fastest backend's top kernels) under ``out_dir``; returns the paths written. They are result
+    files (``outputs.write_results``): each new, or written by an earlier call and unchanged since."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "bench.json"]
-    written[0].write_text(json.dumps(report, indent=1, default=_json_value))
+    contents = {out_dir / "bench.json": json.dumps(report, indent=1, default=_json_value).encode()}
     try:
         from .plot import plot_benchmark
     except ImportError as err:
@@ -186,19 +187,18 @@ def save_benchmark(
         if log is not None:
             log(PLOT_NEEDS_MATPLOTLIB)
     else:
-        plot_benchmark(report, out_dir / "bench.png")
-        written.append(out_dir / "bench.png")
+        png = io.BytesIO()
+        plot_benchmark(report, png)
+        contents[out_dir / "bench.png"] = png.getvalue()
     best = report.get("fastest")
     key = f"{best['backend']} {best['precision']}" if best else None
     profile = report["backends"].get(key, {}).get("profile") if key else None
     if profile is not None:
         summary = {"backend": best["label"], **{k: v for k, v in profile.items() if k != "table"}}
-        (out_dir / "profile.json").write_text(json.dumps(summary, indent=1))
-        (out_dir / "profile.txt").write_text(
-            f"{best['label']}: {profile['kind']}, {profile['calls']} calls\n\n{profile['table']}\n"
-        )
-        written += [out_dir / "profile.json", out_dir / "profile.txt"]
-    return written
+        contents[out_dir / "profile.json"] = json.dumps(summary, indent=1).encode()
+        table = f"{best['label']}: {profile['kind']}, {profile['calls']} calls\n\n{profile['table']}\n"
+        contents[out_dir / "profile.txt"] = table.encode()
+    return write_results(contents, "save_benchmark: out_dir")
 
 
 def _json_value(value: object) -> object:
