@@ -202,12 +202,12 @@ def test_postprocess_geometry():
 
 
 def test_postprocess_clips_boxes_to_the_image_unless_asked_not_to():
-    # A box centred near the top-left corner, larger than the image: it reaches past both edges.
-    outputs = {"pred_logits": torch.zeros(1, 1, 2), "pred_boxes": torch.tensor([[[0.1, 0.2, 0.6, 1.6]]])}
+    # A box centred near the top-left corner, wider than twice its distance to the edges: it reaches past both.
+    outputs = {"pred_logits": torch.zeros(1, 1, 2), "pred_boxes": torch.tensor([[[0.1, 0.2, 0.6, 0.8]]])}
     (clipped,) = at.postprocess(outputs, [[100, 200]], top_k=1)
-    torch.testing.assert_close(clipped["boxes"], torch.tensor([[0.0, 0.0, 80.0, 100.0]]))
+    torch.testing.assert_close(clipped["boxes"], torch.tensor([[0.0, 0.0, 80.0, 60.0]]))
     (official,) = at.postprocess(outputs, [[100, 200]], top_k=1, clip=False)
-    torch.testing.assert_close(official["boxes"], torch.tensor([[-40.0, -60.0, 80.0, 100.0]]))
+    torch.testing.assert_close(official["boxes"], torch.tensor([[-40.0, -20.0, 80.0, 60.0]]))
 
 
 def _outputs(batch=2, boxes_batch=None, queries=4, classes=3):
