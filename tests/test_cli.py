@@ -281,7 +281,7 @@ def test_eval_runs_images_the_resize_takes_past_the_default_range(tmp_path, caps
     argv = ["eval", "--random-weights", "--variant", "r50-c5", "--ann-file", str(ann_file)]
     code, out, err = run([*argv, "--image-dir", str(images)], capsys)
     assert code == 0, err
-    assert out.startswith("1 images")
+    assert out.startswith("1 image, ")
 
 
 @pytest.mark.slow
@@ -343,7 +343,7 @@ def test_unexpected_failure_is_one_line_with_exit_code_1(image_dir, tmp_path, ca
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
 
-    monkeypatch.setattr(cli, "_compiled_model", broken)
+    monkeypatch.setattr(cli.shared, "compiled_model", broken)
     code, _, err = run(["detect", str(image_dir), "--random-weights", "--out", str(tmp_path / "o")], capsys)
     lines = [line for line in err.strip().splitlines() if not line.startswith("skipped ")]  # notes.txt
     assert code == 1 and "Traceback" not in err and len(lines) == 1
@@ -398,6 +398,22 @@ def test_help_does_not_import_torch():
     )
 
 
+def test_shape_flags_default_to_the_librarys_range_and_say_so():
+    from anchordetr_trt.cli.options import SHAPE_HELP
+    from anchordetr_trt.cli.shared import shape_range
+    from anchordetr_trt.spec import DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, DEFAULT_OPT_SHAPE
+
+    for command in (["compile", "--out", "o"], ["export", "--onnx", "m.onnx"]):
+        args = cli._parser().parse_args([*command, "--random-weights"])
+        assert shape_range(args) == {
+            "min_shape": DEFAULT_MIN_SHAPE,
+            "opt_shape": DEFAULT_OPT_SHAPE,
+            "max_shape": DEFAULT_MAX_SHAPE,
+        }
+    written = {name: ",".join(map(str, shape)) for name, shape in shape_range(args).items()}
+    assert {f"{name}_shape": text.split(", ")[0] for name, text in SHAPE_HELP.items()} == written
+
+
 @pytest.mark.gpu
 def test_compile_warms_a_cache_for_the_inductor_backend(tmp_path, capsys, cache_env):
     out = tmp_path / "artifact"
@@ -419,7 +435,7 @@ def _fixed_model(monkeypatch, interrupt_at: int | None = None) -> _FixedDetector
     logits[0, 0, 18] = 3.0
     boxes = torch.tensor([[[0.25, 0.5, 0.5, 1.0], [0.5, 0.5, 0.1, 0.1]]])
     model = _FixedDetector(logits, boxes, interrupt_at)
-    monkeypatch.setattr(cli, "_compiled_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr(cli.shared, "compiled_model", lambda *args, **kwargs: model)
     return model
 
 
@@ -757,6 +773,43 @@ def test_eval_skip_bad_asks_evaluate_coco_and_lists_what_was_skipped(tmp_path, c
     code, out, err = run(argv, capsys)
     assert code == 0 and seen["skip_bad_images"] is True and "AP 0.500" in out
     assert f"skipped {images / '000002.png'}: truncated" in err
+
+
+@pytest.mark.parametrize(
+    ("num_images", "rate", "lines"),
+    [
+        (1, 0.0458, ["1 image, fixed fp32:", "0.0458 images/s end to end"]),
+        (2, 3.14159, ["2 images, fixed fp32:", "3.14 images/s end to end"]),
+        (500, 1234.56, ["500 images, fixed fp32:", "1234.6 images/s end to end"]),
+    ],
+)
+def test_eval_prints_its_count_and_a_small_rate_readably(
+    num_images, rate, lines, tmp_path, capsys, monkeypatch
+):
+    ann_file, images = make_synthetic_coco(tmp_path / "coco", num_images=1, seed=0)
+    stats = dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"), 0.5)
+    result = {**stats, "num_images": num_images, "timing": {"images_per_s": rate}}
+    _fixed_model(monkeypatch)
+    monkeypatch.setattr("anchordetr_trt.eval.evaluate_coco", lambda *args, **kwargs: result)
+    argv = ["eval", "--random-weights", "--ann-file", str(ann_file), "--image-dir", str(images)]
+    code, out, _ = run(argv, capsys)
+    printed = out.splitlines()
+    assert code == 0 and printed[0].startswith(lines[0]) and printed[1] == lines[1], out
+
+
+def test_detect_names_both_files_it_writes_and_where_out_defaulted_to(tmp_path, capsys, monkeypatch):
+    _fixed_model(monkeypatch)
+    images = _write_images(tmp_path / "images", {"a.png": (40, 50)})
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run(["detect", str(images), "--random-weights", "--no-draw", "--quiet"], capsys)
+    out = Path("out") / "detect"
+    assert code == 0 and (tmp_path / out / "detections.jsonl").is_file()
+    assert stdout.strip().endswith(
+        f"wrote {out / 'detections.jsonl'} and {out / 'detections.json'} (--out defaults to {out})"
+    ), stdout
+    code, stdout, _ = run(["detect", str(images), "--random-weights", "--quiet", "--out", "o"], capsys)
+    assert code == 0 and "1 image in " in stdout and "--out defaults" not in stdout, stdout
+    assert f"wrote {Path('o') / 'detections.jsonl'} and {Path('o') / 'detections.json'} and" in stdout
 
 
 def test_library_errors_are_worded_in_flags():

@@ -324,6 +324,23 @@ def test_export_command_refuses_bad_flags_before_any_work(tmp_path, argv, messag
     assert not any(tmp_path.iterdir())
 
 
+def test_export_command_fits_its_default_opt_shape_into_the_range_given(tmp_path, monkeypatch):
+    # A range without --opt-shape that excludes the default 1,800,800 is served, as compile() serves it.
+    exported = {}
+    monkeypatch.setattr(
+        "anchordetr_trt.onnx_export.export_onnx", lambda model, path, **kwargs: exported.update(kwargs)
+    )
+    argv = ["export", "--random-weights", "--variant", "r50-c5", "--onnx", f"{tmp_path}/m.onnx"]
+    code, _, err = run_cli([*argv, "--min-shape", "1,64,64", "--max-shape", "2,320,320"])
+    assert code == 0, err
+    assert exported == {
+        "precision": "fp16",
+        "min_shape": (1, 64, 64),
+        "opt_shape": (1, 320, 320),
+        "max_shape": (2, 320, 320),
+    }
+
+
 @pytest.mark.parametrize("flag", ["--onnx", "--engine", "--engine record"])
 def test_export_command_never_replaces_a_users_file(tmp_path, flag):
     user_file = tmp_path / ("model.engine.json" if flag == "--engine record" else f"model.{flag[2:]}")

@@ -5,7 +5,8 @@ Four groups of checks, each a row of the report with its measured figures:
 - ``ops``: each fused op's Triton kernel against its PyTorch reference at AnchorDETR's real shapes
   (``custom_ops.cases``; CUDA only: on the CPU the ops run that reference itself);
 - ``backends``: each requested backend that can run here against the eager fp32 model, on batches of
-  varied sizes with padding (``testing.compare_detections`` with the precision's tolerances);
+  varied sizes with padding (``testing.compare_detections`` with the precision's tolerances); eager
+  off CUDA is that model itself, so it is skipped there;
 - ``export``: ``torch.export`` with dynamic shapes, run at several shapes against the eager model;
 - ``tensorrt``: engine build, every ``anchordetr`` op inside the engine (no PyTorch fallback), save and
   load round trip, and the error for an input outside the engine's range.
@@ -130,9 +131,23 @@ class CheckSuite:
             if not ok:
                 yield backend, _skip(f"cannot run on {self.device}: {reason}")
                 continue
+            if self._is_the_reference(backend):
+                yield (
+                    backend,
+                    _skip(
+                        f"on {self.device} the eager backend is the reference computation itself (fp32, each "
+                        "fused op its PyTorch reference): comparing it with eager fp32 checks nothing"
+                    ),
+                )
+                continue
             for images, mask in self.batches:
                 name = f"{backend} {tuple(images.shape[:1]) + tuple(images.shape[2:])}"
                 yield name, lambda b=backend, i=images, m=mask: self._check_backend(b, i, m)
+
+    def _is_the_reference(self, backend: str) -> bool:
+        """Whether ``backend`` here computes what the reference computes: eager off CUDA runs fp32 with
+        each fused op's PyTorch reference, which is the reference model."""
+        return backend == "eager" and self.device.type != "cuda"
 
     def _export(self):
         from .export import example_inputs, export_model

@@ -7,22 +7,19 @@ builder must be installed. torch is imported only when the command runs.
 """
 
 import argparse
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
+from . import options
+from .shared import model_of, shape_range
 
-_DEFAULT_SHAPES = {"min": (1, 320, 320), "opt": (1, 800, 800), "max": (8, 1344, 1344)}
 
-
-def register(commands: argparse._SubParsersAction, *, parents: list, shape: Callable[[str], tuple]) -> None:
-    """Add the ``export`` command to ``commands``; ``parents`` bring --debug and the weights flags,
-    ``shape`` is the command line's B,H,W flag type."""
+def register(commands: argparse._SubParsersAction, parents: options.Parents) -> None:
+    """Add the ``export`` command to ``commands``."""
     export = commands.add_parser(
         "export",
-        parents=parents,
+        parents=[parents.debug, parents.weights],
         help="ONNX of the model for TensorRT, DeepStream or Triton, and with --engine a TensorRT engine",
     )
     export.add_argument(
@@ -36,10 +33,7 @@ def register(commands: argparse._SubParsersAction, *, parents: list, shape: Call
     export.add_argument(
         "--precision", choices=["fp16", "fp32"], default="fp16", help="the network's dtype (default fp16)"
     )
-    for name, value in _DEFAULT_SHAPES.items():
-        export.add_argument(
-            f"--{name}-shape", type=shape, default=value, help=f"B,H,W (default {','.join(map(str, value))})"
-        )
+    options.shape_options(export)
     export.add_argument(
         "--builder", choices=["auto", "tensorrt", "tensorrt-rtx"], default="auto",
         help="engine builder: auto (TensorRT where it can build, i.e. with a CUDA GPU, else TensorRT-RTX on "
@@ -49,15 +43,14 @@ def register(commands: argparse._SubParsersAction, *, parents: list, shape: Call
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cache import check_replaceable
-    from .checkpoint import load_model
-    from .onnx_export import export_onnx, written_by_us
-    from .outputs import check_writable
-    from .spec import check_shape_range
-    from .trt_engine import build_engine, check_engine_paths, choose_builder
-    from .weights import random_model
+    from ..cache import check_replaceable
+    from ..onnx_export import export_onnx, written_by_us
+    from ..outputs import check_writable
+    from ..spec import check_shape_range
+    from ..trt_engine import build_engine, check_engine_paths, choose_builder
 
-    check_shape_range(args.min_shape, args.max_shape, args.opt_shape)
+    shapes = shape_range(args)
+    check_shape_range(**shapes)
     check_replaceable(args.onnx, written_by_us, f"--onnx {args.onnx}")
     check_writable(args.onnx.parent, "--onnx")
     if args.engine is not None:
@@ -70,21 +63,12 @@ def run(args: argparse.Namespace) -> int:
         check_engine_paths(args.engine, f"--engine {args.engine}")
         check_writable(args.engine.parent, "--engine")
         choose_builder(args.builder)  # a missing builder stops here, not after the export
-    shapes = {f"{name}_shape": getattr(args, f"{name}_shape") for name in _DEFAULT_SHAPES}
     start = time.perf_counter()
-    if args.ckpt is not None:
-        model = load_model(args.ckpt, variant=args.variant)
-    else:
-        print(
-            f"using deterministic random weights (seed {args.seed}): the model is untrained and its detections "
-            "are meaningless; pass --ckpt for real ones",
-            file=sys.stderr,
-        )
-        model = random_model(args.variant or "r50-dc5", args.seed)
+    model = model_of(args)
     export_onnx(model, args.onnx, precision=args.precision, **shapes)
     print(
-        f"wrote {args.onnx} ({args.precision}, batch {args.min_shape[0]}..{args.max_shape[0]}, height and width "
-        f"multiples of 32 in {args.min_shape[1:]}..{args.max_shape[1:]}) in {time.perf_counter() - start:.0f} s"
+        f"wrote {args.onnx} ({args.precision}, batch {shapes['min_shape'][0]}..{shapes['max_shape'][0]}, height and width "
+        f"multiples of 32 in {shapes['min_shape'][1:]}..{shapes['max_shape'][1:]}) in {time.perf_counter() - start:.0f} s"
     )
     if args.engine is not None:
         build = build_engine(args.onnx, args.engine, builder=args.builder, **shapes)
