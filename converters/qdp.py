@@ -52,13 +52,11 @@ _P = inspect.Parameter.POSITIONAL_OR_KEYWORD
 def register_plugins() -> None:
     """Register every anchordetr plugin with TensorRT. Idempotent, also after a failure halfway: a plugin
     already described keeps its description and gets its ``aot_impl`` (again)."""
-    for spec in all_plugins():
+    plugins = all_plugins()
+    for spec in plugins:
         _register(spec)
     logger.info(
-        "TensorRT %s: %d %s plugins registered (ahead of time)",
-        trt.__version__,
-        len(all_plugins()),
-        NAMESPACE,
+        "TensorRT %s: %d %s plugins registered (ahead of time)", trt.__version__, len(plugins), NAMESPACE
     )
 
 

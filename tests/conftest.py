@@ -15,6 +15,7 @@ import pytest
 import torch
 
 needs_interpreter = pytest.mark.interpreter
+H100_SHARED_PER_BLOCK = 227 * 1024  # the most shared memory a thread block may opt into on sm_90
 
 
 @functools.cache

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 import triton
-from conftest import needs_interpreter
+from conftest import H100_SHARED_PER_BLOCK, needs_interpreter
 from plugin_launch import launch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -486,9 +486,6 @@ def kernel_param_sizes(cubin: Path, kernel: str) -> list[int]:
     )
     sizes = {int(ordinal, 16): int(size, 16) for ordinal, size in info}
     return [sizes[i] for i in range(len(sizes))]
-
-
-H100_SHARED_PER_BLOCK = 227 * 1024  # the most shared memory a thread block may opt into on sm_90
 
 
 def widest_rcda(dtype: torch.dtype) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import H100_SHARED_PER_BLOCK
 from tensorrt_plugin_layers import ENV, PINS, plugin_dir
 
 import anchordetr_trt as at
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.slow
 CORNERS = ((1, 320, 320), (1, 800, 800), (3, 704, 1056), (8, 1344, 1344))
 MAX = len(CORNERS) - 1
 TRT_DTYPES = {torch.float16: "HALF", torch.float32: "FLOAT", torch.bool: "BOOL"}
-H100_SHARED_PER_BLOCK = 227 * 1024
+TORCH_DTYPES = {name: dtype for dtype, name in TRT_DTYPES.items()}
 TRITON_DEFAULT_WARPS = 4  # a launch config without num_warps compiles with Triton's default
 DRIVER = Path(__file__).with_name("plugin_contract_driver.py")
 
@@ -142,10 +143,9 @@ def driven(request, cases) -> tuple[list[dict], dict]:
 def expected_outputs(spec, case: dict, corner: int) -> tuple[list[tuple[int, ...]], list[str]]:
     """Output shapes and dtypes at a corner from the op's fake kernel (meta tensors), the workspace
     from the kernel's own buffer shape."""
-    torch_dtypes = {v: k for k, v in TRT_DTYPES.items()}
     args = {
         name: torch.empty(
-            [d[corner] for d in case["dims"][name]], dtype=torch_dtypes[case["dtypes"][name]], device="meta"
+            [d[corner] for d in case["dims"][name]], dtype=TORCH_DTYPES[case["dtypes"][name]], device="meta"
         )
         for name in spec.tensors
     }
@@ -189,11 +189,10 @@ def test_launch_parameters_and_kernel_follow_the_launch_contract(driven):
     """Grid, block and extra scalars at every corner are the package's launch contract with blocks for
     the max; the PTX entry takes input pointers, int32 scalars, output pointers; shared memory fits an
     H100 block; TensorRT handing concrete dims for the runtime ones changes nothing."""
-    torch_dtypes = {v: k for k, v in TRT_DTYPES.items()}
     cases, results = driven
     for case, result in zip(cases, results, strict=True):
         spec = PLUGINS[case["op"]].variant(frozenset(case["present"]))
-        dtypes = {n: torch_dtypes[case["dtypes"][n]] for n in spec.tensors}
+        dtypes = {n: TORCH_DTYPES[case["dtypes"][n]] for n in spec.tensors}
         shapes = [
             {n: tuple(d[c] for d in case["dims"][n]) for n in spec.tensors} for c in range(len(CORNERS))
         ]
