@@ -95,18 +95,49 @@ def mask2posemb_inputs(case: dict, dtype, device) -> tuple:
 
 
 def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
+    """The op's arguments as the model passes them: case "map" as the encoder does (queries the
+    values' H x W map, projected with them into one [B, H, W, 3C] tensor, terms per column and per
+    row), else as the decoder does (a sequence of queries [B, Lq, 2C], terms shared by the batch unless
+    "term_batch", the values of the second of two attentions); terms are channel slices of a wider
+    projection (``project_each``'s views) unless "strided"."""
     n, queries, height, width, head_dim = case["shape"]
     heads, mode = case.get("heads", 1), case.get("padding", "tail")
-    scaled = case | {"scale": head_dim**-0.5}  # queries come scaled, as the model projects them
+    batch, channels = n // heads, heads * head_dim
     dense = case | {"strided": False}
-    return (
-        values((n, queries, head_dim), dtype, device, scaled),
+
+    def term(*dims: int) -> Tensor:
+        if case.get("strided"):
+            return values((*dims, channels), dtype, device, case)
+        return values((*dims, 2 * channels), dtype, device, case)[..., :channels]
+
+    keys = (
         values((n, height, head_dim), dtype, device, dense),
-        padding(n // heads, height, mode, device),
-        values((n, queries, head_dim), dtype, device, scaled),
+        padding(batch, height, mode, device),
         values((n, width, head_dim), dtype, device, dense),
-        padding(n // heads, width, mode, device),
-        values((n, height, width, head_dim), dtype, device, case),
+        padding(batch, width, mode, device),
+    )
+    if case.get("map"):
+        if queries != height * width:
+            raise ValueError(f"a map case has height * width queries, got {case['shape']}")
+        packed = values((batch, height, width, 3 * channels), dtype, device, case)
+        return (
+            packed,
+            term(batch, 1, width),
+            term(batch, height, 1),
+            *keys,
+            packed,
+            2 * channels,
+            head_dim**-0.5,
+        )
+    term_batch = batch if case.get("term_batch") else 1
+    return (
+        values((batch, queries, 2 * channels), dtype, device, case),
+        term(term_batch, queries),
+        term(term_batch, queries),
+        *keys,
+        values((batch, height, width, 2 * channels), dtype, device, case),
+        channels,
+        head_dim**-0.5,
     )
 
 
@@ -260,6 +291,9 @@ OP_CASES = [
         rcda_aggregate_inputs,
         cases={  # shape: (batch * heads, queries, height, width, head_dim); row and column masks: padding
             "small": {"shape": (4, 5, 3, 4, 8), "heads": 2, "padding": "random"},
+            "map": {"shape": (4, 12, 3, 4, 8), "heads": 2, "padding": "random", "map": True},
+            "odd_map": {"shape": (6, 35, 5, 7, 9), "heads": 3, "map": True},  # the map over two query blocks
+            "term_batch": {"shape": (4, 5, 3, 4, 8), "heads": 2, "term_batch": True},
             # Column scores over 3 chunks, the last partial; random padding, so that some rows pad a
             # whole chunk before valid ones (the running sum rescaled from a max of -inf).
             "tall": {"shape": (4, 7, 70, 5, 8), "heads": 2, "padding": "random"},
@@ -271,15 +305,21 @@ OP_CASES = [
             # Heads of 64 this wide take one row per step (two pass the shared-memory budget).
             "one_row_per_step": {"shape": (2, 9, 3, 230, 64), "heads": 2, "padding": "random"},
             "strided": {"shape": (2, 6, 3, 5, 8), "strided": True},
+            "strided_map": {"shape": (4, 15, 3, 5, 8), "heads": 2, "strided": True, "map": True},
         },
         gpu_cases={
             **{
-                f"{name}_b{batch}": {"shape": (batch * 8, queries, 50, 50, 32), "heads": 8}
+                f"{name}_b{batch}": {"shape": (batch * 8, queries, 50, 50, 32), "heads": 8, "map": is_map}
                 for batch in REAL_BATCHES
-                for name, queries in (("decoder", 900), ("encoder", 2500))
+                for name, queries, is_map in (("decoder", 900, False), ("encoder", 2500, True))
             },
             # The stream benchmark's batches: 1216x1344 images, some padded.
-            "encoder_1216x1344_b8": {"shape": (64, 76 * 84, 76, 84, 32), "heads": 8, "padding": "all"},
+            "encoder_1216x1344_b8": {
+                "shape": (64, 76 * 84, 76, 84, 32),
+                "heads": 8,
+                "padding": "all",
+                "map": True,
+            },
         },
         # The reference rounds its [N, W, Lq, D] intermediate to the input dtype, the kernel does not.
         tolerance={F32: (1e-5, 1e-5), F16: (2e-3, 5e-3), BF16: (2e-2, 3e-2)},

@@ -40,15 +40,20 @@ def mask2posemb(mask: Tensor, num_pos_feats: int, temperature: float) -> tuple[T
 
 
 def rcda_aggregate(
-    q_col: Tensor,
+    queries: Tensor,
+    row_term: Tensor,
+    col_term: Tensor,
     k_col: Tensor,
     mask_col: Tensor,
-    q_row: Tensor,
     k_row: Tensor,
     mask_row: Tensor,
-    value: Tensor,
+    values: Tensor,
+    value_channel: int,
+    scale: float,
 ) -> Tensor:
-    return _ops.rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
+    return _ops.rcda_aggregate(
+        queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale
+    )
 
 
 def kernel_variant(height: int, width: int, num_pos_feats: int) -> tuple:

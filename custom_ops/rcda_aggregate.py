@@ -1,19 +1,25 @@
-"""``anchordetr::rcda_aggregate``: row-column decoupled attention from its projected queries and keys,
-both softmaxes computed in the kernel.
+"""``anchordetr::rcda_aggregate``: row-column decoupled attention from the projections as the GEMMs
+leave them, both softmaxes computed in the kernel, heads merged in its output.
 
-out[n, q] = sum_h sum_w probs_col[n, q, h] * probs_row[n, q, w] * value[n, h, w], where probs_col[n, q]
-is the masked softmax of q_col[n, q] . k_col[n, h] over the unpadded rows h, and probs_row[n, q] that
-of q_row[n, q] . k_row[n, w] over the unpadded columns w. Done as batched matmuls, it materializes both
-scores and probabilities and an [N, W, Lq, D] intermediate (64 MB per image and layer in fp16 at
-800x800). A program takes BLOCK_Q queries. First their column probabilities: scores on the tensor
-cores over COL_CHUNK rows at a time, a running max and sum, then the probabilities, computed in
-float32 and stored in value's dtype (rounded as the reference rounds them) to a per-call [N, Lq, H]
-buffer (each step of the aggregation reads a few of their columns, which Triton cannot slice out of
-registers; written and read back by one program, they stay in L2). Then the row probabilities, in
-registers; then each step takes a few rows h of value, [BLOCK_H * W, D], and multiplies them with the
-joint weights probs_col[q, h] * probs_row[q, w] of those rows, accumulating in float32: one
-tensor-core product per step whose output is the accumulator itself (weighting the product's
-column blocks afterwards instead costs a reshape and a reduction of its output).
+For N = B * heads heads of D channels (C = heads * D): q_row = (queries[..., :C] + row_term) * scale and
+q_col = (queries[..., C:2C] + col_term) * scale (in float32, rounded to the input dtype), split into
+heads; out[b, q, head] = sum_h sum_w probs_col[q, h] * probs_row[q, w] * value[b, h, w, head], where
+probs_col is the masked softmax of q_col . k_col over the unpadded rows h, probs_row that of
+q_row . k_row over the unpadded columns w, and value the C channels of ``values`` from
+``value_channel``. The kernel reads the queries, their position terms and the values where the
+projections wrote them (the packed GEMM output, the terms broadcast over the map) and writes [B, L, C]:
+no head split, bias or merge between the GEMMs and the attention. Done as batched matmuls, it
+materializes both scores and probabilities and an [N, W, Lq, D] intermediate (64 MB per image and
+layer in fp16 at 800x800). A program takes BLOCK_Q queries of one head. First their column
+probabilities: scores on the tensor cores over COL_CHUNK rows at a time, a running max and sum, then
+the probabilities, computed in float32 and stored in value's dtype (rounded as the reference rounds
+them) to a per-call [N, Lq, H] buffer (each step of the aggregation reads a few of their columns,
+which Triton cannot slice out of registers; written and read back by one program, they stay in L2).
+Then the row probabilities, in registers; then each step takes a few rows h of value,
+[BLOCK_H * W, D], and multiplies them with the joint weights probs_col[q, h] * probs_row[q, w] of
+those rows, accumulating in float32: one tensor-core product per step whose output is the
+accumulator itself (weighting the product's column blocks afterwards instead costs a reshape and a
+reduction of its output).
 
 The products run over W padded to a power of two, or to two of them (``width_blocks``): feature maps
 are rarely a power of two wide, and 84 columns (1344 pixels with DC5) as 64 + 32 instead of 128
@@ -21,6 +27,7 @@ spare a third of the padded work. The height is a loop bound only: one build ser
 docs/performance.md has the kernel's measurements.
 """
 
+import math
 from typing import Any
 
 import torch
@@ -71,8 +78,27 @@ def _key_scores(
 
 
 @triton.jit
+def _projected_queries(queries_ptr, query_offsets, term_ptr, term_offsets, d, ok, scale):
+    """(queries + term) * scale for a [BLOCK_Q, BLOCK_D] tile, in float32, rounded to the queries'
+    dtype (the products' input): the row or column queries of one head, from their projection and
+    their position term at the given element offsets."""
+    projected = tl.load(queries_ptr + query_offsets[:, None] + d[None, :], mask=ok, other=0.0)
+    term = tl.load(term_ptr + term_offsets[:, None] + d[None, :], mask=ok, other=0.0)
+    return ((projected.to(tl.float32) + term.to(tl.float32)) * scale).to(queries_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _term_offsets(batch, q, map_width, stride_b, stride_y, stride_x):
+    """Element offsets of query q's position term, q at (q // map_width, q % map_width) of its map
+    (strides 0 along the dims a term is broadcast over)."""
+    return (
+        batch * stride_b + (q // map_width).to(tl.int64) * stride_y + (q % map_width).to(tl.int64) * stride_x
+    )
+
+
+@triton.jit
 def _column_probabilities(
-    q_col_ptr,
+    q_col,
     k_col_ptr,
     mask_col_ptr,
     probs_col_ptr,
@@ -89,11 +115,8 @@ def _column_probabilities(
     DOT_PRECISION: tl.constexpr,
 ):
     """Write probs_col[row_index, :height] (the masked softmax over rows h of q_col . k_col, in
-    float32, stored in probs_col's dtype) for the program's queries: a running max and sum over chunks
-    of COL_CHUNK rows, then the probabilities chunk by chunk."""
-    q_col = tl.load(
-        q_col_ptr + row_index[:, None] * head_dim + d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0
-    )
+    float32, stored in probs_col's dtype) for the program's queries q_col [BLOCK_Q, BLOCK_D]: a
+    running max and sum over chunks of COL_CHUNK rows, then the probabilities chunk by chunk."""
     chunk = tl.arange(0, COL_CHUNK)
     col_max = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
     total = tl.zeros((BLOCK_Q,), dtype=tl.float32)
@@ -141,14 +164,17 @@ def _value_rows(
     d,
     d_ok,
     width,
-    head_dim,
+    value_channels,
     BLOCK_W: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """value[h, w, d] of one step as the [BLOCK_H * BLOCK_W, BLOCK_D] right-hand side of a product."""
+    """value[h, w, d] of one step as the [BLOCK_H * BLOCK_W, BLOCK_D] right-hand side of a product
+    (rows of ``value_channels`` elements)."""
     value = tl.load(
-        value_base + h[:, None, None] * width * head_dim + w[None, :, None] * head_dim + d[None, None, :],
+        value_base
+        + (h[:, None, None] * width + w[None, :, None]).to(tl.int64) * value_channels
+        + d[None, None, :],
         mask=h_ok[:, None, None] & (w < width)[None, :, None] & d_ok[None, None, :],
         other=0.0,
     )
@@ -163,17 +189,30 @@ def _joint_weights(probs_row, p_col, BLOCK_Q: tl.constexpr, BLOCK_H: tl.constexp
     return tl.reshape(probs_row[:, None, :] * p_col[:, :, None], (BLOCK_Q, BLOCK_H * BLOCK_W))
 
 
+# Sizes and strides that vary per image are not specialized: one build serves all.
 @triton.jit(
-    do_not_specialize=["num_queries", "heads", "height", "width"]
-)  # sizes vary per image: one build serves all
+    do_not_specialize=[
+        "num_queries",
+        "height",
+        "width",
+        "map_width",
+        "row_term_stride_b",
+        "row_term_stride_y",
+        "row_term_stride_x",
+        "col_term_stride_b",
+        "col_term_stride_y",
+        "col_term_stride_x",
+    ]
+)
 def rcda_aggregate_kernel(
-    q_col_ptr,
+    queries_ptr,
+    row_term_ptr,
+    col_term_ptr,
     k_col_ptr,
     mask_col_ptr,
-    q_row_ptr,
     k_row_ptr,
     mask_row_ptr,
-    value_ptr,
+    values_ptr,
     out_ptr,
     probs_col_ptr,
     num_queries,
@@ -181,6 +220,17 @@ def rcda_aggregate_kernel(
     height,
     width,
     head_dim,
+    query_channels,
+    map_width,
+    row_term_stride_b,
+    row_term_stride_y,
+    row_term_stride_x,
+    col_term_stride_b,
+    col_term_stride_y,
+    col_term_stride_x,
+    value_channels,
+    value_channel,
+    scale,
     BLOCK_Q: tl.constexpr,
     BLOCK_W: tl.constexpr,
     TAIL_W: tl.constexpr,
@@ -189,28 +239,53 @@ def rcda_aggregate_kernel(
     COL_CHUNK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(num_queries, BLOCK_Q), N). First the column probabilities of the program's queries,
-    written to probs_col [N, Lq, H] (a buffer of the call) and read back after a barrier; then the row
-    probabilities, in registers; then each step takes BLOCK_H rows h: the joint weights
-    probs_col[q, h] * probs_row[q, w], [BLOCK_Q, BLOCK_H * W], times value[h:h + BLOCK_H] as
-    [BLOCK_H * W, D], accumulated in float32. W is covered by BLOCK_W columns, then TAIL_W more if
-    TAIL_W > 0 (a second product into the same sum). mask_col
-    [N / heads, H] and mask_row [N / heads, W] uint8, nonzero = padded row or column."""
+    """Grid (cdiv(num_queries, BLOCK_Q), N). queries [B, Lq, query_channels] (row queries in channels
+    [0, C), column queries in [C, 2C), C = heads * head_dim), query q at (q // map_width, q % map_width)
+    of its map, whose row and column terms are at the given element strides (0 where broadcast), last
+    dim contiguous; values [B, H, W, value_channels], this attention's at value_channel; out [B, Lq, C].
+    First the column probabilities of the program's queries, written to probs_col [N, Lq, H] (a
+    buffer of the call) and read back after a barrier; then the row probabilities, in registers; then
+    each step takes BLOCK_H rows h: the joint weights probs_col[q, h] * probs_row[q, w],
+    [BLOCK_Q, BLOCK_H * W], times value[h:h + BLOCK_H] as [BLOCK_H * W, D], accumulated in float32. W
+    is covered by BLOCK_W columns, then TAIL_W more if TAIL_W > 0 (a second product into the same
+    sum). mask_col [B, H] and mask_row [B, W] uint8, nonzero = padded row or column."""
     n = tl.program_id(1).to(tl.int64)
-    batch = n // heads
+    batch, head = n // heads, n % heads
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     w = tl.arange(0, BLOCK_W)
     d = tl.arange(0, BLOCK_D)
     rows = tl.arange(0, BLOCK_H)
     q_ok, d_ok = q < num_queries, d < head_dim
+    ok = q_ok[:, None] & d_ok[None, :]
+    channels = heads * head_dim
+    query_rows = batch * num_queries + q  # of queries and out
+    query_offsets = query_rows * query_channels + head * head_dim
+    head_offset = head * head_dim
+    q_col = _projected_queries(
+        queries_ptr + channels,
+        query_offsets,
+        col_term_ptr,
+        _term_offsets(batch, q, map_width, col_term_stride_b, col_term_stride_y, col_term_stride_x)
+        + head_offset,
+        d,
+        ok,
+        scale,
+    )
     row_index = n * num_queries + q
     _column_probabilities(
-        q_col_ptr, k_col_ptr, mask_col_ptr, probs_col_ptr, row_index, q_ok, n, batch, height, head_dim,
+        q_col, k_col_ptr, mask_col_ptr, probs_col_ptr, row_index, q_ok, n, batch, height, head_dim,
         d, d_ok, BLOCK_Q, COL_CHUNK, DOT_PRECISION,
     )  # fmt: skip
     tl.debug_barrier()  # the whole program's stores, before any thread reads them back
-    q_row = tl.load(
-        q_row_ptr + row_index[:, None] * head_dim + d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0
+    q_row = _projected_queries(
+        queries_ptr,
+        query_offsets,
+        row_term_ptr,
+        _term_offsets(batch, q, map_width, row_term_stride_b, row_term_stride_y, row_term_stride_x)
+        + head_offset,
+        d,
+        ok,
+        scale,
     )
     scores, valid = _key_scores(
         q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION
@@ -227,11 +302,11 @@ def rcda_aggregate_kernel(
     if TAIL_W > 0:
         numerators_tail = softmax_numerators(scores_tail, valid_tail, row_max)
         total += tl.sum(numerators_tail, axis=1)
-    scale = softmax_scale(total)[:, None]
-    probs_row = (numerators * scale).to(value_ptr.dtype.element_ty)
+    row_scale = softmax_scale(total)[:, None]
+    probs_row = (numerators * row_scale).to(values_ptr.dtype.element_ty)
     if TAIL_W > 0:
-        probs_row_tail = (numerators_tail * scale).to(value_ptr.dtype.element_ty)
-    value_base = value_ptr + n * height * width * head_dim
+        probs_row_tail = (numerators_tail * row_scale).to(values_ptr.dtype.element_ty)
+    value_base = values_ptr + batch * height * width * value_channels + value_channel + head_offset
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for h_start in range(0, height, BLOCK_H):
         h = h_start + rows
@@ -243,21 +318,23 @@ def rcda_aggregate_kernel(
         )
         acc = tl.dot(
             _joint_weights(probs_row, p_col, BLOCK_Q, BLOCK_H, BLOCK_W),
-            _value_rows(value_base, h, h_ok, w, d, d_ok, width, head_dim, BLOCK_W, BLOCK_H, BLOCK_D),
+            _value_rows(value_base, h, h_ok, w, d, d_ok, width, value_channels, BLOCK_W, BLOCK_H, BLOCK_D),
             acc=acc,
             input_precision=DOT_PRECISION,
         )
         if TAIL_W > 0:
             acc = tl.dot(
                 _joint_weights(probs_row_tail, p_col, BLOCK_Q, BLOCK_H, TAIL_W),
-                _value_rows(value_base, h, h_ok, w_tail, d, d_ok, width, head_dim, TAIL_W, BLOCK_H, BLOCK_D),
+                _value_rows(
+                    value_base, h, h_ok, w_tail, d, d_ok, width, value_channels, TAIL_W, BLOCK_H, BLOCK_D
+                ),
                 acc=acc,
                 input_precision=DOT_PRECISION,
             )
     # Columns past the kernel's BLOCK_W + TAIL_W would be left out: all NaN instead, never silent.
     acc = tl.where(width > BLOCK_W + TAIL_W, float("nan"), acc)
-    out_ptrs = out_ptr + row_index[:, None] * head_dim + d[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+    out_ptrs = out_ptr + (query_rows * channels + head_offset)[:, None] + d[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def width_blocks(width: int) -> tuple[int, int]:
@@ -327,88 +404,146 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def check_inputs(
-    q_col: Tensor,
+    queries: Tensor,
+    row_term: Tensor,
+    col_term: Tensor,
     k_col: Tensor,
     mask_col: Tensor,
-    q_row: Tensor,
     k_row: Tensor,
     mask_row: Tensor,
-    value: Tensor,
+    values: Tensor,
+    value_channel: int,
+    scale: float,
 ) -> None:
-    """Raise InputError unless q_col and q_row [N, Lq, D], k_col [N, H, D], k_row [N, W, D] and value
-    [N, H, W, D] are float tensors of one dtype, mask_col [B, H] and mask_row [B, W] are bool, N is a
-    multiple of B (the heads), all on one device with matching sizes."""
-    _common.check_tensor(_OP, "value", value, 4, _common.FLOAT_DTYPES, "[N, H, W, D]")
-    for name, tensor, layout in (
-        ("q_col", q_col, "[N, Lq, D]"),
-        ("k_col", k_col, "[N, H, D]"),
-        ("q_row", q_row, "[N, Lq, D]"),
-        ("k_row", k_row, "[N, W, D]"),
-    ):
+    """Raise InputError unless queries [B, Lq, Cq] or [B, Hq, Wq, Cq], row_term and col_term of its rank
+    with C channels and each other dim 1 or the queries', k_col [N, H, D], k_row [N, W, D] and values
+    [B, H, W, Cv] are float tensors of one dtype, mask_col [B, H] and mask_row [B, W] are bool, N is a
+    multiple of B (N / B heads, C = heads * D), Cq >= 2C, value_channel + C <= Cv, all on one device."""
+    _common.check_tensor(_OP, "values", values, 4, _common.FLOAT_DTYPES, "[B, H, W, Cv]")
+    _common.check_tensor(
+        _OP, "queries", queries, None, _common.FLOAT_DTYPES, "[B, Lq, Cq] or [B, Hq, Wq, Cq]"
+    )
+    if queries.dim() not in (3, 4):
+        raise InputError(
+            f"{_OP}: queries must be 3-d [B, Lq, Cq] or 4-d [B, Hq, Wq, Cq], got shape {list(queries.shape)}"
+        )
+    rank = queries.dim()
+    for name, tensor in (("row_term", row_term), ("col_term", col_term)):
+        _common.check_tensor(_OP, name, tensor, rank, _common.FLOAT_DTYPES, "broadcastable to the queries")
+    for name, tensor, layout in (("k_col", k_col, "[N, H, D]"), ("k_row", k_row, "[N, W, D]")):
         _common.check_tensor(_OP, name, tensor, 3, _common.FLOAT_DTYPES, layout)
     _common.check_tensor(_OP, "mask_col", mask_col, 2, (torch.bool,), "[B, H]")
     _common.check_tensor(_OP, "mask_row", mask_row, 2, (torch.bool,), "[B, W]")
-    tensors = {"q_col": q_col, "k_col": k_col, "q_row": q_row, "k_row": k_row, "value": value}
-    _common.check_same_device(_OP, **tensors, mask_col=mask_col, mask_row=mask_row)
-    _common.check_same_dtype(_OP, **tensors)
-    n, height, width, head_dim = value.shape
-    for name, tensor in tensors.items():
-        _common.check_size(_OP, f"{name}.shape[0] (N)", tensor.shape[0], n)
-        _common.check_size(_OP, f"{name}.shape[2] (D)", tensor.shape[-1], head_dim)
-    _common.check_size(_OP, "q_row.shape[1] (queries)", q_row.shape[1], q_col.shape[1])
-    _common.check_size(_OP, "k_col.shape[1] (H)", k_col.shape[1], height)
-    _common.check_size(_OP, "k_row.shape[1] (W)", k_row.shape[1], width)
+    floats = {"queries": queries, "row_term": row_term, "col_term": col_term, "k_col": k_col}
+    floats |= {"k_row": k_row, "values": values}
+    _common.check_same_device(_OP, **floats, mask_col=mask_col, mask_row=mask_row)
+    _common.check_same_dtype(_OP, **floats)
+    batch, (n, height, head_dim), width = queries.shape[0], k_col.shape, k_row.shape[1]
+    _common.check_size(_OP, "k_row.shape[0] (N)", k_row.shape[0], n)
+    _common.check_size(_OP, "k_row.shape[2] (D)", k_row.shape[2], head_dim)
+    _common.check_size(_OP, "values.shape[0] (B)", values.shape[0], batch)
+    _common.check_size(_OP, "values.shape[1] (H)", values.shape[1], height)
+    _common.check_size(_OP, "values.shape[2] (W)", values.shape[2], width)
+    _common.check_size(_OP, "mask_col.shape[0] (B)", mask_col.shape[0], batch)
+    _common.check_size(_OP, "mask_row.shape[0] (B)", mask_row.shape[0], batch)
     _common.check_size(_OP, "mask_col.shape[1] (H)", mask_col.shape[1], height)
     _common.check_size(_OP, "mask_row.shape[1] (W)", mask_row.shape[1], width)
-    _common.check_size(_OP, "mask_col.shape[0] (B)", mask_col.shape[0], mask_row.shape[0])
-    batch = mask_row.shape[0]
     if isinstance(n, int) and isinstance(batch, int) and (batch == 0 or n % batch):
         raise InputError(
-            f"{_OP}: N = {n} (value.shape[0]) is not a multiple of the batch {batch} (mask_row.shape[0]): "
+            f"{_OP}: N = {n} (k_col.shape[0]) is not a multiple of the batch {batch} (queries.shape[0]): "
             "N must be batch * heads"
+        )
+    channels = n // batch * head_dim if isinstance(n, int) and isinstance(batch, int) else None
+    if not isinstance(value_channel, int) or isinstance(value_channel, bool) or value_channel < 0:
+        raise InputError(f"{_OP}: value_channel must be an int >= 0, got {value_channel!r}")
+    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise InputError(f"{_OP}: scale must be a finite float, got {scale!r}")
+    if channels is None:
+        return
+    for name, tensor in (("row_term", row_term), ("col_term", col_term)):
+        _common.check_size(_OP, f"{name}.shape[-1] (C = heads * D)", tensor.shape[-1], channels)
+        for dim, (size, query_size) in enumerate(zip(tensor.shape[:-1], queries.shape[:-1], strict=True)):
+            if isinstance(size, int) and isinstance(query_size, int) and size not in (1, query_size):
+                raise InputError(
+                    f"{_OP}: {name}.shape[{dim}] is {size}, which does not broadcast to the queries' "
+                    f"{query_size}: give it size 1 or {query_size}"
+                )
+    if isinstance(queries.shape[-1], int) and queries.shape[-1] < 2 * channels:
+        raise InputError(
+            f"{_OP}: queries have {queries.shape[-1]} channels, fewer than the 2 * C = {2 * channels} "
+            "of the row and column queries"
+        )
+    if isinstance(values.shape[3], int) and value_channel + channels > values.shape[3]:
+        raise InputError(
+            f"{_OP}: value_channel {value_channel} + C = {channels} passes values' {values.shape[3]} channels"
         )
 
 
+def _term_strides(term: Tensor, rank: int) -> tuple[int, int, int]:
+    """(batch, map row, map column) element strides of a position term [Bt, Lq or 1, C] or
+    [Bt, Hq or 1, Wq or 1, C], 0 along its dims of size 1 (broadcast)."""
+    strides = [
+        stride if size > 1 else 0 for size, stride in zip(term.shape[:-1], term.stride()[:-1], strict=True)
+    ]
+    return (strides[0], 0, strides[1]) if rank == 3 else tuple(strides)
+
+
 def rcda_aggregate_triton(
-    q_col: Tensor,
+    queries: Tensor,
+    row_term: Tensor,
+    col_term: Tensor,
     k_col: Tensor,
     mask_col: Tensor,
-    q_row: Tensor,
     k_row: Tensor,
     mask_row: Tensor,
-    value: Tensor,
+    values: Tensor,
+    value_channel: int,
+    scale: float,
     out: Tensor | None = None,
 ) -> Tensor:
-    """Launch the kernel on CUDA (or CPU under TRITON_INTERPRET=1); non-contiguous inputs are copied
-    contiguous first. Writes ``out`` (new if None, else contiguous [N, Lq, D] of value's dtype)."""
-    check_inputs(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
-    n, height, width, head_dim = value.shape
-    num_queries = q_col.shape[1]
-    shape = (n, num_queries, head_dim)
+    """Launch the kernel on CUDA (or CPU under TRITON_INTERPRET=1); inputs other than the terms are
+    copied contiguous first, the terms only if their channels are strided. Writes ``out`` (new if None,
+    else contiguous [*queries.shape[:-1], C] of the queries' dtype)."""
+    check_inputs(queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
+    n, height, head_dim = k_col.shape
+    width, batch = k_row.shape[1], queries.shape[0]
+    heads = n // batch
+    shape = (*queries.shape[:-1], heads * head_dim)
     if out is None:
-        out = value.new_empty(shape)
+        out = queries.new_empty(shape)
     else:
-        _common.check_out(_OP, out, shape, value.dtype, value.device)
+        _common.check_out(_OP, out, shape, queries.dtype, queries.device)
     if out.numel() == 0:
         return out
-    grid, meta = rcda_aggregate_launch_config(num_queries, n, width, head_dim, value.element_size())
-    with _common.launch_context(_OP, rcda_aggregate_kernel, value):
+    num_queries = math.prod(queries.shape[1:-1])
+    map_width = queries.shape[2] if queries.dim() == 4 else num_queries
+    terms = [term if term.stride(-1) == 1 else term.contiguous() for term in (row_term, col_term)]
+    strides = [_term_strides(term, queries.dim()) for term in terms]
+    grid, meta = rcda_aggregate_launch_config(num_queries, n, width, head_dim, values.element_size())
+    with _common.launch_context(_OP, rcda_aggregate_kernel, values):
         rcda_aggregate_kernel[grid](
-            q_col.contiguous(),
+            queries.contiguous(),
+            *terms,
             k_col.contiguous(),
             mask_col.contiguous().view(torch.uint8),
-            q_row.contiguous(),
             k_row.contiguous(),
             mask_row.contiguous().view(torch.uint8),
-            value.contiguous(),
+            values.contiguous(),
             out,
-            value.new_empty(column_buffer_shape(n, num_queries, height)),  # the kernel's own
+            values.new_empty(column_buffer_shape(n, num_queries, height)),  # the kernel's own
             num_queries,
-            n // mask_row.shape[0],
+            heads,
             height,
             width,
             head_dim,
-            DOT_PRECISION=dot_precision(value.dtype),
+            queries.shape[-1],
+            map_width,
+            *strides[0],
+            *strides[1],
+            values.shape[3],
+            value_channel,
+            float(scale),
+            DOT_PRECISION=dot_precision(values.dtype),
             **meta,
         )
     return out
@@ -416,52 +551,64 @@ def rcda_aggregate_triton(
 
 @torch.library.custom_op("anchordetr::rcda_aggregate", mutates_args=())
 def rcda_aggregate(
-    q_col: Tensor,
+    queries: Tensor,
+    row_term: Tensor,
+    col_term: Tensor,
     k_col: Tensor,
     mask_col: Tensor,
-    q_row: Tensor,
     k_row: Tensor,
     mask_row: Tensor,
-    value: Tensor,
+    values: Tensor,
+    value_channel: int,
+    scale: float,
 ) -> Tensor:
-    """q_col [N, Lq, D], k_col [N, H, D], mask_col [B, H] bool, q_row [N, Lq, D], k_row [N, W, D],
-    mask_row [B, W] bool (True = padded, N = B * heads), value [N, H, W, D] -> [N, Lq, D]. PyTorch
-    reference off CUDA."""
-    check_inputs(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
-    return reference.rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
+    """queries [B, *S, Cq] (S: Lq, or Hq, Wq), row_term and col_term broadcastable to [B, *S, C], k_col
+    [N, H, D], mask_col [B, H] bool, k_row [N, W, D], mask_row [B, W] bool (True = padded, N = B *
+    heads, C = heads * D), values [B, H, W, Cv] (this attention's from value_channel) -> [B, *S, C].
+    PyTorch reference off CUDA."""
+    args = (queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
+    check_inputs(*args)
+    return reference.rcda_aggregate(*args).contiguous()  # dense, like the fake
 
 
 @rcda_aggregate.register_kernel("cuda")
 def _(
-    q_col: Tensor,
+    queries: Tensor,
+    row_term: Tensor,
+    col_term: Tensor,
     k_col: Tensor,
     mask_col: Tensor,
-    q_row: Tensor,
     k_row: Tensor,
     mask_row: Tensor,
-    value: Tensor,
+    values: Tensor,
+    value_channel: int,
+    scale: float,
 ) -> Tensor:
     # float32: the kernel's products would run on the CUDA cores, several times slower than the whole
     # model on cuBLAS (docs/performance.md); its three-TF32 variant needs more shared memory than an
     # H100 has at that width. fp32 is the reference precision.
-    args = (q_col, k_col, mask_col, q_row, k_row, mask_row, value)
-    if value.dtype == torch.float32 or value.shape[2] > max_kernel_width(
-        value.element_size(), value.shape[3]
+    args = (queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
+    if values.dtype == torch.float32 or k_row.shape[1] > max_kernel_width(
+        values.element_size(), k_row.shape[2]
     ):
         check_inputs(*args)
-        return reference.rcda_aggregate(*args)
+        return reference.rcda_aggregate(*args).contiguous()
     return rcda_aggregate_triton(*args)
 
 
 @rcda_aggregate.register_fake
 def _(
-    q_col: Tensor,
+    queries: Tensor,
+    row_term: Tensor,
+    col_term: Tensor,
     k_col: Tensor,
     mask_col: Tensor,
-    q_row: Tensor,
     k_row: Tensor,
     mask_row: Tensor,
-    value: Tensor,
+    values: Tensor,
+    value_channel: int,
+    scale: float,
 ) -> Tensor:
-    check_inputs(q_col, k_col, mask_col, q_row, k_row, mask_row, value)
-    return value.new_empty((value.shape[0], q_col.shape[1], value.shape[3]))
+    check_inputs(queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
+    heads = k_col.shape[0] // queries.shape[0]
+    return queries.new_empty((*queries.shape[:-1], heads * k_col.shape[2]))

@@ -65,6 +65,45 @@ def mask2posemb(mask: Tensor, num_pos_feats: int, temperature: float) -> tuple[T
 
 
 def rcda_aggregate(
+    queries: Tensor,
+    row_term: Tensor,
+    col_term: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    values: Tensor,
+    value_channel: int,
+    scale: float,
+) -> Tensor:
+    """Row-column decoupled attention from its projections, heads merged.
+
+    queries [B, *S, Cq] (S: Lq, or the Hq x Wq map of the encoder's queries) hold the row queries in
+    channels [0, C) and the column queries in [C, 2C) (C = heads * D); q_row = (queries[..., :C] +
+    row_term) * scale and q_col = (queries[..., C:2C] + col_term) * scale, computed in float32 and
+    rounded to the queries' dtype, with row_term and col_term broadcastable to [B, *S, C]. k_col
+    [N, H, D] and k_row [N, W, D] (N = B * heads), mask_col [B, H] and mask_row [B, W] bool (True =
+    padded row or column), values [B, H, W, Cv], whose channels [value_channel, value_channel + C) are
+    the values. out[b, q, head] = sum_h sum_w probs_col[q, h] * probs_row[q, w] * value[b, h, w, head],
+    probs_col the masked softmax of q_col . k_col over rows h, probs_row that of q_row . k_row over
+    columns w (scores in float32, probabilities in the values' dtype). Returns [B, *S, C].
+    """
+    batch, heads, head_dim = queries.shape[0], k_col.shape[0] // queries.shape[0], k_col.shape[2]
+    channels = heads * head_dim
+
+    def projected(start: int, term: Tensor) -> Tensor:  # [B, *S, C] -> [N, Lq, D]
+        x = ((queries[..., start : start + channels].float() + term.float()) * scale).to(queries.dtype)
+        return x.flatten(1, -2).unflatten(-1, (heads, head_dim)).transpose(1, 2).flatten(0, 1)
+
+    value = values[..., value_channel : value_channel + channels].unflatten(-1, (heads, head_dim))
+    value = value.permute(0, 3, 1, 2, 4).flatten(0, 1)  # [N, H, W, D]
+    out = _aggregate(
+        projected(channels, col_term), k_col, mask_col, projected(0, row_term), k_row, mask_row, value
+    )
+    return out.unflatten(0, (batch, heads)).transpose(1, 2).flatten(2).unflatten(1, queries.shape[1:-1])
+
+
+def _aggregate(
     q_col: Tensor,
     k_col: Tensor,
     mask_col: Tensor,
@@ -73,13 +112,8 @@ def rcda_aggregate(
     mask_row: Tensor,
     value: Tensor,
 ) -> Tensor:
-    """Row-column decoupled attention: out[n, q] = sum_h sum_w probs_col[n, q, h] * probs_row[n, q, w]
-    * value[n, h, w], with probs_col the masked softmax of q_col . k_col over rows h and probs_row that
-    of q_row . k_row over columns w (scores in float32, probabilities in value's dtype, as the kernel's).
-
-    q_col, q_row [N, Lq, D], k_col [N, H, D], k_row [N, W, D], mask_col [B, H] and mask_row [B, W] bool
-    (True = padded row or column, N = B * heads), value [N, H, W, D] -> [N, Lq, D].
-    """
+    """``rcda_aggregate`` over heads: q_col, q_row [N, Lq, D], k_col [N, H, D], k_row [N, W, D], value
+    [N, H, W, D] -> [N, Lq, D]."""
     probs_col = _key_probabilities(q_col, k_col, mask_col).to(value.dtype)
     probs_row = _key_probabilities(q_row, k_row, mask_row).to(value.dtype)
     # Batched over (N, W) and (N, Lq) so that no reshape splits a symbolic product (export-friendly).

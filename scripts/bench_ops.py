@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from anchordetr_trt.custom_ops import fused, reference
+from anchordetr_trt.custom_ops.cases import rcda_aggregate_inputs
 
 SPEEDUP_TARGET = 2.0
 ROOFLINE_TARGET_PCT = 60.0
@@ -101,14 +102,20 @@ def make_cases(batches: tuple[int, ...], dtype: torch.dtype, device, shapes: Sha
             cases.append(Case("add_bias_transpose", stage, batch, args, 2 * _nbytes(x) + _nbytes(bias)))
         for stage, queries in stages:
             n, head_dim = batch * shapes.heads, shapes.channels // shapes.heads
-            q_col, q_row = torch.randn(2, n, queries, head_dim, device=device, dtype=dtype) * head_dim**-0.5
-            k_col = torch.randn(n, height, head_dim, device=device, dtype=dtype)
-            k_row = torch.randn(n, width, head_dim, device=device, dtype=dtype)
-            mask_col = mask[:, :, 0].contiguous()
-            value = torch.randn(n, height, width, head_dim, device=device, dtype=dtype)
-            out_bytes = n * queries * head_dim * value.element_size()
-            args = (q_col, k_col, mask_col, q_row, k_row, key_mask, value)
-            cases.append(Case("rcda_aggregate", stage, batch, args, _nbytes(*args) + out_bytes))
+            case = {
+                "shape": (n, queries, height, width, head_dim),
+                "heads": shapes.heads,
+                "map": stage == "encoder",
+            }
+            args = rcda_aggregate_inputs(case, dtype, device)
+            # What the op reads of the packed projections (two query and one value slice of C) and writes.
+            projected = (
+                (2 * batch * queries + batch * height * width) * shapes.channels * args[0].element_size()
+            )
+            out_bytes = batch * queries * shapes.channels * args[0].element_size()
+            cases.append(
+                Case("rcda_aggregate", stage, batch, args, _nbytes(*args[1:7]) + projected + out_bytes)
+            )
         lines = batch * (height + width)  # the first column and the first row of every image
         cases.append(Case("mask2pos", "features", batch, (mask,), lines * (1 + 4)))
         posemb_bytes = lines * (1 + 4 * shapes.pos_feats)

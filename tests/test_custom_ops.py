@@ -120,12 +120,13 @@ def fused_calls(
     projection,
     proj_bias,
     mask,
-    q_col,
+    queries,
+    row_term,
+    col_term,
     k_col,
     mask_col,
-    q_row,
     k_row,
-    value,
+    values,
 ):
     """Every fused op once, through the wrappers the model calls."""
     probs = fused.masked_softmax(scores, key_mask)
@@ -133,7 +134,9 @@ def fused_calls(
     heads = fused.add_bias_transpose(projection, proj_bias, 2, 0.5)
     pos_y, pos_x = fused.mask2pos(mask)
     emb_y, emb_x = fused.mask2posemb(mask, 16, 10000.0)
-    aggregated = fused.rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, key_mask, value)
+    aggregated = fused.rcda_aggregate(
+        queries, row_term, col_term, k_col, mask_col, k_row, key_mask, values, 8, 0.5
+    )
     return probs, normed, heads, pos_y, pos_x, emb_y, emb_x, aggregated
 
 
@@ -149,12 +152,13 @@ def fused_example(batch: int, width: int) -> tuple:
         torch.randn(batch, width, 8),
         torch.randn(8),
         image_mask(batch, 6, width, "tail", "cpu"),
-        torch.randn(batch * 2, 5, 4),
+        torch.randn(batch, 5, 16),  # 2 heads of 4: row and column queries
+        torch.randn(1, 5, 8),
+        torch.randn(batch, 5, 8),
         torch.randn(batch * 2, 3, 4),
         padding(batch, 3, "all", "cpu"),
-        torch.randn(batch * 2, 5, 4),
         torch.randn(batch * 2, width, 4),
-        torch.randn(batch * 2, 3, width, 4),
+        torch.randn(batch, 3, width, 16),  # the values from channel 8
     )
 
 
@@ -181,8 +185,8 @@ def test_export_keeps_each_op_as_one_node():
     batch, width = torch.export.Dim("batch", min=1, max=8), torch.export.Dim("width", min=2, max=64)
     dims = [{0: batch, 3: width}, {0: batch, 1: width}, {0: batch, 1: width}, None, None]
     dims += [{0: batch, 1: width}, {0: batch, 1: width}, None, {0: batch, 2: width}]
-    dims += [{0: 2 * batch}, {0: 2 * batch}, {0: batch}]
-    dims += [{0: 2 * batch}, {0: 2 * batch, 1: width}, {0: 2 * batch, 2: width}]
+    dims += [{0: batch}, None, {0: batch}, {0: 2 * batch}, {0: batch}]
+    dims += [{0: 2 * batch, 1: width}, {0: batch, 2: width}]
     exported = torch.export.export(FusedCalls(), fused_example(3, 7), dynamic_shapes=(tuple(dims),))
     assert fused_op_names(exported.graph) == FUSED_OPS
     other = [
@@ -222,13 +226,16 @@ def bad_inputs() -> list:
     x, weight, bias = torch.randn(2, 4, 8), torch.randn(8), torch.randn(8)
     mask = torch.zeros(2, 4, 6, dtype=torch.bool)
     rcda = {
-        "q_col": torch.randn(4, 5, 8),
-        "k_col": torch.randn(4, 3, 8),
+        "queries": torch.randn(2, 5, 16),  # 2 heads of 4
+        "row_term": torch.randn(1, 5, 8),
+        "col_term": torch.randn(2, 5, 8),
+        "k_col": torch.randn(4, 3, 4),
         "mask_col": torch.zeros(2, 3, dtype=torch.bool),
-        "q_row": torch.randn(4, 5, 8),
-        "k_row": torch.randn(4, 6, 8),
+        "k_row": torch.randn(4, 6, 4),
         "mask_row": torch.zeros(2, 6, dtype=torch.bool),
-        "value": torch.randn(4, 3, 6, 8),
+        "values": torch.randn(2, 3, 6, 16),
+        "value_channel": 8,
+        "scale": 0.5,
     }
 
     def rcda_with(**changed) -> tuple:
@@ -263,23 +270,42 @@ def bad_inputs() -> list:
         ("mask2pos", (mask[:, :, :0],), "needs H, W >= 1"),
         ("mask2posemb", (mask, 15, 10000.0), "positive even int"),
         ("mask2posemb", (mask, 16, 0.0), "temperature must be a positive float"),
-        ("rcda_aggregate", rcda_with(value=rcda["value"][0]), "value must be 4-d"),
-        ("rcda_aggregate", rcda_with(q_row=rcda["q_row"].half()), "share one dtype"),
+        ("rcda_aggregate", rcda_with(values=rcda["values"][0]), "values must be 4-d"),
+        ("rcda_aggregate", rcda_with(queries=rcda["queries"][0]), "queries must be 3-d"),
+        ("rcda_aggregate", rcda_with(row_term=rcda["row_term"][0]), "row_term must be 3-d"),
+        ("rcda_aggregate", rcda_with(col_term=rcda["col_term"].half()), "share one dtype"),
+        (
+            "rcda_aggregate",
+            rcda_with(row_term=rcda["row_term"][..., :4]),
+            r"row_term.shape\[-1\] \(C = heads \* D\) is 4",
+        ),
+        (
+            "rcda_aggregate",
+            rcda_with(col_term=rcda["col_term"][:, :4]),
+            r"col_term.shape\[1\] is 4, which does not broadcast",
+        ),
+        ("rcda_aggregate", rcda_with(queries=rcda["queries"][..., :12]), "fewer than the 2 \\* C = 16"),
+        (
+            "rcda_aggregate",
+            rcda_with(value_channel=9),
+            "value_channel 9 \\+ C = 8 passes values' 16 channels",
+        ),
+        ("rcda_aggregate", rcda_with(value_channel=-1), "value_channel must be an int >= 0"),
+        ("rcda_aggregate", rcda_with(scale=float("nan")), "scale must be a finite float"),
         (
             "rcda_aggregate",
             rcda_with(k_col=rcda["k_col"][:, :2]),
-            r"k_col.shape\[1\] \(H\) is 2 but must be 3",
+            r"values.shape\[1\] \(H\) is 3 but must be 2",
         ),
-        ("rcda_aggregate", rcda_with(q_row=rcda["q_row"][:, :4]), r"q_row.shape\[1\] \(queries\) is 4"),
         (
             "rcda_aggregate",
             rcda_with(k_row=rcda["k_row"][:, :5]),
-            r"k_row.shape\[1\] \(W\) is 5 but must be 6",
+            r"values.shape\[2\] \(W\) is 6 but must be 5",
         ),
         (
             "rcda_aggregate",
-            rcda_with(k_row=rcda["k_row"][..., :4]),
-            r"k_row.shape\[2\] \(D\) is 4 but must be 8",
+            rcda_with(k_row=rcda["k_row"][..., :3]),
+            r"k_row.shape\[2\] \(D\) is 3 but must be 4",
         ),
         ("rcda_aggregate", rcda_with(mask_row=rcda["mask_row"].float()), "mask_row has dtype torch.float32"),
         ("rcda_aggregate", rcda_with(mask_col=rcda["mask_col"].float()), "mask_col has dtype torch.float32"),
@@ -292,10 +318,10 @@ def bad_inputs() -> list:
         ),
         (
             "rcda_aggregate",
-            rcda_with(mask_col=rcda["mask_col"].repeat(2, 1)[:3], mask_row=rcda["mask_row"].repeat(2, 1)[:3]),
-            "not a multiple of the batch 3",
+            rcda_with(k_col=rcda["k_col"][:3], k_row=rcda["k_row"][:3]),
+            "not a multiple of the batch 2",
         ),
-        ("rcda_aggregate", rcda_with(value=rcda["value"].to("meta")), "different devices"),
+        ("rcda_aggregate", rcda_with(values=rcda["values"].to("meta")), "different devices"),
     ]
     return [
         pytest.param(name, args, match, entry, id=f"{name}-{index}-{entry}")
@@ -412,16 +438,17 @@ def test_rcda_aggregate_cases_cover_both_step_sizes(case, rows_per_step):
 
 
 @needs_interpreter
-@pytest.mark.parametrize(("key", "index"), [("k_row", 4), ("k_col", 1)])
+@pytest.mark.parametrize(("key", "index"), [("k_row", 5), ("k_col", 3)])
 def test_rcda_aggregate_kernel_keeps_a_nan_score_nan_like_the_reference(key, index):
     """A NaN in k_row or k_col (an fp16 overflow upstream, say) must reach the output, as in the
     reference, not be taken for a padded column or row."""
     args = rcda_aggregate_inputs(
         {"shape": (4, 5, 40, 40, 8), "heads": 2, "padding": "none"}, torch.float32, "cpu"
     )
-    # In the row side's tail block (32 + 16), in the column side's second chunk.
+    # Head 1 of image 0; in the row side's tail block (32 + 16), in the column side's second chunk.
     args[index][1, 35, 0] = float("nan")
     expected = reference.rcda_aggregate(*args)
     got = rcda_aggregate.rcda_aggregate_triton(*args)
-    assert expected[1].isnan().all() and not expected[[0, 2, 3]].isnan().any(), key
+    nan_head = expected[0, :, 8:16]
+    assert nan_head.isnan().all() and expected.isnan().sum() == nan_head.numel(), key
     torch.testing.assert_close(got, expected, equal_nan=True, atol=1e-5, rtol=1e-5)

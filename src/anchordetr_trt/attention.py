@@ -36,12 +36,6 @@ class _ProjectedAttention(nn.Module):
         weight, bias = self.in_proj(index)
         return ops(self.fused_ops, x).add_bias_transpose(F.linear(x, weight), bias, self.num_heads, 1.0)
 
-    def merge_heads(self, x: Tensor, batch: int) -> Tensor:
-        """[B * heads, L, head_dim] -> output projection of [B, L, C]."""
-        length = x.shape[1]
-        x = x.view(batch, self.num_heads, length, self.head_dim).transpose(1, 2).reshape(batch, length, -1)
-        return self.out_proj(x)
-
 
 class MultiheadAttention(_ProjectedAttention):
     """Multi-head self-attention (the decoder's), batch first: [B, L, C]."""
@@ -95,14 +89,22 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         pos_col with ``position_weights()`` (``project_each``); keys and values projected by
         ``project_keys``; mask_row [B, W], mask_col [B, H] (True = padding). Returns [B, Lq, C]."""
         dim = self.embed_dim
-        packed = F.linear(x, self.in_proj_weight[: 2 * dim], self.in_proj_bias[: 2 * dim])
-        terms = torch.cat((row_term, col_term), dim=-1)
-        q_row, q_col = split_heads((packed + terms) * self.head_dim**-0.5, self.num_heads, 2)
-        # Both softmaxes happen where they are used: see rcda_aggregate.
-        out = ops(self.fused_ops, keys.value).rcda_aggregate(
-            q_col, keys.col, mask_col, q_row, keys.row, mask_row, keys.value
+        packed = F.linear(x, self.in_proj_weight[: 2 * dim], self.in_proj_bias[: 2 * dim])  # [B, Lq, 2C]
+        # The position terms, the scale, both softmaxes and the heads' split and merge happen in the
+        # op, which reads packed and the values where the GEMMs left them: see rcda_aggregate.
+        out = ops(self.fused_ops, x).rcda_aggregate(
+            packed,
+            row_term,
+            col_term,
+            keys.col,
+            mask_col,
+            keys.row,
+            mask_row,
+            keys.values,
+            keys.value_channel,
+            self.scale,
         )
-        return self.merge_heads(out, x.shape[0])
+        return self.out_proj(out)
 
     def attend_map(
         self,
@@ -118,30 +120,35 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         posemb_row (per column), column queries src + posemb_col (per row) and values src, given
         row_term [B, 1, W, C] and col_term [B, H, 1, C], the products of posemb_row and posemb_col
         with ``position_weights()`` (``project_each``); key_row [B, W, C], key_col [B, H, C], masks
-        as in ``forward``; returns [B, H * W, C]. The projections being affine, src is
-        projected for all three in one GEMM and the embeddings' terms are added where they broadcast:
+        as in ``forward``; returns [B, H, W, C]. The projections being affine, src is projected for
+        all three in one GEMM, and the embeddings' terms are added where they broadcast, in the op:
         one read of the map instead of two sums and three projections."""
-        dim, scale = self.embed_dim, self.head_dim**-0.5
-        (w_row, b_row), (w_col, b_col), (w_value, b_value) = (self.in_proj(i) for i in (0, 1, 4))
-        packed = F.linear(src, torch.cat((w_row, w_col, w_value)))  # [B, H, W, 3C]
-        # The biases added here, not in the GEMM, so that v is computed rather than a slice of packed:
-        # a slice split into heads would be a view of a strided buffer, on which Inductor guards batch
-        # > 1 (see split_heads).
-        queries = (packed[..., :dim] + row_term + b_row, packed[..., dim : 2 * dim] + col_term + b_col)
-        q_row, q_col = (split_heads(q * scale, self.num_heads, 1)[0].flatten(1, 2) for q in queries)
-        (v,) = split_heads(packed[..., 2 * dim :] + b_value, self.num_heads, 1)
+        dim = self.embed_dim
+        # The row and column query projections (chunks 0 and 1) and the value's (chunk 4).
+        weight = torch.cat((self.in_proj_weight[: 2 * dim], self.in_proj_weight[4 * dim :]))
+        bias = torch.cat((self.in_proj_bias[: 2 * dim], self.in_proj_bias[4 * dim :]))
+        packed = F.linear(src, weight, bias)  # [B, H, W, 3C]: row queries, column queries, values
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
-        out = ops(self.fused_ops, v).rcda_aggregate(q_col, k_col, mask_col, q_row, k_row, mask_row, v)
-        return self.merge_heads(out, src.shape[0])
+        out = ops(self.fused_ops, src).rcda_aggregate(
+            packed, row_term, col_term, k_col, mask_col, k_row, mask_row, packed, 2 * dim, self.scale
+        )
+        return self.out_proj(out)
+
+    @property
+    def scale(self) -> float:
+        """The queries' scale, 1 / sqrt(head_dim)."""
+        return self.head_dim**-0.5
 
 
 class ProjectedKeys(NamedTuple):
-    """An RCDA's keys and values, split into heads (N = B * heads): row [N, W, head_dim] (one per
-    column), col [N, H, head_dim] (one per row), value [N, H, W, head_dim]."""
+    """An RCDA's keys, split into heads (N = B * heads): row [N, W, head_dim] (one per column), col
+    [N, H, head_dim] (one per row); and its values: channels [value_channel, value_channel + C) of
+    values [B, H, W, C'] (the values of several attentions, projected in one GEMM)."""
 
     row: Tensor
     col: Tensor
-    value: Tensor
+    values: Tensor
+    value_channel: int
 
 
 def project_keys(
@@ -149,17 +156,19 @@ def project_keys(
 ) -> list[ProjectedKeys]:
     """The keys and values of each of ``attentions`` (modules of one size) over key_row [B, W, C],
     key_col [B, H, C] and value [B, H, W, C]. Every decoder layer attends to the same memory: one GEMM
-    and one head split per input project it for all of them (a layer at a time took three of each per
-    layer)."""
+    per input projects it for all of them (a layer at a time took three per layer); the keys are split
+    into heads, the values are read in place by the op."""
 
-    def projected(x: Tensor, index: int) -> list[Tensor]:
+    def packed(x: Tensor, index: int) -> Tensor:  # [B, ..., len(attentions) * C]
         weights, biases = zip(*(attention.in_proj(index) for attention in attentions), strict=True)
-        packed = F.linear(x, torch.cat(weights), torch.cat(biases))  # [B, ..., len(attentions) * C]
-        return split_heads(packed, attentions[0].num_heads, len(attentions))
+        return F.linear(x, torch.cat(weights), torch.cat(biases))
 
+    heads, count, dim = attentions[0].num_heads, len(attentions), attentions[0].embed_dim
+    rows = split_heads(packed(key_row, 2), heads, count)
+    cols = split_heads(packed(key_col, 3), heads, count)
+    values = packed(value, 4)
     return [
-        ProjectedKeys(*keys)
-        for keys in zip(projected(key_row, 2), projected(key_col, 3), projected(value, 4), strict=True)
+        ProjectedKeys(row, col, values, i * dim) for i, (row, col) in enumerate(zip(rows, cols, strict=True))
     ]
 
 

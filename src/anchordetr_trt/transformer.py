@@ -101,7 +101,7 @@ class EncoderLayer(nn.Module):
         key_row = src.mean(1) + posemb_row
         key_col = src.mean(2) + posemb_col
         attended = self.self_attn.attend_map(src, row_term, col_term, key_row, key_col, mask_row, mask_col)
-        src = self.norm1(src, attended.view(src.shape))
+        src = self.norm1(src, attended)
         return self.ffn(src)
 
 
