@@ -121,16 +121,16 @@ class RowColumnDecoupledAttention(_ProjectedAttention):
         row_term [B, 1, W, C] and col_term [B, H, 1, C], the products of posemb_row and posemb_col
         with ``position_weights()`` (``project_each``); key_row [B, W, C], key_col [B, H, C], masks
         as in ``forward``; returns [B, H, W, C]. The projections being affine, src is projected for
-        all three in one GEMM, and the embeddings' terms are added where they broadcast, in the op:
-        one read of the map instead of two sums and three projections."""
+        both queries in one GEMM, and the embeddings' terms are added where they broadcast, in the
+        op: one read of the map instead of two sums and two projections."""
         dim = self.embed_dim
-        # The row and column query projections (chunks 0 and 1) and the value's (chunk 4).
-        weight = torch.cat((self.in_proj_weight[: 2 * dim], self.in_proj_weight[4 * dim :]))
-        bias = torch.cat((self.in_proj_bias[: 2 * dim], self.in_proj_bias[4 * dim :]))
-        packed = F.linear(src, weight, bias)  # [B, H, W, 3C]: row queries, column queries, values
+        # The row and column query projections are chunks 0 and 1 of in_proj, the value's chunk 4: two
+        # GEMMs on views of the weights (one on their concatenation would copy them at every call).
+        queries = F.linear(src, self.in_proj_weight[: 2 * dim], self.in_proj_bias[: 2 * dim])  # [B, H, W, 2C]
+        values = F.linear(src, self.in_proj_weight[4 * dim :], self.in_proj_bias[4 * dim :])  # [B, H, W, C]
         k_row, k_col = self.project(key_row, 2), self.project(key_col, 3)
         out = ops(self.fused_ops, src).rcda_aggregate(
-            packed, row_term, col_term, k_col, mask_col, k_row, mask_row, packed, 2 * dim, self.scale
+            queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, 0, self.scale
         )
         return self.out_proj(out)
 

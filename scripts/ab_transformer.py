@@ -1,0 +1,233 @@
+"""The transformer's time for the code this process imports (inductor fp16, R50-DC5, random weights,
+800x800): the whole model at batch 1 (median latency) and 8 (back-to-back throughput) with the kernels
+of a call grouped by kind, the encoder and the decoder alone (each compiled for its shape with CUDA
+graphs, as ``anchordetr-trt bench --parts`` times them; batch 8 unless --part-batches), the outputs
+against eager fp32, and ``rcda_aggregate`` alone at the model's shapes. An A/B runs it once per code
+tree (PYTHONPATH on each) in one call of one machine; the second run, given the first's outputs,
+reports how far they moved:
+
+    PYTHONPATH=<old tree> python -m scripts.ab_transformer --out DIR --tag old
+    PYTHONPATH=<new tree> python -m scripts.ab_transformer --out DIR --tag new --previous DIR/outputs_old.pt
+
+Writes DIR/ab_transformer_<tag>.json and DIR/outputs_<tag>.pt.
+"""
+
+import argparse
+import functools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import anchordetr_trt as at
+from anchordetr_trt.bench.flops import flops_per_image
+from anchordetr_trt.bench.parts import split_forward
+from anchordetr_trt.bench.timing import latencies_ms, profile, seconds_back_to_back, stats
+from anchordetr_trt.environment import environment
+from anchordetr_trt.export import example_inputs
+from anchordetr_trt.weights import random_model
+
+CUDA = torch.device("cuda")
+SIZE = 800
+BATCHES = (1, 8)
+TRANSFORMER_PARTS = ("encoder", "decoder")
+
+
+def whole_model(model, rounds: int = 2) -> dict:
+    """Median latency at each batch and back-to-back throughput, ``rounds`` times (their spread is
+    the noise an A/B must beat), and the kernels of a call."""
+    out = {}
+    for batch in BATCHES:
+        images, mask = example_inputs((batch, SIZE, SIZE), CUDA, model.dtype)
+        call = functools.partial(model, images, mask)
+        runs = []
+        for _ in range(rounds):
+            latency = stats(latencies_ms(call, CUDA, 20, 200))
+            seconds = seconds_back_to_back(call, CUDA, 100)
+            runs.append(
+                {"median_ms": latency["median"], "p90_ms": latency["p90"], "img_s": 100 * batch / seconds}
+            )
+        kernels = profile(call, CUDA, calls=5, top=400)  # CUDA-graph replays: the kernels of a whole call
+        kernels.pop("table")
+        out[f"b{batch}"] = {"runs": runs, "kinds": kernel_kinds(kernels), "kernels": kernels}
+        print(f"whole model b{batch}: {runs}, {kernels['total_ms_per_call']:.3f} ms of kernels", flush=True)
+    return out
+
+
+def parts(model, batch: int, profile_calls: int) -> dict:
+    """The encoder and the decoder at ``batch``: each compiled for the shape (fullgraph, CUDA graphs),
+    ms per call back to back, FLOPs and the kernels of a call."""
+    dtype = model.input_proj[0][0].weight.dtype  # the backbone's (the heads stay float32)
+    images, mask = example_inputs((batch, SIZE, SIZE), CUDA, dtype)
+    images = images.contiguous(memory_format=torch.channels_last)
+    flops = flops_per_image(model.config, (batch, SIZE, SIZE))
+    out = {}
+    with torch.no_grad():
+        for part in split_forward(model, images, mask):
+            if part.name not in TRANSFORMER_PARTS:
+                continue
+            start = time.perf_counter()
+            compiled = torch.compile(part.call, fullgraph=True, dynamic=False, mode="reduce-overhead")
+
+            def run(compiled=compiled, args=part.args):
+                torch.compiler.cudagraph_mark_step_begin()
+                return compiled(*args)
+
+            for _ in range(3):  # compile, record, replay
+                run()
+            compile_s = time.perf_counter() - start
+            ms = [1000 * seconds_back_to_back(run, CUDA, 50) / 50 for _ in range(3)]
+            kernels = profile(run, CUDA, calls=profile_calls, top=200)
+            kernels.pop("table")
+            gflops = flops[part.name] * batch / 1e9
+            out[part.name] = {
+                "ms": ms,
+                "gflop": gflops,
+                "tflop_s": gflops / min(ms),
+                "compile_s": compile_s,
+                "kinds": kernel_kinds(kernels),
+                "kernels": kernels,
+            }
+            print(f"b{batch} {part.name}: {ms} ms, {gflops:.1f} GFLOP, compile {compile_s:.0f} s", flush=True)
+    return out
+
+
+def outputs(model) -> dict:
+    """The outputs of a fixed batch of 2 (seeded images, the second padded)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, SIZE, SIZE, generator=generator).to(CUDA)
+    mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool, device=CUDA)
+    mask[1, 600:, :] = True
+    mask[1, :, 480:] = True
+    got = model(images.to(model.dtype), mask)
+    return {
+        "images": images,
+        "mask": mask,
+        **{key: got[key].float().cpu() for key in ("pred_logits", "pred_boxes")},
+    }
+
+
+def errors(got: dict, expected: dict) -> dict:
+    return {key: (got[key] - expected[key]).abs().max().item() for key in ("pred_logits", "pred_boxes")}
+
+
+def graph_us(call, calls: int = 20, replays: int = 20) -> float:
+    """Microseconds per call of ``call`` inside a CUDA graph of ``calls`` calls (launch gaps as in the
+    model's graphs), median of ``replays`` timed replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            call()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(1000 * start.elapsed_time(end) / calls)
+    return sorted(times)[len(times) // 2]
+
+
+KERNEL_KINDS = (  # (kind, test on a kernel name), first match wins
+    ("rcda_aggregate", lambda n: n == "rcda_aggregate_kernel"),
+    ("attention glue", lambda n: n.startswith("triton_") and ("rcda_aggregate" in n or "scaled_dot" in n)),
+    ("heads merged", lambda n: "clone_transpose" in n),
+    ("weight concatenations", lambda n: "cat_slice" in n),
+    ("key means", lambda n: "red_fused_add_mean" in n),
+    ("sdpa", lambda n: "sdpa" in n or "flash" in n or "fmha" in n),
+    ("layer_norm", lambda n: n == "layer_norm_kernel"),
+    ("add_bias_transpose", lambda n: n == "add_bias_transpose_kernel"),
+    ("cublas", lambda n: "nvjet" in n or ("gemm" in n and "cublas" in n)),
+    ("cudnn", lambda n: "cudnn" in n),
+    ("other triton", lambda n: n.startswith("triton_")),
+    ("other", lambda n: True),
+)
+
+
+def kernel_kinds(kernels: dict) -> dict:
+    """Microseconds and launches per call of each kind of kernel in a ``profile`` result."""
+    calls = kernels["calls"]
+    kinds = {kind: {"us": 0.0, "launches": 0.0} for kind, _ in KERNEL_KINDS}
+    for row in kernels["top"]:
+        kind = next(kind for kind, test in KERNEL_KINDS if test(row["name"]))
+        kinds[kind]["us"] += 1000 * row["total_ms"] / calls
+        kinds[kind]["launches"] += row["calls"] / calls
+    return kinds
+
+
+def rcda_microbench() -> list[dict]:
+    """``rcda_aggregate``'s launcher alone at the model's shapes (inputs as this tree's cases build them
+    for the op's signature), inside CUDA graphs, against its reference."""
+    from anchordetr_trt.custom_ops import cases, rcda_aggregate, reference
+
+    rows = []
+    for batch in BATCHES:
+        for name, queries in (("decoder", 900), ("encoder", 2500)):
+            case = {"shape": (batch * 8, queries, 50, 50, 32), "heads": 8, "map": name == "encoder"}
+            args = cases.rcda_aggregate_inputs(case, torch.float16, "cuda")
+            expected = reference.rcda_aggregate(*args)
+            got = rcda_aggregate.rcda_aggregate_triton(*args)
+            row = {
+                "batch": batch,
+                "part": name,
+                "us": graph_us(functools.partial(rcda_aggregate.rcda_aggregate_triton, *args)),
+                "max_abs_err": (got.float() - expected.float()).abs().max().item(),
+            }
+            rows.append(row)
+            print("rcda_aggregate", row, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--tag", required=True)
+    parser.add_argument("--previous", type=Path, help="outputs_<tag>.pt of the other tree's run")
+    parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
+    parser.add_argument("--profile-calls", type=int, default=5)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"tag": args.tag, "environment": environment()}
+    path = args.out / f"ab_transformer_{args.tag}.json"
+
+    def save() -> None:
+        path.write_text(json.dumps(report, indent=1))
+
+    report["rcda_aggregate"] = rcda_microbench()
+    save()
+    start = time.perf_counter()
+    compiled = at.compile(
+        random_model("r50-dc5"), backend="inductor", device="cuda",
+        min_shape=(1, SIZE, SIZE), opt_shape=(8, SIZE, SIZE), max_shape=(8, SIZE, SIZE),
+    )  # fmt: skip
+    report["compile_s"] = time.perf_counter() - start
+    report["whole_model"] = whole_model(compiled)
+    save()
+    got = outputs(compiled)
+    reference = random_model("r50-dc5").set_fused_ops(False).to(CUDA).eval()
+    with torch.no_grad():
+        expected = reference(got["images"], got["mask"])
+    report["max_abs_err_vs_eager_fp32"] = errors(got, {k: v.float().cpu() for k, v in expected.items()})
+    if args.previous is not None and args.previous.is_file():
+        report["max_abs_diff_vs_previous"] = errors(got, torch.load(args.previous))
+    torch.save({key: got[key] for key in ("pred_logits", "pred_boxes")}, args.out / f"outputs_{args.tag}.pt")
+    print("errors", report["max_abs_err_vs_eager_fp32"], report.get("max_abs_diff_vs_previous"), flush=True)
+    save()
+    prepared = compiled.runner.model  # the backend's rewritten fp16 model, as bench --parts times it
+    report["parts"] = {}
+    for batch in args.part_batches:
+        report["parts"][f"b{batch}"] = parts(prepared, batch, args.profile_calls)
+        save()
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
