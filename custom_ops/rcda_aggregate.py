@@ -170,11 +170,10 @@ def _value_rows(
     BLOCK_D: tl.constexpr,
 ):
     """value[h, w, d] of one step as the [BLOCK_H * BLOCK_W, BLOCK_D] right-hand side of a product
-    (rows of ``value_channels`` elements)."""
+    (rows of ``value_channels`` elements). Offsets from value_base, an image's first value, are 32-bit
+    (an image's H * W * Cv is far below 2**31): they are the loop's address arithmetic."""
     value = tl.load(
-        value_base
-        + (h[:, None, None] * width + w[None, :, None]).to(tl.int64) * value_channels
-        + d[None, None, :],
+        value_base + (h[:, None, None] * width + w[None, :, None]) * value_channels + d[None, None, :],
         mask=h_ok[:, None, None] & (w < width)[None, :, None] & d_ok[None, None, :],
         other=0.0,
     )

@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--tag", required=True)
     parser.add_argument("--previous", type=Path, help="outputs_<tag>.pt of the other tree's run")
+    parser.add_argument("--ops-only", action="store_true", help="time rcda_aggregate alone, not the model")
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)
     args = parser.parse_args()
@@ -203,6 +204,8 @@ def main() -> None:
 
     report["rcda_aggregate"] = rcda_microbench()
     save()
+    if args.ops_only:
+        return
     start = time.perf_counter()
     compiled = at.compile(
         random_model("r50-dc5"), backend="inductor", device="cuda",
