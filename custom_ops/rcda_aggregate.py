@@ -45,6 +45,7 @@ _OP = "rcda_aggregate"
 # BLOCK_H 1/2/4, 4/8 warps, 2/3 stages; batch 1 and 8: docs/performance.md). BLOCK_Q 64 does better at
 # 800x800, batch 1, where 128 leaves SMs idle, and worse at 1216x1344.
 BLOCK_Q = 128
+NUM_WARPS = 4
 BLOCK_H = 2  # rows h per product (its K is BLOCK_H * W); 1 where two rows pass SHARED_BUDGET
 MAX_STAGES = 3
 # Shared memory for the joint weights (the product's left-hand side) and the pipelined value tiles
@@ -351,8 +352,8 @@ def width_blocks(width: int) -> tuple[int, int]:
 def rcda_aggregate_launch_config(
     num_queries: int, batch_heads: int, width: int, head_dim: int, element_size: int
 ) -> tuple:
-    """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks and
-    num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it."""
+    """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks,
+    num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it."""
     block_d, (block_w, tail_w) = _common.row_block(head_dim), width_blocks(width)
     row_bytes = _row_step_bytes(block_w + tail_w, block_d, element_size)
     block_h = BLOCK_H if BLOCK_H * row_bytes <= SHARED_BUDGET else 1
@@ -365,6 +366,7 @@ def rcda_aggregate_launch_config(
         "BLOCK_D": block_d,
         "BLOCK_H": block_h,
         "COL_CHUNK": COL_CHUNK,
+        "num_warps": NUM_WARPS,
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
     }
     return (triton.cdiv(num_queries, BLOCK_Q), batch_heads), meta

@@ -163,26 +163,43 @@ def kernel_kinds(kernels: dict) -> dict:
     return kinds
 
 
-def rcda_microbench() -> list[dict]:
+def rcda_microbench(variants: bool) -> list[dict]:
     """``rcda_aggregate``'s launcher alone at the model's shapes (inputs as this tree's cases build them
-    for the op's signature), inside CUDA graphs, against its reference."""
+    for the op's signature), inside CUDA graphs, against its reference. ``variants``: also other
+    (BLOCK_Q, NUM_WARPS) and the heads laid out as images of one head (each head's values contiguous)."""
     from anchordetr_trt.custom_ops import cases, rcda_aggregate, reference
 
+    shipped = (rcda_aggregate.BLOCK_Q, getattr(rcda_aggregate, "NUM_WARPS", 4))
+    configs = [shipped, (64, 4), (256, 8), (128, 8)] if variants else [shipped]
     rows = []
     for batch in BATCHES:
         for name, queries in (("decoder", 900), ("encoder", 2500)):
-            case = {"shape": (batch * 8, queries, 50, 50, 32), "heads": 8, "map": name == "encoder"}
-            args = cases.rcda_aggregate_inputs(case, torch.float16, "cuda")
-            expected = reference.rcda_aggregate(*args)
-            got = rcda_aggregate.rcda_aggregate_triton(*args)
-            row = {
-                "batch": batch,
-                "part": name,
-                "us": graph_us(functools.partial(rcda_aggregate.rcda_aggregate_triton, *args)),
-                "max_abs_err": (got.float() - expected.float()).abs().max().item(),
-            }
-            rows.append(row)
-            print("rcda_aggregate", row, flush=True)
+            layouts = {"heads": (batch * 8, 8)}
+            if variants:
+                layouts["heads_as_images"] = (batch * 8, 1)
+            for layout, (n, heads) in layouts.items():
+                case = {"shape": (n, queries, 50, 50, 32), "heads": heads, "map": name == "encoder"}
+                args = cases.rcda_aggregate_inputs(case, torch.float16, "cuda")
+                expected = reference.rcda_aggregate(*args)
+                for block_q, warps in configs if layout == "heads" else [shipped]:
+                    rcda_aggregate.BLOCK_Q, rcda_aggregate.NUM_WARPS = block_q, warps
+                    try:
+                        got = rcda_aggregate.rcda_aggregate_triton(*args)
+                        us = graph_us(functools.partial(rcda_aggregate.rcda_aggregate_triton, *args))
+                        row = {"us": us, "max_abs_err": (got.float() - expected.float()).abs().max().item()}
+                    except Exception as error:  # a configuration that does not build
+                        row = {"error": str(error).splitlines()[0]}
+                    row = {
+                        "batch": batch,
+                        "part": name,
+                        "layout": layout,
+                        "block_q": block_q,
+                        "warps": warps,
+                        **row,
+                    }
+                    rows.append(row)
+                    print("rcda_aggregate", row, flush=True)
+                rcda_aggregate.BLOCK_Q, rcda_aggregate.NUM_WARPS = shipped
     return rows
 
 
@@ -202,7 +219,7 @@ def main() -> None:
     def save() -> None:
         path.write_text(json.dumps(report, indent=1))
 
-    report["rcda_aggregate"] = rcda_microbench()
+    report["rcda_aggregate"] = rcda_microbench(args.ops_only)
     save()
     if args.ops_only:
         return
