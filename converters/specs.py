@@ -3,8 +3,8 @@
 A spec says which Triton kernel implements the op and how to launch it without PyTorch: the kernel's
 pointer parameters (inputs and outputs), its runtime integer parameters as expressions of the input
 shapes, its compile-time parameters (block sizes for the largest shapes the engine accepts, and the
-op's float attributes, which TensorRT cannot pass at launch), the grid, and the output shapes and
-dtypes. Shape expressions must work on ints and on TensorRT's symbolic ``ShapeExpr`` alike, so they
+op's float attributes, which TensorRT cannot pass at launch: a kernel's runtime parameter given a
+value there is compiled in as a constant), the grid, and the output shapes and dtypes. Shape expressions must work on ints and on TensorRT's symbolic ``ShapeExpr`` alike, so they
 use only ``+ - * // <`` with the shape on the left (``ShapeExpr`` has no reflected operators).
 
 An optional tensor input (layer_norm's residual) gives one plugin per presence: the kernel is
@@ -284,17 +284,63 @@ def _rcda_module() -> ModuleType:
     return importlib.import_module("anchordetr_trt.custom_ops.rcda_aggregate")
 
 
+_RCDA_INPUTS = ("queries", "row_term", "col_term", "k_col", "mask_col", "k_row", "mask_row", "values")
+
+
 def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
-    n, queries, _ = s["q_col"]
-    width, head_dim = s["value"][2], s["value"][3]
-    limit = module.max_kernel_width(d["value"].itemsize, head_dim)
+    n, _, head_dim = s["k_col"]
+    width, dtype = s["k_row"][1], d["values"]
+    limit = module.max_kernel_width(dtype.itemsize, head_dim)
     if width > limit:
         raise InputError(
             f"rcda_aggregate: feature maps {width} wide (max_shape's width over the backbone's stride) pass "
-            f"the kernel's limit of {limit} in {_dtype_name(d['value'])}: compile with a smaller max_shape width"
+            f"the kernel's limit of {limit} in {_dtype_name(dtype)}: compile with a smaller max_shape width"
         )
-    _, meta = module.rcda_aggregate_launch_config(queries, n, width, head_dim, d["value"].itemsize)
-    return {**meta, "DOT_PRECISION": module.dot_precision(d["value"])}
+    queries = prod(s["queries"][1:-1])
+    _, meta = module.rcda_aggregate_launch_config(queries, n, width, head_dim, dtype.itemsize)
+    # The attributes, compiled in: the decoder's value_channel differs per layer, the PTX too.
+    return {
+        **meta,
+        "DOT_PRECISION": module.dot_precision(dtype),
+        "value_channel": a["value_channel"],
+        "scale": a["scale"],
+    }
+
+
+def _rcda_aggregate_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:
+    queries = s["queries"]
+    row_b, row_y, row_x = _term_strides(s["row_term"])
+    col_b, col_y, col_x = _term_strides(s["col_term"])
+    return {
+        "num_queries": prod(queries[1:-1]),
+        "heads": s["k_col"][0] // queries[0],
+        "height": s["k_col"][1],
+        "width": s["k_row"][1],
+        "head_dim": s["k_col"][2],
+        "query_channels": queries[-1],
+        "map_width": queries[2] if len(queries) == 4 else queries[1],  # the map's, or all Lq tokens
+        "row_term_stride_b": row_b,
+        "row_term_stride_y": row_y,
+        "row_term_stride_x": row_x,
+        "col_term_stride_b": col_b,
+        "col_term_stride_y": col_y,
+        "col_term_stride_x": col_x,
+        "value_channels": s["values"][3],
+    }
+
+
+def _term_strides(term: Sequence[Any]) -> tuple[Any, Any, Any]:
+    """(batch, map row, map column) element strides of a dense position term [Bt, Lt, C] or
+    [Bt, Ht, Wt, C], 0 along its dims of size 1 (broadcast over the queries), the row stride 0 for
+    tokens: the launcher's rule (``rcda_aggregate._term_strides``) on TensorRT's dense buffers."""
+    strides = [_broadcast_stride(size, prod(term[dim + 1 :])) for dim, size in enumerate(term[:-1])]
+    return (strides[0], 0, strides[1]) if len(term) == 3 else tuple(strides)
+
+
+def _broadcast_stride(size: Any, stride: Any) -> Any:
+    """``stride``, or 0 where ``size`` is 1 (a broadcast dim); ``stride`` is a product of the same
+    tensor's dims, symbolic where ``size`` is."""
+    return stride - stride * (size < 2)
 
 
 PLUGINS: dict[str, PluginSpec] = {
@@ -416,40 +462,30 @@ PLUGINS: dict[str, PluginSpec] = {
             op="rcda_aggregate",
             module="rcda_aggregate",
             kernel="rcda_aggregate_kernel",
-            inputs=("q_col", "k_col", "mask_col", "q_row", "k_row", "mask_row", "value"),
+            inputs=_RCDA_INPUTS,
             outputs=("out", "probs_col"),
             workspace=("probs_col",),
             pointers={
-                "q_col_ptr": "q_col",
-                "k_col_ptr": "k_col",
-                "mask_col_ptr": "mask_col",
-                "q_row_ptr": "q_row",
-                "k_row_ptr": "k_row",
-                "mask_row_ptr": "mask_row",
-                "value_ptr": "value",
+                **{f"{name}_ptr": name for name in _RCDA_INPUTS},
                 "out_ptr": "out",
                 "probs_col_ptr": "probs_col",
             },
             pointer_dtypes={"mask_col": torch.uint8, "mask_row": torch.uint8},  # bool buffers, read as bytes
             input_dtypes={
-                **dict.fromkeys(("q_col", "k_col", "q_row", "k_row", "value"), FLOAT_DTYPES),
+                **dict.fromkeys(
+                    ("queries", "row_term", "col_term", "k_col", "k_row", "values"), FLOAT_DTYPES
+                ),
                 "mask_col": (torch.bool,),
                 "mask_row": (torch.bool,),
             },
-            output_dtypes=lambda d: (d["value"], d["value"]),
+            output_dtypes=lambda d: (d["queries"], d["values"]),
             output_shapes=lambda s, a: (
-                (s["value"][0], s["q_col"][1], s["value"][3]),
-                _rcda_module().column_buffer_shape(s["value"][0], s["q_col"][1], s["value"][1]),
+                (*s["queries"][:-1], s["row_term"][-1]),
+                _rcda_module().column_buffer_shape(s["k_col"][0], prod(s["queries"][1:-1]), s["k_col"][1]),
             ),
-            scalars=lambda s, a: {
-                "num_queries": s["q_col"][1],
-                "heads": s["value"][0] // s["mask_row"][0],
-                "height": s["value"][1],
-                "width": s["value"][2],
-                "head_dim": s["value"][3],
-            },
+            scalars=_rcda_aggregate_scalars,
             meta=_rcda_aggregate_meta,
-            grid=lambda s, a, meta: (cdiv(s["q_col"][1], meta["BLOCK_Q"]), s["q_col"][0]),
+            grid=lambda s, a, meta: (cdiv(prod(s["queries"][1:-1]), meta["BLOCK_Q"]), s["k_col"][0]),
         ),
     )
 }

@@ -31,7 +31,7 @@ from tensorrt_plugin_layers import ENV, PINS, plugin_dir
 import anchordetr_trt as at
 from anchordetr_trt.converters.aot import triton_signature
 from anchordetr_trt.converters.specs import PLUGINS, check_node, op_name
-from anchordetr_trt.custom_ops.rcda_aggregate import column_buffer_shape
+from anchordetr_trt.custom_ops.rcda_aggregate import _term_strides, column_buffer_shape
 from anchordetr_trt.export import export_model
 
 pytestmark = pytest.mark.slow
@@ -155,9 +155,9 @@ def expected_outputs(spec, case: dict, corner: int) -> tuple[list[tuple[int, ...
     outs = list(outs) if isinstance(outs, tuple) else [outs]
     shapes, dtypes = [tuple(o.shape) for o in outs], [TRT_DTYPES[o.dtype] for o in outs]
     if spec.workspace:
-        value, q_col = args["value"], args["q_col"]
-        shapes.append(column_buffer_shape(value.shape[0], q_col.shape[1], value.shape[1]))
-        dtypes.append(TRT_DTYPES[value.dtype])
+        queries, k_col = args["queries"], args["k_col"]
+        shapes.append(column_buffer_shape(k_col.shape[0], queries.shape[1:-1].numel(), k_col.shape[1]))
+        dtypes.append(TRT_DTYPES[args["values"].dtype])
     return shapes, dtypes
 
 
@@ -215,3 +215,39 @@ def test_launch_parameters_and_kernel_follow_the_launch_contract(driven):
             ["u64"] * len(spec.tensors) + ["u32"] * len(scalar_names) + ["u64"] * len(spec.outputs)
         ), spec.name
         assert result["launch_concrete_dims"] == launch, spec.name
+
+
+def test_rcda_aggregate_term_strides_are_the_launchers_at_every_corner(driven):
+    """The encoder's calls (4-d queries, terms [B, 1, W, C] and [B, H, 1, C]) and the decoder's (3-d
+    queries, terms [1 or B, Lq, C]) both reach TensorRT; the term strides and map width that TensorRT's
+    shape expressions evaluate to at each corner are what the op's launcher passes for dense terms of
+    those shapes (``rcda_aggregate._term_strides``, 0 along broadcast dims)."""
+    cases, results = driven
+    ranks = set()
+    for case, result in zip(cases, results, strict=True):
+        if case["op"] != "rcda_aggregate":
+            continue
+        spec = PLUGINS["rcda_aggregate"]
+        signature, _, _ = triton_signature(
+            spec,
+            {n: TORCH_DTYPES[case["dtypes"][n]] for n in spec.tensors},
+            case["attrs"],
+            {n: tuple(d[MAX] for d in case["dims"][n]) for n in spec.tensors},
+        )
+        extra = dict(
+            zip(
+                [name for name, kind in signature.items() if kind == "i32"],
+                (values for _, values in result["launch"]["extra_args"]),
+                strict=True,
+            )
+        )
+        rank = len(case["dims"]["queries"])
+        ranks.add(rank)
+        for corner in range(len(CORNERS)):
+            dims = {n: [d[corner] for d in case["dims"][n]] for n in ("queries", "row_term", "col_term")}
+            for term in ("row_term", "col_term"):
+                got = tuple(extra[f"{term}_stride_{axis}"][corner] for axis in "byx")
+                assert got == _term_strides(torch.empty(dims[term], device="meta"), rank), (term, dims)
+            queries = dims["queries"]
+            assert extra["map_width"][corner] == queries[2 if rank == 4 else 1]
+    assert ranks == {3, 4}
