@@ -298,13 +298,9 @@ def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> 
         )
     queries = prod(s["queries"][1:-1])
     _, meta = module.rcda_aggregate_launch_config(queries, n, width, head_dim, dtype.itemsize)
-    # The attributes, compiled in: the decoder's value_channel differs per layer, the PTX too.
-    return {
-        **meta,
-        "DOT_PRECISION": module.dot_precision(dtype),
-        "value_channel": a["value_channel"],
-        "scale": a["scale"],
-    }
+    # scale, a float, is compiled in; value_channel is a runtime int32 (``_rcda_aggregate_scalars``),
+    # so that the decoder's layers, each with its own, share one kernel.
+    return {**meta, "DOT_PRECISION": module.dot_precision(dtype), "scale": a["scale"]}
 
 
 def _rcda_aggregate_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:
@@ -326,6 +322,7 @@ def _rcda_aggregate_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:
         "col_term_stride_y": col_y,
         "col_term_stride_x": col_x,
         "value_channels": s["values"][3],
+        "value_channel": a["value_channel"],
     }
 
 

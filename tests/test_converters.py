@@ -465,16 +465,19 @@ def test_triton_signature_covers_the_kernel_parameters(example):
 
 
 @pytest.mark.parametrize("example", RCDA_EXAMPLES)
-def test_rcda_aggregate_attributes_are_compiled_in(example):
-    """TensorRT passes int32 scalars only and keeps no attributes in the engine: value_channel and scale,
-    runtime parameters of the kernel, are fixed as constants of the AOT build."""
+def test_rcda_aggregate_scale_is_compiled_in_and_value_channel_passed_at_launch(example):
+    """TensorRT passes int32 scalars only and keeps no attributes in the engine: scale, a float, is
+    fixed as a constant of the AOT build; value_channel is an int32 argument, so that the decoder's
+    layers (one value_channel each) share one kernel."""
     _, call = bound_example(example, ENGINE_MAX, F16, device="meta")
+    spec = call.spec
     signature, constexprs, _ = triton_signature(
-        call.spec, dtypes_of(call.spec, call), call.attrs, shapes_of(call.spec, call)
+        spec, dtypes_of(spec, call), call.attrs, shapes_of(spec, call)
     )
-    for name in ("value_channel", "scale"):
-        assert signature[name] == "constexpr" and constexprs[name] == call.attrs[name]
-        assert type(constexprs[name]) is type(call.attrs[name])
+    assert signature["scale"] == "constexpr" and constexprs["scale"] == call.attrs["scale"]
+    assert type(constexprs["scale"]) is float
+    assert signature["value_channel"] == "i32"
+    assert spec.scalars(shapes_of(spec, call), call.attrs)["value_channel"] == call.attrs["value_channel"]
 
 
 def inspect_parameters(kernel):
