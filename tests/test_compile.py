@@ -178,9 +178,11 @@ def test_inductors_lowering_guards_nothing_that_splits_the_range():
     # Inductor itself (its C++ kernels on the CPU), not only the trace above: lowering a graph can add
     # guards too, as the GPU test below found after the fact. The custom ops stay opaque, as on the GPU.
     # It fails on a packed query-key projection split by unbind, which makes Inductor guard batch > 1
-    # (torch 2.11 to 2.14, and on the GPU). Two decoder layers: the memory's keys are projected for
-    # several layers at once.
-    config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=1, num_decoder_layers=2)
+    # (torch 2.11 to 2.14, and on the GPU). Two layers of each: the memory's keys are projected for
+    # several layers at once, and rcda_aggregate takes the position terms as slices of one GEMM's
+    # output (``project_each``), per image in the encoder (with one layer a term is the whole output,
+    # and a batch guard on slices of it goes unseen).
+    config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=2, num_decoder_layers=2)
     model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(config)))
     model = model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(True)
     spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (3, 96, 96))

@@ -10,9 +10,9 @@ and under 1% of the FLOPs at 800x800).
 The count runs the reference ops (``set_fused_ops(False)``), the same math as the fused custom ops
 and the definition their kernels are tested against, in ops that FlopCounterMode knows. The custom
 ops are opaque to it: on the fused path ``rcda_aggregate`` (the column and row scores and the
-aggregation, four batched matmuls in the reference) would count as nothing. Formulas registered for
-the custom ops would be a second statement of each kernel's arithmetic, to keep in step with the
-kernels by hand.
+aggregation, four batched matmuls in the reference) would count as nothing; the position terms and
+scale it adds to its queries are elementwise, not counted. Formulas registered for the custom ops
+would be a second statement of each kernel's arithmetic, to keep in step with the kernels by hand.
 """
 
 import torch
