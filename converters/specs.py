@@ -297,6 +297,8 @@ def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> 
             f"the kernel's limit of {limit} in {_dtype_name(dtype)}: compile with a smaller max_shape width"
         )
     queries = prod(s["queries"][1:-1])
+    # No SM count: one kernel, compiled ahead of time, serves every batch and map of the engine's range,
+    # so it keeps BLOCK_Q rather than a block picked for one grid size.
     _, meta = module.rcda_aggregate_launch_config(queries, n, width, head_dim, dtype.itemsize)
     # scale, a float, is compiled in; value_channel is a runtime int32 (``_rcda_aggregate_scalars``),
     # so that the decoder's layers, each with its own, share one kernel.

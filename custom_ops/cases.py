@@ -306,6 +306,8 @@ OP_CASES = [
             "one_row_per_step": {"shape": (2, 9, 3, 230, 64), "heads": 2, "padding": "random"},
             "strided": {"shape": (2, 6, 3, 5, 8), "strided": True},
             "strided_map": {"shape": (4, 15, 3, 5, 8), "heads": 2, "strided": True, "map": True},
+            # The model's heads on an odd 13 x 10 map: 130 queries over two blocks of 128, three of 64.
+            "model_heads_map": {"shape": (16, 130, 13, 10, 32), "heads": 8, "map": True},
         },
         gpu_cases={
             **{

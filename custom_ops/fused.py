@@ -60,7 +60,8 @@ def kernel_variant(height: int, width: int, num_pos_feats: int) -> tuple:
     """What picks the model's kernel variants at a ``height`` x ``width`` feature map with
     ``num_pos_feats`` position features (the model's width): feature maps with one key run the same
     compiled kernels (rcda_aggregate's width blocks, mask2posemb's blocks; the other ops' blocks depend
-    on the channels alone, rcda_aggregate's height is a loop bound)."""
+    on the channels alone, rcda_aggregate's height is a loop bound) but for rcda_aggregate's query
+    block, which the batch and the GPU pick too: the warm-up compiles both (``rcda_aggregate.warm``)."""
     return (
         _rcda_aggregate_module.width_blocks(width),
         tuple(sorted(_mask2pos_module.mask2posemb_launch_config(1, height, width, num_pos_feats)[1].items())),

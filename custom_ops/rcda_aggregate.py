@@ -27,6 +27,7 @@ spare a third of the padded work. The height is a loop bound only: one build ser
 docs/performance.md has the kernel's measurements.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -42,9 +43,14 @@ from .masked_softmax import softmax_numerators, softmax_scale
 
 _OP = "rcda_aggregate"
 # The best of 24 configurations at 1216x1344 and within 31% of the best at 800x800 (BLOCK_Q 64/128,
-# BLOCK_H 1/2/4, 4/8 warps, 2/3 stages; batch 1 and 8: docs/performance.md). BLOCK_Q 64 does better at
-# 800x800, batch 1, where 128 leaves SMs idle, and worse at 1216x1344.
+# BLOCK_H 1/2/4, 4/8 warps, 2/3 stages; batch 1 and 8: docs/performance.md).
 BLOCK_Q = 128
+# Queries per program where BLOCK_Q's grid gives fewer than SMALL_GRID_PROGRAMS_PER_SM programs per SM:
+# more programs fill the SMs. Kernel alone on an H100 (132 SMs) at 50x50, 8 heads, fp16, 128 -> 64:
+# batch 1 decoder (64 programs at 128) 19.6 -> 13.6 us, encoder (160) 25.7 -> 21.9 us; batch 8 decoder
+# (512) 51.2 -> 59.3 us, encoder (1280) 131.9 -> 140.0 us.
+SMALL_GRID_BLOCK_Q = 64
+SMALL_GRID_PROGRAMS_PER_SM = 2
 NUM_WARPS = 4
 BLOCK_H = 2  # rows h per product (its K is BLOCK_H * W); 1 where two rows pass SHARED_BUDGET
 MAX_STAGES = 3
@@ -339,17 +345,30 @@ def width_blocks(width: int) -> tuple[int, int]:
 
 
 def rcda_aggregate_launch_config(
-    num_queries: int, batch_heads: int, width: int, head_dim: int, element_size: int
+    num_queries: int,
+    batch_heads: int,
+    width: int,
+    head_dim: int,
+    element_size: int,
+    sm_count: int | None = None,
+    block_q: int | None = None,
 ) -> tuple:
     """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks,
-    num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it."""
+    num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it. Queries
+    per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q where
+    ``sm_count`` SMs would get fewer than SMALL_GRID_PROGRAMS_PER_SM programs each at BLOCK_Q, else
+    BLOCK_Q (always without ``sm_count``)."""
+    if block_q is None:
+        programs = triton.cdiv(num_queries, BLOCK_Q) * batch_heads
+        small = sm_count is not None and programs < SMALL_GRID_PROGRAMS_PER_SM * sm_count
+        block_q = SMALL_GRID_BLOCK_Q if small else BLOCK_Q
     block_d, (block_w, tail_w) = _common.row_block(head_dim), width_blocks(width)
-    row_bytes = _row_step_bytes(block_w + tail_w, block_d, element_size)
+    row_bytes = _row_step_bytes(block_w + tail_w, block_q, block_d, element_size)
     block_h = BLOCK_H if BLOCK_H * row_bytes <= SHARED_BUDGET else 1
     step_bytes = block_h * (block_w + tail_w) * block_d * element_size  # one step's value rows
-    resident_bytes = BLOCK_Q * block_h * (block_w + tail_w) * element_size  # one step's joint weights
+    resident_bytes = block_q * block_h * (block_w + tail_w) * element_size  # one step's joint weights
     meta = {
-        "BLOCK_Q": BLOCK_Q,
+        "BLOCK_Q": block_q,
         "BLOCK_W": block_w,
         "TAIL_W": tail_w,
         "BLOCK_D": block_d,
@@ -358,7 +377,7 @@ def rcda_aggregate_launch_config(
         "num_warps": NUM_WARPS,
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
     }
-    return (triton.cdiv(num_queries, BLOCK_Q), batch_heads), meta
+    return (triton.cdiv(num_queries, block_q), batch_heads), meta
 
 
 def max_kernel_width(element_size: int, head_dim: int) -> int:
@@ -368,17 +387,18 @@ def max_kernel_width(element_size: int, head_dim: int) -> int:
     float32, i.e. images up to 8192 pixels wide for C5 and 4096 for DC5 in 16-bit floats). Wider rows
     could fail at launch (Triton's OutOfResources): the op runs the reference for them. Narrower ones
     may still spill registers (Triton 3.8's sm_90 fp16 build spills 124 bytes at W = 84 and 2.7 KB at
-    256, as the kernel before the joint weights did: slower, not wrong)."""
+    256, as the kernel before the joint weights did: slower, not wrong). Bounds at BLOCK_Q, the larger
+    query block: they hold for SMALL_GRID_BLOCK_Q too."""
     widest = min(
         ROW_PROBABILITIES_BUDGET // (BLOCK_Q * element_size),
-        SHARED_BUDGET // _row_step_bytes(1, _common.row_block(head_dim), element_size),
+        SHARED_BUDGET // _row_step_bytes(1, BLOCK_Q, _common.row_block(head_dim), element_size),
     )
     return 1 << (widest.bit_length() - 1)
 
 
-def _row_step_bytes(width: int, block_d: int, element_size: int) -> int:
+def _row_step_bytes(width: int, block_q: int, block_d: int, element_size: int) -> int:
     """Shared memory for one row h of a step, ``width`` columns: its joint weights and value."""
-    return width * (BLOCK_Q + block_d) * element_size
+    return width * (block_q + block_d) * element_size
 
 
 def column_buffer_shape(batch_heads: Any, num_queries: Any, height: Any) -> tuple:
@@ -478,6 +498,48 @@ def _term_strides(term: Tensor, rank: int) -> tuple[int, int, int]:
     return (strides[0], 0, strides[1]) if rank == 3 else tuple(strides)
 
 
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def runs_kernel(dtype: torch.dtype, width: int, head_dim: int) -> bool:
+    """Whether the op runs the kernel on CUDA for ``dtype`` inputs ``width`` wide with heads of
+    ``head_dim``, not the reference. float32: the kernel's products would run on the CUDA cores,
+    several times slower than the whole model on cuBLAS (docs/performance.md); its three-TF32 variant
+    needs more shared memory than an H100 has at that width. fp32 is the reference precision."""
+    return dtype != torch.float32 and width <= max_kernel_width(dtype.itemsize, head_dim)
+
+
+def warm(width: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str) -> None:
+    """Compile the kernel for feature maps ``width`` wide (any of its ``width_blocks`` class) of a
+    model of ``heads`` heads of ``head_dim`` in ``dtype``: one launch per query block on a zero map one
+    row high, whatever block the launch config would pick (it depends on the batch, the map and the
+    GPU). The model's calls run these builds: beyond the blocks, Triton specializes on dtypes,
+    pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), all shared with the
+    encoder's and decoder's calls (every channel count, offset and stride there is a multiple of C, C
+    of 32). Does nothing where the op runs the reference (``runs_kernel``)."""
+    if not runs_kernel(dtype, width, head_dim):
+        return
+    channels = heads * head_dim
+    zeros = functools.partial(torch.zeros, dtype=dtype, device=device)
+    padding = functools.partial(torch.zeros, dtype=torch.bool, device=device)
+    for block_q in (SMALL_GRID_BLOCK_Q, BLOCK_Q):
+        rcda_aggregate_triton(
+            zeros(1, 1, width, 2 * channels),
+            zeros(1, 1, width, channels),
+            zeros(1, 1, 1, channels),
+            zeros(heads, 1, head_dim),
+            padding(1, 1),
+            zeros(heads, width, head_dim),
+            padding(1, width),
+            zeros(1, 1, width, channels),
+            0,
+            head_dim**-0.5,
+            block_q=block_q,
+        )
+
+
 def rcda_aggregate_triton(
     queries: Tensor,
     row_term: Tensor,
@@ -490,10 +552,12 @@ def rcda_aggregate_triton(
     value_channel: int,
     scale: float,
     out: Tensor | None = None,
+    block_q: int | None = None,
 ) -> Tensor:
     """Launch the kernel on CUDA (or CPU under TRITON_INTERPRET=1); inputs other than the terms are
     copied contiguous first, the terms only if their channels are strided. Writes ``out`` (new if None,
-    else contiguous [*queries.shape[:-1], C] of the queries' dtype)."""
+    else contiguous [*queries.shape[:-1], C] of the queries' dtype). Queries per program: ``block_q``,
+    or None for the launch config's choice for the device's SMs."""
     check_inputs(queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
     n, height, head_dim = k_col.shape
     width, batch = k_row.shape[1], queries.shape[0]
@@ -509,7 +573,10 @@ def rcda_aggregate_triton(
     map_width = queries.shape[2] if queries.dim() == 4 else num_queries
     terms = [term if term.stride(-1) == 1 else term.contiguous() for term in (row_term, col_term)]
     strides = [_term_strides(term, queries.dim()) for term in terms]
-    grid, meta = rcda_aggregate_launch_config(num_queries, n, width, head_dim, values.element_size())
+    sm_count = _sm_count(values.device.index) if values.is_cuda else None
+    grid, meta = rcda_aggregate_launch_config(
+        num_queries, n, width, head_dim, values.element_size(), sm_count=sm_count, block_q=block_q
+    )
     with _common.launch_context(_OP, rcda_aggregate_kernel, values):
         rcda_aggregate_kernel[grid](
             queries.contiguous(),
@@ -574,13 +641,8 @@ def _(
     value_channel: int,
     scale: float,
 ) -> Tensor:
-    # float32: the kernel's products would run on the CUDA cores, several times slower than the whole
-    # model on cuBLAS (docs/performance.md); its three-TF32 variant needs more shared memory than an
-    # H100 has at that width. fp32 is the reference precision.
     args = (queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
-    if values.dtype == torch.float32 or k_row.shape[1] > max_kernel_width(
-        values.element_size(), k_row.shape[2]
-    ):
+    if not runs_kernel(values.dtype, k_row.shape[1], k_row.shape[2]):
         check_inputs(*args)
         return reference.rcda_aggregate(*args).contiguous()
     return rcda_aggregate_triton(*args)

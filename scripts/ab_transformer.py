@@ -166,11 +166,13 @@ def kernel_kinds(kernels: dict) -> dict:
 def rcda_microbench(variants: bool) -> list[dict]:
     """``rcda_aggregate``'s launcher alone at the model's shapes (inputs as this tree's cases build them
     for the op's signature), inside CUDA graphs, against its reference. ``variants``: also other
-    (BLOCK_Q, NUM_WARPS) and the heads laid out as images of one head (each head's values contiguous)."""
+    (BLOCK_Q, NUM_WARPS) and the heads laid out as images of one head (each head's values contiguous).
+    block_q "shipped": the tree's own choice (per launch where it has SMALL_GRID_BLOCK_Q)."""
     from anchordetr_trt.custom_ops import cases, rcda_aggregate, reference
 
-    shipped = (rcda_aggregate.BLOCK_Q, getattr(rcda_aggregate, "NUM_WARPS", 4))
-    configs = [shipped, (64, 4), (256, 8), (128, 8)] if variants else [shipped]
+    blocks = (rcda_aggregate.BLOCK_Q, getattr(rcda_aggregate, "SMALL_GRID_BLOCK_Q", None))
+    shipped = ("shipped", getattr(rcda_aggregate, "NUM_WARPS", 4))
+    configs = [shipped, (64, 4), (128, 4), (256, 8), (128, 8)] if variants else [shipped]
     rows = []
     for batch in BATCHES:
         for name, queries in (("decoder", 900), ("encoder", 2500)):
@@ -182,7 +184,9 @@ def rcda_microbench(variants: bool) -> list[dict]:
                 args = cases.rcda_aggregate_inputs(case, torch.float16, "cuda")
                 expected = reference.rcda_aggregate(*args)
                 for block_q, warps in configs if layout == "heads" else [shipped]:
-                    rcda_aggregate.BLOCK_Q, rcda_aggregate.NUM_WARPS = block_q, warps
+                    rcda_aggregate.NUM_WARPS = warps
+                    if block_q != "shipped":  # fixed, at every grid size
+                        rcda_aggregate.BLOCK_Q = rcda_aggregate.SMALL_GRID_BLOCK_Q = block_q
                     try:
                         got = rcda_aggregate.rcda_aggregate_triton(*args)
                         us = graph_us(functools.partial(rcda_aggregate.rcda_aggregate_triton, *args))
@@ -199,7 +203,8 @@ def rcda_microbench(variants: bool) -> list[dict]:
                     }
                     rows.append(row)
                     print("rcda_aggregate", row, flush=True)
-                rcda_aggregate.BLOCK_Q, rcda_aggregate.NUM_WARPS = shipped
+                    rcda_aggregate.BLOCK_Q, rcda_aggregate.SMALL_GRID_BLOCK_Q = blocks
+                rcda_aggregate.NUM_WARPS = shipped[1]
     return rows
 
 

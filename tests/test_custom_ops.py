@@ -8,7 +8,9 @@ encoder queries, C = 256). Inputs are fresh random ones per test (the seed is pr
 outputs are pre-filled with NaN so that an element a kernel forgets to write fails the comparison.
 """
 
+import contextlib
 import importlib
+import itertools
 import json
 import random
 import re
@@ -19,6 +21,7 @@ import torch
 from conftest import needs_interpreter
 from torch import Tensor, nn
 
+from anchordetr_trt.backends import warm
 from anchordetr_trt.custom_ops import (
     add_bias_transpose,
     fused,
@@ -40,6 +43,7 @@ from anchordetr_trt.custom_ops.cases import (
     run_launcher,
 )
 from anchordetr_trt.errors import InputError
+from anchordetr_trt.spec import SIZE_MULTIPLE, CompileSpec
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +81,7 @@ def test_kernel_serves_any_size_up_to_its_blocks(spec, monkeypatch):
     maximum shape) is exact on smaller inputs: extra lanes and programs write nothing."""
     name = f"{spec.name}_launch_config"
     config = getattr(spec.module, name)
-    monkeypatch.setattr(spec.module, name, lambda *sizes: config(*spec.widen(*sizes)))
+    monkeypatch.setattr(spec.module, name, lambda *sizes, **options: config(*spec.widen(*sizes), **options))
     dtype = spec.dtypes[0]
     args = spec.first_inputs(dtype, "cpu")
     run_launcher(spec, args, dtype)
@@ -435,6 +439,139 @@ def test_rcda_aggregate_cases_cover_both_step_sizes(case, rows_per_step):
     for element_size in (2, 4):
         _, meta = rcda_aggregate.rcda_aggregate_launch_config(queries, n, width, head_dim, element_size)
         assert meta["BLOCK_H"] == rows_per_step
+
+
+RCDA = next(spec for spec in OP_CASES if spec.name == "rcda_aggregate")
+
+
+@pytest.mark.parametrize(
+    ("queries", "batch_heads", "sm_count", "block_q"),
+    [
+        # H100 (132 SMs), 8 heads: 64 was faster at batch 1, 128 at batch 8 (rcda_aggregate.py).
+        (900, 8, 132, 64),  # batch 1 decoder: 64 programs at 128
+        (2500, 8, 132, 64),  # batch 1 encoder: 160
+        (900, 64, 132, 128),  # batch 8 decoder: 512
+        (2500, 64, 132, 128),  # batch 8 encoder: 1280
+        (7 * 128, 1, 4, 64),  # 7 programs, 2 per SM of 4 is 8
+        (7 * 128 + 1, 1, 4, 128),  # 8 programs
+        (900, 8, None, 128),  # no SM count (a TensorRT engine's kernel)
+    ],
+)
+def test_rcda_aggregate_takes_fewer_queries_per_program_where_the_grid_leaves_sms_idle(
+    queries, batch_heads, sm_count, block_q
+):
+    grid, meta = rcda_aggregate.rcda_aggregate_launch_config(queries, batch_heads, 50, 32, 2, sm_count)
+    assert meta["BLOCK_Q"] == block_q
+    assert grid == (-(-queries // block_q), batch_heads)
+
+
+def recorded_rcda_metas(monkeypatch) -> list[dict]:
+    """The metas rcda_aggregate's launcher launches its kernel with from now on, in order."""
+    metas, config = [], rcda_aggregate.rcda_aggregate_launch_config
+
+    def recording(*args, **kwargs):
+        grid, meta = config(*args, **kwargs)
+        metas.append(meta)
+        return grid, meta
+
+    monkeypatch.setattr(rcda_aggregate, "rcda_aggregate_launch_config", recording)
+    return metas
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    ("spec", "case", "dtype"), [p for p in cases(interpreted=True) if p.values[0] is RCDA]
+)
+def test_rcda_aggregate_kernel_matches_reference_with_the_small_query_block(spec, case, dtype, monkeypatch):
+    """The cases above run BLOCK_Q (the interpreter has no SM count); these, SMALL_GRID_BLOCK_Q."""
+    small = rcda_aggregate.SMALL_GRID_BLOCK_Q
+    launcher = rcda_aggregate.rcda_aggregate_triton
+    monkeypatch.setattr(
+        rcda_aggregate, "rcda_aggregate_triton", lambda *a, **k: launcher(*a, **k, block_q=small)
+    )
+    metas = recorded_rcda_metas(monkeypatch)
+    run_launcher(spec, spec.make_inputs(case, dtype, "cpu"), dtype)
+    assert [meta["BLOCK_Q"] for meta in metas] == [small]
+
+
+class KernelLaunches:
+    """Stands in for a Triton kernel: records each launch's (arguments, keyword arguments)."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((args, kwargs))
+
+
+def recorded_rcda_launches(monkeypatch) -> list[tuple]:
+    """rcda_aggregate's kernel launches from now on, recorded instead of run."""
+    kernel = KernelLaunches()
+    monkeypatch.setattr(rcda_aggregate, "rcda_aggregate_kernel", kernel)
+    monkeypatch.setattr(rcda_aggregate._common, "launch_context", lambda *_: contextlib.nullcontext())
+    return kernel.launches
+
+
+def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch):
+    """For every batch and padded image of the default range, with the DC5 and C5 strides and a few
+    GPUs' SM counts, the metas the launcher picks for the encoder's (H * W queries) and the decoder's
+    (900) calls are among those the warm-up launches (``rcda_aggregate.warm`` at each width of
+    ``warm.variant_sizes``): no image compiles after ``compile()``."""
+    launches = recorded_rcda_launches(monkeypatch)
+    spec = CompileSpec("fp32", torch.device("cpu"))
+    (low_b, low_h, low_w), _, (high_b, high_h, high_w) = spec.padded_range
+    for stride in (16, 32):
+        for _, width in warm.variant_sizes(spec, stride, 256):
+            rcda_aggregate.warm(width, 8, 32, F16, "cpu")
+    warmed = {tuple(sorted(kwargs.items())) for _, kwargs in launches}
+    config = rcda_aggregate.rcda_aggregate_launch_config
+    for stride in (16, 32):
+        heights = [size // stride for size in range(low_h, high_h + 1, SIZE_MULTIPLE)]
+        widths = [size // stride for size in range(low_w, high_w + 1, SIZE_MULTIPLE)]
+        for sm_count, batch, height, width in itertools.product(
+            (132, 114, 78), range(low_b, high_b + 1), heights, widths
+        ):
+            for queries in (height * width, 900):
+                _, meta = config(queries, batch * 8, width, 32, 2, sm_count)
+                key = tuple(sorted((meta | {"DOT_PRECISION": "tf32"}).items()))
+                assert key in warmed, (stride, sm_count, batch, height, width, queries, meta)
+
+
+def specialization(arg: object) -> tuple:
+    """What Triton specializes a kernel on besides its constexprs: a tensor's dtype and 16-byte
+    alignment; an int's width, divisibility by 16 and being 1."""
+    if isinstance(arg, Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, int):
+        return int, abs(arg) < 2**31, arg % 16 == 0, arg == 1
+    return (type(arg),)
+
+
+def test_rcda_aggregate_warm_up_builds_the_model_calls_variants(monkeypatch):
+    """The warm-up's launches and the encoder's and decoder's calls (as the cases build them, at
+    batch 1 and 2) specialize alike: one compiled variant serves both."""
+    kernel = rcda_aggregate.rcda_aggregate_kernel
+    kernel_options = getattr(kernel, "kwargs", None) or {"do_not_specialize": kernel.do_not_specialize}
+    names, launches = kernel.arg_names, recorded_rcda_launches(monkeypatch)
+
+    def variant(args: tuple, meta: dict) -> tuple:
+        named = dict(zip(names, args, strict=False))  # the constexprs, last, are in meta
+        kept = [
+            specialization(arg)
+            for name, arg in named.items()
+            if name not in kernel_options["do_not_specialize"]
+        ]
+        return tuple(kept), tuple(sorted(meta.items()))
+
+    rcda_aggregate.warm(50, 8, 32, F16, "cpu")
+    warmed = {variant(*launch) for launch in launches}
+    assert len(warmed) == 2  # one per query block
+    launches.clear()
+    for batch, is_map in itertools.product((1, 2), (True, False)):
+        case = {"shape": (batch * 8, 2500 if is_map else 900, 50, 50, 32), "heads": 8, "map": is_map}
+        for block_q in (rcda_aggregate.SMALL_GRID_BLOCK_Q, rcda_aggregate.BLOCK_Q):
+            rcda_aggregate.rcda_aggregate_triton(*rcda_aggregate_inputs(case, F16, "cpu"), block_q=block_q)
+    assert {variant(*launch) for launch in launches} == warmed
 
 
 @needs_interpreter

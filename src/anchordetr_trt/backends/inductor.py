@@ -7,7 +7,8 @@ width are known multiples of 32 and every size in the backbone is an exact expre
 (nothing to guard on). The model is first rewritten without the ops whose tracing guards on batch 1
 (``inductor_rewrites``), which would cost a second graph. Any padded shape in the spec's range then
 runs without compiling; the custom ops' Triton kernels take sizes at run time, and the few variants
-their block sizes make (by feature-map height or width) are compiled in ``compile()`` (``warm.warm_kernels``).
+their block sizes make (by feature-map height or width; rcda_aggregate's query block also by batch and GPU)
+are compiled in ``compile()`` (``warm.warm_kernels``).
 
 Kept on disk. The trace goes through Dynamo's precompile (``torch.compile(...).aot_compile``): the
 compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir`` (``precompiled/``),

@@ -28,21 +28,30 @@ def feature_sizes(spec: CompileSpec, stride: int) -> list[tuple[int, int]]:
     return [(heights[min(i, len(heights) - 1)], widths[min(i, len(widths) - 1)]) for i in range(count)]
 
 
+def variant_sizes(spec: CompileSpec, stride: int, num_pos_feats: int) -> list[tuple[int, int]]:
+    """One (height, width) feature map per kernel variant (``kernel_variant``) that ``spec``'s range
+    reaches, with ``num_pos_feats`` position features, after the backbone's ``stride``."""
+    from anchordetr_trt.custom_ops.fused import kernel_variant
+
+    sizes = feature_sizes(spec, stride)
+    return list({kernel_variant(*size, num_pos_feats): size for size in sizes}.values())
+
+
 def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
     """Run ``model``'s transformer eagerly on batch-1 zero features, once per kernel variant that the
-    heights and widths of ``spec``'s range reach (``feature_sizes``, ``kernel_variant``). A variant
-    depends on a feature map's height and width alone, never on the batch or the number of rows
-    (``custom_ops._common.row_tile``); the backbone (cuDNN) is not run. Variants already compiled, or in
+    heights and widths of ``spec``'s range reach (``variant_sizes``), and compile rcda_aggregate's
+    kernel for both of its query blocks at each of those widths (``rcda_aggregate.warm``). A variant
+    depends on a feature map's height and width alone, never on the number of rows
+    (``custom_ops._common.row_tile``), except rcda_aggregate's query block, which depends on the batch,
+    the map and the GPU too; the backbone (cuDNN) is not run. Variants already compiled, or in
     Triton's cache, cost a lookup. Nothing to do off CUDA (no Triton kernel runs there)."""
-    from anchordetr_trt.custom_ops.fused import kernel_variant
+    from anchordetr_trt.custom_ops import rcda_aggregate
 
     if spec.device.type != "cuda":
         return
     start = time.perf_counter()
-    stride = model.config.stride
-    num_pos_feats = model.config.hidden_dim
-    variants = {kernel_variant(*size, num_pos_feats): size for size in feature_sizes(spec, stride)}
-    sizes = list(variants.values())
+    config, stride = model.config, model.config.stride
+    sizes = variant_sizes(spec, stride, config.hidden_dim)
     with torch.no_grad():
         for height, width in sizes:
             # Zeros, not random values: the user's random number generators stay as they were.
@@ -53,6 +62,8 @@ def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
             model.transformer.decode(
                 model.encode(features.contiguous(memory_format=torch.channels_last), mask)
             )
+            head_dim = config.hidden_dim // config.num_heads
+            rcda_aggregate.warm(width, config.num_heads, head_dim, spec.dtype, spec.device)
     logger.info(
         "compile: the custom ops' kernels warmed for %d feature sizes (%s..%s) in %.1f s",
         len(sizes),
