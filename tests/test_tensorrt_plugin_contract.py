@@ -118,7 +118,6 @@ def cases() -> list[dict]:
         "rcda_aggregate",
         "layer_norm_with_residual",
         "mask2posemb",
-        "key_means",
     }
     return found
 
