@@ -956,16 +956,16 @@ GPU_SIZE = {"batch": 2, "heads": 8, "height": 25, "width": 38, "channels": 256, 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F16, F32])
-@pytest.mark.parametrize("plugin", sorted(PLUGIN_SPECS))
-def test_aot_kernels_on_device_pointers_match_the_reference(plugin, dtype):
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_aot_kernels_on_device_pointers_match_the_reference(example, dtype):
     """The AOT kernel (PTX loaded and launched through the CUDA driver, as TensorRT does, built for
-    twice these shapes) on raw pointers and a side stream."""
+    twice these shapes) on raw pointers and a side stream, for every plugin (rcda_aggregate as the
+    encoder and as the decoder call it)."""
     from cuda_driver import launch_aot
 
     from anchordetr_trt.converters.aot import compile_kernel
 
-    args = example_args(plugin, GPU_SIZE, dtype, device="cuda")
-    call = bind(PLUGIN_SPECS[plugin].op, args, {})
+    args, call = bound_example(example, GPU_SIZE, dtype, device="cuda")
     spec = call.spec
     expected = reference_outputs(spec.op, args)
     shapes = shapes_of(spec, call)
