@@ -9,6 +9,7 @@ reports how far they moved:
     PYTHONPATH=<old tree> python -m scripts.ab_transformer --out DIR --tag old
     PYTHONPATH=<new tree> python -m scripts.ab_transformer --out DIR --tag new --previous DIR/outputs_old.pt
 
+``AB_OLD=<a checkout of the other commit> STAGES=ab make gpu`` runs both on the GPU machine.
 Writes DIR/ab_transformer_<tag>.json and DIR/outputs_<tag>.pt.
 """
 

@@ -4,6 +4,7 @@
 #   environment.json  gpu_tests.xml  check.json  bench_ops.json  parity.json parity.md  onnx.json  stream.json
 #   bench.json bench.png profile.json profile.txt  bench_parts.json  train.json  accuracy.json accuracy.md
 #   runs.tsv (stage, commit, files, command of each stage that ran)
+#   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_transformer_old.json and _new.json
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
 # `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
@@ -93,6 +94,13 @@ collect bench "$WORK/bench" bench.json bench.png profile.json profile.txt
 stage parts 560 bench_parts.json python3 -m anchordetr_trt.cli bench --out "$WORK/parts" --cache-dir .cache/bench \
     --parts --backends inductor --batch 8 --no-startup
 collect parts "$WORK/parts" bench.json:bench_parts.json
+# The transformer against another code tree, in one call: AB_OLD is a checkout of the commit to compare
+# with (only then does the stage run); both trees run this tree's scripts/ab_transformer.py.
+AB='python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
+PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old &&
+python3 "$2" --out "$3" --tag new --previous "$3/outputs_old.pt"'
+[[ -n ${AB_OLD:-} ]] && stage ab 420 "ab_transformer_old.json ab_transformer_new.json" \
+    sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$OUT"
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
 stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min 7.5
 stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT"

@@ -146,12 +146,29 @@ def parity_rows(path: Path) -> Iterator[Row]:
     )
 
 
-def tests_rows(path: Path) -> Iterator[Row]:
+def tests_rows(path: Path, label: str = "GPU tests") -> Iterator[Row]:
     suite = ET.parse(path).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     tests, skipped = int(suite.get("tests")), int(suite.get("skipped"))
     failed = int(suite.get("failures")) + int(suite.get("errors"))
-    yield "GPU tests", f"{tests - skipped - failed} passed, {failed} failed, {skipped} skipped"
+    yield label, f"{tests - skipped - failed} passed, {failed} failed, {skipped} skipped"
+
+
+def ab_rows(path: Path) -> Iterator[Row]:
+    """The transformer A/B (scripts/ab_transformer.py): one file per code tree, tagged old or new."""
+    report = _json(path)
+    tree = f"A/B, {report['tag']} tree"
+    for batch, figures in report["whole_model"].items():
+        runs = figures["runs"]
+        yield (
+            f"{tree}: whole model, 800x800, batch {batch.removeprefix('b')}",
+            " / ".join(f"{run['median_ms']:.2f} ms, {run['img_s']:.0f} img/s" for run in runs),
+        )
+    for batch, parts in report.get("parts", {}).items():
+        yield (
+            f"{tree}: encoder + decoder, 800x800, batch {batch.removeprefix('b')}",
+            " + ".join(f"{min(parts[p]['ms']):.2f}" for p in ("encoder", "decoder")) + " ms",
+        )
 
 
 READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
@@ -164,6 +181,9 @@ READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
     "bench_ops.json": bench_ops_rows,
     "parity.json": parity_rows,
     "gpu_tests.xml": tests_rows,
+    "gpu_tests_ops.xml": lambda path: tests_rows(path, "GPU tests of the ops, converters and compile"),
+    "ab_transformer_old.json": ab_rows,
+    "ab_transformer_new.json": ab_rows,
 }
 
 
