@@ -96,8 +96,8 @@ def mask2posemb_inputs(case: dict, dtype, device) -> tuple:
 
 def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
     """The op's arguments as the model passes them: case "map" as the encoder does (queries [B, H, W, 2C]
-    over the values' H x W map, terms per column and per row, values [B, H, W, C]), else as the decoder
-    does (a sequence of queries [B, Lq, 2C], terms shared by the batch unless "term_batch", the values
+    over the values' H x W map, terms per column and per row, values [B, H, W, C]; with "packed", one
+    [B, H, W, 3C] tensor as queries and values), else as the decoder does (a sequence of queries [B, Lq, 2C], terms shared by the batch unless "term_batch", the values
     of the second of two attentions projected together); terms are channel slices of a wider
     projection (``project_each``'s views) unless "strided"."""
     n, queries, height, width, head_dim = case["shape"]
@@ -119,16 +119,13 @@ def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
     if case.get("map"):
         if queries != height * width:
             raise ValueError(f"a map case has height * width queries, got {case['shape']}")
-        packed = values((batch, height, width, 3 * channels), dtype, device, case)
-        return (
-            packed,
-            term(batch, 1, width),
-            term(batch, height, 1),
-            *keys,
-            packed,
-            2 * channels,
-            head_dim**-0.5,
-        )
+        if case.get("packed"):  # queries and values one [B, H, W, 3C] projection
+            packed = values((batch, height, width, 3 * channels), dtype, device, case)
+            rest = (packed, 2 * channels)
+        else:
+            packed = values((batch, height, width, 2 * channels), dtype, device, case)  # queries only
+            rest = (values((batch, height, width, channels), dtype, device, case), 0)
+        return packed, term(batch, 1, width), term(batch, height, 1), *keys, *rest, head_dim**-0.5
     term_batch = batch if case.get("term_batch") else 1
     return (
         values((batch, queries, 2 * channels), dtype, device, case),
@@ -306,6 +303,7 @@ OP_CASES = [
             "one_row_per_step": {"shape": (2, 9, 3, 230, 64), "heads": 2, "padding": "random"},
             "strided": {"shape": (2, 6, 3, 5, 8), "strided": True},
             "strided_map": {"shape": (4, 15, 3, 5, 8), "heads": 2, "strided": True, "map": True},
+            "packed_map": {"shape": (4, 12, 3, 4, 8), "heads": 2, "map": True, "packed": True},
             # The model's heads on an odd 13 x 10 map: 130 queries over two blocks of 128, three of 64.
             "model_heads_map": {"shape": (16, 130, 13, 10, 32), "heads": 8, "map": True},
         },

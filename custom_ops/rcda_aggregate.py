@@ -7,7 +7,7 @@ heads; out[b, q, head] = sum_h sum_w probs_col[q, h] * probs_row[q, w] * value[b
 probs_col is the masked softmax of q_col . k_col over the unpadded rows h, probs_row that of
 q_row . k_row over the unpadded columns w, and value the C channels of ``values`` from
 ``value_channel``. The kernel reads the queries, their position terms and the values where the
-projections wrote them (the packed GEMM output, the terms broadcast over the map) and writes [B, L, C]:
+projections wrote them (the packed GEMM output, the terms broadcast over the map) and writes [B, *S, C]:
 no head split, bias or merge between the GEMMs and the attention. Done as batched matmuls, it
 materializes both scores and probabilities and an [N, W, Lq, D] intermediate (64 MB per image and
 layer in fp16 at 800x800). A program takes BLOCK_Q queries of one head. First their column
@@ -197,7 +197,7 @@ def _joint_weights(probs_row, p_col, BLOCK_Q: tl.constexpr, BLOCK_H: tl.constexp
 
 # Sizes that vary per image are not specialized: one build serves all. The terms' strides are: they
 # are multiples of the channels (0 where broadcast), so their divisibility by 16, which vectorizes the
-# terms' loads, holds for every image of a model (C a multiple of 8).
+# terms' loads, holds for every image of a model whose channels are a multiple of 16.
 @triton.jit(do_not_specialize=["num_queries", "height", "width", "map_width"])
 def rcda_aggregate_kernel(
     queries_ptr,
@@ -439,7 +439,8 @@ def check_inputs(
         )
     rank = queries.dim()
     for name, tensor in (("row_term", row_term), ("col_term", col_term)):
-        _common.check_tensor(_OP, name, tensor, rank, _common.FLOAT_DTYPES, "broadcastable to the queries")
+        layout = "[B or 1, Lq or 1, C]" if rank == 3 else "[B or 1, Hq or 1, Wq or 1, C]"
+        _common.check_tensor(_OP, name, tensor, rank, _common.FLOAT_DTYPES, layout)
     for name, tensor, layout in (("k_col", k_col, "[N, H, D]"), ("k_row", k_row, "[N, W, D]")):
         _common.check_tensor(_OP, name, tensor, 3, _common.FLOAT_DTYPES, layout)
     _common.check_tensor(_OP, "mask_col", mask_col, 2, (torch.bool,), "[B, H]")
@@ -503,12 +504,17 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def runs_kernel(dtype: torch.dtype, width: int, head_dim: int) -> bool:
+def runs_kernel(dtype: torch.dtype, width: int, head_dim: int, image_values: int = 0) -> bool:
     """Whether the op runs the kernel on CUDA for ``dtype`` inputs ``width`` wide with heads of
-    ``head_dim``, not the reference. float32: the kernel's products would run on the CUDA cores,
-    several times slower than the whole model on cuBLAS (docs/performance.md); its three-TF32 variant
-    needs more shared memory than an H100 has at that width. fp32 is the reference precision."""
-    return dtype != torch.float32 and width <= max_kernel_width(dtype.itemsize, head_dim)
+    ``head_dim`` and ``image_values`` (H * W * Cv) values per image, not the reference. float32: the
+    kernel's products would run on the CUDA cores, several times slower than the whole model on cuBLAS
+    (docs/performance.md); its three-TF32 variant needs more shared memory than an H100 has at that
+    width. fp32 is the reference precision. The kernel's offsets within an image's values are 32-bit."""
+    return (
+        dtype != torch.float32
+        and width <= max_kernel_width(dtype.itemsize, head_dim)
+        and image_values < 2**31
+    )
 
 
 def warm(width: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str) -> None:
@@ -517,8 +523,8 @@ def warm(width: int, heads: int, head_dim: int, dtype: torch.dtype, device: torc
     row high, whatever block the launch config would pick (it depends on the batch, the map and the
     GPU). The model's calls run these builds: beyond the blocks, Triton specializes on dtypes,
     pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), all shared with the
-    encoder's and decoder's calls (every channel count, offset and stride there is a multiple of C, C
-    of 32). Does nothing where the op runs the reference (``runs_kernel``)."""
+    encoder's and decoder's calls (every channel count, offset and stride there is a multiple of C,
+    which must be a multiple of 16). Does nothing where the op runs the reference (``runs_kernel``)."""
     if not runs_kernel(dtype, width, head_dim):
         return
     channels = heads * head_dim
@@ -642,8 +648,8 @@ def _(
     scale: float,
 ) -> Tensor:
     args = (queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
-    if not runs_kernel(values.dtype, k_row.shape[1], k_row.shape[2]):
-        check_inputs(*args)
+    check_inputs(*args)
+    if not runs_kernel(values.dtype, k_row.shape[1], k_row.shape[2], values.shape[1:].numel()):
         return reference.rcda_aggregate(*args).contiguous()
     return rcda_aggregate_triton(*args)
 

@@ -213,13 +213,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--tag", required=True)
+    parser.add_argument("--commit", help="the code tree's git commit, recorded in the report")
     parser.add_argument("--previous", type=Path, help="outputs_<tag>.pt of the other tree's run")
     parser.add_argument("--ops-only", action="store_true", help="time rcda_aggregate alone, not the model")
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"tag": args.tag, "environment": environment()}
+    report = {"tag": args.tag, "commit": args.commit, "environment": environment()}
     path = args.out / f"ab_transformer_{args.tag}.json"
 
     def save() -> None:

@@ -95,12 +95,18 @@ stage parts 560 bench_parts.json python3 -m anchordetr_trt.cli bench --out "$WOR
     --parts --backends inductor --batch 8 --no-startup
 collect parts "$WORK/parts" bench.json:bench_parts.json
 # The transformer against another code tree, in one call: AB_OLD is a checkout of the commit to compare
-# with (only then does the stage run); both trees run this tree's scripts/ab_transformer.py.
-AB='python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
-PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old &&
-python3 "$2" --out "$3" --tag new --previous "$3/outputs_old.pt"'
-[[ -n ${AB_OLD:-} ]] && stage ab 420 "ab_transformer_old.json ab_transformer_new.json" \
-    sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$OUT"
+# with; both trees run this tree's scripts/ab_transformer.py (its outputs_*.pt stay in the work folder).
+AB='rm -rf /tmp/ab_old_site && python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
+old=$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown) &&
+PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old" &&
+python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'
+if [[ -n ${AB_OLD:-} ]]; then
+    stage ab 420 "ab_transformer_old.json ab_transformer_new.json" \
+        sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$WORK/ab" "$COMMIT_SHOWN"
+    collect ab "$WORK/ab" ab_transformer_old.json ab_transformer_new.json
+elif selected ab; then
+    printf '%-10s skipped: set AB_OLD to a checkout of the commit to compare with\n' ab | tee -a "$LOGS/summary.txt"
+fi
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
 stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min 7.5
 stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT"

@@ -157,8 +157,9 @@ def tests_rows(path: Path, label: str = "GPU tests") -> Iterator[Row]:
 def ab_rows(path: Path) -> Iterator[Row]:
     """The transformer A/B (scripts/ab_transformer.py): one file per code tree, tagged old or new."""
     report = _json(path)
-    tree = f"A/B, {report['tag']} tree"
-    for batch, figures in report["whole_model"].items():
+    commit = f" ({report['commit']})" if report.get("commit") else ""
+    tree = f"A/B, {report['tag']} tree{commit}"
+    for batch, figures in report.get("whole_model", {}).items():
         runs = figures["runs"]
         yield (
             f"{tree}: whole model, 800x800, batch {batch.removeprefix('b')}",

@@ -45,7 +45,7 @@ def _transformer_flops_by_hand(config, h: int, w: int) -> tuple[int, int]:
 
     encoder = linear(L, 2048, C) + 2 * linear(h + w, C, C)  # input projection; row/column embedding MLP
     encoder += config.num_encoder_layers * (
-        4 * linear(L, C, C) + _rcda_flops(L, C, h, w)  # RCDA: q_row, q_col, v (one GEMM), out
+        4 * linear(L, C, C) + _rcda_flops(L, C, h, w)  # RCDA: q_row and q_col (one GEMM), v, out
         + 2 * linear(h + w, C, C)  # the keys; the embeddings' projections added to q_row and q_col
         + linear(L, C, F) + linear(L, F, C)  # FFN
     )  # fmt: skip

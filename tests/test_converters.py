@@ -95,8 +95,8 @@ RCDA_EXAMPLES = [name for name, plugin in EXAMPLES.items() if plugin == "rcda_ag
 
 def example_args(example: str, size: dict, dtype: torch.dtype, device="cpu") -> tuple:
     """Arguments of a call of the op of plugin ``EXAMPLES[example]``, dense as a plugin's buffers are.
-    rcda_aggregate as the encoder calls it (queries and values one [B, H, W, 3C] map, the row term
-    [B, 1, W, C] and the column term [B, H, 1, C] broadcast over the map) and as the decoder does
+    rcda_aggregate as the encoder calls it (queries [B, H, W, 2C], the row term [B, 1, W, C] and the
+    column term [B, H, 1, C] broadcast over the map, values [B, H, W, C]) and as the decoder does
     (queries [B, Lq, 2C], the row term [1, Lq, C] shared by the batch, the column term [B, Lq, C],
     the values a middle slice of [B, H, W, 3C])."""
     b, h, hh, w, c, q = (size[k] for k in ("batch", "heads", "height", "width", "channels", "queries"))
@@ -119,7 +119,13 @@ def example_args(example: str, size: dict, dtype: torch.dtype, device="cpu") -> 
         "mask2pos": lambda: (mask,),
         "mask2posemb": lambda: (mask, c, 10000.0),
         "rcda_aggregate_encoder": lambda: rcda_call(
-            size, randn, device, (randn(b, hh, w, 3 * c),) * 2, randn(b, 1, w, c), randn(b, hh, 1, c), 2 * c
+            size,
+            randn,
+            device,
+            (randn(b, hh, w, 2 * c), randn(b, hh, w, c)),
+            randn(b, 1, w, c),
+            randn(b, hh, 1, c),
+            0,
         ),
         "rcda_aggregate_decoder": lambda: rcda_call(
             size,

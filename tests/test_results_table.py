@@ -31,3 +31,29 @@ def test_table_lists_each_file_with_its_run_and_reads_the_figures(tmp_path):
     out = tmp_path / "README.md"
     assert results_table.main([str(folder), "--write", str(out)]) == 0
     assert out.read_text().startswith("# Results") and text in out.read_text()
+
+
+def test_ab_files_name_each_tree_and_a_cut_off_file_gives_what_it_measured(tmp_path):
+    folder = tmp_path / "h100"
+    folder.mkdir()
+    (folder / "runs.tsv").write_text(
+        "stage\tcommit\tfiles\tcommand\nab\tbbb2222\tab_transformer_old.json\tab\n"
+    )
+    runs = [{"median_ms": 2.0, "img_s": 500.0}, {"median_ms": 2.1, "img_s": 480.0}]
+    old = {
+        "tag": "old",
+        "commit": "aaa1111",
+        "whole_model": {"b1": {"runs": runs}},
+        "parts": {"b8": {"encoder": {"ms": [1.9, 1.8]}, "decoder": {"ms": [1.5]}}},
+    }
+    (folder / "ab_transformer_old.json").write_text(json.dumps(old))
+    (folder / "ab_transformer_new.json").write_text(json.dumps({"tag": "new", "rcda_aggregate": []}))
+
+    text = results_table.table([folder])
+    assert (
+        "| A/B, old tree (aaa1111): whole model, 800x800, batch 1 | 2.00 ms, 500 img/s / 2.10 ms, 480 img/s |"
+        in text
+    )
+    assert "| A/B, old tree (aaa1111): encoder + decoder, 800x800, batch 8 | 1.80 + 1.50 ms |" in text
+    assert "A/B, new tree" not in text  # cut off before the model was timed: no figure, no error
+    assert "| H100 | `ab_transformer_new.json` | ? |" in text
