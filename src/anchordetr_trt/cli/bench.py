@@ -5,7 +5,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..config import DEFAULT_VARIANT, VARIANTS
 from . import options
 from .options import PROG
 from .shared import check_cache_dir, check_precision, device_of, local_files
@@ -22,10 +21,7 @@ def register(commands: argparse._SubParsersAction, parents: options.Parents) -> 
         "--out", type=Path, default=Path("out/bench"),
         help="output folder (default out/bench): new, empty, or an earlier bench output, which is replaced",
     )  # fmt: skip
-    bench.add_argument("--ckpt", help="checkpoint (default: random weights; speed does not depend on them)")
-    bench.add_argument(
-        "--variant", choices=list(VARIANTS), type=str.lower, help=f"model variant (default {DEFAULT_VARIANT})"
-    )
+    options.optional_checkpoint(bench, "checkpoint (default: random weights; speed does not depend on them)")
     bench.add_argument(
         "--size", type=options.size, action="append", help="input HxW or S for SxS, repeatable (default 800)"
     )

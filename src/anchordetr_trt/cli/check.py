@@ -4,7 +4,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import DEFAULT_VARIANT, VARIANTS
 from . import options
 from .shared import check_precision, device_of, local_files
 
@@ -16,13 +15,7 @@ def register(commands: argparse._SubParsersAction, parents: options.Parents) -> 
         parents=[parents.common],
         help="parity suite on this machine: fused ops, backends, export, TensorRT",
     )
-    check.add_argument("--ckpt", help="checkpoint to check (default: seeded random weights)")
-    check.add_argument(
-        "--variant",
-        choices=list(VARIANTS),
-        type=str.lower,
-        help=f"model variant (default: the checkpoint's, or {DEFAULT_VARIANT})",
-    )
+    options.optional_checkpoint(check, "checkpoint to check (default: seeded random weights)")
     check.add_argument(
         "--backends", nargs="+", choices=["eager", "inductor", "tensorrt"], default=["eager", "inductor", "tensorrt"],
         help="backends to compare with eager fp32 (default: all; those that cannot run here are skipped)",

@@ -3,7 +3,6 @@
 import argparse
 from pathlib import Path
 
-from ..config import DEFAULT_VARIANT, VARIANTS
 from . import options
 from .shared import device_of, local_files
 
@@ -19,13 +18,7 @@ def register(commands: argparse._SubParsersAction, parents: options.Parents) -> 
         "--out", type=Path, default=Path("out/demo"),
         help="output folder (default out/demo): new, empty, or an earlier demo output, which is replaced",
     )  # fmt: skip
-    demo.add_argument("--ckpt", help="checkpoint (default: deterministic random weights)")
-    demo.add_argument(
-        "--variant",
-        choices=list(VARIANTS),
-        type=str.lower,
-        help=f"model variant (default: the checkpoint's, or {DEFAULT_VARIANT})",
-    )
+    options.optional_checkpoint(demo, "checkpoint (default: deterministic random weights)")
     demo.add_argument("--num-images", type=options.positive, default=4, help="generated images (default 4)")
     demo.add_argument("--top-k", type=options.top_k, default=5, help="detections drawn per image (default 5)")
     demo.add_argument(

@@ -76,6 +76,18 @@ def parents() -> Parents:
     return Parents(debug=debug, common=common, weights=weights, model=model, cached=cached)
 
 
+def optional_checkpoint(parser: argparse.ArgumentParser, ckpt_help: str) -> None:
+    """--ckpt (optional, ``ckpt_help`` saying what runs without it) and --variant: the weights of the
+    commands that run on random weights by default (bench, demo, check)."""
+    parser.add_argument("--ckpt", help=ckpt_help)
+    parser.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        type=str.lower,
+        help=f"model variant (default: the checkpoint's, or {DEFAULT_VARIANT})",
+    )
+
+
 def size_options(parser: argparse.ArgumentParser) -> None:
     """--min-size and --max-size: the resize of detect and eval."""
     parser.add_argument(
