@@ -13,8 +13,8 @@ of NVIDIA/TensorRT, 10.9 to 11.0): the function returns (kernel name, PTX, ``Ker
 ``SymInt32`` (``_TemplateAOTPlugin.get_launch_params`` refuses others); one PTX is kept per
 (I/O dtypes, formats, tactic); plugin attributes are not serialized into the engine. So float
 attributes (eps, scale, log2 temperature) are constexprs compiled into the PTX (int attributes can be
-int32 scalars: rcda_aggregate's value_channel is), and block sizes come from the profile's largest shapes, since one kernel serves the
-whole range.
+int32 scalars: rcda_aggregate's value_channel is), and block sizes come from the profile's largest
+shapes, since one kernel serves the whole range.
 
 Upstream has no Triton AOT compiler that fits: Torch-TensorRT's examples/dynamo/aot_plugin.py
 (2.11 to main) compiles by hand inside ``aot_impl`` a kernel declared (inputs, scalars, outputs);

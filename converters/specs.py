@@ -4,8 +4,9 @@ A spec says which Triton kernel implements the op and how to launch it without P
 pointer parameters (inputs and outputs), its runtime integer parameters as expressions of the input
 shapes, its compile-time parameters (block sizes for the largest shapes the engine accepts, and the
 op's float attributes, which TensorRT cannot pass at launch: a kernel's runtime parameter given a
-value there is compiled in as a constant), the grid, and the output shapes and dtypes. Shape expressions must work on ints and on TensorRT's symbolic ``ShapeExpr`` alike, so they
-use only ``+ - * // <`` with the shape on the left (``ShapeExpr`` has no reflected operators).
+value there is compiled in as a constant), the grid, and the output shapes and dtypes. Shape
+expressions must work on ints and on TensorRT's symbolic ``ShapeExpr`` alike, so they use only
+``+ - * // <`` with the shape on the left (``ShapeExpr`` has no reflected operators).
 
 An optional tensor input (layer_norm's residual) gives one plugin per presence: the kernel is
 compiled with the input's pointer fixed to None and its flag constexpr False when it is absent.

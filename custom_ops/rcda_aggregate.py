@@ -565,6 +565,37 @@ def rcda_aggregate_triton(
     else contiguous [*queries.shape[:-1], C] of the queries' dtype). Queries per program: ``block_q``,
     or None for the launch config's choice for the device's SMs."""
     check_inputs(queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
+    return _launch(
+        queries,
+        row_term,
+        col_term,
+        k_col,
+        mask_col,
+        k_row,
+        mask_row,
+        values,
+        value_channel,
+        scale,
+        out,
+        block_q,
+    )
+
+
+def _launch(
+    queries: Tensor,
+    row_term: Tensor,
+    col_term: Tensor,
+    k_col: Tensor,
+    mask_col: Tensor,
+    k_row: Tensor,
+    mask_row: Tensor,
+    values: Tensor,
+    value_channel: int,
+    scale: float,
+    out: Tensor | None,
+    block_q: int | None,
+) -> Tensor:
+    """``rcda_aggregate_triton`` on inputs ``check_inputs`` has passed."""
     n, height, head_dim = k_col.shape
     width, batch = k_row.shape[1], queries.shape[0]
     heads = n // batch
@@ -648,10 +679,10 @@ def _(
     scale: float,
 ) -> Tensor:
     args = (queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
-    check_inputs(*args)
+    check_inputs(*args)  # once: the launch below does not check again
     if not runs_kernel(values.dtype, k_row.shape[1], k_row.shape[2], values.shape[1:].numel()):
         return reference.rcda_aggregate(*args).contiguous()
-    return rcda_aggregate_triton(*args)
+    return _launch(*args, out=None, block_q=None)
 
 
 @rcda_aggregate.register_fake

@@ -50,7 +50,8 @@ def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
     if spec.device.type != "cuda":
         return
     start = time.perf_counter()
-    config, stride = model.config, model.config.stride
+    config = model.config
+    stride, head_dim = config.stride, config.hidden_dim // config.num_heads
     sizes = variant_sizes(spec, stride, config.hidden_dim)
     with torch.no_grad():
         for height, width in sizes:
@@ -62,7 +63,6 @@ def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
             model.transformer.decode(
                 model.encode(features.contiguous(memory_format=torch.channels_last), mask)
             )
-            head_dim = config.hidden_dim // config.num_heads
             rcda_aggregate.warm(width, config.num_heads, head_dim, spec.dtype, spec.device)
     logger.info(
         "compile: the custom ops' kernels warmed for %d feature sizes (%s..%s) in %.1f s",
