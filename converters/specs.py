@@ -281,6 +281,10 @@ def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dic
     return {**meta, "log2_temperature": math.log2(a["temperature"])}  # as the op's launcher passes it
 
 
+def _key_means_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
+    return module.key_means_launch_config(*s["src"])[1]  # the same for every size
+
+
 def _rcda_module() -> ModuleType:
     return importlib.import_module("anchordetr_trt.custom_ops.rcda_aggregate")
 
@@ -486,6 +490,33 @@ PLUGINS: dict[str, PluginSpec] = {
             scalars=_rcda_aggregate_scalars,
             meta=_rcda_aggregate_meta,
             grid=lambda s, a, meta: (cdiv(prod(s["queries"][1:-1]), meta["BLOCK_Q"]), s["k_col"][0]),
+        ),
+        PluginSpec(
+            op="key_means",
+            module="key_means",
+            kernel="key_means_kernel",
+            inputs=("src", "posemb_row", "posemb_col"),
+            outputs=("key_row", "key_col"),
+            pointers={
+                "src_ptr": "src",
+                "posemb_row_ptr": "posemb_row",
+                "posemb_col_ptr": "posemb_col",
+                "key_row_ptr": "key_row",
+                "key_col_ptr": "key_col",
+            },
+            input_dtypes=dict.fromkeys(("src", "posemb_row", "posemb_col"), FLOAT_DTYPES),
+            output_dtypes=lambda d: (d["src"], d["src"]),
+            output_shapes=lambda s, a: (
+                (s["src"][0], s["src"][2], s["src"][3]),
+                (s["src"][0], s["src"][1], s["src"][3]),
+            ),
+            scalars=lambda s, a: {"height": s["src"][1], "width": s["src"][2], "channels": s["src"][3]},
+            meta=_key_means_meta,
+            grid=lambda s, a, meta: (
+                s["src"][0],
+                s["src"][1] + s["src"][2],
+                cdiv(s["src"][3], meta["BLOCK_C"]),
+            ),
         ),
     )
 }

@@ -14,7 +14,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from . import add_bias_transpose, layer_norm, mask2pos, masked_softmax, rcda_aggregate, reference
+from . import add_bias_transpose, key_means, layer_norm, mask2pos, masked_softmax, rcda_aggregate, reference
 
 F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
 FP16_MAX_MAGNITUDE = 6e4
@@ -135,6 +135,22 @@ def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
         values((batch, height, width, 2 * channels), dtype, device, case),
         channels,
         head_dim**-0.5,
+    )
+
+
+def key_means_inputs(case: dict, dtype, device) -> tuple:
+    """src [B, H, W, C] and its position embeddings [B, W, C], [B, H, C]. Case "extreme": src in
+    [0, extreme) (any two of its values near 6e4 overflow a float16 sum) with embeddings of unit scale,
+    so that every key is finite."""
+    batch, height, width, channels = case["shape"]
+    src = values((batch, height, width, channels), dtype, device, case)
+    if case.get("extreme"):
+        src = src.abs()
+    dense = {"strided": False}
+    return (
+        src,
+        values((batch, width, channels), dtype, device, dense),
+        values((batch, height, channels), dtype, device, dense),
     )
 
 
@@ -331,6 +347,29 @@ OP_CASES = [
             4 * head_dim,
             size,
         ),
+    ),
+    OpCases(
+        "key_means",
+        key_means,
+        key_means_inputs,
+        cases={  # shape: (batch, height, width, channels)
+            "small": {"shape": (2, 5, 7, 32)},
+            "length_1": {"shape": (1, 1, 1, 1)},
+            "one_column": {"shape": (2, 9, 1, 16)},  # W = 1
+            "odd": {"shape": (3, 13, 11, 150)},  # channels over 3 blocks, the last partial
+            "tall": {"shape": (1, 70, 3, 16)},  # columns of 2 steps of BLOCK_L pixels, the last partial
+            "wide": {"shape": (2, 3, 84, 24)},  # rows of 2 steps
+            "extreme": {"shape": (2, 6, 9, 20), "extreme": FP16_MAX_MAGNITUDE},
+            "strided": {"shape": (2, 6, 5, 24), "strided": True},  # src with C and W swapped in memory
+        },
+        gpu_cases={
+            f"{name}_b{batch}": {"shape": (batch, height, width, 256)}
+            for batch in REAL_BATCHES
+            for name, height, width in (("800x800", 50, 50), ("1216x1344", 76, 84))
+        },
+        # Both sum in float32 and round once; the sums' orders differ (1 ulp in the output's dtype).
+        tolerance={F32: (1e-5, 1e-5), F16: (1e-3, 1e-3), BF16: (1e-2, 1.6e-2)},
+        widen=lambda batch, height, width, channels: (batch, height, 4 * width, 4 * channels),
     ),
 ]
 

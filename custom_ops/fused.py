@@ -11,6 +11,7 @@ from torch import Tensor
 
 # Each import registers its op.
 from . import add_bias_transpose as _add_bias_transpose_module
+from . import key_means as _key_means_module
 from . import layer_norm as _layer_norm_module
 from . import mask2pos as _mask2pos_module
 from . import masked_softmax as _masked_softmax_module
@@ -29,6 +30,10 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, residual: Te
 
 def add_bias_transpose(x: Tensor, bias: Tensor, num_heads: int, scale: float) -> Tensor:
     return _ops.add_bias_transpose(x, bias, num_heads, scale)
+
+
+def key_means(src: Tensor, posemb_row: Tensor, posemb_col: Tensor) -> tuple[Tensor, Tensor]:
+    return _ops.key_means(src, posemb_row, posemb_col)
 
 
 def mask2pos(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,9 +64,10 @@ def rcda_aggregate(
 def kernel_variant(height: int, width: int, num_pos_feats: int) -> tuple:
     """What picks the model's kernel variants at a ``height`` x ``width`` feature map with
     ``num_pos_feats`` position features (the model's width): feature maps with one key run the same
-    compiled kernels (rcda_aggregate's width blocks, mask2posemb's blocks; the other ops' blocks depend
-    on the channels alone, rcda_aggregate's height is a loop bound) but for rcda_aggregate's query
-    block, which the batch and the GPU pick too: the warm-up compiles both (``rcda_aggregate.warm``)."""
+    compiled kernels (rcda_aggregate's width blocks, mask2posemb's blocks; the other ops' blocks
+    depend on the channels alone or on nothing, rcda_aggregate's height is a loop bound) but for
+    rcda_aggregate's query block, which the batch and the GPU pick too: the warm-up compiles both
+    (``rcda_aggregate.warm``)."""
     return (
         _rcda_aggregate_module.width_blocks(width),
         tuple(sorted(_mask2pos_module.mask2posemb_launch_config(1, height, width, num_pos_feats)[1].items())),
@@ -79,6 +85,7 @@ def compiled_variants() -> int:
         _mask2pos_module.mask2pos_kernel,
         _mask2pos_module.mask2posemb_kernel,
         _rcda_aggregate_module.rcda_aggregate_kernel,
+        _key_means_module.key_means_kernel,
     )
     # device_caches[device][0] is the kernel cache in Triton 3.x (3.6 on the GPU machine, 3.8 here).
     return sum(

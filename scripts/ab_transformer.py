@@ -16,6 +16,7 @@ Writes DIR/ab_transformer_<tag>.json and DIR/outputs_<tag>.pt.
 import argparse
 import functools
 import json
+import re
 import time
 from pathlib import Path
 
@@ -142,7 +143,11 @@ KERNEL_KINDS = (  # (kind, test on a kernel name), first match wins
     ("attention glue", lambda n: n.startswith("triton_") and ("rcda_aggregate" in n or "scaled_dot" in n)),
     ("heads merged", lambda n: "clone_transpose" in n),
     ("weight concatenations", lambda n: "cat_slice" in n),
-    ("key means", lambda n: "red_fused_add_mean" in n),
+    # The op, or Inductor's two reductions of the map (triton_per_... or triton_red_..., by the shape).
+    (
+        "key means",
+        lambda n: n == "key_means_kernel" or re.fullmatch(r"triton_\w{3}_fused_add_mean(_view)?_\d+", n),
+    ),
     ("sdpa", lambda n: "sdpa" in n or "flash" in n or "fmha" in n),
     ("layer_norm", lambda n: n == "layer_norm_kernel"),
     ("add_bias_transpose", lambda n: n == "add_bias_transpose_kernel"),

@@ -116,6 +116,12 @@ def make_cases(batches: tuple[int, ...], dtype: torch.dtype, device, shapes: Sha
             cases.append(
                 Case("rcda_aggregate", stage, batch, args, _nbytes(*args[1:7]) + projected + out_bytes)
             )
+        # RCDA's keys: every encoder layer and the decoder take them of one [B, H, W, C] map.
+        src = torch.randn(batch, height, width, shapes.channels, device=device, dtype=dtype)
+        posemb_row = torch.randn(batch, width, shapes.channels, device=device, dtype=dtype)
+        posemb_col = torch.randn(batch, height, shapes.channels, device=device, dtype=dtype)
+        key_bytes = _nbytes(src) + 2 * _nbytes(posemb_row, posemb_col)  # embeddings in, keys out
+        cases.append(Case("key_means", "features", batch, (src, posemb_row, posemb_col), key_bytes))
         lines = batch * (height + width)  # the first column and the first row of every image
         cases.append(Case("mask2pos", "features", batch, (mask,), lines * (1 + 4)))
         posemb_bytes = lines * (1 + 4 * shapes.pos_feats)

@@ -89,6 +89,7 @@ EXAMPLES = {
     "mask2posemb": "mask2posemb",
     "rcda_aggregate_encoder": "rcda_aggregate",
     "rcda_aggregate_decoder": "rcda_aggregate",
+    "key_means": "key_means",
 }
 RCDA_EXAMPLES = [name for name, plugin in EXAMPLES.items() if plugin == "rcda_aggregate"]
 
@@ -127,6 +128,7 @@ def example_args(example: str, size: dict, dtype: torch.dtype, device="cpu") -> 
             randn(b, hh, 1, c),
             0,
         ),
+        "key_means": lambda: (randn(b, hh, w, c), randn(b, w, c), randn(b, hh, c)),
         "rcda_aggregate_decoder": lambda: rcda_call(
             size,
             randn,
@@ -247,6 +249,7 @@ def test_plugin_ids_are_distinct_and_valid_for_tensorrt():
             "rcda_aggregate",
             {"value_channel": 512, "scale": 1.0},
         ),
+        ("key_means", ("s",), {"posemb_row": "r", "posemb_col": "c"}, "key_means", {}),
     ],
 )
 def test_bind_fills_defaults_picks_the_variant_and_coerces_attributes(op, args, kwargs, plugin, attrs):
@@ -665,7 +668,8 @@ class AllOps(nn.Module):
             return ops.add_bias_transpose(t, self.bias, self.heads, scale)
 
         mask_col, mask_row = mask[:, :, 0], mask[:, 0, :]
-        keys = heads(x.mean(2)), mask_col, heads(x.mean(1)), mask_row
+        key_row, key_col = ops.key_means(x, emb_x, emb_y)
+        keys = heads(key_col), mask_col, heads(key_row), mask_row
         packed = torch.cat((x, x, x), -1)  # [B, H, W, 3C]: row queries, column queries, values
         # The encoder's call: queries over the map, terms broadcast over its rows and its columns.
         encoded = ops.rcda_aggregate(
@@ -682,7 +686,7 @@ class AllOps(nn.Module):
             0.5,
         )
         # Not in AnchorDETR since rcda_aggregate computes both softmaxes; still an op with a plugin.
-        scores = torch.bmm(heads(tokens, 0.5), heads(x.mean(2)).transpose(1, 2))
+        scores = torch.bmm(heads(tokens, 0.5), heads(key_col).transpose(1, 2))
         probs_col = ops.masked_softmax(scores.unflatten(0, (batch, self.heads)), mask_col)
         return encoded, decoded, probs_col, pos_y, pos_x
 
@@ -694,6 +698,7 @@ ALL_OPS_COUNTS = {
     "add_bias_transpose": 4,
     "masked_softmax": 1,
     "rcda_aggregate": 2,
+    "key_means": 1,
 }
 
 
@@ -737,7 +742,8 @@ def test_a_node_of_an_unsupported_dtype_stays_in_pytorch():
 def expected_model_ops(config: at.AnchorDETRConfig) -> dict[str, int]:
     """anchordetr op calls of AnchorDETR's forward: RCDA in every layer (the encoder's projects its two
     keys into heads; its map's three projections are one GEMM, and the decoder's projections split
-    into heads by plain tensor ops), then 1 aggregation with both softmaxes; the decoder's
+    into heads by plain tensor ops), then 1 aggregation with both softmaxes; the row and column keys
+    of the map, once per encoder layer and once of the decoder's memory; the decoder's
     self-attention (SDPA: none); a residual norm after each attention and FFN, one position
     embedding of the mask."""
     encoder, decoder = config.num_encoder_layers, config.num_decoder_layers
@@ -746,6 +752,7 @@ def expected_model_ops(config: at.AnchorDETRConfig) -> dict[str, int]:
         "rcda_aggregate": encoder + decoder,
         "layer_norm": 2 * encoder + 3 * decoder,
         "mask2posemb": 1,
+        "key_means": encoder + 1,
     }
 
 

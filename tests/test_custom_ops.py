@@ -25,6 +25,7 @@ from anchordetr_trt.backends import warm
 from anchordetr_trt.custom_ops import (
     add_bias_transpose,
     fused,
+    key_means,
     layer_norm,
     mask2pos,
     rcda_aggregate,
@@ -131,6 +132,8 @@ def fused_calls(
     mask_col,
     k_row,
     values,
+    posemb_row,
+    posemb_col,
 ):
     """Every fused op once, through the wrappers the model calls."""
     probs = fused.masked_softmax(scores, key_mask)
@@ -141,7 +144,8 @@ def fused_calls(
     aggregated = fused.rcda_aggregate(
         queries, row_term, col_term, k_col, mask_col, k_row, key_mask, values, 8, 0.5
     )
-    return probs, normed, heads, pos_y, pos_x, emb_y, emb_x, aggregated
+    key_row, key_col = fused.key_means(values, posemb_row, posemb_col)
+    return probs, normed, heads, pos_y, pos_x, emb_y, emb_x, aggregated, key_row, key_col
 
 
 def fused_example(batch: int, width: int) -> tuple:
@@ -162,7 +166,9 @@ def fused_example(batch: int, width: int) -> tuple:
         torch.randn(batch * 2, 3, 4),
         padding(batch, 3, "all", "cpu"),
         torch.randn(batch * 2, width, 4),
-        torch.randn(batch, 3, width, 16),  # the values from channel 8
+        torch.randn(batch, 3, width, 16),  # the values from channel 8; key_means' map
+        torch.randn(batch, width, 16),
+        torch.randn(batch, 3, 16),
     )
 
 
@@ -181,7 +187,15 @@ def fused_op_names(graph) -> list[str]:
 
 
 FUSED_OPS = sorted(
-    ["masked_softmax", "layer_norm", "add_bias_transpose", "mask2pos", "mask2posemb", "rcda_aggregate"]
+    [
+        "masked_softmax",
+        "layer_norm",
+        "add_bias_transpose",
+        "mask2pos",
+        "mask2posemb",
+        "rcda_aggregate",
+        "key_means",
+    ]
 )
 
 
@@ -190,7 +204,7 @@ def test_export_keeps_each_op_as_one_node():
     dims = [{0: batch, 3: width}, {0: batch, 1: width}, {0: batch, 1: width}, None, None]
     dims += [{0: batch, 1: width}, {0: batch, 1: width}, None, {0: batch, 2: width}]
     dims += [{0: batch}, None, {0: batch}, {0: 2 * batch}, {0: batch}]
-    dims += [{0: 2 * batch, 1: width}, {0: batch, 2: width}]
+    dims += [{0: 2 * batch, 1: width}, {0: batch, 2: width}, {0: batch, 1: width}, {0: batch}]
     exported = torch.export.export(FusedCalls(), fused_example(3, 7), dynamic_shapes=(tuple(dims),))
     assert fused_op_names(exported.graph) == FUSED_OPS
     other = [
@@ -244,6 +258,8 @@ def bad_inputs() -> list:
 
     def rcda_with(**changed) -> tuple:
         return tuple((rcda | changed).values())
+
+    src, posemb_row, posemb_col = torch.randn(2, 3, 4, 8), torch.randn(2, 4, 8), torch.randn(2, 3, 8)
 
     cases = [
         ("masked_softmax", (scores[0], key_mask), "must be 4-d"),
@@ -326,6 +342,16 @@ def bad_inputs() -> list:
             "not a multiple of the batch 2",
         ),
         ("rcda_aggregate", rcda_with(values=rcda["values"].to("meta")), "different devices"),
+        ("key_means", (src[0], posemb_row, posemb_col), "src must be 4-d"),
+        ("key_means", (src.int(), posemb_row, posemb_col), "src has dtype torch.int32"),
+        ("key_means", (src, posemb_row.half(), posemb_col), "posemb_row has dtype torch.float16"),
+        ("key_means", (src, posemb_row, posemb_col[0]), "posemb_col must be 3-d"),
+        ("key_means", (src, posemb_row[:, :3], posemb_col), r"posemb_row must have shape \[2, 4, 8\]"),
+        ("key_means", (src, posemb_row, posemb_col[..., :4]), r"posemb_col must have shape \[2, 3, 8\]"),
+        ("key_means", (src, posemb_row[:1], posemb_col), r"posemb_row must have shape \[2, 4, 8\]"),
+        ("key_means", (src[:, :0], posemb_row, posemb_col[:, :0]), "has H = 0"),
+        ("key_means", (src[:, :, :0], posemb_row[:, :0], posemb_col), "has W = 0"),
+        ("key_means", (src, posemb_row, posemb_col.to("meta")), "different devices"),
     ]
     return [
         pytest.param(name, args, match, entry, id=f"{name}-{index}-{entry}")
@@ -389,6 +415,9 @@ def test_bench_ops_report(tmp_path):
     assert softmax["roofline_pct"] == round(100 * (softmax["bytes"] / 1e3) / 100.0, 1)  # of 100 GB/s
     posemb = next(r for r in results if r["op"] == "mask2posemb")
     assert posemb["bytes"] == 2 * (3 + 5) * (1 + 4 * 6)  # first column and row of each mask; float32 out
+    keys = next(r for r in results if r["op"] == "key_means")
+    assert keys["shapes"] == [[2, 3, 5, 8], [2, 5, 8], [2, 3, 8]]
+    assert keys["bytes"] == 2 * (2 * 3 * 5 * 8 + 2 * 2 * (5 + 3) * 8)  # the map in; embeddings in, keys out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -421,6 +450,7 @@ def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
             mask2pos.mask2posemb_launch_config(2, height, width, 256)[1],  # d_model features
             layer_norm.layer_norm_launch_config(height * width, 256)[1],
             add_bias_transpose.add_bias_transpose_launch_config(2, height * width, 256)[1],
+            key_means.key_means_launch_config(2, height, width, 256)[1],
         ]
 
     seen = {}
@@ -572,6 +602,26 @@ def test_rcda_aggregate_warm_up_builds_the_model_calls_variants(monkeypatch):
         for block_q in (rcda_aggregate.SMALL_GRID_BLOCK_Q, rcda_aggregate.BLOCK_Q):
             rcda_aggregate.rcda_aggregate_triton(*rcda_aggregate_inputs(case, F16, "cpu"), block_q=block_q)
     assert {variant(*launch) for launch in launches} == warmed
+
+
+@needs_interpreter
+def test_key_means_sums_in_float32_where_a_float16_sum_overflows():
+    """key_means' "extreme" maps (fp16 values up to 6e4): two of them overflow a float16 sum, yet the
+    kernel's and the reference's keys are finite and the correctly rounded means (float64)."""
+    spec = next(spec for spec in OP_CASES if spec.name == "key_means")
+    src, posemb_row, posemb_col = spec.make_inputs(spec.cases["extreme"], F16, "cpu")
+    assert (src[:, 0] + src[:, 1]).isinf().any() and (src[:, :, 0] + src[:, :, 1]).isinf().any()
+    exact = (
+        (src.double().mean(1) + posemb_row.double()).half(),
+        (src.double().mean(2) + posemb_col.double()).half(),
+    )
+    for keys in (
+        key_means.key_means_triton(src, posemb_row, posemb_col),
+        reference.key_means(src, posemb_row, posemb_col),
+    ):
+        for got, want in zip(keys, exact, strict=True):
+            assert got.isfinite().all()
+            torch.testing.assert_close(got, want, atol=0.0, rtol=1e-3)  # one ulp
 
 
 @needs_interpreter

@@ -206,6 +206,7 @@ def test_ops_are_registered_on_package_import():
         "mask2pos",
         "mask2posemb",
         "rcda_aggregate",
+        "key_means",
     )
     code = f"import anchordetr_trt, torch; print(all(hasattr(torch.ops.anchordetr, n) for n in {names}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -118,6 +118,7 @@ def cases() -> list[dict]:
         "rcda_aggregate",
         "layer_norm_with_residual",
         "mask2posemb",
+        "key_means",
     }
     return found
 

@@ -84,6 +84,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = RowColumnDecoupledAttention(dim, num_heads)
         self.norm1 = ResidualLayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
+        self.fused_ops: bool | None = None  # see AnchorDETR.set_fused_ops
 
     def forward(
         self,
@@ -98,8 +99,7 @@ class EncoderLayer(nn.Module):
         """posemb_row [B, W, C] (per column), posemb_col [B, H, C] (per row); row_term [B, 1, W, C] and
         col_term [B, H, 1, C], their products with the attention's ``position_weights``
         (``Transformer.encode``); masks [B, W], [B, H]."""
-        key_row = src.mean(1) + posemb_row
-        key_col = src.mean(2) + posemb_col
+        key_row, key_col = ops(self.fused_ops, src).key_means(src, posemb_row, posemb_col)
         attended = self.self_attn.attend_map(src, row_term, col_term, key_row, key_col, mask_row, mask_col)
         src = self.norm1(src, attended)
         return self.ffn(src)
@@ -193,11 +193,9 @@ class Transformer(nn.Module):
         memory, posemb_row, posemb_col, mask_row, mask_col = encoded
         # The memory's row keys (averaged over rows) and column keys plus their position embeddings,
         # and the memory itself as values, projected for every layer at once.
+        key_row, key_col = ops(self.fused_ops, memory).key_means(memory, posemb_row, posemb_col)
         memory_keys = project_keys(
-            [layer.cross_attn for layer in self.decoder_layers],
-            memory.mean(1) + posemb_row,
-            memory.mean(2) + posemb_col,
-            memory,
+            [layer.cross_attn for layer in self.decoder_layers], key_row, key_col, memory
         )
 
         # Queries depend on the weights only: computed once, broadcast over the batch.
