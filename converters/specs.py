@@ -282,6 +282,11 @@ def _mask2posemb_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dic
 
 
 def _key_means_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
+    if not module.runs_kernel(*s["src"][1:]):
+        raise InputError(
+            f"key_means: feature maps {list(s['src'][1:3])} (max_shape over the backbone's stride) are past "
+            f"the kernel's limits (H * W * C < 2**31, H + W <= {module.MAX_LINES}): compile a smaller max_shape"
+        )
     return module.key_means_launch_config(*s["src"])[1]  # the same for every size
 
 

@@ -98,6 +98,23 @@ def check_out(op: str, out: Tensor, shape: Sequence[int], dtype: torch.dtype, de
     return out
 
 
+def check_out_pair(
+    op: str,
+    out: object,
+    names: str,
+    shapes: Sequence[Sequence[int]],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """The two outputs of ``shapes`` (named ``names``, e.g. "y, x"): new if ``out`` is None, else
+    ``out`` if it is a pair of tensors that ``check_out`` accepts."""
+    if out is None:
+        return tuple(torch.empty(shape, dtype=dtype, device=device) for shape in shapes)
+    if not isinstance(out, tuple | list) or len(out) != 2:
+        raise InputError(f"{op}: out must be a pair of tensors ({names}) or None, got {type(out).__name__}")
+    return tuple(check_out(op, o, shape, dtype, device) for o, shape in zip(out, shapes, strict=True))
+
+
 def launch_context(op: str, kernel: object, tensor: Tensor) -> contextlib.AbstractContextManager:
     """The device context for launching ``kernel`` on ``tensor``'s device; raises InputError where
     Triton cannot run it (CPU tensors need the interpreter: TRITON_INTERPRET=1 before import)."""

@@ -20,6 +20,7 @@ from . import _common, reference
 _OP = "key_means"
 BLOCK_C = 64  # channels per program: 128 bytes of fp16 per pixel, one memory transaction
 BLOCK_L = 64  # pixels of the line per step: a 50-pixel line of AnchorDETR's 800x800 map is one step
+MAX_LINES = 65535  # H + W: the grid's second axis, which CUDA limits to 65535 blocks
 
 
 @triton.jit(do_not_specialize=["height", "width"])  # sizes vary per image: one build serves all
@@ -81,10 +82,11 @@ def key_means_launch_config(
     return (batch, height + width, triton.cdiv(channels, BLOCK_C)), meta
 
 
-def runs_kernel(src: Tensor) -> bool:
-    """Whether the op runs the kernel on CUDA, not the reference: the kernel's offsets within an
-    image are 32-bit."""
-    return src.shape[1:].numel() < 2**31
+def runs_kernel(height: int, width: int, channels: int) -> bool:
+    """Whether the op runs the kernel on CUDA for maps [B, height, width, channels], not the
+    reference: the kernel's offsets within an image are 32-bit, and a program per row and column must
+    fit the grid (MAX_LINES)."""
+    return height * width * channels < 2**31 and height + width <= MAX_LINES
 
 
 def check_inputs(src: Tensor, posemb_row: Tensor, posemb_col: Tensor) -> None:
@@ -125,13 +127,7 @@ def _launch(
     """``key_means_triton`` on checked inputs."""
     batch, height, width, channels = src.shape
     shapes = ((batch, width, channels), (batch, height, channels))
-    if out is None:
-        out = tuple(src.new_empty(shape) for shape in shapes)
-    if not isinstance(out, tuple | list) or len(out) != 2:
-        raise InputError(f"{_OP}: out must be a pair (key_row, key_col) of tensors, got {type(out).__name__}")
-    key_row, key_col = (
-        _common.check_out(_OP, o, shape, src.dtype, src.device) for o, shape in zip(out, shapes, strict=True)
-    )
+    key_row, key_col = _common.check_out_pair(_OP, out, "key_row, key_col", shapes, src.dtype, src.device)
     if src.numel() == 0:
         return key_row, key_col
     grid, meta = key_means_launch_config(batch, height, width, channels)
@@ -155,17 +151,20 @@ def key_means(src: Tensor, posemb_row: Tensor, posemb_col: Tensor) -> tuple[Tens
     """(src.mean(1) + posemb_row, src.mean(2) + posemb_col): src [B, H, W, C] -> [B, W, C], [B, H, C],
     summed in float32 and rounded once (``reference.key_means``). PyTorch reference off CUDA."""
     check_inputs(src, posemb_row, posemb_col)
-    key_row, key_col = reference.key_means(src, posemb_row, posemb_col)
-    return key_row.contiguous(), key_col.contiguous()  # dense, like the fake
+    return _reference(src, posemb_row, posemb_col)
 
 
 @key_means.register_kernel("cuda")
 def _(src: Tensor, posemb_row: Tensor, posemb_col: Tensor) -> tuple[Tensor, Tensor]:
     check_inputs(src, posemb_row, posemb_col)  # once: the launch below does not check again
-    if not runs_kernel(src):
-        key_row, key_col = reference.key_means(src, posemb_row, posemb_col)
-        return key_row.contiguous(), key_col.contiguous()
+    if not runs_kernel(*src.shape[1:]):
+        return _reference(src, posemb_row, posemb_col)
     return _launch(src, posemb_row, posemb_col, out=None)
+
+
+def _reference(src: Tensor, posemb_row: Tensor, posemb_col: Tensor) -> tuple[Tensor, Tensor]:
+    key_row, key_col = reference.key_means(src, posemb_row, posemb_col)
+    return key_row.contiguous(), key_col.contiguous()  # dense, like the fake
 
 
 @key_means.register_fake

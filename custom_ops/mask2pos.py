@@ -145,14 +145,7 @@ def _outputs(
 ) -> tuple[Tensor, Tensor]:
     batch, height, width = mask.shape
     shapes = ((batch, height, *feats), (batch, width, *feats))
-    if out is None:
-        return tuple(mask.new_empty(shape, dtype=torch.float32) for shape in shapes)
-    if not isinstance(out, tuple | list) or len(out) != 2:
-        raise InputError(f"{op}: out must be a pair of tensors (y, x) or None")
-    return tuple(
-        _common.check_out(op, o, shape, torch.float32, mask.device)
-        for o, shape in zip(out, shapes, strict=True)
-    )
+    return _common.check_out_pair(op, out, "y, x", shapes, torch.float32, mask.device)
 
 
 def mask2pos_triton(mask: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:

@@ -4,7 +4,8 @@
 #   environment.json  gpu_tests.xml  check.json  bench_ops.json  parity.json parity.md  onnx.json  stream.json
 #   bench.json bench.png profile.json profile.txt  bench_parts.json  train.json  accuracy.json accuracy.md
 #   runs.tsv (stage, commit, files, command of each stage that ran)
-#   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_transformer_old.json and _new.json
+#   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
+#   (AB_NAME names the change, default "transformer")
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
 # `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
@@ -101,9 +102,10 @@ old=$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown) &&
 PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old" &&
 python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'
 if [[ -n ${AB_OLD:-} ]]; then
-    stage ab 420 "ab_transformer_old.json ab_transformer_new.json" \
+    AB_NAME=${AB_NAME:-transformer}
+    stage ab 420 "ab_${AB_NAME}_old.json ab_${AB_NAME}_new.json" \
         sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$WORK/ab" "$COMMIT_SHOWN"
-    collect ab "$WORK/ab" ab_transformer_old.json ab_transformer_new.json
+    collect ab "$WORK/ab" "ab_transformer_old.json:ab_${AB_NAME}_old.json" "ab_transformer_new.json:ab_${AB_NAME}_new.json"
 elif selected ab; then
     printf '%-10s skipped: set AB_OLD to a checkout of the commit to compare with\n' ab | tee -a "$LOGS/summary.txt"
 fi

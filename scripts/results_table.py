@@ -13,6 +13,7 @@ listed with an unknown commit.
 import argparse
 import csv
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -154,11 +155,15 @@ def tests_rows(path: Path, label: str = "GPU tests") -> Iterator[Row]:
     yield label, f"{tests - skipped - failed} passed, {failed} failed, {skipped} skipped"
 
 
+AB_FILE = re.compile(r"ab_(\w+)_(old|new)\.json")  # ab_<change>_<tree>.json, `STAGES=ab make gpu`
+
+
 def ab_rows(path: Path) -> Iterator[Row]:
-    """The transformer A/B (scripts/ab_transformer.py): one file per code tree, tagged old or new."""
+    """An A/B of the transformer (scripts/ab_transformer.py) named by its file, ab_<change>_<tree>.json:
+    one file per code tree, tagged old or new."""
     report = _json(path)
     commit = f" ({report['commit']})" if report.get("commit") else ""
-    tree = f"A/B, {report['tag']} tree{commit}"
+    tree = f"A/B {AB_FILE.fullmatch(path.name).group(1)}, {report['tag']} tree{commit}"
     for batch, figures in report.get("whole_model", {}).items():
         runs = figures["runs"]
         yield (
@@ -183,9 +188,12 @@ READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
     "parity.json": parity_rows,
     "gpu_tests.xml": tests_rows,
     "gpu_tests_ops.xml": lambda path: tests_rows(path, "GPU tests of the ops, converters and compile"),
-    "ab_transformer_old.json": ab_rows,
-    "ab_transformer_new.json": ab_rows,
 }
+
+
+def reader(name: str) -> Callable[[Path], Iterator[Row]] | None:
+    """The reader of a result file named ``name``, if this table knows its kind."""
+    return READERS.get(name) or (ab_rows if AB_FILE.fullmatch(name) else None)
 
 
 def table(folders: list[Path]) -> str:
@@ -199,8 +207,8 @@ def table(folders: list[Path]) -> str:
             command = f"`{run['command']}`".replace("|", "\\|")  # a pipe would end the table's cell
             stage = command if run["stage"] == "-" else f"`STAGES={run['stage']} make gpu`"
             files.append(f"| {gpu} | `{path.name}` | {run['commit']} | {command} |")
-            if path.name in READERS:
-                for metric, value in READERS[path.name](path):
+            if read := reader(path.name):
+                for metric, value in read(path):
                     lines.append(f"| {metric} | {value} | {gpu} | {run['commit']} | {stage} |")
     return "\n".join([*lines, "", "Each file, with the command its stage ran:", "", *files]) + "\n"
 

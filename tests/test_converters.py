@@ -644,6 +644,16 @@ def test_rcda_aggregate_wider_than_its_kernel_is_refused_naming_max_shape(dtype)
         call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "channels"), [(1, 65535, 16), (32768, 32768, 2)]
+)  # past the grid's 65535 lines; at 2**31 values per image
+def test_key_means_past_its_kernel_is_refused_naming_max_shape(height, width, channels):
+    size = {**ENGINE_MAX, "height": height, "width": width, "channels": channels}
+    _, call = bound_example("key_means", size, F16, device="meta")
+    with pytest.raises(InputError, match=r"key_means: feature maps .* compile a smaller max_shape"):
+        call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Exported graphs
 

@@ -595,6 +595,32 @@ def test_rcda_aggregate_warm_up_builds_the_model_calls_variants(monkeypatch):
 
 
 @needs_interpreter
+def test_key_means_programs_past_the_map_write_nothing(monkeypatch):
+    """With the grid of a 4x wider map with 4x the channels (lines past H + W, channel blocks past C),
+    the keys are the reference's and the memory after each output is untouched (NaN poison)."""
+    spec = next(spec for spec in OP_CASES if spec.name == "key_means")
+    config = key_means.key_means_launch_config
+    monkeypatch.setattr(key_means, "key_means_launch_config", lambda *sizes: config(*spec.widen(*sizes)))
+    src, posemb_row, posemb_col = spec.make_inputs(spec.cases["odd"], F32, "cpu")
+    batch, height, width, channels = src.shape
+    shapes = ((batch, width, channels), (batch, height, channels))
+    buffers = [torch.full((16 * s[0] * s[1] * s[2],), float("nan")) for s in shapes]  # outputs, then poison
+    out = tuple(b[: s[0] * s[1] * s[2]].view(s) for b, s in zip(buffers, shapes, strict=True))
+    key_means.key_means_triton(src, posemb_row, posemb_col, out=out)
+    for got, want in zip(out, reference.key_means(src, posemb_row, posemb_col), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for buffer, got in zip(buffers, out, strict=True):
+        assert buffer[got.numel() :].isnan().all()
+
+
+def test_key_means_runs_the_reference_past_its_kernel():
+    """The kernel's limits: 32-bit offsets within an image, a grid of at most 65535 rows and columns."""
+    assert key_means.runs_kernel(50, 50, 256) and key_means.runs_kernel(40000, 25535, 1)
+    assert not key_means.runs_kernel(40000, 25536, 1)  # 65536 lines
+    assert not key_means.runs_kernel(32768, 32768, 2)  # 2**31 values
+
+
+@needs_interpreter
 def test_key_means_sums_in_float32_where_a_float16_sum_overflows():
     """key_means' "extreme" maps (fp16 values up to 6e4): two of them overflow a float16 sum, yet the
     kernel's and the reference's keys are finite and the correctly rounded means (float64)."""

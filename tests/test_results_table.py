@@ -37,7 +37,7 @@ def test_ab_files_name_each_tree_and_a_cut_off_file_gives_what_it_measured(tmp_p
     folder = tmp_path / "h100"
     folder.mkdir()
     (folder / "runs.tsv").write_text(
-        "stage\tcommit\tfiles\tcommand\nab\tbbb2222\tab_transformer_old.json\tab\n"
+        "stage\tcommit\tfiles\tcommand\nab\tbbb2222\tab_key_means_old.json\tab\n"
     )
     runs = [{"median_ms": 2.0, "img_s": 500.0}, {"median_ms": 2.1, "img_s": 480.0}]
     old = {
@@ -46,14 +46,16 @@ def test_ab_files_name_each_tree_and_a_cut_off_file_gives_what_it_measured(tmp_p
         "whole_model": {"b1": {"runs": runs}},
         "parts": {"b8": {"encoder": {"ms": [1.9, 1.8]}, "decoder": {"ms": [1.5]}}},
     }
-    (folder / "ab_transformer_old.json").write_text(json.dumps(old))
-    (folder / "ab_transformer_new.json").write_text(json.dumps({"tag": "new", "rcda_aggregate": []}))
+    (folder / "ab_key_means_old.json").write_text(json.dumps(old))
+    (folder / "ab_key_means_new.json").write_text(json.dumps({"tag": "new", "rcda_aggregate": []}))
 
     text = results_table.table([folder])
     assert (
-        "| A/B, old tree (aaa1111): whole model, 800x800, batch 1 | 2.00 ms, 500 img/s / 2.10 ms, 480 img/s |"
+        "| A/B key_means, old tree (aaa1111): whole model, 800x800, batch 1 | 2.00 ms, 500 img/s / 2.10 ms, 480 img/s |"
         in text
     )
-    assert "| A/B, old tree (aaa1111): encoder + decoder, 800x800, batch 8 | 1.80 + 1.50 ms |" in text
-    assert "A/B, new tree" not in text  # cut off before the model was timed: no figure, no error
-    assert "| H100 | `ab_transformer_new.json` | ? |" in text
+    assert (
+        "| A/B key_means, old tree (aaa1111): encoder + decoder, 800x800, batch 8 | 1.80 + 1.50 ms |" in text
+    )
+    assert "A/B key_means, new tree" not in text  # cut off before the model was timed: no figure, no error
+    assert "| H100 | `ab_key_means_new.json` | ? |" in text

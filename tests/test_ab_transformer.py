@@ -1,0 +1,23 @@
+"""scripts.ab_transformer: the kernels of a profiled call grouped by kind, as the A/B files report them."""
+
+from scripts import ab_transformer
+
+
+def test_kernel_kinds_find_the_key_means_of_the_op_and_of_inductor():
+    launches = {
+        "key_means_kernel": 2,
+        "triton_per_fused_add_mean_view_16": 6,  # Inductor's reductions, by their names on torch 2.11
+        "triton_red_fused_add_mean_3": 1,
+        # A mean fused into the input projection's GroupNorm: that kernel's kind is not the mean's.
+        "triton_per_fused__to_copy_add_mean_mul_permute_rsqrt_sub_unsqueeze_var_mean_view_15": 1,
+        "rcda_aggregate_kernel": 12,
+        "nvjet_sm90_hsh_128x160_64x5_2x1_v_bz_coopA_bias_TNT": 3,
+    }
+    profile = {
+        "calls": 2,
+        "top": [{"name": n, "calls": 2 * c, "total_ms": c / 500} for n, c in launches.items()],
+    }
+    kinds = ab_transformer.kernel_kinds(profile)
+    assert kinds["key means"] == {"us": 9.0, "launches": 9.0}
+    assert kinds["other triton"] == {"us": 1.0, "launches": 1.0}
+    assert kinds["rcda_aggregate"]["launches"] == 12 and kinds["cublas"]["launches"] == 3
