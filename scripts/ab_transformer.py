@@ -2,9 +2,9 @@
 800x800): the whole model at batch 1 (median latency) and 8 (back-to-back throughput) with the kernels
 of a call grouped by kind, the encoder and the decoder alone (each compiled for its shape with CUDA
 graphs, as ``anchordetr-trt bench --parts`` times them; batch 8 unless --part-batches), the outputs
-against eager fp32, and ``rcda_aggregate`` alone at the model's shapes. An A/B runs it once per code
-tree (PYTHONPATH on each) in one call of one machine; the second run, given the first's outputs,
-reports how far they moved:
+against eager fp32, and ``rcda_aggregate`` and ``key_means`` alone at the model's shapes. An A/B runs
+it once per code tree (PYTHONPATH on each) in one call of one machine; the second run, given the
+first's outputs, reports how far they moved:
 
     PYTHONPATH=<old tree> python -m scripts.ab_transformer --out DIR --tag old
     PYTHONPATH=<new tree> python -m scripts.ab_transformer --out DIR --tag new --previous DIR/outputs_old.pt
@@ -214,13 +214,54 @@ def rcda_microbench(variants: bool) -> list[dict]:
     return rows
 
 
+def key_means_microbench(variants: bool) -> list[dict]:
+    """``key_means``' launcher alone on the model's 50x50x256 map, inside CUDA graphs, against its
+    reference; and Inductor's two reductions of the map ("inductor"), what the op replaces.
+    ``variants``: also other (BLOCK_L, BLOCK_C). Empty for a tree without the op."""
+    from anchordetr_trt.custom_ops import reference
+
+    try:
+        from anchordetr_trt.custom_ops import key_means
+    except ImportError:
+        return []
+    shipped = (key_means.BLOCK_L, key_means.BLOCK_C)
+    configs = [shipped, (64, 128), (64, 256), (32, 256), (128, 64)] if variants else [shipped]
+    inductor = torch.compile(lambda src, row, col: (src.mean(1) + row, src.mean(2) + col), dynamic=False)
+    rows = []
+    for batch in BATCHES:
+        src = torch.randn(batch, 50, 50, 256, device=CUDA, dtype=torch.float16)
+        args = (src, torch.randn_like(src[:, 0]), torch.randn_like(src[:, :, 0]))
+        expected = reference.key_means(*args)
+        calls = {f"BLOCK_L {block_l}, BLOCK_C {block_c}": (block_l, block_c) for block_l, block_c in configs}
+        for name, blocks in [*calls.items(), ("inductor", None)]:
+            call = functools.partial(inductor if blocks is None else key_means.key_means_triton, *args)
+            if blocks is not None:
+                key_means.BLOCK_L, key_means.BLOCK_C = blocks
+            try:
+                got = call()
+                error = max(
+                    (g.float() - e.float()).abs().max().item() for g, e in zip(got, expected, strict=True)
+                )
+                row = {"us": graph_us(call), "max_abs_err": error}
+            except Exception as failure:  # a configuration that does not build
+                row = {"error": str(failure).splitlines()[0]}
+            key_means.BLOCK_L, key_means.BLOCK_C = shipped
+            rows.append({"batch": batch, "config": name, "shipped": blocks == shipped, **row})
+            print("key_means", rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--tag", required=True)
     parser.add_argument("--commit", help="the code tree's git commit, recorded in the report")
     parser.add_argument("--previous", type=Path, help="outputs_<tag>.pt of the other tree's run")
-    parser.add_argument("--ops-only", action="store_true", help="time rcda_aggregate alone, not the model")
+    parser.add_argument(
+        "--ops-only",
+        action="store_true",
+        help="time rcda_aggregate and key_means alone (variants), not the model",
+    )
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)
     args = parser.parse_args()
@@ -232,6 +273,7 @@ def main() -> None:
         path.write_text(json.dumps(report, indent=1))
 
     report["rcda_aggregate"] = rcda_microbench(args.ops_only)
+    report["key_means"] = key_means_microbench(args.ops_only)
     save()
     if args.ops_only:
         return
