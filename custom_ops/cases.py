@@ -97,9 +97,10 @@ def mask2posemb_inputs(case: dict, dtype, device) -> tuple:
 def rcda_aggregate_inputs(case: dict, dtype, device) -> tuple:
     """The op's arguments as the model passes them: case "map" as the encoder does (queries [B, H, W, 2C]
     over the values' H x W map, terms per column and per row, values [B, H, W, C]; with "packed", one
-    [B, H, W, 3C] tensor as queries and values), else as the decoder does (a sequence of queries [B, Lq, 2C], terms shared by the batch unless "term_batch", the values
-    of the second of two attentions projected together); terms are channel slices of a wider
-    projection (``project_each``'s views) unless "strided"."""
+    [B, H, W, 3C] tensor as queries and values), else as the decoder does (a sequence of queries
+    [B, Lq, 2C], terms shared by the batch unless "term_batch", the values of the second of two
+    attentions projected together); terms are channel slices of a wider projection (``project_each``'s
+    views) unless "strided"."""
     n, queries, height, width, head_dim = case["shape"]
     heads, mode = case.get("heads", 1), case.get("padding", "tail")
     batch, channels = n // heads, heads * head_dim

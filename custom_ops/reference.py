@@ -50,9 +50,9 @@ def key_means(src: Tensor, posemb_row: Tensor, posemb_col: Tensor) -> tuple[Tens
     """
     # A cast, not mean(dtype=float32): exported to ONNX, that one becomes a 16-bit ReduceMean.
     sums = src.float()
-    return (sums.mean(1) + posemb_row.float()).to(src.dtype), (sums.mean(2) + posemb_col.float()).to(
-        src.dtype
-    )
+    key_row = sums.mean(1) + posemb_row.float()
+    key_col = sums.mean(2) + posemb_col.float()
+    return key_row.to(src.dtype), key_col.to(src.dtype)
 
 
 def mask2pos(mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from anchordetr_trt.custom_ops import fused, reference
-from anchordetr_trt.custom_ops.cases import rcda_aggregate_inputs
+from anchordetr_trt.custom_ops.cases import key_means_inputs, rcda_aggregate_inputs
 
 SPEEDUP_TARGET = 2.0
 ROOFLINE_TARGET_PCT = 60.0
@@ -117,11 +117,9 @@ def make_cases(batches: tuple[int, ...], dtype: torch.dtype, device, shapes: Sha
                 Case("rcda_aggregate", stage, batch, args, _nbytes(*args[1:7]) + projected + out_bytes)
             )
         # RCDA's keys: every encoder layer and the decoder take them of one [B, H, W, C] map.
-        src = torch.randn(batch, height, width, shapes.channels, device=device, dtype=dtype)
-        posemb_row = torch.randn(batch, width, shapes.channels, device=device, dtype=dtype)
-        posemb_col = torch.randn(batch, height, shapes.channels, device=device, dtype=dtype)
-        key_bytes = _nbytes(src) + 2 * _nbytes(posemb_row, posemb_col)  # embeddings in, keys out
-        cases.append(Case("key_means", "features", batch, (src, posemb_row, posemb_col), key_bytes))
+        args = key_means_inputs({"shape": (batch, height, width, shapes.channels)}, dtype, device)
+        key_bytes = _nbytes(args[0]) + 2 * _nbytes(*args[1:])  # embeddings in, keys out
+        cases.append(Case("key_means", "features", batch, args, key_bytes))
         lines = batch * (height + width)  # the first column and the first row of every image
         cases.append(Case("mask2pos", "features", batch, (mask,), lines * (1 + 4)))
         posemb_bytes = lines * (1 + 4 * shapes.pos_feats)
