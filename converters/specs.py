@@ -339,17 +339,9 @@ def _rcda_aggregate_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:
 
 
 def _term_strides(term: Sequence[Any]) -> tuple[Any, Any, Any]:
-    """(batch, map row, map column) element strides of a dense position term [Bt, Lt, C] or
-    [Bt, Ht, Wt, C], 0 along its dims of size 1 (broadcast over the queries), the row stride 0 for
-    tokens: the launcher's rule (``rcda_aggregate._term_strides``) on TensorRT's dense buffers."""
-    strides = [_broadcast_stride(size, prod(term[dim + 1 :])) for dim, size in enumerate(term[:-1])]
-    return (strides[0], 0, strides[1]) if len(term) == 3 else tuple(strides)
-
-
-def _broadcast_stride(size: Any, stride: Any) -> Any:
-    """``stride``, or 0 where ``size`` is 1 (a broadcast dim); ``stride`` is a product of the same
-    tensor's dims, symbolic where ``size`` is."""
-    return stride - stride * (size < 2)
+    """The launcher's rule (``rcda_aggregate.term_strides``) on TensorRT's dense buffer of ``term``."""
+    dense = [*(prod(term[dim + 1 :]) for dim in range(len(term) - 1)), 1]
+    return _rcda_module().term_strides(term, dense)
 
 
 PLUGINS: dict[str, PluginSpec] = {

@@ -29,6 +29,7 @@ docs/performance.md has the kernel's measurements.
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -490,13 +491,12 @@ def check_inputs(
         )
 
 
-def _term_strides(term: Tensor, rank: int) -> tuple[int, int, int]:
-    """(batch, map row, map column) element strides of a position term [Bt, Lq or 1, C] or
-    [Bt, Hq or 1, Wq or 1, C], 0 along its dims of size 1 (broadcast)."""
-    strides = [
-        stride if size > 1 else 0 for size, stride in zip(term.shape[:-1], term.stride()[:-1], strict=True)
-    ]
-    return (strides[0], 0, strides[1]) if rank == 3 else tuple(strides)
+def term_strides(sizes: Sequence[Any], strides: Sequence[Any]) -> tuple[Any, Any, Any]:
+    """(batch, map row, map column) element strides of a position term of ``sizes`` [Bt, Lq or 1, C]
+    or [Bt, Hq or 1, Wq or 1, C] laid out at ``strides``, 0 along its dims of size 1 (broadcast), the
+    row stride 0 for tokens. Ints, or TensorRT shape expressions (the plugin's dense buffers), alike."""
+    kept = [stride - stride * (size < 2) for size, stride in zip(sizes[:-1], strides[:-1], strict=True)]
+    return (kept[0], 0, kept[1]) if len(sizes) == 3 else tuple(kept)
 
 
 @functools.cache
@@ -609,7 +609,7 @@ def _launch(
     num_queries = math.prod(queries.shape[1:-1])
     map_width = queries.shape[2] if queries.dim() == 4 else num_queries
     terms = [term if term.stride(-1) == 1 else term.contiguous() for term in (row_term, col_term)]
-    strides = [_term_strides(term, queries.dim()) for term in terms]
+    strides = [term_strides(term.shape, term.stride()) for term in terms]
     sm_count = _sm_count(values.device.index) if values.is_cuda else None
     grid, meta = rcda_aggregate_launch_config(
         num_queries, n, width, head_dim, values.element_size(), sm_count=sm_count, block_q=block_q

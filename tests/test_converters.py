@@ -40,7 +40,7 @@ from anchordetr_trt.backends import tensorrt as trt_backend
 from anchordetr_trt.converters.aot import AotError, _check_launchable, reorder_entry_params, triton_signature
 from anchordetr_trt.converters.specs import NAMESPACE, PLUGINS, all_plugins, bind, check_node, op_name
 from anchordetr_trt.custom_ops import reference
-from anchordetr_trt.custom_ops.rcda_aggregate import _term_strides, column_buffer_shape, max_kernel_width
+from anchordetr_trt.custom_ops.rcda_aggregate import column_buffer_shape, max_kernel_width, term_strides
 from anchordetr_trt.errors import BackendUnavailableError, InputError
 from anchordetr_trt.export import export_model
 from anchordetr_trt.spec import CompileSpec, default_precision
@@ -387,7 +387,7 @@ def test_rcda_aggregate_scalars_are_the_launchers_for_dense_terms(example, size,
     scalars = call.spec.scalars(shapes_of(call.spec, call), call.attrs)
     for term in ("row_term", "col_term"):
         got = tuple(scalars[f"{term}_stride_{axis}"] for axis in "byx")
-        assert got == _term_strides(tensors[term], queries.dim()), term
+        assert got == term_strides(tensors[term].shape, tensors[term].stride()), term
     assert scalars["map_width"] == (queries.shape[2] if queries.dim() == 4 else queries.shape[1])
     assert scalars["num_queries"] == queries.shape[1:-1].numel()
     assert (scalars["query_channels"], scalars["value_channels"]) == (

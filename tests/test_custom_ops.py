@@ -485,6 +485,21 @@ def test_rcda_aggregate_takes_fewer_queries_per_program_where_the_grid_leaves_sm
     assert grid == (-(-queries // block_q), batch_heads)
 
 
+@pytest.mark.parametrize(
+    ("sizes", "strides", "expected"),
+    [
+        ((2, 1, 7, 64), (448, 448, 64, 1), (448, 0, 64)),  # encoder row term [B, 1, W, C]
+        ((2, 5, 1, 64), (320, 64, 64, 1), (320, 64, 0)),  # encoder column term [B, H, 1, C]
+        ((1, 5, 7, 64), (2240, 448, 64, 1), (0, 448, 64)),  # one image: the batch broadcasts
+        ((2, 9, 64), (576, 64, 1), (576, 0, 64)),  # decoder term [B, Lq, C]: tokens have no map row
+        ((1, 9, 64), (576, 64, 1), (0, 0, 64)),  # the decoder's learned term [1, Lq, C]
+        ((2, 5, 7, 64), (4480, 896, 128, 1), (4480, 896, 128)),  # a strided slice keeps its strides
+    ],
+)
+def test_rcda_aggregate_term_strides_are_zero_along_broadcast_dims(sizes, strides, expected):
+    assert rcda_aggregate.term_strides(sizes, strides) == expected
+
+
 def recorded_rcda_metas(monkeypatch) -> list[dict]:
     """The metas rcda_aggregate's launcher launches its kernel with from now on, in order."""
     metas, config = [], rcda_aggregate.rcda_aggregate_launch_config

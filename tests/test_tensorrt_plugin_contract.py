@@ -31,7 +31,7 @@ from tensorrt_plugin_layers import ENV, PINS, plugin_dir
 import anchordetr_trt as at
 from anchordetr_trt.converters.aot import triton_signature
 from anchordetr_trt.converters.specs import PLUGINS, check_node, op_name
-from anchordetr_trt.custom_ops.rcda_aggregate import _term_strides, column_buffer_shape
+from anchordetr_trt.custom_ops.rcda_aggregate import column_buffer_shape, term_strides
 from anchordetr_trt.export import export_model
 
 pytestmark = pytest.mark.slow
@@ -222,7 +222,7 @@ def test_rcda_aggregate_term_strides_are_the_launchers_at_every_corner(driven):
     """The encoder's calls (4-d queries, terms [B, 1, W, C] and [B, H, 1, C]) and the decoder's (3-d
     queries, terms [1 or B, Lq, C]) both reach TensorRT; the term strides and map width that TensorRT's
     shape expressions evaluate to at each corner are what the op's launcher passes for dense terms of
-    those shapes (``rcda_aggregate._term_strides``, 0 along broadcast dims)."""
+    those shapes (``rcda_aggregate.term_strides``, 0 along broadcast dims)."""
     cases, results = driven
     ranks = set()
     for case, result in zip(cases, results, strict=True):
@@ -248,7 +248,8 @@ def test_rcda_aggregate_term_strides_are_the_launchers_at_every_corner(driven):
             dims = {n: [d[corner] for d in case["dims"][n]] for n in ("queries", "row_term", "col_term")}
             for term in ("row_term", "col_term"):
                 got = tuple(extra[f"{term}_stride_{axis}"][corner] for axis in "byx")
-                assert got == _term_strides(torch.empty(dims[term], device="meta"), rank), (term, dims)
+                dense = torch.empty(dims[term], device="meta")
+                assert got == term_strides(dense.shape, dense.stride()), (term, dims)
             queries = dims["queries"]
             assert extra["map_width"][corner] == queries[2 if rank == 4 else 1]
     assert ranks == {3, 4}
