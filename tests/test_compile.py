@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -145,6 +146,26 @@ def _keep_graph(graphs: list) -> Callable:
         return GraphModuleSerializableCallable(graph_module)
 
     return keep_graph
+
+
+def test_inductor_build_times_its_phases(monkeypatch):
+    # build() on the CPU: Dynamo's trace kept as it is (no Inductor), no CUDA graphs, no Triton kernels
+    # to warm. What stream.json reports of a cold compile() comes from these.
+    monkeypatch.setattr(
+        inductor, "InductorRunner", functools.partial(InductorRunner, max_graphs=0, compiler=_keep_graph([]))
+    )
+    config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=1, num_decoder_layers=1)
+    spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (2, 96, 96))
+    runner = inductor.build(fold_frozen_batchnorm(at.build_model(config)), spec)
+    assert runner.compiles == 1
+    assert list(runner.build_seconds) == [
+        "load",
+        "trace_and_compile",
+        "first_call",
+        "warm_kernels",
+        "capture",
+    ]
+    assert runner.build_seconds["trace_and_compile"] == max(runner.build_seconds.values())
 
 
 @pytest.mark.slow
@@ -388,6 +409,12 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     # and computes the same outputs.
     again = at.compile(dc5_weights, **options)
     assert again.runner.loaded and again.runner.compiles == 0
+    # build()'s phases, timed in order: a compile traces and runs the range once, a load does neither.
+    assert list(compiled.runner.build_seconds) == [
+        "load", "trace_and_compile", "first_call", "warm_kernels", "capture"
+    ]  # fmt: skip
+    assert list(again.runner.build_seconds) == ["load", "warm_kernels", "capture"]
+    assert all(seconds > 0 for seconds in again.runner.build_seconds.values())
     images, mask = example_inputs((2, 640, 1088), "cuda")
     torch.testing.assert_close(again(images, mask), compiled(images, mask), rtol=0, atol=0)
     # The file holds no weights: loaded for a model with other weights (logits moved by 1, beyond the

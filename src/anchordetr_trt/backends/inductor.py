@@ -31,13 +31,14 @@ activations plus ``max_graphs`` graphs' small static outputs and executables, wh
 """
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -142,6 +143,7 @@ class InductorRunner(nn.Module):
         self.unfolded = _Unfolded(model)
         self.compiles = 0  # functions compiled in this process: one for the whole range, none if loaded
         self.loaded = False  # whether the function came from spec.cache_dir
+        self.build_seconds: dict[str, float] = {}  # build()'s phases, in order: seconds each
         # Compiled functions, tried in order: one, unless inputs fail its guards (a warning says so).
         self.functions: list[Callable] = []
         self._range_states: set[str] = set()  # global settings the range was compiled or loaded under
@@ -370,6 +372,16 @@ def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:
             torch._dynamo.mark_dynamic(mask, mask_dim, min=lo, max=hi)
 
 
+@contextlib.contextmanager
+def _phase(runner: InductorRunner, name: str) -> Iterator[None]:
+    """Time the block as ``runner.build_seconds[name]`` (synchronized: the GPU's work counts)."""
+    start = time.perf_counter()
+    yield
+    if runner.spec.device.type == "cuda":
+        torch.cuda.synchronize(runner.spec.device)
+    runner.build_seconds[name] = time.perf_counter() - start
+
+
 def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range, or
     load the function a process saved in ``spec.cache_dir``; compile the custom kernels' variants of
@@ -382,18 +394,25 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     from ..export import example_inputs
 
     opt, largest = spec.padded_range[1], spec.padded_range[2][0]
-    if not runner.load():
-        runner.compile_range()
+    with _phase(runner, "load"):
+        loaded = runner.load()
+    if not loaded:
+        with _phase(runner, "trace_and_compile"):
+            runner.compile_range()
         # The first run tunes Inductor's kernels, at the shape of the trace as measured (a loaded
         # function finds their tuning in the cache).
-        runner(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))
-    warm_kernels(model, spec)
-    for _ in range(2):  # the optimization shape seen twice: its CUDA graph is captured
-        runner(*example_inputs(opt, spec.device, spec.dtype))
+        with _phase(runner, "first_call"):
+            runner(*example_inputs((largest, *opt[1:]), spec.device, spec.dtype))
+    with _phase(runner, "warm_kernels"):
+        warm_kernels(model, spec)
+    with _phase(runner, "capture"):
+        for _ in range(2):  # the optimization shape seen twice: its CUDA graph is captured
+            runner(*example_inputs(opt, spec.device, spec.dtype))
     logger.info(
-        "inductor: %s for %s..%s in %.1f s",
+        "inductor: %s for %s..%s in %.1f s (%s)",
         "loaded" if runner.loaded else "compiled",
         *spec.padded_range[::2],
         time.perf_counter() - start,
+        ", ".join(f"{name} {seconds:.1f} s" for name, seconds in runner.build_seconds.items()),
     )
     return runner

@@ -113,6 +113,7 @@ def _cold_run(args, cache_dir: str) -> dict:
         "distinct_padded_shapes": len({padded_shape(shape) for shape in shapes}),
         "cold_s": cold_s,
         "cold_compile_s": compile_s,
+        "cold_compile_phases_s": getattr(compiled.runner, "build_seconds", None),
         "cold_first_pass_s": first_pass_s,
         "steady_img_per_s": images / steady,
     }
@@ -219,6 +220,7 @@ def warm_run(args) -> dict:
     _pass(compiled, batches)
     return {
         "compile_s": compile_s,
+        "compile_phases_s": getattr(compiled.runner, "build_seconds", None),
         "compile_to_last_output_s": time.perf_counter() - start,
         "loaded_compiled_range": getattr(compiled.runner, "loaded", None),
     }
