@@ -20,6 +20,7 @@ from . import _common, reference
 _OP = "key_means"
 BLOCK_C = 64  # channels per program: 128 bytes of fp16 per pixel, one memory transaction
 BLOCK_L = 64  # pixels of the line per step: a 50-pixel line of AnchorDETR's 800x800 map is one step
+NUM_WARPS = 4  # one warp per 1,024 values of the tile
 MAX_LINES = 65535  # H + W: the grid's second axis, which CUDA limits to 65535 blocks
 
 
@@ -78,7 +79,7 @@ def key_means_launch_config(
 ) -> tuple[tuple[int, int, int], dict]:
     """(grid, meta) for src [batch, height, width, channels]. meta is the same for every size: one
     build serves every map."""
-    meta = {"BLOCK_L": BLOCK_L, "BLOCK_C": BLOCK_C, "num_warps": _common.num_warps(BLOCK_L * BLOCK_C)}
+    meta = {"BLOCK_L": BLOCK_L, "BLOCK_C": BLOCK_C, "num_warps": NUM_WARPS}
     return (batch, height + width, triton.cdiv(channels, BLOCK_C)), meta
 
 

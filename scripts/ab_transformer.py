@@ -2,9 +2,9 @@
 800x800): the whole model at batch 1 (median latency) and 8 (back-to-back throughput) with the kernels
 of a call grouped by kind, the encoder and the decoder alone (each compiled for its shape with CUDA
 graphs, as ``anchordetr-trt bench --parts`` times them; batch 8 unless --part-batches), the outputs
-against eager fp32, and ``rcda_aggregate`` and ``key_means`` alone at the model's shapes. An A/B runs
-it once per code tree (PYTHONPATH on each) in one call of one machine; the second run, given the
-first's outputs, reports how far they moved:
+against eager fp32, and ``rcda_aggregate``, ``key_means`` and the images' preparation for the stem
+alone at the model's shapes. An A/B runs it once per code tree (PYTHONPATH on each) in one call of
+one machine; the second run, given the first's outputs, reports how far they moved:
 
     PYTHONPATH=<old tree> python -m scripts.ab_transformer --out DIR --tag old
     PYTHONPATH=<new tree> python -m scripts.ab_transformer --out DIR --tag new --previous DIR/outputs_old.pt
@@ -217,26 +217,27 @@ def rcda_microbench(variants: bool) -> list[dict]:
 def key_means_microbench(variants: bool) -> list[dict]:
     """``key_means``' launcher alone on the model's 50x50x256 map, inside CUDA graphs, against its
     reference; and Inductor's two reductions of the map ("inductor"), what the op replaces.
-    ``variants``: also other (BLOCK_L, BLOCK_C). Empty for a tree without the op."""
+    ``variants``: also other (BLOCK_L, BLOCK_C, warps). Empty for a tree without the op."""
     from anchordetr_trt.custom_ops import reference
 
     try:
         from anchordetr_trt.custom_ops import key_means
     except ImportError:
         return []
-    shipped = (key_means.BLOCK_L, key_means.BLOCK_C)
-    configs = [shipped, (64, 128), (64, 256), (32, 256), (128, 64)] if variants else [shipped]
+    shipped = (key_means.BLOCK_L, key_means.BLOCK_C, getattr(key_means, "NUM_WARPS", None))
+    others = [(64, 128, 4), (64, 128, 8), (64, 256, 8), (32, 256, 8), (32, 128, 4), (128, 64, 8), (64, 64, 2)]
+    configs = [shipped, *others] if variants else [shipped]
     inductor = torch.compile(lambda src, row, col: (src.mean(1) + row, src.mean(2) + col), dynamic=False)
     rows = []
     for batch in BATCHES:
         src = torch.randn(batch, 50, 50, 256, device=CUDA, dtype=torch.float16)
         args = (src, torch.randn_like(src[:, 0]), torch.randn_like(src[:, :, 0]))
         expected = reference.key_means(*args)
-        calls = {f"BLOCK_L {block_l}, BLOCK_C {block_c}": (block_l, block_c) for block_l, block_c in configs}
+        calls = {f"BLOCK_L {bl}, BLOCK_C {bc}, warps {warps}": (bl, bc, warps) for bl, bc, warps in configs}
         for name, blocks in [*calls.items(), ("inductor", None)]:
             call = functools.partial(inductor if blocks is None else key_means.key_means_triton, *args)
             if blocks is not None:
-                key_means.BLOCK_L, key_means.BLOCK_C = blocks
+                key_means.BLOCK_L, key_means.BLOCK_C, key_means.NUM_WARPS = blocks
             try:
                 got = call()
                 error = max(
@@ -245,9 +246,69 @@ def key_means_microbench(variants: bool) -> list[dict]:
                 row = {"us": graph_us(call), "max_abs_err": error}
             except Exception as failure:  # a configuration that does not build
                 row = {"error": str(failure).splitlines()[0]}
-            key_means.BLOCK_L, key_means.BLOCK_C = shipped
+            key_means.BLOCK_L, key_means.BLOCK_C, key_means.NUM_WARPS = shipped
             rows.append({"batch": batch, "config": name, "shipped": blocks == shipped, **row})
             print("key_means", rows[-1], flush=True)
+    return rows
+
+
+def images_microbench(variants: bool) -> list[dict]:
+    """The images' preparation for the stem alone, as the inductor backend compiles it (its views
+    [B, 3, H/32, 32, W/32, 32], dynamic over a range as ``compile()`` marks them, reshaped to
+    channels_last with a zero fourth channel: one Inductor kernel), at 800x800 and 1344x1344, with the
+    bytes it moves per microsecond; against a device-to-device copy of as many bytes (the memory's
+    rate). ``variants``: also the padding done on the last dim of an NHWC permute. Empty for a tree
+    without ``inductor_rewrites.four_channels``."""
+    from torch.fx.experimental import _config as fx_config
+
+    from anchordetr_trt.backends import inductor
+    from anchordetr_trt.spec import CompileSpec
+
+    try:
+        from anchordetr_trt.backends.inductor_rewrites import four_channels
+    except ImportError:
+        return []
+
+    def shipped(images, mask):
+        batch, channels, rows, _, columns, _ = images.shape
+        images = images.reshape(batch, channels, rows * 32, columns * 32)  # as the backend's _Unfolded
+        return four_channels(images.contiguous(memory_format=torch.channels_last))
+
+    def nhwc_pad(images, mask):
+        batch, channels, rows, _, columns, _ = images.shape
+        nhwc = images.reshape(batch, channels, rows * 32, columns * 32).permute(0, 2, 3, 1)
+        return torch.nn.functional.pad(nhwc, (0, 1)).contiguous().permute(0, 3, 1, 2)
+
+    spec = CompileSpec("fp16" if CUDA.type == "cuda" else "fp32", CUDA, (1, 320, 320), (8, 800, 1216), (8, 1344, 1344))
+    candidates = {"shipped": shipped, **({"nhwc_pad": nhwc_pad} if variants else {})}
+    compiled = {name: torch.compile(fn, fullgraph=True, dynamic=False) for name, fn in candidates.items()}
+    rows = []
+    for batch, size in ((1, SIZE), (8, SIZE), (8, 1344)):
+        images, mask = inductor.unfold(*example_inputs((batch, size, size), CUDA, torch.float16))
+        inductor._mark_dynamic(images, mask, spec)
+        with fx_config.patch(backed_size_oblivious=True):
+            expected = shipped(images, mask)
+            moved = images.numel() * 2 + expected.numel() * 2
+            source = torch.empty(moved // 4, dtype=torch.float16, device=CUDA)
+            target = torch.empty_like(source)
+            calls = {name: functools.partial(fn, images, mask) for name, fn in compiled.items()}
+            calls["copy of as many bytes"] = functools.partial(target.copy_, source)
+            for name, call in calls.items():
+                got = call()
+                exact = name.startswith("copy") or (
+                    torch.equal(got, expected) and got.stride() == expected.stride()
+                )
+                us = graph_us(call)
+                row = {
+                    "batch": batch,
+                    "size": size,
+                    "impl": name,
+                    "us": us,
+                    "tb_s": moved / us / 1e6,
+                    "exact": exact,
+                }
+                rows.append(row)
+                print("images", row, flush=True)
     return rows
 
 
@@ -260,7 +321,7 @@ def main() -> None:
     parser.add_argument(
         "--ops-only",
         action="store_true",
-        help="time rcda_aggregate and key_means alone (variants), not the model",
+        help="time rcda_aggregate, key_means and the images' preparation alone (variants), not the model",
     )
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)
@@ -274,6 +335,7 @@ def main() -> None:
 
     report["rcda_aggregate"] = rcda_microbench(args.ops_only)
     report["key_means"] = key_means_microbench(args.ops_only)
+    report["images"] = images_microbench(args.ops_only)
     save()
     if args.ops_only:
         return

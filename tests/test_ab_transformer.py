@@ -1,4 +1,7 @@
-"""scripts.ab_transformer: the kernels of a profiled call grouped by kind, as the A/B files report them."""
+"""scripts.ab_transformer: the kernels of a profiled call grouped by kind, as the A/B files report them,
+and the images' preparation microbench's formulations."""
+
+import torch
 
 from scripts import ab_transformer
 
@@ -21,3 +24,18 @@ def test_kernel_kinds_find_the_key_means_of_the_op_and_of_inductor():
     assert kinds["key means"] == {"us": 9.0, "launches": 9.0}
     assert kinds["other triton"] == {"us": 1.0, "launches": 1.0}
     assert kinds["rcda_aggregate"]["launches"] == 12 and kinds["cublas"]["launches"] == 3
+
+
+def test_images_microbench_times_one_dynamic_kernel_per_formulation(monkeypatch):
+    """The images' preparation as the backend compiles it, and the candidate formulation, give the
+    same tensor (values and channels_last strides) at every size, each from one graph over the range
+    (no recompile per size, as in the model); timing replaced, on the CPU."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(ab_transformer, "CUDA", torch.device("cpu"))
+    monkeypatch.setattr(ab_transformer, "graph_us", lambda call: 1.0)
+    counters.clear()
+    rows = ab_transformer.images_microbench(variants=True)
+    assert {row["impl"] for row in rows} == {"shipped", "nhwc_pad", "copy of as many bytes"}
+    assert all(row["exact"] for row in rows)
+    assert counters["stats"]["unique_graphs"] == 2

@@ -126,6 +126,12 @@ class ConvReLU(Conv):
         return conv_bias_relu(x, *_conv_args(self.conv))
 
 
+def four_channels(x: Tensor) -> Tensor:
+    """x [B, 3, H, W] (images, or a convolution's weight) -> [B, 4, H, W] channels_last, the fourth
+    channel zero."""
+    return F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=CHANNELS_LAST)
+
+
 class Stem(Conv):
     """The stem, relu(``conv``(images)), on images and weight padded with a zero fourth channel: cuDNN's
     first-layer kernels read pixels of 4 channels and pad 3-channel inputs and weights themselves, in
@@ -133,9 +139,7 @@ class Stem(Conv):
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias, stride, padding, dilation = _conv_args(self.conv)
-        x = F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=CHANNELS_LAST)
-        weight = F.pad(weight, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=CHANNELS_LAST)
-        return conv_bias_relu(x, weight, bias, stride, padding, dilation)
+        return conv_bias_relu(four_channels(x), four_channels(weight), bias, stride, padding, dilation)
 
 
 class FusedBottleneck(nn.Module):
