@@ -279,7 +279,9 @@ def images_microbench(variants: bool) -> list[dict]:
         nhwc = images.reshape(batch, channels, rows * 32, columns * 32).permute(0, 2, 3, 1)
         return torch.nn.functional.pad(nhwc, (0, 1)).contiguous().permute(0, 3, 1, 2)
 
-    spec = CompileSpec("fp16" if CUDA.type == "cuda" else "fp32", CUDA, (1, 320, 320), (8, 800, 1216), (8, 1344, 1344))
+    spec = CompileSpec(
+        "fp16" if CUDA.type == "cuda" else "fp32", CUDA, (1, 320, 320), (8, 800, 1216), (8, 1344, 1344)
+    )
     candidates = {"shipped": shipped, **({"nhwc_pad": nhwc_pad} if variants else {})}
     compiled = {name: torch.compile(fn, fullgraph=True, dynamic=False) for name, fn in candidates.items()}
     rows = []
