@@ -148,6 +148,7 @@ def _keep_graph(graphs: list) -> Callable:
     return keep_graph
 
 
+@pytest.mark.slow
 def test_inductor_build_times_its_phases(monkeypatch):
     # build() on the CPU: Dynamo's trace kept as it is (no Inductor), no CUDA graphs, no Triton kernels
     # to warm. What stream.json reports of a cold compile() comes from these.
@@ -414,7 +415,7 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
         "load", "trace_and_compile", "first_call", "warm_kernels", "capture"
     ]  # fmt: skip
     assert list(again.runner.build_seconds) == ["load", "warm_kernels", "capture"]
-    assert all(seconds > 0 for seconds in again.runner.build_seconds.values())
+    assert again.runner.build_seconds["load"] < compiled.runner.build_seconds["trace_and_compile"] / 10
     images, mask = example_inputs((2, 640, 1088), "cuda")
     torch.testing.assert_close(again(images, mask), compiled(images, mask), rtol=0, atol=0)
     # The file holds no weights: loaded for a model with other weights (logits moved by 1, beyond the

@@ -127,8 +127,8 @@ class ConvReLU(Conv):
 
 
 def four_channels(x: Tensor) -> Tensor:
-    """x [B, 3, H, W] (images, or a convolution's weight) -> [B, 4, H, W] channels_last, the fourth
-    channel zero."""
+    """x [N, 3, H, W] (images [B, 3, H, W], or the stem's weight [O, 3, kh, kw]) -> [N, 4, H, W]
+    channels_last, the fourth channel zero."""
     return F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=CHANNELS_LAST)
 
 
