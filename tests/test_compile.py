@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import functools
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -371,6 +372,57 @@ def test_pad_to_multiple_pads_bottom_right_as_masked_pixels():
     assert all(a is b for a, b in zip(pad_to_multiple(*on_grid), on_grid, strict=True))
 
 
+def _check_calls_take_turns(compiled, shape) -> None:
+    """Two batches of ``shape`` (captured by now: the graphs' static inputs are shared), each called
+    on its own CUDA stream with the first stream still busy, and from two threads: every call gets its
+    own batch's outputs."""
+    images, mask = example_inputs(shape, "cuda")
+    batches = [(images, mask), (images.flip(-1), mask)]
+    expected = [compiled(*batch) for batch in batches]
+    assert (expected[0]["pred_logits"] - expected[1]["pred_logits"]).abs().max() > 0.1  # tell apart
+    busy, streams = (
+        torch.randn(8192, 8192, device="cuda", dtype=torch.float16),
+        [torch.cuda.Stream() for _ in range(2)],
+    )
+    torch.cuda.synchronize()  # the inputs ready for the other streams
+    with torch.cuda.stream(streams[0]):
+        for _ in range(20):  # some ms of work ahead of the first call on its stream
+            busy = busy @ busy / 8192
+        first = compiled(*batches[0])
+    with torch.cuda.stream(streams[1]):
+        second = compiled(*batches[1])
+    torch.cuda.synchronize()
+    for got, want in zip((first, second), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
+
+    results: dict[int, list] = {}
+
+    def calls(index: int) -> None:
+        results[index] = [compiled(*batches[index]) for _ in range(20)]
+        torch.cuda.synchronize()
+
+    threads = [threading.Thread(target=calls, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, want in enumerate(expected):
+        for got in results[index]:
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
+
+
+def test_inductor_calls_hold_the_runners_lock(monkeypatch):
+    """The runner's calls take turns (its captured graphs share static inputs): a call runs holding
+    the lock (the GPU test above calls from two threads and two streams)."""
+    model = _rewritten_model()
+    spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (1, 64, 64))
+    runner = InductorRunner(model, spec, max_graphs=0, compiler=_keep_graph([]))
+    held = []
+    monkeypatch.setattr(runner, "_call_padded", lambda images, mask: held.append(runner._lock.locked()))
+    runner(*example_inputs((1, 64, 64)))
+    assert held == [True] and not runner._lock.locked()
+
+
 @pytest.mark.gpu
 def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     reference = at.load_model(dc5_weights, variant="r50-dc5", device="cuda").set_fused_ops(False)
@@ -405,6 +457,8 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     assert fused.compiled_variants() == variants
     with pytest.raises(at.InputError, match="outside the compiled range"):
         compiled(*example_inputs((3, 800, 800), "cuda"))
+
+    _check_calls_take_turns(compiled, (2, 640, 1088))
 
     # A second compile() with the same cache_dir loads the saved function (as a second process does)
     # and computes the same outputs.

@@ -78,14 +78,10 @@ class CompiledAnchorDETR(nn.Module):
         if not self.spec.contains((batch, max(height, min_height), max(width, min_width))):
             self.spec.check_contains((batch, height, width))  # raises, naming the shape as passed
         height, width = max(height, min_height), max(width, min_width)
-        # Asynchronous only towards a GPU: a non-blocking copy to the CPU may be read before it lands.
-        non_blocking = self.device.type == "cuda"
-        images = images.to(device=self.device, dtype=self.dtype, non_blocking=non_blocking)
-        mask = (
-            torch.zeros_like(images[:, 0], dtype=torch.bool)
-            if mask is None
-            else mask.to(self.device, non_blocking=non_blocking)
-        )
+        # Blocking copies: from pinned memory a non-blocking one may still be reading the caller's
+        # tensor after this returns, when the caller may refill it with the next frame.
+        images = images.to(device=self.device, dtype=self.dtype)
+        mask = torch.zeros_like(images[:, 0], dtype=torch.bool) if mask is None else mask.to(self.device)
         if self.padded:
             height, width = round_up(height), round_up(width)
         images, mask = pad_bottom_right(images, mask, height, width)

@@ -28,6 +28,8 @@ compiled function directly, so that a stream of one-off shapes costs no captures
 one memory pool and one static input buffer sized for the largest shape, and at most ``max_graphs``
 are kept (least recently used first out): the memory held is bounded by the largest shape's
 activations plus ``max_graphs`` graphs' small static outputs and executables, whatever the stream.
+Sharing them, calls take turns: from several threads, one at a time; on several CUDA streams, a
+replay waits on the GPU for the previous one to finish with the static inputs and the pool.
 """
 
 import collections
@@ -37,6 +39,7 @@ import hashlib
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,28 +100,67 @@ def unfold(images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
-class _CapturedGraph:
-    """``fn(images [B, 3, H, W], mask [B, H, W])`` on static inputs of one shape, captured in a CUDA
-    graph; ``replay`` copies inputs in and the outputs out (the next replay of any graph in the pool
-    may overwrite them)."""
+@dataclasses.dataclass
+class _GraphPool:
+    """What a runner's captured graphs share: static inputs sized for the range's largest shape, a
+    memory pool, the streams of the warm-up and of the capture (on the model's GPU, whichever GPU is
+    current), and ``idle``, recorded once a replay's outputs are copied out: the next replay, on any
+    stream, waits for it before it writes the static inputs and runs in the pool."""
 
-    def __init__(self, fn, images: Tensor, mask: Tensor, pool: tuple, warmup_stream: torch.cuda.Stream):
-        self.images, self.mask = images, mask
+    images: Tensor
+    mask: Tensor
+    handle: tuple
+    warmup_stream: torch.cuda.Stream
+    capture_stream: torch.cuda.Stream
+    idle: torch.cuda.Event
+
+    @classmethod
+    def for_range(cls, spec: CompileSpec) -> "_GraphPool":
+        batch, height, width = spec.padded_range[2]
+        return cls(
+            torch.empty(batch * 3 * height * width, dtype=spec.dtype, device=spec.device),
+            torch.empty(batch * height * width, dtype=torch.bool, device=spec.device),
+            torch.cuda.graph_pool_handle(),
+            torch.cuda.Stream(spec.device),
+            torch.cuda.Stream(spec.device),
+            torch.cuda.Event(),
+        )
+
+
+class _CapturedGraph:
+    """``fn(images [B, 3, H, W], mask [B, H, W])`` of one ``shape``, captured in a CUDA graph on
+    ``pool``'s static inputs; ``replay`` copies inputs in and the outputs out."""
+
+    def __init__(self, fn, shape: Shape, pool: _GraphPool):
+        batch, height, width = shape
+        self.pool = pool
+        self.images = pool.images[: batch * 3 * height * width].view(batch, 3, height, width)
+        self.mask = pool.mask[: batch * height * width].view(batch, height, width)
+        current = torch.cuda.current_stream(self.images.device)
         # Lazy initialization (cuDNN plans, cuBLAS workspaces) happens outside the capture, on one stream
         # for every capture: cuBLAS keeps a workspace per stream until the process ends.
-        warmup_stream.wait_stream(torch.cuda.current_stream(images.device))
-        with torch.cuda.stream(warmup_stream):
-            fn(images, mask)
-        torch.cuda.current_stream(images.device).wait_stream(warmup_stream)
+        pool.warmup_stream.wait_stream(current)
+        with torch.cuda.stream(pool.warmup_stream):
+            fn(self.images, self.mask)
+        current.wait_stream(pool.warmup_stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.outputs = fn(images, mask)
+        # An explicit capture stream: torch's default one lives on the GPU current at a process's first
+        # capture, which need not be this model's.
+        with (
+            torch.cuda.device(self.images.device),
+            torch.cuda.graph(self.graph, pool=pool.handle, stream=pool.capture_stream),
+        ):
+            self.outputs = fn(self.images, self.mask)
 
     def replay(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        stream = torch.cuda.current_stream(self.images.device)
+        stream.wait_event(self.pool.idle)  # a replay on another stream may still read the static inputs
         self.images.copy_(images)
         self.mask.copy_(mask)
         self.graph.replay()
-        return {key: value.clone() for key, value in self.outputs.items()}
+        outputs = {key: value.clone() for key, value in self.outputs.items()}
+        self.pool.idle.record(stream)
+        return outputs
 
 
 class InductorRunner(nn.Module):
@@ -150,18 +192,22 @@ class InductorRunner(nn.Module):
         self._range_function: Callable | None = None  # the latest of them
         self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
         self.seen: set[Shape] = set()
-        self._capture_state: tuple | None = None  # made at the first capture
+        self._graph_pool: _GraphPool | None = None  # made at the first capture
+        # One call at a time: the captured graphs share their static inputs, and a capture may not
+        # overlap another thread's call.
+        self._lock = threading.Lock()
 
     def forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         shape = (images.shape[0], images.shape[2], images.shape[3])
-        graph = self.graphs.get(shape)
-        if graph is not None:
-            self.graphs.move_to_end(shape)
-            return graph.replay(images, mask)
-        if shape not in self.seen or self.max_graphs == 0:
-            self.seen.add(shape)
-            return self._call_padded(images, mask)
-        return self._capture(shape).replay(images, mask)
+        with self._lock:
+            graph = self.graphs.get(shape)
+            if graph is not None:
+                self.graphs.move_to_end(shape)
+                return graph.replay(images, mask)
+            if shape not in self.seen or self.max_graphs == 0:
+                self.seen.add(shape)
+                return self._call_padded(images, mask)
+            return self._capture(shape).replay(images, mask)
 
     def _call_padded(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         images, mask = unfold(images, mask)
@@ -286,19 +332,9 @@ class InductorRunner(nn.Module):
         start = time.perf_counter()
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
-        if self._capture_state is None:
-            (batch, height, width), spec = self.spec.padded_range[2], self.spec
-            self._capture_state = (
-                torch.empty(batch * 3 * height * width, dtype=spec.dtype, device=spec.device),
-                torch.empty(batch * height * width, dtype=torch.bool, device=spec.device),
-                torch.cuda.graph_pool_handle(),
-                torch.cuda.Stream(spec.device),
-            )
-        static_images, static_mask, pool, warmup_stream = self._capture_state
-        batch, height, width = shape
-        images = static_images[: batch * 3 * height * width].view(batch, 3, height, width)
-        mask = static_mask[: batch * height * width].view(batch, height, width)
-        graph = self.graphs[shape] = _CapturedGraph(self._call_padded, images, mask, pool, warmup_stream)
+        if self._graph_pool is None:
+            self._graph_pool = _GraphPool.for_range(self.spec)
+        graph = self.graphs[shape] = _CapturedGraph(self._call_padded, shape, self._graph_pool)
         logger.info("inductor: captured a CUDA graph for %s in %.2f s", shape, time.perf_counter() - start)
         return graph
 
