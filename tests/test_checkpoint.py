@@ -67,6 +67,11 @@ def test_bare_state_dict_with_variant_equals_file(released_file, state_dict):
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_a_path_in_the_home_folder_loads_as_written(released_file, monkeypatch):
+    monkeypatch.setenv("HOME", str(released_file.parent))
+    assert at.load_model(f"~/{released_file.name}").config == at.VARIANTS["r50-c5"]
+
+
 def _expect(ckpt, match, **kwargs):
     with pytest.raises(at.CheckpointError, match=match):
         at.load_model(ckpt, **kwargs)

@@ -92,6 +92,16 @@ CASES = {
         at.InputError,
         "images have NaN or infinite pixels",
     ),
+    "plain model, 0..255 float pixels (not normalized: wrong detections)": (
+        lambda f: f["model"](f["batch"][0] * 0 + 255.0, f["batch"][1]),
+        at.InputError,
+        "images have pixels from 255 to 255, where normalized ones lie in [-2.12, 2.64]",
+    ),
+    "compiled model, 0..255 float pixels": (
+        lambda f: f["compiled"](torch.full_like(f["batch"][0], -40.0), f["batch"][1]),
+        at.InputError,
+        "normalize them as preprocess() does",
+    ),
     "evaluate_coco, an annotation box outside its image": (
         lambda f: evaluate_coco(
             _NeverCalled(), _edited(f, "bbox", [5000, 10, 5, 5]), f["coco"][1], progress=False

@@ -21,7 +21,7 @@ import anchordetr_trt as at
 from anchordetr_trt.cache import check_replaceable
 from anchordetr_trt.cli import main
 from anchordetr_trt.export import example_inputs
-from anchordetr_trt.onnx_export import OPSET, PRODUCER, metadata, written_by_us
+from anchordetr_trt.onnx_export import CONTENT_DIGEST, OPSET, PRODUCER, metadata, written_by_us
 from anchordetr_trt.trt_engine import RTX_MAGIC, check_engine_paths, choose_builder
 from anchordetr_trt.weights import random_model
 
@@ -185,6 +185,7 @@ def test_onnx_file_has_the_documented_interface(onnx_file, variant, precision):
     path = onnx_file(variant, precision)
     model = onnx.load(str(path))
     assert model.producer_name == PRODUCER
+    assert written_by_us(path)  # a second export to this path may replace it
     assert {op.domain: op.version for op in model.opset_import}[""] == OPSET >= 17
     elem = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
 
@@ -380,6 +381,12 @@ def test_export_onnx_refuses_bf16_and_folders(tmp_path):
         at.export_onnx(random_model("r50-c5"), tmp_path / "m.onnx", precision="bf16")
     with pytest.raises(at.InputError, match="is a folder"):
         at.export_onnx(random_model("r50-c5"), tmp_path, precision="fp32")
+    afile = tmp_path / "afile"
+    afile.write_text("the user's")
+    start = time.perf_counter()
+    with pytest.raises(at.InputError, match=f"{afile} is a file, not a folder: pass a path in a folder"):
+        at.export_onnx(random_model("r50-c5"), afile / "sub" / "m.onnx", precision="fp32")
+    assert time.perf_counter() - start < 20 and afile.read_text() == "the user's"  # refused before the export
 
 
 def small_onnx(path: Path, inputs=("images", "mask"), props: dict[str, str] | None = None) -> Path:
@@ -396,6 +403,32 @@ def small_onnx(path: Path, inputs=("images", "mask"), props: dict[str, str] | No
     onnx.helper.set_model_props(model, props or {})
     onnx.save(model, str(path))
     return path
+
+
+def test_an_onnx_is_replaced_only_while_unchanged_since_the_export(tmp_path):
+    """``written_by_us``: this package's producer_name and a content digest that still matches; an
+    edit saved with onnx.save keeps the producer_name, not the digest."""
+    import onnx
+
+    path = small_onnx(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    model.producer_name = PRODUCER
+    _saved(model, path)  # this package's producer_name without a digest: an edit, or an older export
+    assert not written_by_us(path)
+    model.metadata_props.add(key=CONTENT_DIGEST, value=hashlib.sha256(model.SerializeToString()).hexdigest())
+    _saved(model, path)
+    assert written_by_us(path)
+    model.graph.node[0].name = "edited"
+    _saved(model, path)
+    assert not written_by_us(path)
+    with pytest.raises(at.InputError, match="did not write it \\(or it changed since\\)"):
+        check_replaceable(path, written_by_us, "path='m.onnx'")
+
+
+def _saved(model, path: Path) -> None:
+    import onnx
+
+    onnx.save(model, str(path))
 
 
 def test_build_engine_refuses_a_range_past_the_export(tmp_path):
@@ -433,7 +466,8 @@ def test_build_engine_without_a_builder_says_what_to_install(monkeypatch, tmp_pa
 def test_engines_need_a_gpu_to_run_and_tensorrt_to_build_on_one(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(RTX_MAGIC)
-    with pytest.raises(at.BackendUnavailableError, match="on a CUDA GPU, not on cpu"):
-        at.load_engine(engine, device="cpu")
+    for device in ("cuda", "cpu"):  # no fix to suggest here: device='cpu' cannot run an engine either
+        with pytest.raises(at.BackendUnavailableError, match=r"and no CUDA GPU is visible here$"):
+            at.load_engine(engine, device=device)
     with pytest.raises(at.BackendUnavailableError, match="TensorRT builds engines on a CUDA GPU"):
         choose_builder("tensorrt")

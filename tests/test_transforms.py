@@ -208,6 +208,11 @@ def test_postprocess_clips_boxes_to_the_image_unless_asked_not_to():
     torch.testing.assert_close(clipped["boxes"], torch.tensor([[0.0, 0.0, 80.0, 60.0]]))
     (official,) = at.postprocess(outputs, [[100, 200]], top_k=1, clip=False)
     torch.testing.assert_close(official["boxes"], torch.tensor([[-40.0, -20.0, 80.0, 60.0]]))
+    with pytest.raises(at.InputError, match="clip must be True or False, got 'no'"):  # "no" reads as True
+        at.postprocess(outputs, [[100, 200]], top_k=1, clip="no")
+    # Sizes as NumPy gives them, unsigned included (torch compares no uint64).
+    (unsigned,) = at.postprocess(outputs, np.array([[100, 200]], dtype=np.uint64), top_k=1)
+    torch.testing.assert_close(unsigned["boxes"], clipped["boxes"])
 
 
 def _outputs(batch=2, boxes_batch=None, queries=4, classes=3):

@@ -120,10 +120,18 @@ def _umask() -> int:
 
 def check_replaceable(path: Path, ours: Callable[[Path], bool], label: str) -> None:
     """InputError unless ``path`` is new, or a file that this package wrote and that has not changed
-    since (``ours(path)`` says so): a user's file is never replaced. ``label`` names the path as the
-    caller knows it, e.g. "--out result.json" or "path='model.onnx'"."""
+    since (``ours(path)`` says so): a user's file is never replaced; and unless its folder exists
+    writable, or can be made in one. ``label`` names the path as the caller knows it, e.g. "--out
+    result.json" or "path='model.onnx'"."""
     if path.is_dir():
         raise InputError(f"{label} is a folder: pass a file name")
+    folder = path.parent  # checked now, not after the work: its first existing part takes the file
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{label}: {folder} is a file, not a folder: pass a path in a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{label}: the folder {folder} is not writable: pass a path in a writable folder")
     if path.exists() and not ours(path):
         raise InputError(
             f"{label} exists and anchordetr-trt did not write it (or it changed since); "

@@ -96,7 +96,7 @@ def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | N
 
 
 def _read(path: str | os.PathLike) -> Any:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         problem = f"{path} is a folder" if path.is_dir() else f"checkpoint file not found: {path}"
         raise CheckpointError(

@@ -117,7 +117,7 @@ def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = No
             f"images are on {images.device} but the model is on {weight.device}: pass "
             f"images.to('{weight.device}') or move the model (model.to('{images.device}'))"
         )
-    _check_finite_pixels(images)
+    _check_pixels(images)
     if mask is None:
         return
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
@@ -137,12 +137,26 @@ def check_inputs(images: Tensor, mask: Tensor | None, weight: Tensor | None = No
         _check_unpadded_pixels(mask)
 
 
-def _check_finite_pixels(images: Tensor) -> None:
-    """InputError for NaN or infinite pixels, which would make every output NaN; where the images are
-    on the CPU (reading GPU images back would stall every call)."""
-    if images.device.type == "cpu" and not _tracing(images) and not torch.isfinite(images).all():
+# Normalized [0, 1] pixels lie in [-2.12, 2.64] (ImageNet's mean and std); past this, pixels are not
+# normalized: 0..255 values, most likely. Far enough out for random test images (randn) to pass.
+UNNORMALIZED_PIXEL = 10.0
+
+
+def _check_pixels(images: Tensor) -> None:
+    """InputError for NaN or infinite pixels, which would make every output NaN, and for pixels past
+    +-UNNORMALIZED_PIXEL, which would give wrong detections; where the images are on the CPU (reading
+    GPU images back would stall every call)."""
+    if images.device.type != "cpu" or _tracing(images):
+        return
+    if not torch.isfinite(images).all():
         raise InputError(
             "images have NaN or infinite pixels: fix or drop those images (preprocess refuses them)"
+        )
+    low, high = (value.item() for value in torch.aminmax(images))
+    if max(-low, high) > UNNORMALIZED_PIXEL:
+        raise InputError(
+            f"images have pixels from {low:.4g} to {high:.4g}, where normalized ones lie in [-2.12, 2.64]: "
+            "normalize them as preprocess() does (x / 255, then ImageNet's mean and std)"
         )
 
 

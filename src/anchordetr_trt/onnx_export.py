@@ -12,6 +12,7 @@ written into the file's ``metadata_props`` (``METADATA_KEYS``).
 """
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 18
 PRODUCER = "anchordetr-trt"  # the file's producer_name: how the CLI knows a file it may replace
+CONTENT_DIGEST = "anchordetr_trt_sha256"  # metadata: the file's digest, without this entry
 # TensorRT-RTX has no FP16 builder flag (its networks are strongly typed, as the ONNX's dtypes say),
 # and bf16 weights would round the boxes' grid (see AnchorDETR.set_precision): two precisions.
 ONNX_PRECISIONS = ("fp16", "fp32")
@@ -126,8 +128,13 @@ def export_onnx(
             variant_name(model.config), precision, (min_shape, opt_shape, max_shape), model.config.num_queries
         )
     )
-    # One file: the weights inside, not as external data beside it (which torch 2.11 writes by default).
-    write_whole(path, lambda partial: program.save(partial, external_data=False))
+    # One file, the weights inside (not as external data beside it, which torch 2.11 writes by default),
+    # with the digest that tells it from an edited copy (``written_by_us``).
+    import onnx_ir as ir  # torch.onnx's dynamo exporter needs it: installed with the onnx extra
+
+    proto = ir.serde.serialize_model(program.model)
+    proto.metadata_props.add(key=CONTENT_DIGEST, value=hashlib.sha256(proto.SerializeToString()).hexdigest())
+    write_whole(path, lambda partial: partial.write_bytes(proto.SerializeToString()))
     return path
 
 
@@ -158,9 +165,18 @@ def metadata(
 
 
 def written_by_us(path: Path) -> bool:
-    """Whether the ONNX file at ``path`` was written by ``export_onnx`` (its producer_name)."""
+    """Whether the ONNX file at ``path`` is as ``export_onnx`` wrote it: its producer_name, and its
+    content digest (metadata ``CONTENT_DIGEST``: the sha256 of the model serialized without that entry),
+    which an edit saved with onnx.save (keeping the producer_name) no longer matches."""
     model = _read(path)
-    return model is not None and model.producer_name == PRODUCER
+    if model is None or model.producer_name != PRODUCER:
+        return False
+    entries = [i for i, prop in enumerate(model.metadata_props) if prop.key == CONTENT_DIGEST]
+    if len(entries) != 1:
+        return False
+    recorded = model.metadata_props[entries[0]].value
+    del model.metadata_props[entries[0]]
+    return hashlib.sha256(model.SerializeToString()).hexdigest() == recorded
 
 
 def exported_range(path: Path) -> tuple[Shape, Shape] | None:

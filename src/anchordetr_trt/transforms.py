@@ -153,6 +153,7 @@ def postprocess(
     num_queries, num_classes = logits.shape[1:]
     top_k = check_int("top_k", top_k, 1, num_queries * num_classes, " (queries x classes)")
     sizes = _check_target_sizes(target_sizes, logits.shape[0], logits.device)
+    clip = check_bool("clip", clip)
     if check_bool("check_finite", check_finite):
         finite = torch.isfinite(logits).all() & torch.isfinite(boxes).all()
         in_range = ((boxes >= 0) & (boxes <= 1)).all()
@@ -208,6 +209,8 @@ def _check_outputs(outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def _check_target_sizes(target_sizes: Tensor | Sequence, batch: int, device: torch.device) -> Tensor:
+    if isinstance(target_sizes, np.ndarray) and target_sizes.dtype.kind == "u":
+        target_sizes = target_sizes.astype(np.int64)  # torch compares few unsigned dtypes (uint64)
     try:
         sizes = torch.as_tensor(target_sizes)
     except (TypeError, ValueError, RuntimeError):

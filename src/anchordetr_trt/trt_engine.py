@@ -176,6 +176,10 @@ def load_engine(path: str | os.PathLike, *, device: str | torch.device = "cuda")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"path={str(path)!r} is not a file: pass an engine that build_engine wrote")
+    if not torch.cuda.is_available():  # before check_device, whose fix (device='cpu') cannot run engines
+        raise BackendUnavailableError(
+            "load_engine runs TensorRT engines on a CUDA GPU, and no CUDA GPU is visible here"
+        )
     device = check_device(device)
     if device.type != "cuda":
         raise BackendUnavailableError(f"load_engine runs TensorRT engines on a CUDA GPU, not on {device}")
