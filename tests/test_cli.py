@@ -636,6 +636,7 @@ def test_detect_skip_bad_reports_unreadable_files_and_goes_on(tmp_path, capsys, 
         ["detect", str(images), "--random-weights", "--out", str(out), "--batch-size", "2"], capsys
     )
     assert code == 2 and err.count("\n") == 1 and f"cannot read image {images / 'b.jpg'}" in err
+    assert err.rstrip().endswith("; or --skip-bad to leave it out"), err
     argv = ["detect", str(images), "--random-weights", "--out", str(out), "--batch-size", "2"]
     code, _, err = run([*argv, "--skip-bad"], capsys)
     records = json.loads((out / "detections.json").read_text())

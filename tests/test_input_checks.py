@@ -230,6 +230,16 @@ CASES = {
         at.InputError,
         "seed must be an integer in 0..18446744073709551615",
     ),
+    "compile, a variant other than the model's": (
+        lambda f: at.compile(f["model"], variant="r101-dc5", backend="eager"),
+        at.CheckpointError,
+        "variant='r101-dc5' but the model given is r50-c5: a model's own config decides",
+    ),
+    "export_onnx, a variant other than the model's": (
+        lambda f: at.export_onnx(f["model"], f["tmp_path"] / "m.onnx", variant="r101-dc5"),
+        at.CheckpointError,
+        "leave variant out, or load the checkpoint with it",
+    ),
     "example_batches, an image of height 0": (
         lambda f: example_batches([[(0, 10)]]),
         at.InputError,

@@ -1,6 +1,7 @@
 """Loading official AnchorDETR checkpoints with strict, explained validation."""
 
 import argparse
+import copy
 import io
 import logging
 import os
@@ -93,6 +94,19 @@ def resolve_config(state_dict: Mapping[str, Tensor], args: Any, variant: str | N
             f"{config.backbone}: pass variant='r{depth}-{'dc5' if config.dilation else 'c5'}'"
         )
     return config
+
+
+def model_from(ckpt: Checkpoint | AnchorDETR, variant: str | None = None) -> AnchorDETR:
+    """A copy of ``ckpt`` in eval mode if it is an AnchorDETR (never changed; ``variant``, if given,
+    must name its config), else ``load_model(ckpt, variant=variant)``."""
+    if not isinstance(ckpt, AnchorDETR):
+        return load_model(ckpt, variant=variant)
+    if variant is not None and variant_config(variant) != ckpt.config:
+        raise CheckpointError(
+            f"variant={variant!r} but the model given is {variant_name(ckpt.config)}: a model's own config "
+            "decides; leave variant out, or load the checkpoint with it (load_model(ckpt, variant=...))"
+        )
+    return copy.deepcopy(ckpt).eval()
 
 
 def _read(path: str | os.PathLike) -> Any:

@@ -1,6 +1,5 @@
 """``anchordetr_trt.compile``: a checkpoint in, a ``CompiledAnchorDETR`` out."""
 
-import copy
 import logging
 import os
 
@@ -10,7 +9,7 @@ from torch import Tensor, nn
 
 from . import backends
 from .cache import use_compile_cache
-from .checkpoint import Checkpoint, load_model
+from .checkpoint import Checkpoint, model_from
 from .config import AnchorDETRConfig
 from .devices import check_device, check_module_device, resolve_device
 from .fold import fold_frozen_batchnorm
@@ -146,7 +145,7 @@ def compile(
     logger.info("compile: backend %r (%s)", backend, reason)
     if spec.cache_dir is not None:
         use_compile_cache(spec.cache_dir)
-    model = copy.deepcopy(ckpt).eval() if isinstance(ckpt, AnchorDETR) else load_model(ckpt, variant=variant)
+    model = model_from(ckpt, variant)
     if backend != "eager":
         model = fold_frozen_batchnorm(model)
     runner = backends.BACKENDS[backend].build(model, spec)

@@ -11,7 +11,6 @@ layers; its frozen batch norms are folded into the convolutions; it is cast as
 written into the file's ``metadata_props`` (``METADATA_KEYS``).
 """
 
-import copy
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .cache import check_replaceable, write_whole
-from .checkpoint import Checkpoint, load_model
+from .checkpoint import Checkpoint, model_from
 from .config import variant_name
 from .errors import InputError
 from .export import example_inputs, trace_plan, tracing
@@ -96,11 +95,7 @@ def export_onnx(
     dynamic_shapes, example = trace_plan(min_shape, max_shape, opt_shape)
     path = Path(path)
     check_replaceable(path, written_by_us, f"path={str(path)!r}")
-    model = (
-        copy.deepcopy(ckpt_or_model)
-        if isinstance(ckpt_or_model, AnchorDETR)
-        else load_model(ckpt_or_model, variant=variant)
-    )
+    model = model_from(ckpt_or_model, variant)
     model = (
         fold_frozen_batchnorm(model.cpu().eval()).set_precision(PRECISIONS[precision]).set_fused_ops(False)
     )

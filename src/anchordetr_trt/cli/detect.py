@@ -71,9 +71,13 @@ def run(args: argparse.Namespace) -> int:
     readable, largest_side = [], 0
     for path in paths:  # headers only, so that a file that is no image stops the run before the model loads
         try:
-            side = resized_side(
-                path, check_image(path), args, None if args.skip_bad else "--skip-bad to leave it out"
-            )
+            try:
+                size = check_image(path)
+            except InputError as err:
+                if args.skip_bad:
+                    raise
+                raise InputError(f"{err}; or --skip-bad to leave it out") from None
+            side = resized_side(path, size, args, None if args.skip_bad else "--skip-bad to leave it out")
             readable.append(path)
             largest_side = max(largest_side, side)
         except InputError as err:
