@@ -198,11 +198,15 @@ def _delta(stats_a: dict | None, stats_b: dict | None) -> dict[str, float | None
 
 
 def _agreement_summary(records: list[_ImageComparison], dataset: CocoDataset) -> dict:
-    shares = [(r.matched / r.compared if r.compared else 1.0, r) for r in records]
+    """Per image, the share of a's compared detections that b matched, over the images where a had any
+    to compare (an image with none says nothing either way): mean and min (None where no image had
+    any), the images below 1 and the worst five; and the totals."""
+    shares = [(r.matched / r.compared, r) for r in records if r.compared]
     worst = sorted(shares, key=lambda pair: pair[0])[:5]
     return {
-        "mean": float(np.mean([share for share, _ in shares])),
-        "min": min(share for share, _ in shares),
+        "mean": float(np.mean([share for share, _ in shares])) if shares else None,
+        "min": min(share for share, _ in shares) if shares else None,
+        "images_compared": len(shares),
         "images_below_1": sum(share < 1 for share, _ in shares),
         "worst": [
             {

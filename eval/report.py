@@ -68,10 +68,10 @@ def _markdown(report: dict) -> str:
         "",
         "## Detection agreement",
         "",
-        f"Share of {name_a}'s top {settings['match_top_k']} detections per image that {name_b}'s top "
-        f"{settings['top_k']} has with the same label and IoU > {settings['iou_threshold']}: "
-        f"mean {agreement['mean']:.4f}, min {agreement['min']:.4f}; {agreement['images_below_1']} of "
-        f"{report['num_images']} images below 1. Largest score change of a matched detection: "
+        f"Share of {_compared(settings, name_a)} per image that {name_b}'s top {settings['top_k']} has "
+        f"with the same label and IoU > {settings['iou_threshold']}, each of {name_b}'s detections matched "
+        f"once: {_shares(agreement, report['num_images'])} {agreement['matched']} of "
+        f"{agreement['compared']} detections matched. Largest score change of a matched detection: "
         f"{agreement['max_score_diff']:.3g}.",
         "",
     ]
@@ -123,3 +123,19 @@ def _per_class_lines(ap_a: dict, ap_b: dict, name_a: str, name_b: str, limit: in
 
 def _cell(value: float | None, fmt: str = ".4f") -> str:
     return "n/a" if value is None else format(value, fmt)
+
+
+def _compared(settings: dict, name: str) -> str:
+    """Which of model ``name``'s detections the agreement compares, in words."""
+    if settings.get("match_min_score") is not None:
+        return f"{name}'s detections scoring at least {settings['match_min_score']}"
+    return f"{name}'s top {settings['match_top_k']} detections"
+
+
+def _shares(agreement: dict, num_images: int) -> str:
+    if agreement["mean"] is None:
+        return f"no image of {num_images} had a detection to compare;"
+    return (
+        f"mean {agreement['mean']:.4f}, min {agreement['min']:.4f} over the {agreement['images_compared']} "
+        f"of {num_images} images with detections to compare, {agreement['images_below_1']} below 1;"
+    )

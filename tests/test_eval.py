@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import anchordetr_trt as at
+from anchordetr_trt.comparison import count_matches
 from anchordetr_trt.eval import (
     COCO_CLASSES,
     evaluate_coco,
@@ -606,6 +607,36 @@ def test_parity_report_measures_a_known_difference(synthetic, oracle, tmp_path):
     markdown = md_path.read_text()
     assert "# Parity: exact vs perturbed" in markdown
     assert f"| AP | 1.0000 | {perturbed['AP']:.4f} | {perturbed['AP'] - 1:+.4f} |" in markdown
+
+
+def test_parity_agreement_leaves_out_images_with_nothing_to_compare(synthetic, oracle, tmp_path):
+    # No detection of a scores 0.3 (its best logits are -5): nothing to compare, which says nothing
+    # either way, not full agreement.
+    def unsure(images, mask):
+        out = oracle(images, mask)
+        return {**out, "pred_logits": out["pred_logits"] - 25}
+
+    report = parity_report(unsure, oracle, *synthetic, match_min_score=0.3, progress=False, **SIZES)
+    agreement = report["agreement"]
+    assert agreement["mean"] is None and agreement["min"] is None and agreement["images_compared"] == 0
+    assert agreement["matched"] == agreement["compared"] == 0
+    _, md_path = write_report(report, tmp_path)
+    markdown = md_path.read_text()
+    assert "Share of a's detections scoring at least 0.3 per image" in markdown
+    assert "no image of 6 had a detection to compare; 0 of 0 detections matched" in markdown
+
+
+def test_matching_takes_each_detection_of_b_once_in_score_order():
+    box = [0.1, 0.1, 0.2, 0.2]
+    shifted = [0.13, 0.1, 0.2, 0.2]  # IoU 0.54 with box
+    b = np.array([[*box, 0.9, 1.0]])
+    duplicates = np.array([[*box, 0.9, 1.0], [*box, 0.8, 1.0]])
+    assert count_matches(duplicates, b, 0.5)[:2] == (1, 2)
+    # A higher-scored detection below the IoU threshold takes nothing from the one that matches.
+    near_and_exact = np.array([[*shifted, 0.95, 1.0], [*box, 0.9, 1.0]])
+    assert count_matches(near_and_exact, b, 0.9)[:2] == (1, 2)
+    assert count_matches(near_and_exact, b, 0.5)[:2] == (1, 2)  # the first in score order takes it
+    assert count_matches(near_and_exact, np.array([[*box, 0.9, 2.0]]), 0.5)[:2] == (0, 2)  # other label
 
 
 def test_parity_report_flags_non_finite_outputs(synthetic, oracle, tmp_path):
