@@ -160,7 +160,7 @@ def test_batchnorm_is_trainable_then_folds_back_to_the_same_function(ts):
     model.train()
     with torch.no_grad():
         for _ in range(2):  # learn statistics (and give the affine parameters non-trivial values)
-            model(torch.randn(2, 3, 64, 64) * 3 + 1)
+            model(torch.rand(2, 3, 64, 64) * 4.5 - 2)  # within the normalized pixels' range
         for norm in norms:
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.2, 0.2)
