@@ -260,21 +260,20 @@ def images_microbench(variants: bool) -> list[dict]:
     channels_last with a zero fourth channel: one Inductor kernel), at 800x800 and 1344x1344, with the
     bytes it moves per microsecond; against a device-to-device copy of as many bytes (the memory's
     rate). ``variants``: also the padding done on the last dim of an NHWC permute. Empty for a tree
-    without ``inductor_rewrites.four_channels``."""
+    without ``inductor.fold`` and ``inductor_rewrites.four_channels``."""
     from torch.fx.experimental import _config as fx_config
 
     from anchordetr_trt.backends import inductor
     from anchordetr_trt.spec import CompileSpec
 
     try:
+        from anchordetr_trt.backends.inductor import fold
         from anchordetr_trt.backends.inductor_rewrites import four_channels
     except ImportError:
         return []
 
     def shipped(images, mask):
-        batch, channels, rows, _, columns, _ = images.shape
-        images = images.reshape(batch, channels, rows * 32, columns * 32)  # as the backend's _Unfolded
-        return four_channels(images.contiguous(memory_format=torch.channels_last))
+        return four_channels(fold(images))  # the backend's reshape, then the stem's padding
 
     def nhwc_pad(images, mask):
         batch, channels, rows, _, columns, _ = images.shape

@@ -1,5 +1,7 @@
 """AnchorDETR: backbone, input projection, transformer; plain tensors in, prediction dict out."""
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -148,11 +150,11 @@ def _check_pixels(images: Tensor) -> None:
     GPU images back would stall every call)."""
     if images.device.type != "cpu" or _tracing(images):
         return
-    if not torch.isfinite(images).all():
+    low, high = (value.item() for value in torch.aminmax(images))  # one pass: NaN and inf propagate
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise InputError(
             "images have NaN or infinite pixels: fix or drop those images (preprocess refuses them)"
         )
-    low, high = (value.item() for value in torch.aminmax(images))
     if max(-low, high) > UNNORMALIZED_PIXEL:
         raise InputError(
             f"images have pixels from {low:.4g} to {high:.4g}, where normalized ones lie in [-2.12, 2.64]: "

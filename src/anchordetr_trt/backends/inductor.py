@@ -83,11 +83,17 @@ class _Unfolded(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        batch, channels, rows, _, columns, _ = images.shape
-        height, width = rows * SIZE_MULTIPLE, columns * SIZE_MULTIPLE
-        images = images.reshape(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
-        out = self.model(images, mask.reshape(batch, height, width))
+        images = fold(images)
+        out = self.model(images, mask.reshape(images.shape[0], *images.shape[2:]))
         return {"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}
+
+
+def fold(images: Tensor) -> Tensor:
+    """``unfold``'s images [B, 3, H/32, 32, W/32, 32] as the model takes them: [B, 3, H, W],
+    channels_last."""
+    batch, channels, rows, _, columns, _ = images.shape
+    height, width = rows * SIZE_MULTIPLE, columns * SIZE_MULTIPLE
+    return images.reshape(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
 
 
 def unfold(images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -71,19 +71,14 @@ def run(args: argparse.Namespace) -> int:
     readable, largest_side = [], 0
     for path in paths:  # headers only, so that a file that is no image stops the run before the model loads
         try:
-            try:
-                size = check_image(path)
-            except InputError as err:
-                if args.skip_bad:
-                    raise
-                raise InputError(f"{err}; or --skip-bad to leave it out") from None
-            side = resized_side(path, size, args, None if args.skip_bad else "--skip-bad to leave it out")
-            readable.append(path)
-            largest_side = max(largest_side, side)
-        except InputError as err:
+            side = resized_side(path, check_image(path), args, leave_out=None)
+        except InputError as err:  # not an image, or too large: the other fix is to leave it out
             if not args.skip_bad:
-                raise
+                raise InputError(f"{err}; or --skip-bad to leave it out") from None
             skip(path, err)
+            continue
+        readable.append(path)
+        largest_side = max(largest_side, side)
     if not readable:
         raise InputError(f"none of the {len(paths)} image files could be read (see the lines above)")
 
