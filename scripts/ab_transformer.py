@@ -259,7 +259,8 @@ def images_microbench(variants: bool) -> list[dict]:
     [B, 3, H/32, 32, W/32, 32], dynamic over a range as ``compile()`` marks them, reshaped to
     channels_last with a zero fourth channel: one Inductor kernel), at 800x800 and 1344x1344, with the
     bytes it moves per microsecond; against a device-to-device copy of as many bytes (the memory's
-    rate). ``variants``: also the padding done on the last dim of an NHWC permute. Empty for a tree
+    rate). ``variants``: also the padding done on the last dim of an NHWC permute of the unfolded
+    images, and on dim 1 of the channels_last images. Empty for a tree
     without ``inductor.fold`` and ``inductor_rewrites.four_channels``."""
     from torch.fx.experimental import _config as fx_config
 
@@ -280,10 +281,14 @@ def images_microbench(variants: bool) -> list[dict]:
         nhwc = images.reshape(batch, channels, rows * 32, columns * 32).permute(0, 2, 3, 1)
         return torch.nn.functional.pad(nhwc, (0, 1)).contiguous().permute(0, 3, 1, 2)
 
+    def channel_pad(images, mask):  # the fourth channel padded on dim 1 of the channels_last images
+        padded = torch.nn.functional.pad(fold(images), (0, 0, 0, 0, 0, 1))
+        return padded.contiguous(memory_format=torch.channels_last)
+
     spec = CompileSpec(
         "fp16" if CUDA.type == "cuda" else "fp32", CUDA, (1, 320, 320), (8, 800, 1216), (8, 1344, 1344)
     )
-    candidates = {"shipped": shipped, **({"nhwc_pad": nhwc_pad} if variants else {})}
+    candidates = {"shipped": shipped, **({"nhwc_pad": nhwc_pad, "channel_pad": channel_pad} if variants else {})}
     compiled = {name: torch.compile(fn, fullgraph=True, dynamic=False) for name, fn in candidates.items()}
     rows = []
     for batch, size in ((1, SIZE), (8, SIZE), (8, 1344)):
