@@ -288,7 +288,10 @@ def images_microbench(variants: bool) -> list[dict]:
     spec = CompileSpec(
         "fp16" if CUDA.type == "cuda" else "fp32", CUDA, (1, 320, 320), (8, 800, 1216), (8, 1344, 1344)
     )
-    candidates = {"shipped": shipped, **({"nhwc_pad": nhwc_pad, "channel_pad": channel_pad} if variants else {})}
+    candidates = {
+        "shipped": shipped,
+        **({"nhwc_pad": nhwc_pad, "channel_pad": channel_pad} if variants else {}),
+    }
     compiled = {name: torch.compile(fn, fullgraph=True, dynamic=False) for name, fn in candidates.items()}
     rows = []
     for batch, size in ((1, SIZE), (8, SIZE), (8, 1344)):
