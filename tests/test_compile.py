@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import functools
+import logging
 import shutil
 import threading
 from collections.abc import Callable
@@ -424,6 +425,44 @@ def test_inductor_calls_hold_the_runners_lock(monkeypatch):
     monkeypatch.setattr(runner, "_call_padded", lambda images, mask: held.append(runner._lock.locked()))
     runner(*example_inputs((1, 64, 64)))
     assert held == [True] and not runner._lock.locked()
+
+
+def test_a_failed_capture_runs_that_shape_uncaptured_and_keeps_the_other_graphs(monkeypatch, caplog):
+    """A capture that fails (out of memory, say) warns once; the shape then runs the compiled function
+    uncaptured, with no capture tried again, and the graph it would have replaced is kept (CUDA
+    graphs replaced by direct calls: no GPU here)."""
+    failing, tried = (1, 96, 64), []
+
+    class Graph:  # _CapturedGraph's contract: captured at construction, replayed on new inputs
+        def __init__(self, fn, shape, pool):
+            tried.append(shape)
+            if shape == failing:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            self.fn = fn
+
+        def replay(self, images, mask):
+            return self.fn(images, mask)
+
+    monkeypatch.setattr(inductor, "_CapturedGraph", Graph)
+    monkeypatch.setattr(inductor._GraphPool, "for_range", classmethod(lambda cls, spec: None))
+    model = _rewritten_model()
+    spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (1, 96, 96))
+    runner = InductorRunner(model, spec, max_graphs=1, compiler=_keep_graph([]))
+    kept = (1, 64, 64)
+    for _ in range(2):  # seen twice: captured
+        runner(*example_inputs(kept))
+    inputs = example_inputs(failing)
+    expected = runner._call_padded(*inputs)
+    with caplog.at_level(logging.WARNING, logger=inductor.__name__):
+        outputs = [runner(*inputs) for _ in range(3)]
+    assert tried == [kept, failing]  # tried once
+    assert list(runner.graphs) == [kept]
+    assert [r.message for r in caplog.records if "cannot capture" in r.message] == [
+        "inductor: cannot capture a CUDA graph for (1, 96, 64) (OutOfMemoryError: CUDA out of memory. "
+        "Tried to allocate 2.00 GiB); running that shape uncaptured"
+    ]
+    for out in outputs:
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

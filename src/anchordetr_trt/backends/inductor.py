@@ -203,6 +203,7 @@ class InductorRunner(nn.Module):
         self._range_function: Callable | None = None  # the latest of them
         self.graphs: collections.OrderedDict[Shape, _CapturedGraph] = collections.OrderedDict()
         self.seen: set[Shape] = set()
+        self.uncapturable: set[Shape] = set()  # shapes whose capture failed: they run uncaptured
         self._graph_pool: _GraphPool | None = None  # made at the first capture
         # One call at a time: the captured graphs share their static inputs, and a capture may not
         # overlap another thread's call.
@@ -215,10 +216,13 @@ class InductorRunner(nn.Module):
             if graph is not None:
                 self.graphs.move_to_end(shape)
                 return graph.replay(images, mask)
-            if shape not in self.seen or self.max_graphs == 0:
+            if shape not in self.seen or self.max_graphs == 0 or shape in self.uncapturable:
                 self.seen.add(shape)
                 return self._call_padded(images, mask)
-            return self._capture(shape).replay(images, mask)
+            graph = self._capture(shape)
+            if graph is None:
+                return self._call_padded(images, mask)
+            return graph.replay(images, mask)
 
     def _call_padded(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
         images, mask = unfold(images, mask)
@@ -339,13 +343,26 @@ class InductorRunner(nn.Module):
                 "inductor: cannot save the compiled range to %s (%s: %s)", path, type(error).__name__, error
             )
 
-    def _capture(self, shape: Shape) -> _CapturedGraph:
+    def _capture(self, shape: Shape) -> _CapturedGraph | None:
+        """``shape``'s CUDA graph, kept in place of the least recently used one once it is captured; None,
+        with a warning, if the capture fails (say, out of memory): the shape then runs uncaptured."""
         start = time.perf_counter()
-        while len(self.graphs) >= self.max_graphs:
-            self.graphs.popitem(last=False)
         if self._graph_pool is None:
             self._graph_pool = _GraphPool.for_range(self.spec)
-        graph = self.graphs[shape] = _CapturedGraph(self._call_padded, shape, self._graph_pool)
+        try:
+            graph = _CapturedGraph(self._call_padded, shape, self._graph_pool)
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
+            self.uncapturable.add(shape)
+            logger.warning(
+                "inductor: cannot capture a CUDA graph for %s (%s: %s); running that shape uncaptured",
+                shape,
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
+            return None
+        while len(self.graphs) >= self.max_graphs:
+            self.graphs.popitem(last=False)
+        self.graphs[shape] = graph
         logger.info("inductor: captured a CUDA graph for %s in %.2f s", shape, time.perf_counter() - start)
         return graph
 
