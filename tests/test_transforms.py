@@ -172,6 +172,12 @@ def test_bad_sizes(kwargs, message):
         ([Image.new("RGB", (0, 10))], r"image 0 is empty \(10, 0\)"),
         ([np.zeros((5, 5, 2), np.uint8)], "HxWx3"),
         ([torch.full((3, 8, 8), 2.0)], r"\[0, 1\]"),
+        # An HWC tensor of 3 rows reads as CHW 3 pixels wide: refused, not resized to 800 x 3 * 800 / 640.
+        (
+            [torch.zeros(3, 640, 3)],
+            r"\[3, 640, 3\] is ambiguous, CHW 3 pixels wide or HWC.*permute\(2, 0, 1\)",
+        ),
+        ([torch.zeros(1, 640, 4, dtype=torch.uint8)], "ambiguous, CHW 4 pixels wide"),
         ([torch.full((3, 8, 8), float("nan"))], "NaN"),
         ([np.full((8, 8, 3), np.inf, np.float32)], "image 0 has NaN or infinite pixel values"),
         ([np.full((8, 8, 3), -0.5, np.float32)], r"float values must lie in \[0, 1\].*divide by 255"),

@@ -261,6 +261,11 @@ def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
             raise InputError(
                 f"image {index}: tensor of shape {list(image.shape)} is not CHW with 1, 3 or 4 channels"
             )
+        if image.shape[-1] in (3, 4):  # an HWC image of 1, 3 or 4 rows would read as CHW, a few pixels wide
+            raise InputError(
+                f"image {index}: tensor of shape {list(image.shape)} is ambiguous, CHW {image.shape[-1]} pixels "
+                "wide or HWC: pass CHW tensors (image.permute(2, 0, 1) for HWC) wider than 4 pixels"
+            )
         tensor = check_tensor_device(image, f"image {index}").detach().cpu()
         if tensor.dtype == torch.uint16:
             tensor = tensor.to(torch.float32) / 65535
