@@ -9,7 +9,8 @@ one machine; the second run, given the first's outputs, reports how far they mov
     PYTHONPATH=<old tree> python -m scripts.ab_transformer --out DIR --tag old
     PYTHONPATH=<new tree> python -m scripts.ab_transformer --out DIR --tag new --previous DIR/outputs_old.pt
 
-``AB_OLD=<a checkout of the other commit> STAGES=ab make gpu`` runs both on the GPU machine.
+``AB_OLD=<a checkout of the other commit> STAGES=ab make gpu`` runs both on the GPU machine. Inductor's
+settings are compared in one tree: ``--inductor-options '{"combo_kernels": true}'`` against none.
 Writes DIR/ab_transformer_<tag>.json and DIR/outputs_<tag>.pt.
 """
 
@@ -18,6 +19,7 @@ import functools
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -259,8 +261,7 @@ def images_microbench(variants: bool) -> list[dict]:
     [B, 3, H/32, 32, W/32, 32], dynamic over a range as ``compile()`` marks them, reshaped to
     channels_last with a zero fourth channel: one Inductor kernel), at 800x800 and 1344x1344, with the
     bytes it moves per microsecond; against a device-to-device copy of as many bytes (the memory's
-    rate). ``variants``: also the padding done on the last dim of an NHWC permute of the unfolded
-    images, and on dim 1 of the channels_last images. Empty for a tree
+    rate). ``variants``: also the padding done on the last dim of an NHWC permute. Empty for a tree
     without ``inductor.fold`` and ``inductor_rewrites.four_channels``."""
     from torch.fx.experimental import _config as fx_config
 
@@ -281,17 +282,10 @@ def images_microbench(variants: bool) -> list[dict]:
         nhwc = images.reshape(batch, channels, rows * 32, columns * 32).permute(0, 2, 3, 1)
         return torch.nn.functional.pad(nhwc, (0, 1)).contiguous().permute(0, 3, 1, 2)
 
-    def channel_pad(images, mask):  # the fourth channel padded on dim 1 of the channels_last images
-        padded = torch.nn.functional.pad(fold(images), (0, 0, 0, 0, 0, 1))
-        return padded.contiguous(memory_format=torch.channels_last)
-
     spec = CompileSpec(
         "fp16" if CUDA.type == "cuda" else "fp32", CUDA, (1, 320, 320), (8, 800, 1216), (8, 1344, 1344)
     )
-    candidates = {
-        "shipped": shipped,
-        **({"nhwc_pad": nhwc_pad, "channel_pad": channel_pad} if variants else {}),
-    }
+    candidates = {"shipped": shipped, **({"nhwc_pad": nhwc_pad} if variants else {})}
     compiled = {name: torch.compile(fn, fullgraph=True, dynamic=False) for name, fn in candidates.items()}
     rows = []
     for batch, size in ((1, SIZE), (8, SIZE), (8, 1344)):
@@ -334,11 +328,22 @@ def main() -> None:
         action="store_true",
         help="time rcda_aggregate, key_means and the images' preparation alone (variants), not the model",
     )
+    parser.add_argument(
+        "--inductor-options",
+        type=json.loads,
+        default={},
+        help="torch._inductor.config settings for the model's compiles, as JSON: e.g. '{\"combo_kernels\": true}'",
+    )
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"tag": args.tag, "commit": args.commit, "environment": environment()}
+    report = {
+        "tag": args.tag,
+        "commit": args.commit,
+        "inductor_options": args.inductor_options,
+        "environment": environment(),
+    }
     path = args.out / f"ab_transformer_{args.tag}.json"
 
     def save() -> None:
@@ -350,6 +355,13 @@ def main() -> None:
     save()
     if args.ops_only:
         return
+    with torch._inductor.config.patch(args.inductor_options):  # the whole model's and the parts' compiles
+        model_runs(args, report, save)
+    print(f"wrote {path}")
+
+
+def model_runs(args: argparse.Namespace, report: dict, save: Callable[[], None]) -> None:
+    """The whole model, its outputs and the parts, into ``report`` (saved after each)."""
     start = time.perf_counter()
     compiled = at.compile(
         random_model("r50-dc5"), backend="inductor", device="cuda",
@@ -373,7 +385,6 @@ def main() -> None:
     for batch in args.part_batches:
         report["parts"][f"b{batch}"] = parts(prepared, batch, args.profile_calls)
         save()
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -324,6 +324,16 @@ def test_the_saved_file_is_named_by_range_and_configuration(saved_range):
     assert not InductorRunner(dc5, spec, compiler=_keep_graph([])).load()
 
 
+def test_the_saved_file_is_named_by_inductors_settings(saved_range):
+    """A function Inductor compiled under other settings (torch._inductor.config) is not loaded."""
+    model, spec, _, _ = saved_range
+    runner = InductorRunner(model, spec)
+    name = runner._saved_path(inductor._global_state()).name
+    with torch._inductor.config.patch(combo_kernels=not torch._inductor.config.combo_kernels):
+        assert runner._saved_path(inductor._global_state()).name != name
+    assert runner._saved_path(inductor._global_state()).name == name
+
+
 def _saved_path(model, spec) -> Path:
     return InductorRunner(model, spec, compiler=_keep_graph([]))._saved_path(inductor._global_state())
 

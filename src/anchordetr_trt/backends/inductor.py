@@ -15,8 +15,8 @@ compiled function, its guards and Inductor's code are saved in the spec's ``cach
 and a second process loads them instead of tracing and compiling again (Inductor's own caches alone
 leave Dynamo's trace to redo; docs/design.md). The file's name is a hash of everything the function depends on: the code a
 trace reaches, torch, triton, Python, the GPU and its index, torch's global settings that Dynamo guards
-(thread count, cuBLAS TF32 and reduced-precision flags, autocast), the model's configuration, the
-precision and the range. The weights are not in it: the function reads them from the model at each
+(thread count, cuBLAS TF32 and reduced-precision flags, autocast), Inductor's settings, the model's
+configuration, the precision and the range. The weights are not in it: the function reads them from the model at each
 call. Each uncaptured call runs the first function whose guards accept its inputs; if none does, the
 range is compiled again when the global settings have changed since, else a function is compiled for
 the shape alone, with a warning (past ``MAX_FUNCTIONS``, the model runs uncompiled). A captured shape
@@ -62,11 +62,6 @@ MAX_FUNCTIONS = 8  # compiled functions of one runner: one for the range; more s
 # cuDNN's autotuning times every algorithm of every convolution at each new shape (seconds per shape);
 # its heuristics choose at once, and autotuning gained nothing on the backbone (docs/performance.md).
 CUDNN_BENCHMARK = False
-# Inductor's settings for the range's compile. combo_kernels (off by default in torch 2.11) fuses
-# independent small kernels, such as the decoder's weight concatenations and the attention's glue,
-# into shared launches: a batch-1 call at 800x800 takes 262 launches instead of 310 (H100,
-# docs/transformer_performance.md).
-INDUCTOR_OPTIONS = {"combo_kernels": True}
 
 
 def status(device: torch.device) -> tuple[bool, str]:
@@ -292,7 +287,7 @@ class InductorRunner(nn.Module):
                 backend=self.compiler or "inductor",
                 fullgraph=True,
                 dynamic=False,
-                options={"guard_filter_fn": _saved_guards, **({} if self.compiler else INDUCTOR_OPTIONS)},
+                options={"guard_filter_fn": _saved_guards},
             )
         with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
             function = compiled.aot_compile(((images, mask), {}))
@@ -419,6 +414,10 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
         "precision": spec.precision,
         "range": spec.padded_range,
         "compiler": "inductor" if compiler is None else getattr(compiler, "__qualname__", repr(compiler)),
+        # Inductor's settings (torch._inductor.config) shape the code it generates.
+        "inductor_config": repr(sorted(torch._inductor.config.save_config_portable().items()))
+        if compiler is None
+        else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
