@@ -5,7 +5,9 @@
 #   bench.json bench.png profile.json profile.txt  bench_parts.json  train.json  accuracy.json accuracy.md
 #   runs.tsv (stage, commit, files, command of each stage that ran)
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
-#   (AB_NAME names the change, default "transformer")
+#   (AB_NAME names the change, default "transformer"); with AB_OPTIONS='<JSON>' and STAGES=ab-options,
+#   ab_options_old.json (Inductor's defaults) and _new.json (those settings); with STAGES=ops,
+#   ops_microbench.json
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
 # `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
@@ -109,6 +111,21 @@ if [[ -n ${AB_OLD:-} ]]; then
 elif selected ab; then
     printf '%-10s skipped: set AB_OLD to a checkout of the commit to compare with\n' ab | tee -a "$LOGS/summary.txt"
 fi
+# Inductor's settings against its defaults, in this tree and one call: AB_OPTIONS is a JSON object of
+# torch._inductor.config settings, e.g. '{"combo_kernels": true}'.
+AB_SETTINGS='python3 "$1" --out "$2" --tag old --commit "$3" --part-batches &&
+python3 "$1" --out "$2" --tag new --commit "$3" --part-batches --inductor-options "$4" --previous "$2/outputs_old.pt"'
+if [[ -n ${AB_OPTIONS:-} ]]; then
+    stage ab-options 300 "ab_options_old.json ab_options_new.json" \
+        sh -c "$AB_SETTINGS" sh "$PWD/scripts/ab_transformer.py" "$WORK/ab-options" "$COMMIT_SHOWN" "$AB_OPTIONS"
+    collect ab-options "$WORK/ab-options" "ab_transformer_old.json:ab_options_old.json" "ab_transformer_new.json:ab_options_new.json"
+elif selected ab-options; then
+    printf '%-10s skipped: set AB_OPTIONS to a JSON object of Inductor settings\n' ab-options | tee -a "$LOGS/summary.txt"
+fi
+# The custom ops alone, with other launch configurations, and the images' preparation (not by default).
+stage ops 200 ops_microbench.json python3 -m scripts.ab_transformer --out "$WORK/ops" --tag ops --ops-only \
+    --commit "$COMMIT_SHOWN"
+collect ops "$WORK/ops" ab_transformer_ops.json:ops_microbench.json
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
 stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min 7.5
 stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT"

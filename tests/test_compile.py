@@ -438,10 +438,11 @@ def test_inductor_calls_hold_the_runners_lock(monkeypatch):
 
 
 def test_a_failed_capture_runs_that_shape_uncaptured_and_keeps_the_other_graphs(monkeypatch, caplog):
-    """A capture that fails (out of memory, say) warns once; the shape then runs the compiled function
-    uncaptured, with no capture tried again, and the graph it would have replaced is kept (CUDA
-    graphs replaced by direct calls: no GPU here)."""
-    failing, tried = (1, 96, 64), []
+    """A capture that fails (out of memory, say), in the graph or in the first allocation of the
+    graphs' shared inputs, warns once; the shape then runs uncaptured, with no capture tried again,
+    and the graph it would have replaced is kept (CUDA graphs replaced by direct calls, the compiled
+    function by a stub: no GPU here)."""
+    failing, tried, pools = (1, 96, 64), [], []
 
     class Graph:  # _CapturedGraph's contract: captured at construction, replayed on new inputs
         def __init__(self, fn, shape, pool):
@@ -453,12 +454,23 @@ def test_a_failed_capture_runs_that_shape_uncaptured_and_keeps_the_other_graphs(
         def replay(self, images, mask):
             return self.fn(images, mask)
 
+    def for_range(cls, spec, fail=False):
+        pools.append(spec)
+        if fail:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    def runner_with(max_graphs: int) -> InductorRunner:
+        spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (1, 96, 96))
+        runner = InductorRunner(torch.nn.Identity(), spec, max_graphs=max_graphs, compiler=_keep_graph([]))
+        monkeypatch.setattr(runner, "_call_padded", lambda images, mask: {"pred_logits": images.mean((1, 2))})
+        return runner
+
+    def warnings() -> list[str]:
+        return [r.message.split(";")[0] for r in caplog.records if "cannot capture" in r.message]
+
     monkeypatch.setattr(inductor, "_CapturedGraph", Graph)
-    monkeypatch.setattr(inductor._GraphPool, "for_range", classmethod(lambda cls, spec: None))
-    model = _rewritten_model()
-    spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (1, 96, 96))
-    runner = InductorRunner(model, spec, max_graphs=1, compiler=_keep_graph([]))
-    kept = (1, 64, 64)
+    monkeypatch.setattr(inductor._GraphPool, "for_range", classmethod(for_range))
+    runner, kept = runner_with(max_graphs=1), (1, 64, 64)
     for _ in range(2):  # seen twice: captured
         runner(*example_inputs(kept))
     inputs = example_inputs(failing)
@@ -467,12 +479,29 @@ def test_a_failed_capture_runs_that_shape_uncaptured_and_keeps_the_other_graphs(
         outputs = [runner(*inputs) for _ in range(3)]
     assert tried == [kept, failing]  # tried once
     assert list(runner.graphs) == [kept]
-    assert [r.message for r in caplog.records if "cannot capture" in r.message] == [
+    assert warnings() == [
         "inductor: cannot capture a CUDA graph for (1, 96, 64) (OutOfMemoryError: CUDA out of memory. "
-        "Tried to allocate 2.00 GiB); running that shape uncaptured"
+        "Tried to allocate 2.00 GiB)"
     ]
     for out in outputs:
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+    caplog.clear()
+    monkeypatch.setattr(
+        inductor._GraphPool, "for_range", classmethod(functools.partial(for_range, fail=True))
+    )
+    runner, pools[:] = runner_with(max_graphs=1), []
+    with caplog.at_level(logging.WARNING, logger=inductor.__name__):
+        outputs = [runner(*example_inputs(kept)) for _ in range(3)]
+    assert (
+        len(pools) == 1
+        and not runner.graphs
+        and warnings()
+        == [
+            "inductor: cannot capture a CUDA graph for (1, 64, 64) (OutOfMemoryError: CUDA out of memory. "
+            "Tried to allocate 1.00 GiB)"
+        ]
+    )
 
 
 @pytest.mark.gpu

@@ -164,6 +164,11 @@ def test_bad_sizes(kwargs, message):
         at.preprocess(_random_rgb(16, 16), **kwargs)
 
 
+def test_gray_tensors_of_any_width_are_read():
+    batch, _, sizes = at.preprocess([torch.rand(100, 3), torch.rand(100, 4)])
+    assert sizes.tolist() == [[100, 3], [100, 4]] and batch.shape[1] == 3
+
+
 @pytest.mark.parametrize(
     ("images", "message"),
     [
@@ -173,11 +178,12 @@ def test_bad_sizes(kwargs, message):
         ([np.zeros((5, 5, 2), np.uint8)], "HxWx3"),
         ([torch.full((3, 8, 8), 2.0)], r"\[0, 1\]"),
         # An HWC tensor of 3 rows reads as CHW 3 pixels wide: refused, not resized to 800 x 3 * 800 / 640.
+        ([torch.zeros(3, 640, 3)], r"\[3, 640, 3\] is ambiguous \(CHW or HWC\): pass HWC as image.permute"),
+        ([torch.zeros(1, 640, 4, dtype=torch.uint8)], r"\[1, 640, 4\] is ambiguous"),
         (
-            [torch.zeros(3, 640, 3)],
-            r"\[3, 640, 3\] is ambiguous, CHW 3 pixels wide or HWC.*permute\(2, 0, 1\)",
+            [torch.zeros(480, 640, 3)],
+            r"\[480, 640, 3\] is not CHW with 1, 3 or 4 channels: pass image.permute",
         ),
-        ([torch.zeros(1, 640, 4, dtype=torch.uint8)], "ambiguous, CHW 4 pixels wide"),
         ([torch.full((3, 8, 8), float("nan"))], "NaN"),
         ([np.full((8, 8, 3), np.inf, np.float32)], "image 0 has NaN or infinite pixel values"),
         ([np.full((8, 8, 3), -0.5, np.float32)], r"float values must lie in \[0, 1\].*divide by 255"),

@@ -329,6 +329,8 @@ def example_batches(
             )[0]
             .mul(255)
             .to(torch.uint8)
+            .permute(1, 2, 0)
+            .numpy()  # HxWx3 arrays: a CHW tensor 3 or 4 pixels wide would be ambiguous
             for h, w in sizes
         ]
         images, mask, _ = preprocess(

@@ -50,8 +50,9 @@ def preprocess(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Resize, normalize and pad images into one batch.
 
-    ``images``: one image or a list of them, each a PIL image, an HxW or HxWxC array or a CxHxW
-    tensor with C = 1, 3 or 4 (gray and RGBA become RGB). Values by dtype: uint8 0..255, uint16
+    ``images``: one image or a list of them, each a PIL image, an HxW or HxWxC array or a CxHxW (or
+    HxW) tensor with C = 1, 3 or 4 (gray and RGBA become RGB); a tensor that reads as both CxHxW and
+    HxWxC (C and H in 1, 3, 4) is refused. Values by dtype: uint8 0..255, uint16
     0..65535, float in [0, 1]; other integer dtypes are refused (convert with ``.astype(np.uint8)``).
     PIL images are turned upright by their EXIF orientation first, unless ``exif_orientation=False``
     (datasets annotated on the stored pixels, as COCO is). Each image is resized by
@@ -255,16 +256,18 @@ def _as_rgb(image: ImageLike, index: int) -> Image.Image | Tensor:
             raise _dtype_error(index, str(image.dtype), "array")
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     elif isinstance(image, Tensor):
+        hwc = image.dim() == 3 and image.shape[-1] in (3, 4)
+        if hwc and image.shape[0] in (1, 3, 4):  # HWC of 1, 3 or 4 rows, or CHW 3 or 4 pixels wide
+            raise InputError(
+                f"image {index}: tensor of shape {list(image.shape)} is ambiguous (CHW or HWC): pass HWC "
+                "as image.permute(2, 0, 1), or either as an HxWxC array (image.numpy())"
+            )
         if image.dim() == 2:
             image = image[None]
         if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
+            fix = ": pass image.permute(2, 0, 1)" if hwc else ""
             raise InputError(
-                f"image {index}: tensor of shape {list(image.shape)} is not CHW with 1, 3 or 4 channels"
-            )
-        if image.shape[-1] in (3, 4):  # an HWC image of 1, 3 or 4 rows would read as CHW, a few pixels wide
-            raise InputError(
-                f"image {index}: tensor of shape {list(image.shape)} is ambiguous, CHW {image.shape[-1]} pixels "
-                "wide or HWC: pass CHW tensors (image.permute(2, 0, 1) for HWC) wider than 4 pixels"
+                f"image {index}: tensor of shape {list(image.shape)} is not CHW with 1, 3 or 4 channels{fix}"
             )
         tensor = check_tensor_device(image, f"image {index}").detach().cpu()
         if tensor.dtype == torch.uint16:

@@ -29,7 +29,8 @@ one memory pool and one static input buffer sized for the largest shape, and at 
 are kept (least recently used first out): the memory held is bounded by the largest shape's
 activations plus ``max_graphs`` graphs' small static outputs and executables, whatever the stream.
 Sharing them, calls take turns: from several threads, one at a time; on several CUDA streams, a
-replay waits on the GPU for the previous one to finish with the static inputs and the pool.
+replay waits on the GPU for the previous one to finish with the static inputs and the pool. A shape
+whose capture fails (out of memory, say) runs uncaptured from then on, with one warning.
 """
 
 import collections
@@ -342,9 +343,9 @@ class InductorRunner(nn.Module):
         """``shape``'s CUDA graph, kept in place of the least recently used one once it is captured; None,
         with a warning, if the capture fails (say, out of memory): the shape then runs uncaptured."""
         start = time.perf_counter()
-        if self._graph_pool is None:
-            self._graph_pool = _GraphPool.for_range(self.spec)
         try:
+            if self._graph_pool is None:
+                self._graph_pool = _GraphPool.for_range(self.spec)
             graph = _CapturedGraph(self._call_padded, shape, self._graph_pool)
         except RuntimeError as error:  # torch.OutOfMemoryError is one
             self.uncapturable.add(shape)
