@@ -1,5 +1,6 @@
 """Pre- and post-processing matching the official COCO evaluation pipeline."""
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -297,9 +298,9 @@ def _dtype_error(index: int, dtype: str, kind: str) -> InputError:
 
 
 def _check_unit_range(tensor: Tensor, name: str) -> Tensor:
-    if not torch.isfinite(tensor).all():
+    low, high = (value.item() for value in torch.aminmax(tensor))  # one pass: NaN and inf propagate
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise InputError(f"{name} has NaN or infinite pixel values: fix or drop the image")
-    low, high = tensor.min().item(), tensor.max().item()
     if low < 0 or high > 1:
         raise InputError(
             f"{name}: float values must lie in [0, 1], got [{low:.3g}, {high:.3g}]; "
