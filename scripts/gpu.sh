@@ -98,9 +98,10 @@ stage parts 560 bench_parts.json python3 -m anchordetr_trt.cli bench --out "$WOR
     --parts --backends inductor --batch 8 --no-startup
 collect parts "$WORK/parts" bench.json:bench_parts.json
 # The transformer against another code tree, in one call: AB_OLD is a checkout of the commit to compare
-# with; both trees run this tree's scripts/ab_transformer.py (its outputs_*.pt stay in the work folder).
+# with (AB_OLD_COMMIT names its commit where AB_OLD is not a git checkout, e.g. a `git archive`); both
+# trees run this tree's scripts/ab_transformer.py (its outputs_*.pt stay in the work folder).
 AB='rm -rf /tmp/ab_old_site && python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
-old=$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown) &&
+old=${AB_OLD_COMMIT:-$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown)} &&
 PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old" &&
 python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'
 if [[ -n ${AB_OLD:-} ]]; then
