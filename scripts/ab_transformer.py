@@ -32,6 +32,14 @@ from anchordetr_trt.environment import environment
 from anchordetr_trt.export import example_inputs
 from anchordetr_trt.weights import random_model
 
+try:
+    from anchordetr_trt.bench.parts import compile_part
+except ImportError:  # an A/B's older tree: its parts were compiled so
+
+    def compile_part(call):
+        return torch.compile(call, fullgraph=True, dynamic=False, mode="reduce-overhead")
+
+
 CUDA = torch.device("cuda")
 SIZE = 800
 BATCHES = (1, 8)
@@ -60,7 +68,7 @@ def whole_model(model, rounds: int = 2) -> dict:
 
 
 def parts(model, batch: int, profile_calls: int) -> dict:
-    """The encoder and the decoder at ``batch``: each compiled for the shape (fullgraph, CUDA graphs),
+    """The encoder and the decoder at ``batch``: each compiled for the shape (``compile_part``),
     ms per call back to back, FLOPs and the kernels of a call."""
     dtype = model.input_proj[0][0].weight.dtype  # the backbone's (the heads stay float32)
     images, mask = example_inputs((batch, SIZE, SIZE), CUDA, dtype)
@@ -72,7 +80,7 @@ def parts(model, batch: int, profile_calls: int) -> dict:
             if part.name not in TRANSFORMER_PARTS:
                 continue
             start = time.perf_counter()
-            compiled = torch.compile(part.call, fullgraph=True, dynamic=False, mode="reduce-overhead")
+            compiled = compile_part(part.call)
 
             def run(compiled=compiled, args=part.args):
                 torch.compiler.cudagraph_mark_step_begin()

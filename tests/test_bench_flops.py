@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
+from anchordetr_trt.backends.inductor import INDUCTOR_OPTIONS
 from anchordetr_trt.bench import flops, parts
 from anchordetr_trt.bench.configs import BenchConfig
 from anchordetr_trt.bench.latency import run_benchmark
@@ -134,6 +135,17 @@ def test_split_forward_computes_the_models_output(model):
 def test_time_parts_eager_times_each_part(model):
     times = parts.time_parts(model, *example_inputs((1, 64, 64)), compiled=False, warmup=0, iters=1)
     assert list(times) == list(parts.PARTS) and all(math.isfinite(t) and t > 0 for t in times.values())
+
+
+def test_compiled_parts_are_compiled_as_the_inductor_backend_compiles(model, monkeypatch):
+    # Under the backend's Inductor settings, with CUDA graphs; torch.compile stands in (the parts run
+    # eagerly here), as Inductor's settings only act on a GPU.
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda call, **kwargs: seen.append(kwargs) or call)
+    times = parts.time_parts(model, *example_inputs((1, 64, 64)), compiled=True, warmup=0, iters=1)
+    assert list(times) == list(parts.PARTS) and len(seen) == len(parts.PARTS)
+    options = {"triton.cudagraphs": True, **INDUCTOR_OPTIONS}
+    assert all(kwargs == {"fullgraph": True, "dynamic": False, "options": options} for kwargs in seen)
 
 
 def test_peak_is_two_n_cubed_flops_per_call_over_the_measured_time(monkeypatch):

@@ -7,9 +7,10 @@ whole call goes, for the per-part FLOP rates of ``flops``.
   and the prediction heads.
 
 Compiled parts follow the inductor backend: its prepared model (folded batch norm, fused ops, its dtype,
-channels_last) with each part compiled on its own for the row's static shape, with CUDA graphs
-(``mode="reduce-overhead"``), so that batch 1 is not timed as launch overhead. Fusion across the part
-boundaries is lost, so the parts may add up to a little more than the whole call.
+channels_last) with each part compiled on its own for the row's static shape, under the backend's
+Inductor settings and with CUDA graphs (``compile_part``), so that batch 1 is not timed as launch
+overhead. Fusion across the part boundaries is lost, so the parts may add up to a little more than
+the whole call.
 """
 
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..backends.inductor import INDUCTOR_OPTIONS
 from ..model import AnchorDETR
 from . import timing
 
@@ -55,6 +57,14 @@ def split_forward(model: AnchorDETR, images: Tensor, mask: Tensor | None) -> lis
     return parts
 
 
+def compile_part(call: Callable) -> Callable:
+    """``call`` through ``torch.compile`` for static shapes, as the inductor backend compiles its range
+    (its Inductor settings) and with CUDA graphs (``mode="reduce-overhead"``'s setting, which
+    torch.compile takes only without options)."""
+    options = {"triton.cudagraphs": True, **INDUCTOR_OPTIONS}
+    return torch.compile(call, fullgraph=True, dynamic=False, options=options)
+
+
 def time_parts(
     model: AnchorDETR,
     images: Tensor,
@@ -66,7 +76,7 @@ def time_parts(
 ) -> dict[str, float]:
     """Milliseconds per call of each part of ``model`` on inputs of the shape of ``images`` and
     ``mask``, the calls queued back to back as a throughput measurement queues them. ``compiled``:
-    each part through ``torch.compile`` for this shape (CUDA graphs on a GPU), else eager.
+    each part through ``compile_part`` for this shape (CUDA graphs on a GPU), else eager.
 
     Cost: compiled, three static compiles per shape (each some seconds with a cold cache); eager, ``warmup + iters`` calls of each part."""
     device = images.device
@@ -74,9 +84,7 @@ def time_parts(
         parts = split_forward(model, images, mask)
         times = {}
         for part in parts:
-            call = part.call
-            if compiled:
-                call = torch.compile(part.call, fullgraph=True, dynamic=False, mode="reduce-overhead")
+            call = compile_part(part.call) if compiled else part.call
             run = _step(call, part.args, graphs=compiled and device.type == "cuda")
             for _ in range(max(warmup, 3) if compiled else warmup):  # compile, record, replay
                 run()
