@@ -10,7 +10,8 @@ one machine; the second run, given the first's outputs, reports how far they mov
     PYTHONPATH=<new tree> python -m scripts.ab_transformer --out DIR --tag new --previous DIR/outputs_old.pt
 
 ``AB_OLD=<a checkout of the other commit> STAGES=ab make gpu`` runs both on the GPU machine. Inductor's
-settings are compared in one tree: ``--inductor-options '{"combo_kernels": true}'`` against none.
+settings are compared in one tree: ``--inductor-options '{"triton.enable_pdl": true}'`` against none
+(settings other than the backend's own ``INDUCTOR_OPTIONS``, which its compile applies over these).
 Writes DIR/ab_transformer_<tag>.json and DIR/outputs_<tag>.pt.
 """
 
@@ -332,13 +333,29 @@ def images_microbench(variants: bool) -> list[dict]:
 
 
 def _options(text: str) -> dict:
-    """--inductor-options: a JSON object of torch._inductor.config settings."""
+    """--inductor-options: a JSON object of torch._inductor.config settings, none of which the backend
+    sets itself (its INDUCTOR_OPTIONS are applied over the global config, so they would compare equal
+    trees)."""
     options = json.loads(text)
     if not isinstance(options, dict):
         raise argparse.ArgumentTypeError(
-            f"a JSON object is needed, e.g. '{{\"combo_kernels\": true}}', got {text}"
+            f"a JSON object is needed, e.g. '{{\"triton.enable_pdl\": true}}', got {text}"
+        )
+    fixed = sorted(set(options) & set(_backend_options()))
+    if fixed:
+        raise argparse.ArgumentTypeError(
+            f"the inductor backend sets {', '.join(fixed)} itself (INDUCTOR_OPTIONS in "
+            "backends/inductor.py), over these settings: compare such a change as an A/B of two trees "
+            "(STAGES=ab)"
         )
     return options
+
+
+def _backend_options() -> dict:
+    """The settings the imported tree's backend compiles with ({} for a tree before them)."""
+    from anchordetr_trt.backends import inductor
+
+    return getattr(inductor, "INDUCTOR_OPTIONS", {})
 
 
 def main() -> None:
@@ -356,7 +373,7 @@ def main() -> None:
         "--inductor-options",
         type=_options,
         default={},
-        help="torch._inductor.config settings for the model's compiles, as JSON: e.g. '{\"combo_kernels\": true}'",
+        help="torch._inductor.config settings for the model's compiles, as JSON: e.g. '{\"triton.enable_pdl\": true}'",
     )
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)

@@ -62,7 +62,11 @@ stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's
     timeout "$limit" "$@" >> "$LOGS/gpu.log" 2>&1
     local rc=$?
     printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$LOGS/summary.txt"
-    local command="$*"  # as results/README.md shows it: one line, folders by name
+    local command="" arg  # as results/README.md shows it: one line, folders by name, arguments with
+    for arg in "$@"; do   # spaces quoted (unless they hold quotes: scripts, shown as they are)
+        [[ $arg == *[[:space:]]* && $arg != *\"* ]] && arg="\"$arg\""
+        command+="${command:+ }$arg"
+    done
     command=${command//$'\n'/ } command=${command//$'\t'/ } command=${command//$OUT/OUT}
     printf '%s\t%s\t%s\t%s\n' "$name" "$COMMIT_SHOWN" "$files" "${command//$WORK/.cache/gpu_work}" >> "$OUT/runs.tsv"
 }
@@ -113,7 +117,7 @@ elif selected ab; then
     printf '%-10s skipped: set AB_OLD to a checkout of the commit to compare with\n' ab | tee -a "$LOGS/summary.txt"
 fi
 # Inductor's settings against its defaults, in this tree and one call: AB_OPTIONS is a JSON object of
-# torch._inductor.config settings, e.g. '{"combo_kernels": true}'.
+# torch._inductor.config settings, e.g. '{"triton.enable_pdl": true}' (not those the backend sets itself).
 AB_SETTINGS='python3 "$1" --out "$2" --tag old --commit "$3" --part-batches &&
 python3 "$1" --out "$2" --tag new --commit "$3" --part-batches --inductor-options "$4" --previous "$2/outputs_old.pt"'
 if [[ -n ${AB_OPTIONS:-} ]]; then

@@ -1,6 +1,9 @@
 """scripts.ab_transformer: the kernels of a profiled call grouped by kind, as the A/B files report them,
 and the images' preparation microbench's formulations."""
 
+import argparse
+
+import pytest
 import torch
 
 from scripts import ab_transformer
@@ -39,3 +42,18 @@ def test_images_microbench_times_one_dynamic_kernel_per_formulation(monkeypatch)
     assert {row["impl"] for row in rows} == {"shipped", "nhwc_pad", "copy of as many bytes"}
     assert all(row["exact"] for row in rows)
     assert counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1]", "a JSON object is needed"),
+        ('{"combo_kernels": false}', "the inductor backend sets combo_kernels itself"),
+    ],
+)
+def test_inductor_options_that_would_compare_equal_trees_are_refused(text, message):
+    # The backend's own settings are applied over --inductor-options: such an A/B would time one
+    # configuration twice.
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        ab_transformer._options(text)
+    assert ab_transformer._options('{"triton.enable_pdl": true}') == {"triton.enable_pdl": True}

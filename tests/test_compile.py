@@ -427,9 +427,9 @@ def _check_calls_take_turns(compiled, shape) -> None:
 
 @pytest.mark.parametrize("compiler", [None, "keep"])
 def test_the_range_is_compiled_under_the_backends_inductor_settings(monkeypatch, compiler):
-    """Inductor compiles the range under INDUCTOR_OPTIONS (combo_kernels: measured faster in
-    docs/transformer_performance.md); another compiler gets none of them. torch.compile stands in, as
-    Inductor cannot compile here without a GPU."""
+    """Inductor compiles the range under INDUCTOR_OPTIONS (measured faster in
+    docs/transformer_performance.md); another compiler gets none of them. torch.compile stands in:
+    what it is given is the point, not a compile of the model."""
     seen = []
 
     class Stop(Exception):
@@ -441,13 +441,12 @@ def test_the_range_is_compiled_under_the_backends_inductor_settings(monkeypatch,
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (1, 64, 64))
-    runner = InductorRunner(_rewritten_model(), spec, max_graphs=0, compiler=compiler and _keep_graph([]))
+    runner = InductorRunner(torch.nn.Identity(), spec, max_graphs=0, compiler=compiler and _keep_graph([]))
     with pytest.raises(Stop):
         runner._compile(*inductor.unfold(*example_inputs((1, 64, 64))), symbolic=False)
     options = seen[0]["options"]
     assert options.pop("guard_filter_fn") is inductor._saved_guards
-    assert options == ({} if compiler else inductor.INDUCTOR_OPTIONS)
-    assert inductor.INDUCTOR_OPTIONS == {"combo_kernels": True}
+    assert options == ({} if compiler else inductor.INDUCTOR_OPTIONS) and inductor.INDUCTOR_OPTIONS
 
 
 def test_inductor_calls_hold_the_runners_lock(monkeypatch):

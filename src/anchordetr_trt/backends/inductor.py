@@ -22,7 +22,7 @@ range is compiled again when the global settings have changed since, else a func
 the shape alone, with a warning (past ``MAX_FUNCTIONS``, the model runs uncompiled). A captured shape
 replays its CUDA graph whatever the settings.
 
-CUDA graphs where they pay. Batch 1 is launch bound (some 600 kernels), so a shape's second call
+CUDA graphs where they pay. Batch 1 is launch bound (some 260 kernels), so a shape's second call
 captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the
 compiled function directly, so that a stream of one-off shapes costs no captures. The graphs share
 one memory pool and one static input buffer sized for the largest shape, and at most ``max_graphs``
