@@ -7,7 +7,7 @@
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
 #   (AB_NAME names the change, default "transformer"); with AB_OPTIONS='<JSON>' and STAGES=ab-options,
 #   ab_options_old.json (Inductor's defaults) and _new.json (those settings); with STAGES=ops,
-#   ops_microbench.json
+#   ops_microbench.json; with STAGES=ncu-rcda, ncu_rcda_encoder.csv and ncu_rcda_decoder.csv
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
 # `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
@@ -131,6 +131,16 @@ fi
 stage ops 200 ops_microbench.json python3 -m scripts.ab_transformer --out "$WORK/ops" --tag ops --ops-only \
     --commit "$COMMIT_SHOWN"
 collect ops "$WORK/ops" ab_transformer_ops.json:ops_microbench.json
+# rcda_aggregate's kernel under Nsight Compute at batch 8 (not by default): the encoder's and the
+# decoder's call, each profiled once after its warm-up (stall reasons, pipes, occupancy; the profiler
+# leaves the clocks alone). NCU names the profiler where `ncu` is not on the PATH.
+NCU=${NCU:-$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)}
+NCU_RCDA='for part in encoder decoder; do
+"$1" --clock-control none --kernel-name rcda_aggregate_kernel --launch-skip 2 --launch-count 1 --set detailed \
+    --section SourceCounters -f -o "$2/ncu_rcda_$part" python3 -m scripts.profile_rcda --batch 8 --parts "$part" &&
+"$1" --import "$2/ncu_rcda_$part.ncu-rep" --csv --page details > "$3/ncu_rcda_$part.csv" || exit 1
+done'
+stage ncu-rcda 300 "ncu_rcda_encoder.csv ncu_rcda_decoder.csv" sh -c "$NCU_RCDA" sh "${NCU:-ncu}" "$WORK" "$OUT"
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
 stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min 7.5
 stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT"
