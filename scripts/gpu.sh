@@ -7,7 +7,7 @@
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
 #   (AB_NAME names the change, default "transformer"); with AB_OPTIONS='<JSON>' and STAGES=ab-options,
 #   ab_options_old.json (Inductor's defaults) and _new.json (those settings); with STAGES=ops,
-#   ops_microbench.json; with STAGES=ncu-rcda, ncu_rcda_encoder.csv and ncu_rcda_decoder.csv
+#   ops_microbench.json; with STAGES=ncu-rcda, ncu_rcda_{encoder,decoder}{,_sass}.csv and .ncu-rep
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
 # `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
@@ -63,11 +63,11 @@ stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's
     local rc=$?
     printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$LOGS/summary.txt"
     local command="" arg  # as results/README.md shows it: one line, folders by name, arguments with
-    for arg in "$@"; do   # spaces quoted (unless they hold quotes: scripts, shown as they are)
-        [[ $arg == *[[:space:]]* && $arg != *\"* ]] && arg="\"$arg\""
+    for arg in "$@"; do   # spaces or quotes in single quotes (unless they hold one)
+        [[ $arg == *[[:space:]\"]* && $arg != *\'* ]] && arg="'$arg'"
         command+="${command:+ }$arg"
     done
-    command=${command//$'\n'/ } command=${command//$'\t'/ } command=${command//$OUT/OUT}
+    command=${command//$'\\\n'/ } command=${command//$'\n'/ } command=${command//$'\t'/ } command=${command//$OUT/OUT}
     printf '%s\t%s\t%s\t%s\n' "$name" "$COMMIT_SHOWN" "$files" "${command//$WORK/.cache/gpu_work}" >> "$OUT/runs.tsv"
 }
 collect() {  # collect NAME DIR SRC[:DEST]...: copy a selected stage's files from DIR into $OUT (as DEST)
@@ -132,15 +132,25 @@ stage ops 200 ops_microbench.json python3 -m scripts.ab_transformer --out "$WORK
     --commit "$COMMIT_SHOWN"
 collect ops "$WORK/ops" ab_transformer_ops.json:ops_microbench.json
 # rcda_aggregate's kernel under Nsight Compute at batch 8 (not by default): the encoder's and the
-# decoder's call, each profiled once after its warm-up (stall reasons, pipes, occupancy; the profiler
-# leaves the clocks alone). NCU names the profiler where `ncu` is not on the PATH.
-NCU=${NCU:-$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)}
+# decoder's call, each profiled once after scripts/profile_rcda.py's warm-up (the profiler leaves the
+# clocks alone). Summary (stall reasons, pipes, occupancy) and SASS with its stalls per instruction as
+# CSV, the report itself too. NCU names the profiler where it is not found.
+NCU=${NCU:-$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | sort -V | tail -n 1)}
 NCU_RCDA='for part in encoder decoder; do
-"$1" --clock-control none --kernel-name rcda_aggregate_kernel --launch-skip 2 --launch-count 1 --set detailed \
-    --section SourceCounters -f -o "$2/ncu_rcda_$part" python3 -m scripts.profile_rcda --batch 8 --parts "$part" &&
-"$1" --import "$2/ncu_rcda_$part.ncu-rep" --csv --page details > "$3/ncu_rcda_$part.csv" || exit 1
+rm -f "$2/ncu_rcda_$part.ncu-rep" "$3/ncu_rcda_$part.csv" "$3/ncu_rcda_${part}_sass.csv" &&
+"$1" --clock-control none --kernel-name rcda_aggregate_kernel --launch-skip "$4" --launch-count 1 --set detailed \
+    --section SourceCounters -f -o "$2/ncu_rcda_$part" python3 -m scripts.profile_rcda --batch 8 --parts "$part" \
+    --warmup "$4" && "$1" --import "$2/ncu_rcda_$part.ncu-rep" --csv --page details > "$2/details.csv" &&
+"$1" --import "$2/ncu_rcda_$part.ncu-rep" --csv --page source --print-source sass > "$2/sass.csv" &&
+mv "$2/details.csv" "$3/ncu_rcda_$part.csv" && mv "$2/sass.csv" "$3/ncu_rcda_${part}_sass.csv" &&
+cp "$2/ncu_rcda_$part.ncu-rep" "$3/" || exit 1
 done'
-stage ncu-rcda 300 "ncu_rcda_encoder.csv ncu_rcda_decoder.csv" sh -c "$NCU_RCDA" sh "${NCU:-ncu}" "$WORK" "$OUT"
+if [[ -n $NCU ]]; then
+    stage ncu-rcda 300 "ncu_rcda_encoder.csv ncu_rcda_decoder.csv ncu_rcda_encoder_sass.csv ncu_rcda_decoder_sass.csv" \
+        sh -c "$NCU_RCDA" sh "$NCU" "$WORK" "$OUT" 2  # 2: the calls skipped, profile_rcda's warm-up
+elif selected ncu-rcda; then
+    printf '%-10s skipped: Nsight Compute not found: set NCU to its ncu\n' ncu-rcda | tee -a "$LOGS/summary.txt"
+fi
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
 stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min 7.5
 stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT"

@@ -1,8 +1,9 @@
-"""``rcda_aggregate``'s kernel launched at the model's shapes, for a profiler to read: the encoder's call
-(a 50x50 map, 2,500 queries) and the decoder's (900 queries over the map), 8 heads of 32, fp16, as the
-inductor backend launches them at 800x800. Each shape runs ``--warmup`` calls (the compile), then
-``--calls`` calls. ``STAGES=ncu-rcda make gpu`` runs it under Nsight Compute (stall reasons, pipe use,
-occupancy: docs/transformer_performance.md says why they are needed):
+"""``rcda_aggregate``'s kernel launched at the model's shapes, for a profiler to read: the op's GPU test
+cases for the encoder (a 50x50 map, 2,500 queries) and the decoder (900 queries over the map), 8 heads
+of 32, fp16, at batch 1 or 8, unpadded as at 800x800. Each part runs ``--warmup`` calls, then
+``--calls`` calls, the last checked against the PyTorch reference (a wrong kernel exits non-zero).
+``STAGES=ncu-rcda make gpu`` runs it under Nsight Compute (stall reasons, pipes, occupancy:
+docs/transformer_performance.md says why they are needed):
 
     python -m scripts.profile_rcda --batch 8 [--parts encoder decoder]
 """
@@ -11,37 +12,35 @@ import argparse
 
 import torch
 
-from anchordetr_trt.custom_ops import cases, rcda_aggregate, reference
+from anchordetr_trt.custom_ops import cases
 
-PARTS = {"encoder": 2500, "decoder": 900}  # queries per image at 800x800 (a 50x50 map)
-HEADS, HEAD_DIM, SIDE = 8, 32, 50
+SPEC = next(spec for spec in cases.OP_CASES if spec.name == "rcda_aggregate")
+PARTS = ("encoder", "decoder")
+WARMUP = 2  # calls before the profiled ones (the first compiles the kernel); gpu.sh skips as many
 
 
-def launch(part: str, batch: int, device: str, side: int = SIDE, warmup: int = 2, calls: int = 3) -> float:
-    """Run the kernel ``warmup + calls`` times for ``part`` at ``batch`` on a ``side`` x ``side`` map;
-    return the last output's largest distance from the PyTorch reference (the profiled work is checked)."""
-    queries = side * side if part == "encoder" else PARTS[part]
-    dtype = torch.float16 if device == "cuda" else torch.float32  # the interpreter's CPU runs float32
-    case = {"shape": (batch * HEADS, queries, side, side, HEAD_DIM), "heads": HEADS, "map": part == "encoder"}
-    args = cases.rcda_aggregate_inputs(case, dtype, device)
+def run(case: dict, device: str, warmup: int = WARMUP, calls: int = 1) -> float:
+    """Launch the kernel ``warmup + calls`` times on ``case``'s fp16 inputs (unpadded); return the last
+    output's largest distance from the reference, which it must match (AssertionError otherwise)."""
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    args = SPEC.make_inputs(case | {"padding": "none"}, torch.float16, device)
     for _ in range(warmup + calls):
-        out = rcda_aggregate.rcda_aggregate_triton(*args)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (out.float() - reference.rcda_aggregate(*args).float()).abs().max().item()
+        out = SPEC.launcher(*args)
+    return cases.assert_matches(SPEC, out, SPEC.reference(*args), torch.float16)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, choices=cases.REAL_BATCHES, default=8)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--warmup", type=int, default=WARMUP)
     parser.add_argument("--calls", type=int, default=3)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU (the profiled kernel runs there)")
     for part in args.parts:
-        error = launch(part, args.batch, "cuda", warmup=args.warmup, calls=args.calls)
+        error = run(SPEC.gpu_cases[f"{part}_b{args.batch}"], "cuda", args.warmup, args.calls)
         print(f"rcda_aggregate {part} batch {args.batch}: max |out - reference| {error:.3g}", flush=True)
 
 

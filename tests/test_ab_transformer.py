@@ -2,10 +2,12 @@
 and the images' preparation microbench's formulations."""
 
 import argparse
+import json
 
 import pytest
 import torch
 
+from anchordetr_trt.backends.inductor import INDUCTOR_OPTIONS
 from scripts import ab_transformer
 
 
@@ -44,16 +46,15 @@ def test_images_microbench_times_one_dynamic_kernel_per_formulation(monkeypatch)
     assert counters["stats"]["unique_graphs"] == 2
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("[1]", "a JSON object is needed"),
-        ('{"combo_kernels": false}', "the inductor backend sets combo_kernels itself"),
-    ],
-)
-def test_inductor_options_that_would_compare_equal_trees_are_refused(text, message):
+@pytest.mark.parametrize("setting", [None, *INDUCTOR_OPTIONS])
+def test_inductor_options_that_would_compare_equal_trees_are_refused(setting):
     # The backend's own settings are applied over --inductor-options: such an A/B would time one
     # configuration twice.
+    text, message = (
+        ("[1]", "a JSON object is needed")
+        if setting is None
+        else (json.dumps({setting: False}), f"the inductor backend sets {setting} itself")
+    )
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         ab_transformer._options(text)
     assert ab_transformer._options('{"triton.enable_pdl": true}') == {"triton.enable_pdl": True}
