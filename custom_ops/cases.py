@@ -375,6 +375,11 @@ OP_CASES = [
 ]
 
 
+def op_cases(name: str) -> OpCases:
+    """The cases of op ``name`` in OP_CASES."""
+    return next(spec for spec in OP_CASES if spec.name == name)
+
+
 def as_tuple(out) -> tuple[Tensor, ...]:
     return tuple(out) if isinstance(out, tuple | list) else (out,)
 

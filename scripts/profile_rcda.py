@@ -14,7 +14,7 @@ import torch
 
 from anchordetr_trt.custom_ops import cases
 
-SPEC = next(spec for spec in cases.OP_CASES if spec.name == "rcda_aggregate")
+SPEC = cases.op_cases("rcda_aggregate")
 PARTS = ("encoder", "decoder")
 WARMUP = 2  # calls before the profiled ones (the first compiles the kernel); gpu.sh skips as many
 

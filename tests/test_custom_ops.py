@@ -39,6 +39,7 @@ from anchordetr_trt.custom_ops.cases import (
     as_tuple,
     assert_matches,
     image_mask,
+    op_cases,
     padding,
     rcda_aggregate_inputs,
     run_launcher,
@@ -353,7 +354,7 @@ def bad_inputs() -> list:
 
 @pytest.mark.parametrize(("name", "args", "match", "entry"), bad_inputs())
 def test_bad_inputs_raise_input_error(name, args, match, entry):
-    spec = next(spec for spec in OP_CASES if spec.name == name)
+    spec = op_cases(name)
     if entry == "fake":
         args = tuple(a.to("meta") if isinstance(a, Tensor) else a for a in args)
     call = spec.launcher if entry == "launcher" else spec.op
@@ -454,14 +455,14 @@ def test_feature_maps_of_one_kernel_variant_launch_the_same_kernels():
 @pytest.mark.parametrize(("case", "rows_per_step"), [("wider", 2), ("one_row_per_step", 1)])
 def test_rcda_aggregate_cases_cover_both_step_sizes(case, rows_per_step):
     """The interpreter cases above run the kernel with two rows h per step and with one."""
-    shape = next(spec for spec in OP_CASES if spec.name == "rcda_aggregate").cases[case]["shape"]
+    shape = op_cases("rcda_aggregate").cases[case]["shape"]
     n, queries, _, width, head_dim = shape
     for element_size in (2, 4):
         _, meta = rcda_aggregate.rcda_aggregate_launch_config(queries, n, width, head_dim, element_size)
         assert meta["BLOCK_H"] == rows_per_step
 
 
-RCDA = next(spec for spec in OP_CASES if spec.name == "rcda_aggregate")
+RCDA = op_cases("rcda_aggregate")
 
 
 @pytest.mark.parametrize(
@@ -613,7 +614,7 @@ def test_rcda_aggregate_warm_up_builds_the_model_calls_variants(monkeypatch):
 def test_key_means_programs_past_the_map_write_nothing(monkeypatch):
     """With the grid of a 4x wider map with 4x the channels (lines past H + W, channel blocks past C),
     the keys are the reference's and the memory after each output is untouched (NaN poison)."""
-    spec = next(spec for spec in OP_CASES if spec.name == "key_means")
+    spec = op_cases("key_means")
     config = key_means.key_means_launch_config
     monkeypatch.setattr(key_means, "key_means_launch_config", lambda *sizes: config(*spec.widen(*sizes)))
     src, posemb_row, posemb_col = spec.make_inputs(spec.cases["odd"], F32, "cpu")
@@ -639,7 +640,7 @@ def test_key_means_runs_the_reference_past_its_kernel():
 def test_key_means_sums_in_float32_where_a_float16_sum_overflows():
     """key_means' "extreme" maps (fp16 values up to 6e4): two of them overflow a float16 sum, yet the
     kernel's and the reference's keys are finite and the correctly rounded means (float64)."""
-    spec = next(spec for spec in OP_CASES if spec.name == "key_means")
+    spec = op_cases("key_means")
     src, posemb_row, posemb_col = spec.make_inputs(spec.cases["extreme"], F16, "cpu")
     assert (src[:, 0] + src[:, 1]).isinf().any() and (src[:, :, 0] + src[:, :, 1]).isinf().any()
     exact = (
