@@ -1,0 +1,100 @@
+"""``rcda_aggregate``'s kernel compiled for sm_90 on this machine (no GPU needed) with the installed
+Triton, as the launcher builds it for the encoder's 50x50 map in fp16 (its launch config, pointers and
+channel counts specialized as divisible by 16), then its main loop's SASS instructions counted by
+kind: what a step of the aggregation issues per thread. Run it without TRITON_INTERPRET (the
+interpreter compiles nothing); docs/transformer_performance.md reads it for Triton 3.6, the GPU
+machine's:
+
+    python -m scripts.sass_rcda
+"""
+
+import collections
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from anchordetr_trt.custom_ops import rcda_aggregate
+
+POINTERS = {
+    "queries_ptr", "row_term_ptr", "col_term_ptr", "k_col_ptr", "k_row_ptr", "values_ptr", "out_ptr",
+    "probs_col_ptr",
+}  # fmt: skip
+MASKS = {"mask_col_ptr", "mask_row_ptr"}
+# Ints that are multiples of the channels (16 divides them) for every call of the model.
+DIVISIBLE = {
+    "query_channels", "head_dim", "value_channels", "value_channel", "row_term_stride_b",
+    "row_term_stride_y", "row_term_stride_x", "col_term_stride_b", "col_term_stride_y", "col_term_stride_x",
+}  # fmt: skip
+
+
+def compile_encoder_kernel() -> bytes:
+    """The cubin of the kernel for the encoder's call at 800x800 (2,500 queries, 8 heads of 32, fp16)."""
+    kernel = rcda_aggregate.rcda_aggregate_kernel
+    _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, 50, 32, 2)
+    constexprs = {k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")}
+    constexprs["DOT_PRECISION"] = rcda_aggregate.dot_precision(rcda_aggregate.torch.float16)
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in POINTERS:
+            signature[name] = "*fp16"
+        elif name in MASKS:
+            signature[name] = "*u8"
+        else:
+            signature[name] = "fp32" if name == "scale" else "i32"
+    divisible = [i for i, name in enumerate(kernel.arg_names) if name in POINTERS | MASKS | DIVISIBLE]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
+    options = {"num_warps": meta["num_warps"], "num_stages": meta["num_stages"]}
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
+
+
+def main_loop(sass: str) -> list[str]:
+    """The instructions of the loop (a branch back to an earlier label) with the most HGMMA instructions."""
+    instructions, labels, pending = [], {}, []
+    for line in sass.splitlines():
+        label = re.match(r"\s*(\.L_x_\d+):", line)
+        instruction = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+([^;]*);", line)
+        if label:
+            pending.append(label.group(1))
+        elif instruction:
+            labels.update(dict.fromkeys(pending, len(instructions)))
+            pending = []
+            instructions.append(instruction.group(1).strip())
+    loops = []
+    for end, text in enumerate(instructions):
+        target = re.search(r"\bBRA\b.*?(\.L_x_\d+)", text)
+        if target and labels.get(target.group(1), end) < end:
+            loops.append(instructions[labels[target.group(1)] : end + 1])
+    if not loops:
+        raise RuntimeError("no loop found in the SASS")
+    return max(loops, key=lambda loop: sum("HGMMA" in text for text in loop))
+
+
+def opcode(instruction: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / "rcda_aggregate.cubin"
+        cubin.write_bytes(compile_encoder_kernel())
+        nvdisasm = Path(triton.knobs.nvidia.ptxas.path).parent / "nvdisasm"
+        sass = subprocess.run([nvdisasm, cubin], capture_output=True, text=True, check=True).stdout
+    loop = main_loop(sass)
+    counts = collections.Counter(opcode(instruction) for instruction in loop)
+    print(
+        f"triton {triton.__version__}, sm_90: main loop of {len(loop)} SASS instructions per thread per step"
+    )
+    for name, count in counts.most_common():
+        print(f"{count:5d}  {name}")
+
+
+if __name__ == "__main__":
+    main()
