@@ -189,6 +189,17 @@ def _value_rows(
 
 
 @triton.jit
+def _column_weights(probs_col_ptr, row_index, q_ok, h, height):
+    """probs_col[row_index, h] as [BLOCK_Q, BLOCK_H] (0 for rows h past ``height``): one step's column
+    probabilities, read back from the program's buffer."""
+    return tl.load(
+        probs_col_ptr + row_index[:, None] * height + h[None, :],
+        mask=q_ok[:, None] & (h < height)[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
 def _joint_weights(probs_row, p_col, BLOCK_Q: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """probs_col[q, h] * probs_row[q, w] for one step's rows h: [BLOCK_Q, BLOCK_H * BLOCK_W], the
     left-hand side of its product (in value's dtype: the product of two 16-bit floats, rounded once, is
@@ -304,14 +315,14 @@ def rcda_aggregate_kernel(
         probs_row_tail = (numerators_tail * row_scale).to(values_ptr.dtype.element_ty)
     value_base = values_ptr + batch * height * width * value_channels + value_channel + head_offset
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
+    p_col = _column_weights(probs_col_ptr, row_index, q_ok, rows, height)
     for h_start in range(0, height, BLOCK_H):
         h = h_start + rows
         h_ok = h < height
-        p_col = tl.load(
-            probs_col_ptr + row_index[:, None] * height + h[None, :],
-            mask=q_ok[:, None] & h_ok[None, :],
-            other=0.0,
-        )
+        # The next step's column probabilities, loaded a step ahead: a load used in its own step
+        # stalls the step for the cache's latency (Triton does not pipeline loads that feed a
+        # product's operand through arithmetic).
+        p_next = _column_weights(probs_col_ptr, row_index, q_ok, h + BLOCK_H, height)
         acc = tl.dot(
             _joint_weights(probs_row, p_col, BLOCK_Q, BLOCK_H, BLOCK_W),
             _value_rows(value_base, h, h_ok, w, d, d_ok, width, value_channels, BLOCK_W, BLOCK_H, BLOCK_D),
@@ -327,6 +338,7 @@ def rcda_aggregate_kernel(
                 acc=acc,
                 input_precision=DOT_PRECISION,
             )
+        p_col = p_next
     # Columns past the kernel's BLOCK_W + TAIL_W would be left out: all NaN instead, never silent.
     acc = tl.where(width > BLOCK_W + TAIL_W, float("nan"), acc)
     out_ptrs = out_ptr + (query_rows * channels + head_offset)[:, None] + d[None, :]
