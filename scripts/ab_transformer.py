@@ -16,6 +16,7 @@ Writes DIR/ab_transformer_<tag>.json and DIR/outputs_<tag>.pt.
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import re
@@ -180,16 +181,27 @@ def kernel_kinds(kernels: dict) -> dict:
     return kinds
 
 
+# Launch settings tried by ``rcda_microbench(variants=True)``: overrides of rcda_aggregate's module
+# constants (BLOCK_Q sets both query blocks, i.e. the block at every grid size).
+RCDA_VARIANTS = (
+    {"BLOCK_Q": 64},
+    {"BLOCK_Q": 128},
+    {"BLOCK_Q": 128, "NUM_WARPS": 8},
+    {"BLOCK_Q": 256, "NUM_WARPS": 8},
+    {"BLOCK_H": 1},
+    {"BLOCK_H": 4},
+    {"MAX_STAGES": 2},
+    {"MAX_STAGES": 4},
+)
+
+
 def rcda_microbench(variants: bool) -> list[dict]:
     """``rcda_aggregate``'s launcher alone at the model's shapes (inputs as this tree's cases build them
-    for the op's signature), inside CUDA graphs, against its reference. ``variants``: also other
-    (BLOCK_Q, NUM_WARPS) and the heads laid out as images of one head (each head's values contiguous).
-    block_q "shipped": the tree's own choice (per launch where it has SMALL_GRID_BLOCK_Q)."""
+    for the op's signature), inside CUDA graphs, against its reference. ``variants``: also each of
+    RCDA_VARIANTS' settings, and the heads laid out as images of one head (each head's values
+    contiguous). Rows: ``settings`` {} is the tree's own launch configuration."""
     from anchordetr_trt.custom_ops import cases, rcda_aggregate, reference
 
-    blocks = (rcda_aggregate.BLOCK_Q, getattr(rcda_aggregate, "SMALL_GRID_BLOCK_Q", None))
-    shipped = ("shipped", getattr(rcda_aggregate, "NUM_WARPS", 4))
-    configs = [shipped, (64, 4), (128, 4), (256, 8), (128, 8)] if variants else [shipped]
     rows = []
     for batch in BATCHES:
         for name, queries in (("decoder", 900), ("encoder", 2500)):
@@ -200,29 +212,34 @@ def rcda_microbench(variants: bool) -> list[dict]:
                 case = {"shape": (n, queries, 50, 50, 32), "heads": heads, "map": name == "encoder"}
                 args = cases.rcda_aggregate_inputs(case, torch.float16, "cuda")
                 expected = reference.rcda_aggregate(*args)
-                for block_q, warps in configs if layout == "heads" else [shipped]:
-                    rcda_aggregate.NUM_WARPS = warps
-                    if block_q != "shipped":  # fixed, at every grid size
-                        rcda_aggregate.BLOCK_Q = rcda_aggregate.SMALL_GRID_BLOCK_Q = block_q
+                for settings in [{}, *RCDA_VARIANTS] if variants and layout == "heads" else [{}]:
+                    constants = dict(settings)
+                    if "BLOCK_Q" in constants:  # fixed, at every grid size
+                        constants["SMALL_GRID_BLOCK_Q"] = constants["BLOCK_Q"]
                     try:
-                        got = rcda_aggregate.rcda_aggregate_triton(*args)
-                        us = graph_us(functools.partial(rcda_aggregate.rcda_aggregate_triton, *args))
+                        with _patched(rcda_aggregate, constants):
+                            got = rcda_aggregate.rcda_aggregate_triton(*args)
+                            us = graph_us(functools.partial(rcda_aggregate.rcda_aggregate_triton, *args))
                         row = {"us": us, "max_abs_err": (got.float() - expected.float()).abs().max().item()}
                     except Exception as error:  # a configuration that does not build
                         row = {"error": str(error).splitlines()[0]}
-                    row = {
-                        "batch": batch,
-                        "part": name,
-                        "layout": layout,
-                        "block_q": block_q,
-                        "warps": warps,
-                        **row,
-                    }
+                    row = {"batch": batch, "part": name, "layout": layout, "settings": settings, **row}
                     rows.append(row)
                     print("rcda_aggregate", row, flush=True)
-                    rcda_aggregate.BLOCK_Q, rcda_aggregate.SMALL_GRID_BLOCK_Q = blocks
-                rcda_aggregate.NUM_WARPS = shipped[1]
     return rows
+
+
+@contextlib.contextmanager
+def _patched(module, constants: dict):
+    """``module``'s attributes set to ``constants`` inside the block (restored after it)."""
+    saved = {name: getattr(module, name) for name in constants}
+    try:
+        for name, value in constants.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
 
 
 def key_means_microbench(variants: bool) -> list[dict]:

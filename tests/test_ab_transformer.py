@@ -58,3 +58,15 @@ def test_inductor_options_that_would_compare_equal_trees_are_refused(setting):
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         ab_transformer._options(text)
     assert ab_transformer._options('{"triton.enable_pdl": true}') == {"triton.enable_pdl": True}
+
+
+def test_rcda_variants_name_constants_of_the_op_and_are_undone_after_a_failed_build():
+    from anchordetr_trt.custom_ops import rcda_aggregate
+
+    for settings in ab_transformer.RCDA_VARIANTS:  # a misspelt constant would time the shipped config
+        assert all(isinstance(getattr(rcda_aggregate, name), int) for name in settings), settings
+    before = rcda_aggregate.BLOCK_H
+    with pytest.raises(RuntimeError), ab_transformer._patched(rcda_aggregate, {"BLOCK_H": before * 2}):
+        inside = rcda_aggregate.BLOCK_H
+        raise RuntimeError("out of resources")
+    assert (inside, rcda_aggregate.BLOCK_H) == (before * 2, before)
