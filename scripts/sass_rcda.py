@@ -1,9 +1,9 @@
 """``rcda_aggregate``'s kernel compiled for sm_90 on this machine (no GPU needed) with the installed
 Triton, as the launcher builds it for the encoder's 50x50 map in fp16 (its launch config, pointers and
-channel counts specialized as divisible by 16), then its main loop's SASS instructions counted by
-kind: what a step of the aggregation issues per thread. Run it without TRITON_INTERPRET (the
-interpreter compiles nothing); docs/transformer_performance.md reads it for Triton 3.6, the GPU
-machine's:
+channel counts specialized as divisible by 16): its registers, its spills and its main loop's SASS
+instructions counted by kind, what a step of the aggregation issues per thread. Run it without
+TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads it for
+Triton 3.6, the GPU machine's:
 
     python -m scripts.sass_rcda
 """
@@ -36,7 +36,8 @@ def compile_encoder_kernel() -> bytes:
     """The cubin of the kernel for the encoder's call at 800x800 (2,500 queries, 8 heads of 32, fp16)."""
     kernel = rcda_aggregate.rcda_aggregate_kernel
     _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, 50, 32, 2)
-    constexprs = {k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")}
+    options = {k: meta.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in meta}
+    constexprs = dict(meta)
     constexprs["DOT_PRECISION"] = rcda_aggregate.dot_precision(rcda_aggregate.torch.float16)
     signature = {}
     for name in kernel.arg_names:
@@ -50,7 +51,6 @@ def compile_encoder_kernel() -> bytes:
             signature[name] = "fp32" if name == "scale" else "i32"
     divisible = [i for i, name in enumerate(kernel.arg_names) if name in POINTERS | MASKS | DIVISIBLE]
     attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
-    options = {"num_warps": meta["num_warps"], "num_stages": meta["num_stages"]}
     source = ASTSource(kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
 
@@ -81,6 +81,12 @@ def opcode(instruction: str) -> str:
     return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0]
 
 
+def registers(sass: str) -> int:
+    """Registers per thread of the kernel (its EIATTR_REGCOUNT attribute in nvdisasm's output)."""
+    attribute = sass[sass.index("EIATTR_REGCOUNT") :]
+    return int(re.search(r"\.word\s+(0x[0-9a-f]+)", attribute).group(1), 16)  # after the kernel's index
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / "rcda_aggregate.cubin"
@@ -88,9 +94,12 @@ def main() -> None:
         nvdisasm = Path(triton.knobs.nvidia.ptxas.path).parent / "nvdisasm"
         sass = subprocess.run([nvdisasm, cubin], capture_output=True, text=True, check=True).stdout
     loop = main_loop(sass)
+    spills = [len(re.findall(r"\b(?:STL|LDL)", text)) for text in (sass, "\n".join(loop))]
     counts = collections.Counter(opcode(instruction) for instruction in loop)
     print(
-        f"triton {triton.__version__}, sm_90: main loop of {len(loop)} SASS instructions per thread per step"
+        f"triton {triton.__version__}, sm_90: {registers(sass)} registers per thread, {spills[0]} local "
+        f"(spill) loads and stores, {spills[1]} in the main loop; main loop of {len(loop)} SASS "
+        "instructions per thread per step"
     )
     for name, count in counts.most_common():
         print(f"{count:5d}  {name}")
