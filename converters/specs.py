@@ -52,7 +52,7 @@ Dtypes = Mapping[str, torch.dtype]
 Attrs = Mapping[str, Any]
 
 FLOAT_DTYPES = (torch.float16, torch.float32)
-_COMPILE_OPTIONS = ("num_warps", "num_stages", "maxnreg")  # launch-config keys that are not kernel parameters
+_COMPILE_OPTIONS = ("num_warps", "num_stages")  # launch-config keys that are not kernel parameters
 
 
 def cdiv(a: Any, b: int) -> Any:

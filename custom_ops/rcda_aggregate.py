@@ -63,14 +63,6 @@ SHARED_BUDGET = 160 * 1024
 # Registers for the [BLOCK_Q, W] row probabilities, which every step reads.
 ROW_PROBABILITIES_BUDGET = 64 * 1024
 COL_CHUNK = 32  # rows h per product of the column scores (a tensor-core N is at least 16)
-# Registers per thread where the rows are at most MAX_REGISTERS_WIDTH wide (ptxas's .maxnreg): 168 lets
-# three programs of 4 warps share an SM's 64K registers; unbounded, the 128-query build takes 197 at
-# 50-64 columns and 234 at 20-32 (two programs), and every program stalls on its own loads. These
-# builds fit it without spilling in the main loop (sm_90, read on the CPU with scripts/sass_rcda.py:
-# Triton 3.6 spills nothing, 3.8 14 loads and stores before the loop); wider rows' would spill in
-# it, so they are left unbounded. None: no bound.
-MAX_REGISTERS = 168
-MAX_REGISTERS_WIDTH = 64
 
 
 @triton.jit
@@ -375,7 +367,7 @@ def rcda_aggregate_launch_config(
     block_q: int | None = None,
 ) -> tuple:
     """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks,
-    num_warps, num_stages and, for rows up to MAX_REGISTERS_WIDTH, maxnreg. A kernel built for BLOCK_W + TAIL_W serves every width up to it. Queries
+    num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it. Queries
     per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q where
     ``sm_count`` SMs would get fewer than SMALL_GRID_PROGRAMS_PER_SM programs each at BLOCK_Q, else
     BLOCK_Q (always without ``sm_count``)."""
@@ -398,8 +390,6 @@ def rcda_aggregate_launch_config(
         "num_warps": NUM_WARPS,
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
     }
-    if MAX_REGISTERS is not None and block_w + tail_w <= MAX_REGISTERS_WIDTH:
-        meta["maxnreg"] = MAX_REGISTERS
     return (triton.cdiv(num_queries, block_q), batch_heads), meta
 
 

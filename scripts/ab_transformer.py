@@ -192,7 +192,6 @@ RCDA_VARIANTS = (
     {"BLOCK_H": 4},
     {"MAX_STAGES": 2},
     {"MAX_STAGES": 4},
-    {"MAX_REGISTERS": None},
 )
 
 

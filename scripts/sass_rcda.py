@@ -36,7 +36,7 @@ def compile_encoder_kernel() -> bytes:
     """The cubin of the kernel for the encoder's call at 800x800 (2,500 queries, 8 heads of 32, fp16)."""
     kernel = rcda_aggregate.rcda_aggregate_kernel
     _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, 50, 32, 2)
-    options = {k: meta.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in meta}
+    options = {k: meta.pop(k) for k in ("num_warps", "num_stages")}
     constexprs = dict(meta)
     constexprs["DOT_PRECISION"] = rcda_aggregate.dot_precision(rcda_aggregate.torch.float16)
     signature = {}
