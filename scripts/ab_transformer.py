@@ -192,6 +192,7 @@ RCDA_VARIANTS = (
     {"BLOCK_H": 4},
     {"MAX_STAGES": 2},
     {"MAX_STAGES": 4},
+    {"COL_CHUNK": 64},
 )
 
 
