@@ -66,34 +66,23 @@ COL_CHUNK = 32  # rows h per product of the column scores (a tensor-core N is at
 
 
 @triton.jit
-def _keys(key_ptr, mask_ptr, n, batch, length, head_dim, k, d, d_ok):
-    """(key[n, k] [len(k), BLOCK_D], 0 where k is past ``length``; the keys neither padded nor past
-    it: [1, len(k)]), for the row keys (k = columns w) or the column keys (k = rows h)."""
+def _key_scores(
+    query, key_ptr, mask_ptr, n, batch, length, head_dim, k, d, d_ok, DOT_PRECISION: tl.constexpr
+):
+    """(query [BLOCK_Q, BLOCK_D] . key[n, k] in float32, -inf where key k is padded or past ``length``:
+    [BLOCK_Q, len(k)]; the keys that are neither: [1, len(k)]), for the row keys (k = columns w) or
+    the column keys (k = rows h). Validity is returned, not read back from -inf: a NaN score must stay
+    NaN (as in the reference), not pass for padding."""
     k_ok = k < length
     key = tl.load(
         key_ptr + (n * length + k)[:, None] * head_dim + d[None, :],
         mask=k_ok[:, None] & d_ok[None, :],
         other=0.0,
     )
+    scores = tl.dot(query, tl.trans(key), input_precision=DOT_PRECISION)
     padded = tl.load(mask_ptr + batch * length + k, mask=k_ok, other=1)
-    return key, (padded == 0)[None, :]
-
-
-@triton.jit
-def _masked_scores(query, key, valid, DOT_PRECISION: tl.constexpr):
-    """query [BLOCK_Q, BLOCK_D] . key [K, BLOCK_D] in float32, -inf where a key is not ``valid``:
-    [BLOCK_Q, K]. Validity is passed on, not read back from -inf: a NaN score must stay NaN (as in
-    the reference), not pass for padding."""
-    return tl.where(valid, tl.dot(query, tl.trans(key), input_precision=DOT_PRECISION), float("-inf"))
-
-
-@triton.jit
-def _key_scores(
-    query, key_ptr, mask_ptr, n, batch, length, head_dim, k, d, d_ok, DOT_PRECISION: tl.constexpr
-):
-    """(``_masked_scores`` of query and ``_keys``: [BLOCK_Q, len(k)]; the valid keys: [1, len(k)])."""
-    key, valid = _keys(key_ptr, mask_ptr, n, batch, length, head_dim, k, d, d_ok)
-    return _masked_scores(query, key, valid, DOT_PRECISION), valid
+    valid = (padded == 0)[None, :]
+    return tl.where(valid, scores, float("-inf")), valid
 
 
 @triton.jit
@@ -279,8 +268,6 @@ def rcda_aggregate_kernel(
     query_rows = batch * num_queries + q  # of queries and out
     query_offsets = query_rows * query_channels + head * head_dim
     head_offset = head * head_dim
-    # The row side's queries and keys are loaded with the column side's, before the column softmax:
-    # one wait for both (a program has little else to hide its loads behind).
     q_col = _projected_queries(
         queries_ptr + channels,
         query_offsets,
@@ -291,6 +278,12 @@ def rcda_aggregate_kernel(
         ok,
         scale,
     )
+    row_index = n * num_queries + q
+    _column_probabilities(
+        q_col, k_col_ptr, mask_col_ptr, probs_col_ptr, row_index, q_ok, n, batch, height, head_dim,
+        d, d_ok, BLOCK_Q, COL_CHUNK, DOT_PRECISION,
+    )  # fmt: skip
+    tl.debug_barrier()  # the whole program's stores, before any thread reads them back
     q_row = _projected_queries(
         queries_ptr,
         query_offsets,
@@ -301,20 +294,15 @@ def rcda_aggregate_kernel(
         ok,
         scale,
     )
-    k_row, valid = _keys(k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok)
-    if TAIL_W > 0:
-        w_tail = BLOCK_W + tl.arange(0, TAIL_W)
-        k_row_tail, valid_tail = _keys(k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w_tail, d, d_ok)
-    row_index = n * num_queries + q
-    _column_probabilities(
-        q_col, k_col_ptr, mask_col_ptr, probs_col_ptr, row_index, q_ok, n, batch, height, head_dim,
-        d, d_ok, BLOCK_Q, COL_CHUNK, DOT_PRECISION,
-    )  # fmt: skip
-    tl.debug_barrier()  # the whole program's stores, before any thread reads them back
-    scores = _masked_scores(q_row, k_row, valid, DOT_PRECISION)
+    scores, valid = _key_scores(
+        q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION
+    )
     row_max = tl.max(scores, axis=1)
     if TAIL_W > 0:
-        scores_tail = _masked_scores(q_row, k_row_tail, valid_tail, DOT_PRECISION)
+        w_tail = BLOCK_W + tl.arange(0, TAIL_W)
+        scores_tail, valid_tail = _key_scores(
+            q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w_tail, d, d_ok, DOT_PRECISION
+        )
         row_max = tl.maximum(row_max, tl.max(scores_tail, axis=1))
     numerators = softmax_numerators(scores, valid, row_max)
     total = tl.sum(numerators, axis=1)
