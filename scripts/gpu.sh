@@ -7,7 +7,7 @@
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
 #   (AB_NAME names the change, default "transformer"); with AB_OPTIONS='<JSON>' and STAGES=ab-options,
 #   ab_options_old.json (Inductor's defaults) and _new.json (those settings); with STAGES=ops,
-#   ops_microbench.json; with STAGES=ncu-rcda, ncu_rcda_{encoder,decoder}{,_sass}.csv and .ncu-rep
+#   ops_microbench.json; with STAGES=ncu-rcda, ncu_rcda_{encoder,decoder}{,_sass}.csv, _stalls.json (scripts/ncu_stalls.py) and .ncu-rep
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
 # `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
@@ -143,10 +143,11 @@ rm -f "$2/ncu_rcda_$part.ncu-rep" "$3/ncu_rcda_$part.csv" "$3/ncu_rcda_${part}_s
     --warmup "$4" && "$1" --import "$2/ncu_rcda_$part.ncu-rep" --csv --page details > "$2/details.csv" &&
 "$1" --import "$2/ncu_rcda_$part.ncu-rep" --csv --page source --print-source sass > "$2/sass.csv" &&
 mv "$2/details.csv" "$3/ncu_rcda_$part.csv" && mv "$2/sass.csv" "$3/ncu_rcda_${part}_sass.csv" &&
+python3 -m scripts.ncu_stalls "$3/ncu_rcda_${part}_sass.csv" --out "$3/ncu_rcda_${part}_stalls.json" &&
 cp "$2/ncu_rcda_$part.ncu-rep" "$3/" || exit 1
 done'
 if [[ -n $NCU ]]; then
-    stage ncu-rcda 300 "ncu_rcda_encoder.csv ncu_rcda_decoder.csv ncu_rcda_encoder_sass.csv ncu_rcda_decoder_sass.csv" \
+    stage ncu-rcda 300 "ncu_rcda_encoder.csv ncu_rcda_decoder.csv ncu_rcda_encoder_sass.csv ncu_rcda_decoder_sass.csv ncu_rcda_encoder_stalls.json ncu_rcda_decoder_stalls.json" \
         sh -c "$NCU_RCDA" sh "$NCU" "$WORK" "$OUT" 2  # 2: the calls skipped, profile_rcda's warm-up
 elif selected ncu-rcda; then
     printf '%-10s skipped: Nsight Compute not found: set NCU to its ncu\n' ncu-rcda | tee -a "$LOGS/summary.txt"
