@@ -190,8 +190,8 @@ def _value_rows(
 
 @triton.jit
 def _column_weights(probs_col_ptr, row_index, q_ok, h, height):
-    """probs_col[row_index, h] as [BLOCK_Q, BLOCK_H] (0 for rows h past ``height``): one step's column
-    probabilities, read back from the program's buffer."""
+    """probs_col[row_index, h] as [BLOCK_Q, BLOCK_H] (0 for rows h past ``height`` and for queries not
+    ``q_ok``): one step's column probabilities, read back from the program's buffer."""
     return tl.load(
         probs_col_ptr + row_index[:, None] * height + h[None, :],
         mask=q_ok[:, None] & (h < height)[None, :],

@@ -214,11 +214,8 @@ def rcda_microbench(variants: bool) -> list[dict]:
                 args = cases.rcda_aggregate_inputs(case, torch.float16, "cuda")
                 expected = reference.rcda_aggregate(*args)
                 for settings in [{}, *RCDA_VARIANTS] if variants and layout == "heads" else [{}]:
-                    constants = dict(settings)
-                    if "BLOCK_Q" in constants:  # fixed, at every grid size
-                        constants["SMALL_GRID_BLOCK_Q"] = constants["BLOCK_Q"]
                     try:
-                        with _patched(rcda_aggregate, constants):
+                        with _patched(rcda_aggregate, rcda_constants(settings)):
                             got = rcda_aggregate.rcda_aggregate_triton(*args)
                             us = graph_us(functools.partial(rcda_aggregate.rcda_aggregate_triton, *args))
                         row = {"us": us, "max_abs_err": (got.float() - expected.float()).abs().max().item()}
@@ -228,6 +225,15 @@ def rcda_microbench(variants: bool) -> list[dict]:
                     rows.append(row)
                     print("rcda_aggregate", row, flush=True)
     return rows
+
+
+def rcda_constants(settings: dict) -> dict:
+    """rcda_aggregate's module constants for one of RCDA_VARIANTS: BLOCK_Q fixes the query block at
+    every grid size (SMALL_GRID_BLOCK_Q too)."""
+    constants = dict(settings)
+    if "BLOCK_Q" in constants:
+        constants["SMALL_GRID_BLOCK_Q"] = constants["BLOCK_Q"]
+    return constants
 
 
 @contextlib.contextmanager

@@ -137,7 +137,7 @@ collect ops "$WORK/ops" ab_transformer_ops.json:ops_microbench.json
 # CSV, the report itself too. NCU names the profiler where it is not found.
 NCU=${NCU:-$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | sort -V | tail -n 1)}
 NCU_RCDA='for part in encoder decoder; do
-rm -f "$2/ncu_rcda_$part.ncu-rep" "$3/ncu_rcda_$part.csv" "$3/ncu_rcda_${part}_sass.csv" &&
+rm -f "$2/ncu_rcda_$part.ncu-rep" "$3/ncu_rcda_$part.csv" "$3/ncu_rcda_${part}_sass.csv" "$3/ncu_rcda_${part}_stalls.json" &&
 "$1" --clock-control none --kernel-name rcda_aggregate_kernel --launch-skip "$4" --launch-count 1 --set detailed \
     --section SourceCounters -f -o "$2/ncu_rcda_$part" python3 -m scripts.profile_rcda --batch 8 --parts "$part" \
     --warmup "$4" && "$1" --import "$2/ncu_rcda_$part.ncu-rep" --csv --page details > "$2/details.csv" &&

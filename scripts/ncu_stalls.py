@@ -1,14 +1,15 @@
 """Where a kernel's warps wait, from Nsight Compute's source page: the warp-stall samples of each
 loop (the instructions between a backward branch and its target) and of the code outside loops, and
 their stall reasons. Reads the SASS page as ``STAGES=ncu-rcda make gpu`` exports it
-(``ncu --import R.ncu-rep --csv --page source --print-source sass``); docs/transformer_performance.md
-quotes its output for ``rcda_aggregate``:
+(``ncu --import R.ncu-rep --csv --page source --print-source sass``), plain or gzipped;
+docs/transformer_performance.md quotes its output for ``rcda_aggregate``:
 
-    python -m scripts.ncu_stalls OUT/ncu_rcda_decoder_sass.csv [--out stalls.json]
+    python -m scripts.ncu_stalls results/h100/ncu_rcda_decoder_sass.csv.gz [--out stalls.json]
 """
 
 import argparse
 import csv
+import gzip
 import json
 import re
 from collections import Counter
@@ -19,12 +20,16 @@ OUTSIDE = "outside loops"
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The per-instruction rows of a source-page CSV (its first line names the kernel)."""
-    lines = path.read_text().splitlines()
+    """The per-instruction rows of a source-page CSV, plain or gzipped (its first line names the kernel)."""
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith('"Address"')), None)
     if start is None:
         raise SystemExit(f'{path}: no "Address" header: not an ncu source page exported with --csv')
-    return list(csv.DictReader(lines[start:]))
+    rows = list(csv.DictReader(lines[start:]))
+    if not rows:
+        raise SystemExit(f"{path}: no instructions under the header: export the page of a profiled kernel")
+    return rows
 
 
 def _number(text: str) -> float:
@@ -38,7 +43,7 @@ def loops(rows: list[dict]) -> list[tuple[int, int]]:
     """(first, last) address of each loop: a branch to an earlier address, in the order they end."""
     found = []
     for row in rows:
-        target = re.search(r"\bBRA\s+(0x[0-9a-f]+)", row["Source"])
+        target = re.search(r"\bBRA(?:\.\w+)*\s+[^;]*?(0x[0-9a-f]+)", row["Source"])
         address = int(row["Address"], 16)
         if target and int(target.group(1), 16) < address:
             found.append((int(target.group(1), 16), address))
@@ -46,10 +51,10 @@ def loops(rows: list[dict]) -> list[tuple[int, int]]:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """{"samples": total, "regions": {name: {"share", "samples", "stalls": {reason: share}}}}: a region
-    is a loop (named by its order, "loop 1" first, and its instructions' count) or the code outside
-    loops; an instruction in nested loops counts for the innermost. Stall shares are of the region's
-    samples, largest first."""
+    """{"samples": total, "regions": {name: {"share", "samples", "instructions", "stalls": {reason:
+    share}}}}: a region is a loop ("loop 1" the first to end) or the code outside loops, before and
+    after them; an instruction in nested loops counts for the innermost. "instructions" counts the
+    region's SASS instructions; stall shares are of the region's samples, largest first."""
     reasons = [name for name in rows[0] if name.startswith("stall_") and "(Not Issued)" not in name]
     spans = loops(rows)
     regions: dict[str, Counter] = {}

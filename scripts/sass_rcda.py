@@ -1,13 +1,14 @@
 """``rcda_aggregate``'s kernel compiled for sm_90 on this machine (no GPU needed) with the installed
-Triton, as the launcher builds it for the encoder's 50x50 map in fp16 (its launch config, pointers and
-channel counts specialized as divisible by 16): its registers, its spills and its main loop's SASS
-instructions counted by kind, what a step of the aggregation issues per thread. Run it without
-TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads it for
-Triton 3.6, the GPU machine's:
+Triton, as the launcher builds it for the encoder's map in fp16 (50x50 unless --width; its launch
+config, pointers and channel counts specialized as divisible by 16): its registers, its spills and its
+main loop's SASS instructions counted by kind, what a step of the aggregation issues per thread. Run
+it without TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads
+it for Triton 3.6, the GPU machine's:
 
-    python -m scripts.sass_rcda
+    python -m scripts.sass_rcda [--width 84 --block-q 64]
 """
 
+import argparse
 import collections
 import re
 import subprocess
@@ -32,10 +33,12 @@ DIVISIBLE = {
 }  # fmt: skip
 
 
-def compile_encoder_kernel() -> bytes:
-    """The cubin of the kernel for the encoder's call at 800x800 (2,500 queries, 8 heads of 32, fp16)."""
+def compile_encoder_kernel(width: int = 50, block_q: int | None = None) -> bytes:
+    """The cubin of the kernel for the encoder's call on a map ``width`` wide (50: 800x800; 2,500
+    queries, 8 heads of 32, fp16), with ``block_q`` queries per program (None: the launch config's
+    choice without an SM count, BLOCK_Q)."""
     kernel = rcda_aggregate.rcda_aggregate_kernel
-    _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, 50, 32, 2)
+    _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, width, 32, 2, block_q=block_q)
     options = {k: meta.pop(k) for k in ("num_warps", "num_stages")}
     constexprs = dict(meta)
     constexprs["DOT_PRECISION"] = rcda_aggregate.dot_precision(rcda_aggregate.torch.float16)
@@ -88,9 +91,13 @@ def registers(sass: str) -> int:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=50, help="the map's width (the build's class)")
+    parser.add_argument("--block-q", type=int, choices=(64, 128), help="queries per program")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / "rcda_aggregate.cubin"
-        cubin.write_bytes(compile_encoder_kernel())
+        cubin.write_bytes(compile_encoder_kernel(args.width, args.block_q))
         nvdisasm = Path(triton.knobs.nvidia.ptxas.path).parent / "nvdisasm"
         sass = subprocess.run([nvdisasm, cubin], capture_output=True, text=True, check=True).stdout
     loop = main_loop(sass)

@@ -60,11 +60,19 @@ def test_inductor_options_that_would_compare_equal_trees_are_refused(setting):
     assert ab_transformer._options('{"triton.enable_pdl": true}') == {"triton.enable_pdl": True}
 
 
-def test_rcda_variants_name_constants_of_the_op_and_are_undone_after_a_failed_build():
+def test_each_rcda_variant_changes_the_launch_and_is_undone_after_a_failed_build():
     from anchordetr_trt.custom_ops import rcda_aggregate
 
-    for settings in ab_transformer.RCDA_VARIANTS:  # a misspelt constant would time the shipped config
-        assert all(isinstance(getattr(rcda_aggregate, name), int) for name in settings), settings
+    def launches():  # the decoder at batch 1 (a small grid) and the encoder at batch 8, on 132 SMs
+        return [
+            rcda_aggregate.rcda_aggregate_launch_config(queries, heads, 50, 32, 2, sm_count=132)
+            for queries, heads in ((900, 8), (2500, 64))
+        ]
+
+    shipped = launches()
+    for settings in ab_transformer.RCDA_VARIANTS:  # a variant equal to the shipped launch times nothing new
+        with ab_transformer._patched(rcda_aggregate, ab_transformer.rcda_constants(settings)):
+            assert launches() != shipped, settings
     before = rcda_aggregate.BLOCK_H
     with pytest.raises(RuntimeError), ab_transformer._patched(rcda_aggregate, {"BLOCK_H": before * 2}):
         inside = rcda_aggregate.BLOCK_H
