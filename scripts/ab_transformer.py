@@ -11,7 +11,8 @@ one machine; the second run, given the first's outputs, reports how far they mov
 
 ``AB_OLD=<a checkout of the other commit> STAGES=ab make gpu`` runs both on the GPU machine. Inductor's
 settings are compared in one tree: ``--inductor-options '{"triton.enable_pdl": true}'`` against none
-(settings other than the backend's own ``INDUCTOR_OPTIONS``, which its compile applies over these).
+(settings other than the backend's own ``INDUCTOR_OPTIONS``, which its compile applies over these), and
+so are ``rcda_aggregate``'s launch constants: ``--rcda-constants '{"MAX_STAGES": 4}'``.
 Writes DIR/ab_transformer_<tag>.json and DIR/outputs_<tag>.pt.
 """
 
@@ -375,6 +376,25 @@ def _options(text: str) -> dict:
     return options
 
 
+def _rcda_settings(text: str) -> dict:
+    """--rcda-constants: a JSON object of rcda_aggregate's launch constants (names as in RCDA_VARIANTS),
+    each an int constant of the op, set to an int or null."""
+    from anchordetr_trt.custom_ops import rcda_aggregate
+
+    settings = json.loads(text)
+    if not isinstance(settings, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{{\"MAX_STAGES\": 4}}', got {text}")
+    for name, value in settings.items():
+        if not isinstance(getattr(rcda_aggregate, name, None), int) or name.startswith("_"):
+            raise argparse.ArgumentTypeError(
+                f"{name} is not one of rcda_aggregate's int launch constants (e.g. BLOCK_Q, NUM_WARPS, "
+                "BLOCK_H, MAX_STAGES, COL_CHUNK)"
+            )
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise argparse.ArgumentTypeError(f"{name} must be an int or null, got {value!r}")
+    return settings
+
+
 def _backend_options() -> dict:
     """The settings the imported tree's backend compiles with ({} for a tree before them)."""
     from anchordetr_trt.backends import inductor
@@ -399,6 +419,12 @@ def main() -> None:
         default={},
         help="torch._inductor.config settings for the model's compiles, as JSON: e.g. '{\"triton.enable_pdl\": true}'",
     )
+    parser.add_argument(
+        "--rcda-constants",
+        type=_rcda_settings,
+        default={},
+        help="rcda_aggregate's launch constants for every call of the run, as JSON: e.g. '{\"MAX_STAGES\": 4}'",
+    )
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)
     args = parser.parse_args()
@@ -409,6 +435,7 @@ def main() -> None:
         "tag": args.tag,
         "commit": args.commit,
         "inductor_options": args.inductor_options,
+        "rcda_constants": args.rcda_constants,
         "environment": environment(),
     }
     path = args.out / f"ab_transformer_{args.tag}.json"
@@ -416,14 +443,17 @@ def main() -> None:
     def save() -> None:
         path.write_text(json.dumps(report, indent=1))
 
-    report["rcda_aggregate"] = rcda_microbench(args.ops_only)
-    report["key_means"] = key_means_microbench(args.ops_only)
-    report["images"] = images_microbench(args.ops_only)
-    save()
-    if args.ops_only:
-        return
-    with torch._inductor.config.patch(args.inductor_options):  # the whole model's and the parts' compiles
-        model_runs(args, report, save)
+    from anchordetr_trt.custom_ops import rcda_aggregate
+
+    with _patched(rcda_aggregate, rcda_constants(args.rcda_constants)):  # every launch of the run
+        report["rcda_aggregate"] = rcda_microbench(args.ops_only)
+        report["key_means"] = key_means_microbench(args.ops_only)
+        report["images"] = images_microbench(args.ops_only)
+        save()
+        if args.ops_only:
+            return
+        with torch._inductor.config.patch(args.inductor_options):  # the whole model's and the parts' compiles
+            model_runs(args, report, save)
     print(f"wrote {path}")
 
 

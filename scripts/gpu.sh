@@ -5,8 +5,9 @@
 #   bench.json bench.png profile.json profile.txt  bench_parts.json  train.json  accuracy.json accuracy.md
 #   runs.tsv (stage, commit, files, command of each stage that ran)
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
-#   (AB_NAME names the change, default "transformer"); with AB_OPTIONS='<JSON>' and STAGES=ab-options,
-#   ab_options_old.json (Inductor's defaults) and _new.json (those settings); with STAGES=ops,
+#   (AB_NAME names the change, default "transformer"); with AB_OPTIONS='<JSON>' (Inductor settings) or
+#   AB_RCDA='<JSON>' (rcda_aggregate's launch constants) and STAGES=ab-options, ab_options_old.json
+#   (the tree's own) and _new.json (those settings); with STAGES=ops,
 #   ops_microbench.json; with STAGES=ncu-rcda, ncu_rcda_{encoder,decoder}{,_sass}.csv, _stalls.json (scripts/ncu_stalls.py) and .ncu-rep
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
@@ -116,16 +117,21 @@ if [[ -n ${AB_OLD:-} ]]; then
 elif selected ab; then
     printf '%-10s skipped: set AB_OLD to a checkout of the commit to compare with\n' ab | tee -a "$LOGS/summary.txt"
 fi
-# Inductor's settings against its defaults, in this tree and one call: AB_OPTIONS is a JSON object of
-# torch._inductor.config settings, e.g. '{"triton.enable_pdl": true}' (not those the backend sets itself).
+# Inductor's settings or rcda_aggregate's launch constants against the tree's own, in this tree and one
+# call: AB_OPTIONS is a JSON object of torch._inductor.config settings, e.g. '{"triton.enable_pdl": true}'
+# (not those the backend sets itself), AB_RCDA one of the op's constants, e.g. '{"MAX_STAGES": 4}'.
 AB_SETTINGS='python3 "$1" --out "$2" --tag old --commit "$3" --part-batches &&
-python3 "$1" --out "$2" --tag new --commit "$3" --part-batches --inductor-options "$4" --previous "$2/outputs_old.pt"'
-if [[ -n ${AB_OPTIONS:-} ]]; then
+python3 "$1" --out "$2" --tag new --commit "$3" --part-batches --inductor-options "$4" --rcda-constants "$5" \
+    --previous "$2/outputs_old.pt"'
+if [[ -n ${AB_OPTIONS:-} || -n ${AB_RCDA:-} ]]; then
+    none='{}'
     stage ab-options 300 "ab_options_old.json ab_options_new.json" \
-        sh -c "$AB_SETTINGS" sh "$PWD/scripts/ab_transformer.py" "$WORK/ab-options" "$COMMIT_SHOWN" "$AB_OPTIONS"
+        sh -c "$AB_SETTINGS" sh "$PWD/scripts/ab_transformer.py" "$WORK/ab-options" "$COMMIT_SHOWN" \
+        "${AB_OPTIONS:-$none}" "${AB_RCDA:-$none}"
     collect ab-options "$WORK/ab-options" "ab_transformer_old.json:ab_options_old.json" "ab_transformer_new.json:ab_options_new.json"
 elif selected ab-options; then
-    printf '%-10s skipped: set AB_OPTIONS to a JSON object of Inductor settings\n' ab-options | tee -a "$LOGS/summary.txt"
+    printf '%-10s skipped: set AB_OPTIONS (Inductor settings) or AB_RCDA (rcda_aggregate constants) as JSON\n' ab-options \
+        | tee -a "$LOGS/summary.txt"
 fi
 # The custom ops alone, with other launch configurations, and the images' preparation (not by default).
 stage ops 200 ops_microbench.json python3 -m scripts.ab_transformer --out "$WORK/ops" --tag ops --ops-only \

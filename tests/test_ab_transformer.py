@@ -78,3 +78,25 @@ def test_each_rcda_variant_changes_the_launch_and_is_undone_after_a_failed_build
         inside = rcda_aggregate.BLOCK_H
         raise RuntimeError("out of resources")
     assert (inside, rcda_aggregate.BLOCK_H) == (before * 2, before)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            '{"MAX_STAGE": 4}',
+            "not one of rcda_aggregate's int launch constants",
+        ),  # misspelt: would time nothing new
+        ('{"_OP": 4}', "not one of"),
+        ('{"MAX_STAGES": 4.5}', "must be an int or null"),
+        ('{"MAX_STAGES": true}', "must be an int or null"),
+        ("[4]", "a JSON object is needed"),
+    ],
+)
+def test_rcda_constants_other_than_the_ops_int_constants_are_refused(text, problem):
+    with pytest.raises(argparse.ArgumentTypeError, match=problem):
+        ab_transformer._rcda_settings(text)
+    assert ab_transformer._rcda_settings('{"MAX_STAGES": 4, "BLOCK_Q": null}') == {
+        "MAX_STAGES": 4,
+        "BLOCK_Q": None,
+    }
