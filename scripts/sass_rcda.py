@@ -5,7 +5,7 @@ main loop's SASS instructions counted by kind, what a step of the aggregation is
 it without TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads
 it for Triton 3.6, the GPU machine's:
 
-    python -m scripts.sass_rcda [--width 84 --block-q 64]
+    python -m scripts.sass_rcda [--width 84] [--block-q 64] [--num-warps 8]
 """
 
 import argparse
@@ -33,13 +33,16 @@ DIVISIBLE = {
 }  # fmt: skip
 
 
-def compile_encoder_kernel(width: int = 50, block_q: int | None = None) -> bytes:
+def compile_encoder_kernel(
+    width: int = 50, block_q: int | None = None, num_warps: int | None = None
+) -> bytes:
     """The cubin of the kernel for the encoder's call on a map ``width`` wide (50: 800x800; 2,500
-    queries, 8 heads of 32, fp16), with ``block_q`` queries per program (None: the launch config's
-    choice without an SM count, BLOCK_Q)."""
+    queries, 8 heads of 32, fp16), with ``block_q`` queries per program and ``num_warps`` warps (None:
+    the launch config's choices without an SM count, BLOCK_Q and NUM_WARPS)."""
     kernel = rcda_aggregate.rcda_aggregate_kernel
     _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, width, 32, 2, block_q=block_q)
     options = {k: meta.pop(k) for k in ("num_warps", "num_stages")}
+    options["num_warps"] = num_warps or options["num_warps"]
     constexprs = dict(meta)
     constexprs["DOT_PRECISION"] = rcda_aggregate.dot_precision(rcda_aggregate.torch.float16)
     signature = {}
@@ -94,17 +97,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=50, help="the map's width (the build's class)")
     parser.add_argument("--block-q", type=int, choices=(64, 128), help="queries per program")
+    parser.add_argument("--num-warps", type=int, choices=(4, 8), help="warps per program")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / "rcda_aggregate.cubin"
-        cubin.write_bytes(compile_encoder_kernel(args.width, args.block_q))
+        cubin.write_bytes(compile_encoder_kernel(args.width, args.block_q, args.num_warps))
         nvdisasm = Path(triton.knobs.nvidia.ptxas.path).parent / "nvdisasm"
         sass = subprocess.run([nvdisasm, cubin], capture_output=True, text=True, check=True).stdout
     loop = main_loop(sass)
     spills = [len(re.findall(r"\b(?:STL|LDL)", text)) for text in (sass, "\n".join(loop))]
     counts = collections.Counter(opcode(instruction) for instruction in loop)
+    warps = args.num_warps or rcda_aggregate.NUM_WARPS
+    allocated = -(-registers(sass) // 8) * 8  # a thread's registers are allocated 8 at a time
     print(
-        f"triton {triton.__version__}, sm_90: {registers(sass)} registers per thread, {spills[0]} local "
+        f"triton {triton.__version__}, sm_90, {warps} warps: {registers(sass)} registers per thread "
+        f"(programs per SM: {65536 // (32 * warps * allocated)}), {spills[0]} local "
         f"(spill) loads and stores, {spills[1]} in the main loop; main loop of {len(loop)} SASS "
         "instructions per thread per step"
     )
