@@ -357,15 +357,19 @@ def images_microbench(variants: bool) -> list[dict]:
     return rows
 
 
+def _json_object(text: str, example: str) -> dict:
+    """``text`` parsed as a JSON object, else ArgumentTypeError showing ``example``."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{example}', got {text}")
+    return value
+
+
 def _options(text: str) -> dict:
     """--inductor-options: a JSON object of torch._inductor.config settings, none of which the backend
     sets itself (its INDUCTOR_OPTIONS are applied over the global config, so they would compare equal
     trees)."""
-    options = json.loads(text)
-    if not isinstance(options, dict):
-        raise argparse.ArgumentTypeError(
-            f"a JSON object is needed, e.g. '{{\"triton.enable_pdl\": true}}', got {text}"
-        )
+    options = _json_object(text, '{"triton.enable_pdl": true}')
     fixed = sorted(set(options) & set(_backend_options()))
     if fixed:
         raise argparse.ArgumentTypeError(
@@ -381,9 +385,7 @@ def _rcda_settings(text: str) -> dict:
     each an int constant of the op, set to an int or null."""
     from anchordetr_trt.custom_ops import rcda_aggregate
 
-    settings = json.loads(text)
-    if not isinstance(settings, dict):
-        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{{\"MAX_STAGES\": 4}}', got {text}")
+    settings = _json_object(text, '{"MAX_STAGES": 4}')
     for name, value in settings.items():
         if not isinstance(getattr(rcda_aggregate, name, None), int) or name.startswith("_"):
             raise argparse.ArgumentTypeError(
