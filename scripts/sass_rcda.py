@@ -108,9 +108,10 @@ def main() -> None:
     spills = [len(re.findall(r"\b(?:STL|LDL)", text)) for text in (sass, "\n".join(loop))]
     counts = collections.Counter(opcode(instruction) for instruction in loop)
     warps = args.num_warps or rcda_aggregate.NUM_WARPS
-    allocated = -(-registers(sass) // 8) * 8  # a thread's registers are allocated 8 at a time
+    used = registers(sass)
+    allocated = -(-used // 8) * 8  # a thread's registers are allocated 8 at a time
     print(
-        f"triton {triton.__version__}, sm_90, {warps} warps: {registers(sass)} registers per thread "
+        f"triton {triton.__version__}, sm_90, {warps} warps: {used} registers per thread "
         f"(programs per SM: {65536 // (32 * warps * allocated)}), {spills[0]} local "
         f"(spill) loads and stores, {spills[1]} in the main loop; main loop of {len(loop)} SASS "
         "instructions per thread per step"
