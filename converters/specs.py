@@ -290,6 +290,38 @@ def _key_means_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[
     return module.key_means_launch_config(*s["src"])[1]  # the same for every size
 
 
+def _dot_precision(dtype: torch.dtype) -> str:
+    """The kernels' rule for their products' precision (``custom_ops._common.dot_precision``)."""
+    return importlib.import_module("anchordetr_trt.custom_ops._common").dot_precision(dtype)
+
+
+def _self_attention_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
+    batch, length, channels = s["packed"]
+    _, meta = module.self_attention_launch_config(
+        length, batch * a["num_heads"], channels // 3 // a["num_heads"]
+    )
+    # The scale, a float, is compiled in (TensorRT passes no float at launch).
+    return {
+        **meta,
+        "DOT_PRECISION": _dot_precision(d["packed"]),
+        "scale_log2": module.score_factor(a["scale"]),
+    }
+
+
+def _self_attention_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:
+    _, length, channels = s["packed"]
+    terms = s["position_terms"]
+    module = importlib.import_module("anchordetr_trt.custom_ops.self_attention")
+    stride_b, stride_l = module.term_strides(terms, (terms[1] * terms[2], terms[2], 1))  # dense buffers
+    return {
+        "length": length,
+        "heads": a["num_heads"],
+        "head_dim": channels // 3 // a["num_heads"],
+        "term_stride_b": stride_b,
+        "term_stride_l": stride_l,
+    }
+
+
 def _rcda_module() -> ModuleType:
     return importlib.import_module("anchordetr_trt.custom_ops.rcda_aggregate")
 
@@ -312,7 +344,7 @@ def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> 
     _, meta = module.rcda_aggregate_launch_config(queries, n, width, head_dim, dtype.itemsize)
     # scale, a float, is compiled in; value_channel is a runtime int32 (``_rcda_aggregate_scalars``),
     # so that the decoder's layers, each with its own, share one kernel.
-    return {**meta, "DOT_PRECISION": module.dot_precision(dtype), "scale": a["scale"]}
+    return {**meta, "DOT_PRECISION": _dot_precision(dtype), "scale": a["scale"]}
 
 
 def _rcda_aggregate_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:
@@ -513,6 +545,23 @@ PLUGINS: dict[str, PluginSpec] = {
                 s["src"][0],
                 s["src"][1] + s["src"][2],
                 cdiv(s["src"][3], meta["BLOCK_C"]),
+            ),
+        ),
+        PluginSpec(
+            op="self_attention",
+            module="self_attention",
+            kernel="self_attention_kernel",
+            inputs=("packed", "position_terms"),
+            outputs=("out",),
+            pointers={"packed_ptr": "packed", "term_ptr": "position_terms", "out_ptr": "out"},
+            input_dtypes=dict.fromkeys(("packed", "position_terms"), FLOAT_DTYPES),
+            output_dtypes=lambda d: (d["packed"],),
+            output_shapes=lambda s, a: ((s["packed"][0], s["packed"][1], s["packed"][2] // 3),),
+            scalars=_self_attention_scalars,
+            meta=_self_attention_meta,
+            grid=lambda s, a, meta: (
+                cdiv(s["packed"][1], meta["BLOCK_M"]),
+                s["packed"][0] * a["num_heads"],
             ),
         ),
     )

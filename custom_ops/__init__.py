@@ -3,7 +3,8 @@
 Importing this package (as ``import anchordetr_trt`` does) registers the ops. ``ops(fused, x)``
 returns the namespace the model calls: ``reference`` (plain PyTorch, any device) or ``fused`` (the
 custom ops, one graph node each). Both expose the same functions with the same signatures:
-masked_softmax, layer_norm, add_bias_transpose, mask2pos, mask2posemb, rcda_aggregate, key_means.
+masked_softmax, layer_norm, add_bias_transpose, mask2pos, mask2posemb, rcda_aggregate, key_means,
+self_attention.
 """
 
 from types import ModuleType

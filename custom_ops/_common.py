@@ -149,3 +149,9 @@ def num_warps(tile: int) -> int:
 def row_block(length: int) -> int:
     """The constexpr block of a row of ``length`` elements (a power of two, at least 16)."""
     return max(16, triton.next_power_of_2(length))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """A kernel's tl.dot precision for ``dtype`` inputs: float32 stays float32 ("ieee", on the CUDA
+    cores: exact but slow); 16-bit inputs multiply natively with float32 accumulation."""
+    return "ieee" if dtype == torch.float32 else "tf32"

@@ -14,7 +14,16 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from . import add_bias_transpose, key_means, layer_norm, mask2pos, masked_softmax, rcda_aggregate, reference
+from . import (
+    add_bias_transpose,
+    key_means,
+    layer_norm,
+    mask2pos,
+    masked_softmax,
+    rcda_aggregate,
+    reference,
+    self_attention,
+)
 
 F16, F32, BF16 = torch.float16, torch.float32, torch.bfloat16
 FP16_MAX_MAGNITUDE = 6e4
@@ -153,6 +162,21 @@ def key_means_inputs(case: dict, dtype, device) -> tuple:
         values((batch, width, channels), dtype, device, dense),
         values((batch, height, channels), dtype, device, dense),
     )
+
+
+def self_attention_inputs(case: dict, dtype, device) -> tuple:
+    """packed [B, L, 3C] and position terms [1 or B, L, 2C] as the decoder passes them: terms shared by
+    the batch unless "term_batch", a channel slice of a wider projection (``project_each``'s views)
+    unless "strided" (then channels not contiguous)."""
+    batch, length, heads, head_dim = case["shape"]
+    channels = heads * head_dim
+    term_batch = batch if case.get("term_batch") else 1
+    packed = values((batch, length, 3 * channels), dtype, device, case | {"strided": False})
+    if case.get("strided"):
+        terms = values((term_batch, length, 2 * channels), dtype, device, case)
+    else:
+        terms = values((term_batch, length, 4 * channels), dtype, device, case)[..., : 2 * channels]
+    return packed, terms, heads, head_dim**-0.5
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,6 +395,26 @@ OP_CASES = [
         # Both sum in float32 and round once; the sums' orders differ (1 ulp in the output's dtype).
         tolerance={F32: (1e-5, 1e-5), F16: (1e-3, 1e-3), BF16: (1e-2, 1.6e-2)},
         widen=lambda batch, height, width, channels: (batch, height, 4 * width, 4 * channels),
+    ),
+    OpCases(
+        "self_attention",
+        self_attention,
+        self_attention_inputs,
+        cases={  # shape: (batch, length, heads, head_dim)
+            "small": {"shape": (2, 5, 2, 8)},
+            "length_1": {"shape": (1, 1, 1, 1)},
+            "odd": {"shape": (3, 7, 3, 9)},  # heads of 9 channels, below the block of 16
+            # Keys over two steps, the last partial; queries over three blocks of 64.
+            "long": {"shape": (1, 130, 2, 16)},
+            "term_batch": {"shape": (2, 9, 2, 8), "term_batch": True},
+            "strided": {"shape": (2, 6, 3, 8), "strided": True},
+            "model_heads": {"shape": (2, 70, 8, 32)},
+        },
+        gpu_cases={f"decoder_b{batch}": {"shape": (batch, 900, 8, 32)} for batch in REAL_BATCHES},
+        # The reference (PyTorch's attention) sums in another order; both keep float32 statistics.
+        tolerance={F32: (1e-5, 1e-5), F16: (2e-3, 5e-3), BF16: (2e-2, 3e-2)},
+        not_interpreted=(BF16,),  # the interpreter's tl.dot reads bfloat16 as integers
+        widen=lambda length, batch_heads, head_dim: (4 * length, batch_heads, 4 * head_dim),
     ),
 ]
 

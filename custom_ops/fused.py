@@ -16,6 +16,7 @@ from . import layer_norm as _layer_norm_module
 from . import mask2pos as _mask2pos_module
 from . import masked_softmax as _masked_softmax_module
 from . import rcda_aggregate as _rcda_aggregate_module
+from . import self_attention as _self_attention_module
 
 _ops = torch.ops.anchordetr
 
@@ -61,6 +62,10 @@ def rcda_aggregate(
     )
 
 
+def self_attention(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> Tensor:
+    return _ops.self_attention(packed, position_terms, num_heads, scale)
+
+
 def kernel_variant(height: int, width: int, num_pos_feats: int) -> tuple:
     """What picks the model's kernel variants at a ``height`` x ``width`` feature map with
     ``num_pos_feats`` position features (the model's width): feature maps with one key run the same
@@ -86,6 +91,7 @@ def compiled_variants() -> int:
         _mask2pos_module.mask2posemb_kernel,
         _rcda_aggregate_module.rcda_aggregate_kernel,
         _key_means_module.key_means_kernel,
+        _self_attention_module.self_attention_kernel,
     )
     # device_caches[device][0] is the kernel cache in Triton 3.x (3.6 on the GPU machine, 3.8 here).
     return sum(

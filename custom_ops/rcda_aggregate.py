@@ -420,12 +420,6 @@ def column_buffer_shape(batch_heads: Any, num_queries: Any, height: Any) -> tupl
     return (batch_heads, num_queries, height)
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """The kernel's tl.dot precision: float32 stays float32 ("ieee", on the CUDA cores: exact but slow,
-    see the op's CUDA kernel); 16-bit inputs multiply natively with float32 accumulation."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def check_inputs(
     queries: Tensor,
     row_term: Tensor,
@@ -649,7 +643,7 @@ def _launch(
             values.shape[3],
             value_channel,
             float(scale),
-            DOT_PRECISION=dot_precision(values.dtype),
+            DOT_PRECISION=_common.dot_precision(values.dtype),
             **meta,
         )
     return out

@@ -120,6 +120,26 @@ def rcda_aggregate(
     return out.unflatten(0, (batch, heads)).transpose(1, 2).flatten(2).unflatten(1, queries.shape[1:-1])
 
 
+def self_attention(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> Tensor:
+    """Multi-head self-attention from its packed projection, heads merged.
+
+    packed [B, L, 3C] holds the projected queries, keys and values (C = heads * D); position_terms
+    [1 or B, L, 2C] are added to the queries and keys. Each head's scaled dot-product attention
+    (``F.scaled_dot_product_attention`` with ``scale``) over its L tokens; returns [B, L, C].
+    """
+    batch, length, channels = packed.shape[0], packed.shape[1], packed.shape[2] // 3
+    x = packed + F.pad(position_terms, (0, channels))
+    # Each head's queries, keys and values contiguous ([3, B, heads, L, D]), as SDPA is fastest on them.
+    heads = (
+        x.unflatten(-1, (3, num_heads, -1))
+        .permute(2, 0, 3, 1, 4)
+        .clone(memory_format=torch.contiguous_format)
+    )
+    q, k, v = heads.unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [B, heads, L, D]
+    return out.transpose(1, 2).reshape(batch, length, channels)
+
+
 def _aggregate(
     q_col: Tensor,
     k_col: Tensor,

@@ -2,8 +2,8 @@
 800x800): the whole model at batch 1 (median latency) and 8 (back-to-back throughput) with the kernels
 of a call grouped by kind, the encoder and the decoder alone (each compiled for its shape with CUDA
 graphs, as ``anchordetr-trt bench --parts`` times them; batch 8 unless --part-batches), the outputs
-against eager fp32, and ``rcda_aggregate``, ``key_means`` and the images' preparation for the stem
-alone at the model's shapes. An A/B runs it once per code tree (PYTHONPATH on each) in one call of
+against eager fp32, and ``rcda_aggregate``, ``key_means``, ``self_attention`` and the images'
+preparation for the stem alone at the model's shapes. An A/B runs it once per code tree (PYTHONPATH on each) in one call of
 one machine; the second run, given the first's outputs, reports how far they moved:
 
     PYTHONPATH=<old tree> python -m scripts.ab_transformer --out DIR --tag old
@@ -153,6 +153,7 @@ def graph_us(call, calls: int = 20, replays: int = 20) -> float:
 
 KERNEL_KINDS = (  # (kind, test on a kernel name), first match wins
     ("rcda_aggregate", lambda n: n == "rcda_aggregate_kernel"),
+    ("self_attention", lambda n: n == "self_attention_kernel"),
     ("attention glue", lambda n: n.startswith("triton_") and ("rcda_aggregate" in n or "scaled_dot" in n)),
     ("heads merged", lambda n: "clone_transpose" in n),
     ("weight concatenations", lambda n: "cat_slice" in n),
@@ -248,6 +249,68 @@ def _patched(module, constants: dict):
     finally:
         for name, value in saved.items():
             setattr(module, name, value)
+
+
+# Launch settings tried by ``self_attention_microbench(variants=True)``: overrides of the op module's
+# constants.
+SELF_ATTENTION_VARIANTS = (
+    {"BLOCK_M": 32},
+    {"BLOCK_M": 128},
+    {"BLOCK_M": 128, "NUM_WARPS": 8},
+    {"BLOCK_N": 32},
+    {"BLOCK_N": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 128},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "NUM_WARPS": 8},
+    {"NUM_STAGES": 1},
+    {"NUM_STAGES": 3},
+)
+
+
+def self_attention_microbench(variants: bool) -> list[dict]:
+    """``self_attention``'s launcher alone on the decoder's shapes (900 tokens, 8 heads of 32), inside
+    CUDA graphs, against its reference; and what the op replaces: the reference compiled by Inductor
+    ("inductor": the terms' add, the heads' split, SDPA and the merge) and SDPA alone on contiguous
+    heads ("sdpa"). ``variants``: also SELF_ATTENTION_VARIANTS' settings ({} is the tree's own).
+    Empty for a tree without the op."""
+    from anchordetr_trt.custom_ops import cases, reference
+
+    try:
+        from anchordetr_trt.custom_ops import self_attention
+    except ImportError:
+        return []
+    inductor = torch.compile(reference.self_attention, dynamic=False)
+    rows = []
+    for batch in BATCHES:
+        args = cases.self_attention_inputs({"shape": (batch, 900, 8, 32)}, torch.float16, CUDA)
+        expected = reference.self_attention(*args)
+        q, k, v = torch.randn(3, batch, 8, 900, 32, device=CUDA, dtype=torch.float16).unbind(0)
+        calls = {"inductor": functools.partial(inductor, *args)}
+        calls["sdpa"] = functools.partial(torch.nn.functional.scaled_dot_product_attention, q, k, v)
+        for settings in [{}, *SELF_ATTENTION_VARIANTS] if variants else [{}]:
+            calls[json.dumps(settings)] = (
+                settings,
+                functools.partial(self_attention.self_attention_triton, *args),
+            )
+        for name, call in calls.items():
+            settings, call = call if isinstance(call, tuple) else (None, call)
+            try:
+                with _patched(self_attention, settings or {}):
+                    got = call()
+                    row = {"us": graph_us(call)}
+                if name != "sdpa":
+                    row["max_abs_err"] = (got.float() - expected.float()).abs().max().item()
+            except Exception as error:  # a configuration that does not build
+                row = {"error": str(error).splitlines()[0]}
+            rows.append(
+                {
+                    "batch": batch,
+                    "call": "kernel" if settings is not None else name,
+                    "settings": settings,
+                    **row,
+                }
+            )
+            print("self_attention", rows[-1], flush=True)
+    return rows
 
 
 def key_means_microbench(variants: bool) -> list[dict]:
@@ -413,7 +476,7 @@ def main() -> None:
     parser.add_argument(
         "--ops-only",
         action="store_true",
-        help="time rcda_aggregate, key_means and the images' preparation alone (variants), not the model",
+        help="time rcda_aggregate, key_means, self_attention and the images' preparation alone (variants), not the model",
     )
     parser.add_argument(
         "--inductor-options",
@@ -450,6 +513,7 @@ def main() -> None:
     with _patched(rcda_aggregate, rcda_constants(args.rcda_constants)):  # every launch of the run
         report["rcda_aggregate"] = rcda_microbench(args.ops_only)
         report["key_means"] = key_means_microbench(args.ops_only)
+        report["self_attention"] = self_attention_microbench(args.ops_only)
         report["images"] = images_microbench(args.ops_only)
         save()
         if args.ops_only:

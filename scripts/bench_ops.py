@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from anchordetr_trt.custom_ops import fused, reference
-from anchordetr_trt.custom_ops.cases import key_means_inputs, rcda_aggregate_inputs
+from anchordetr_trt.custom_ops.cases import key_means_inputs, rcda_aggregate_inputs, self_attention_inputs
 
 SPEEDUP_TARGET = 2.0
 ROOFLINE_TARGET_PCT = 60.0
@@ -116,6 +116,15 @@ def make_cases(batches: tuple[int, ...], dtype: torch.dtype, device, shapes: Sha
             cases.append(
                 Case("rcda_aggregate", stage, batch, args, _nbytes(*args[1:7]) + projected + out_bytes)
             )
+        # The decoder's self-attention: packed queries, keys and values in, their position terms (shared
+        # by the batch) in, the merged heads out.
+        head_dim = shapes.channels // shapes.heads
+        shape = (batch, shapes.decoder_queries, shapes.heads, head_dim)
+        args = self_attention_inputs({"shape": shape}, dtype, device)
+        attention_bytes = (
+            _nbytes(args[0]) + args[1][0].numel() * args[1].element_size() + _nbytes(args[0]) // 3
+        )
+        cases.append(Case("self_attention", "decoder", batch, args, attention_bytes))
         # RCDA's keys: every encoder layer and the decoder take them of one [B, H, W, C] map.
         args = key_means_inputs({"shape": (batch, height, width, shapes.channels)}, dtype, device)
         key_bytes = _nbytes(args[0]) + 2 * _nbytes(*args[1:])  # embeddings in, keys out

@@ -15,11 +15,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from anchordetr_trt.custom_ops import rcda_aggregate
+from anchordetr_trt.custom_ops import _common, rcda_aggregate
 
 POINTERS = {
     "queries_ptr", "row_term_ptr", "col_term_ptr", "k_col_ptr", "k_row_ptr", "values_ptr", "out_ptr",
@@ -44,7 +45,7 @@ def compile_encoder_kernel(
     options = {k: meta.pop(k) for k in ("num_warps", "num_stages")}
     options["num_warps"] = num_warps or options["num_warps"]
     constexprs = dict(meta)
-    constexprs["DOT_PRECISION"] = rcda_aggregate.dot_precision(rcda_aggregate.torch.float16)
+    constexprs["DOT_PRECISION"] = _common.dot_precision(torch.float16)
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:

@@ -80,6 +80,21 @@ def test_each_rcda_variant_changes_the_launch_and_is_undone_after_a_failed_build
     assert (inside, rcda_aggregate.BLOCK_H) == (before * 2, before)
 
 
+def test_each_self_attention_variant_changes_the_launch():
+    from anchordetr_trt.custom_ops import self_attention
+
+    def launch():  # the decoder at batch 8
+        return self_attention.self_attention_launch_config(900, 64, 32)
+
+    shipped = launch()
+    for (
+        settings
+    ) in ab_transformer.SELF_ATTENTION_VARIANTS:  # one equal to the shipped launch times nothing new
+        with ab_transformer._patched(self_attention, settings):
+            assert launch() != shipped, settings
+    assert launch() == shipped
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

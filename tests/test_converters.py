@@ -90,6 +90,8 @@ EXAMPLES = {
     "rcda_aggregate_encoder": "rcda_aggregate",
     "rcda_aggregate_decoder": "rcda_aggregate",
     "key_means": "key_means",
+    "self_attention": "self_attention",
+    "self_attention_batch_terms": "self_attention",
 }
 RCDA_EXAMPLES = [name for name, plugin in EXAMPLES.items() if plugin == "rcda_aggregate"]
 
@@ -129,6 +131,9 @@ def example_args(example: str, size: dict, dtype: torch.dtype, device="cpu") -> 
             0,
         ),
         "key_means": lambda: (randn(b, hh, w, c), randn(b, w, c), randn(b, hh, c)),
+        # The decoder's self-attention: position terms shared by the batch, or one per image.
+        "self_attention": lambda: (randn(b, q, 3 * c), randn(1, q, 2 * c), h, (c // h) ** -0.5),
+        "self_attention_batch_terms": lambda: (randn(b, q, 3 * c), randn(b, q, 2 * c), h, (c // h) ** -0.5),
         "rcda_aggregate_decoder": lambda: rcda_call(
             size,
             randn,
@@ -698,7 +703,10 @@ class AllOps(nn.Module):
         # Not in AnchorDETR since rcda_aggregate computes both softmaxes; still an op with a plugin.
         scores = torch.bmm(heads(tokens, 0.5), heads(key_col).transpose(1, 2))
         probs_col = ops.masked_softmax(scores.unflatten(0, (batch, self.heads)), mask_col)
-        return encoded, decoded, probs_col, pos_y, pos_x
+        # The decoder's self-attention, over the map's tokens, its position terms shared by the batch.
+        terms = tokens.mean(0, keepdim=True)
+        attended = ops.self_attention(packed.flatten(1, 2), torch.cat((terms, terms), -1), self.heads, 0.5)
+        return encoded, decoded, probs_col, pos_y, pos_x, attended
 
 
 ALL_OPS_COUNTS = {
@@ -709,6 +717,7 @@ ALL_OPS_COUNTS = {
     "masked_softmax": 1,
     "rcda_aggregate": 2,
     "key_means": 1,
+    "self_attention": 1,
 }
 
 
@@ -754,7 +763,7 @@ def expected_model_ops(config: at.AnchorDETRConfig) -> dict[str, int]:
     keys into heads; its map's three projections are one GEMM, and the decoder's projections split
     into heads by plain tensor ops), then 1 aggregation with both softmaxes; the row and column keys
     of the map, once per encoder layer and once of the decoder's memory; the decoder's
-    self-attention (SDPA: none); a residual norm after each attention and FFN, one position
+    self-attention, one per layer; a residual norm after each attention and FFN, one position
     embedding of the mask."""
     encoder, decoder = config.num_encoder_layers, config.num_decoder_layers
     return {
@@ -763,6 +772,7 @@ def expected_model_ops(config: at.AnchorDETRConfig) -> dict[str, int]:
         "layer_norm": 2 * encoder + 3 * decoder,
         "mask2posemb": 1,
         "key_means": encoder + 1,
+        "self_attention": decoder,
     }
 
 

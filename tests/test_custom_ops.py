@@ -135,6 +135,8 @@ def fused_calls(
     values,
     posemb_row,
     posemb_col,
+    packed,
+    position_terms,
 ):
     """Every fused op once, through the wrappers the model calls."""
     probs = fused.masked_softmax(scores, key_mask)
@@ -146,7 +148,8 @@ def fused_calls(
         queries, row_term, col_term, k_col, mask_col, k_row, key_mask, values, 8, 0.5
     )
     key_row, key_col = fused.key_means(values, posemb_row, posemb_col)
-    return probs, normed, heads, pos_y, pos_x, emb_y, emb_x, aggregated, key_row, key_col
+    attended = fused.self_attention(packed, position_terms, 2, 0.5)
+    return probs, normed, heads, pos_y, pos_x, emb_y, emb_x, aggregated, key_row, key_col, attended
 
 
 def fused_example(batch: int, width: int) -> tuple:
@@ -170,6 +173,8 @@ def fused_example(batch: int, width: int) -> tuple:
         torch.randn(batch, 3, width, 16),  # the values from channel 8; key_means' map
         torch.randn(batch, width, 16),
         torch.randn(batch, 3, 16),
+        torch.randn(batch, width, 12),  # self-attention: 2 heads of 2
+        torch.randn(1, width, 8),
     )
 
 
@@ -196,6 +201,7 @@ def test_export_keeps_each_op_as_one_node():
     dims += [{0: batch, 1: width}, {0: batch, 1: width}, None, {0: batch, 2: width}]
     dims += [{0: batch}, None, {0: batch}, {0: 2 * batch}, {0: batch}]
     dims += [{0: 2 * batch, 1: width}, {0: batch, 2: width}, {0: batch, 1: width}, {0: batch}]
+    dims += [{0: batch, 1: width}, {1: width}]
     exported = torch.export.export(FusedCalls(), fused_example(3, 7), dynamic_shapes=(tuple(dims),))
     assert fused_op_names(exported.graph) == FUSED_OPS
     other = [

@@ -119,6 +119,7 @@ def cases() -> list[dict]:
         "layer_norm_with_residual",
         "mask2posemb",
         "key_means",
+        "self_attention",
     }
     return found
 

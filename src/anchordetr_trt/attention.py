@@ -1,5 +1,6 @@
 """Attention modules with the official parameter layout (``in_proj_weight``, ``in_proj_bias``, ``out_proj``)."""
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -50,12 +51,12 @@ class MultiheadAttention(_ProjectedAttention):
     def forward(self, x: Tensor, position_terms: Tensor) -> Tensor:
         """Self-attention of x [B, L, C] whose queries and keys are x + pos, values x, given
         position_terms [1 or B, L, 2C] = F.linear(pos, position_weight()) (``project_each``). The
-        projections being affine, x is projected for all three in one GEMM."""
-        batch, length, dim = x.shape
-        packed = F.linear(x, self.in_proj_weight, self.in_proj_bias) + F.pad(position_terms, (0, dim))
-        q, k, v = split_heads(packed, self.num_heads, 3, merge_batch=False)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+        projections being affine, x is projected for all three in one GEMM; the terms, the heads'
+        split and merge happen in the op, which reads the GEMM's output in place."""
+        packed = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, L, 3C]
+        scale = 1 / math.sqrt(self.head_dim)  # scaled_dot_product_attention's default, to the bit
+        out = ops(self.fused_ops, x).self_attention(packed, position_terms, self.num_heads, scale)
+        return self.out_proj(out)
 
 
 class RowColumnDecoupledAttention(_ProjectedAttention):

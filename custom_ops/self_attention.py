@@ -1,0 +1,267 @@
+"""``anchordetr::self_attention``: the decoder's multi-head self-attention from its packed projection,
+position terms added and heads merged in the kernel.
+
+packed [B, L, 3C] holds the projected queries, keys and values (channels [0, C), [C, 2C), [2C, 3C),
+C = heads * D) as one GEMM leaves them; position_terms [1 or B, L, 2C] are added to the queries and
+keys (in float32, rounded to the input dtype, as the float16 sum is). out[b, l, head] = softmax over
+keys j of scale * q[l] . k[j], times v, for each head: [B, L, C]. Done with PyTorch's
+``scaled_dot_product_attention``, the heads are split into copies and merged by another after it, and
+the terms are added by a kernel of their own (three launches and three passes over the activations
+around cuDNN's attention, which pads heads of 32 to 64); here one launch reads the GEMM's output.
+
+A program takes BLOCK_M queries of one head and runs over the keys BLOCK_N at a time, flash-style:
+scores on the tensor cores in float32, a running max and sum in float32, the probabilities rounded to
+the values' dtype for their product with the values, accumulated in float32, divided by the sum at
+the end. Each step's keys, key terms and values are loaded one step ahead (Triton does not pipeline
+loads whose values pass through arithmetic before a product, as the keys do).
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from anchordetr_trt.errors import InputError
+
+from . import _common, reference
+
+_OP = "self_attention"
+BLOCK_M = 64  # queries per program
+BLOCK_N = 64  # keys per step
+NUM_WARPS = 4
+NUM_STAGES = 2
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tokens(
+    packed_ptr, rows, channel, row_ok, term_ptr, term_rows, term_channel, d, d_ok, HAS_TERM: tl.constexpr
+):
+    """packed[rows, channel + d] (+ term[term_rows, term_channel + d] in float32, rounded to packed's
+    dtype, if HAS_TERM): [len(rows), BLOCK_D], 0 outside ``row_ok`` and ``d_ok``. Row offsets are in
+    elements (rows of packed and of the terms have their own strides, applied by the caller)."""
+    ok = row_ok[:, None] & d_ok[None, :]
+    x = tl.load(packed_ptr + (rows + channel)[:, None] + d[None, :], mask=ok, other=0.0)
+    if HAS_TERM:
+        term = tl.load(term_ptr + (term_rows + term_channel)[:, None] + d[None, :], mask=ok, other=0.0)
+        x = (x.to(tl.float32) + term.to(tl.float32)).to(packed_ptr.dtype.element_ty)
+    return x
+
+
+@triton.jit(do_not_specialize=["length"])  # one build serves every sequence length
+def self_attention_kernel(
+    packed_ptr,
+    term_ptr,
+    out_ptr,
+    length,
+    heads,
+    head_dim,
+    term_stride_b,
+    term_stride_l,
+    scale_log2,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Grid (cdiv(length, BLOCK_M), B * heads). packed [B, length, 3C] contiguous, term [Bt, length, 2C]
+    at element strides term_stride_b (0 where broadcast) and term_stride_l, its channels contiguous;
+    out [B, length, C] contiguous (C = heads * head_dim). scale_log2 = scale * log2(e): the scores'
+    factor before exp2."""
+    n = tl.program_id(1).to(tl.int64)
+    batch, head = n // heads, n % heads
+    channels = heads * head_dim
+    head_offset = head * head_dim
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < head_dim
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < length
+    image = packed_ptr + batch * length * 3 * channels  # 64-bit image start, 32-bit offsets within
+    terms = term_ptr + batch * term_stride_b
+    q = _tokens(
+        image, m * 3 * channels, head_offset, m_ok, terms, m * term_stride_l, head_offset, d, d_ok, True
+    )
+
+    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    step = tl.arange(0, BLOCK_N)
+    j, j_ok = step, step < length
+    k = _tokens(
+        image,
+        j * 3 * channels,
+        channels + head_offset,
+        j_ok,
+        terms,
+        j * term_stride_l,
+        channels + head_offset,
+        d,
+        d_ok,
+        True,
+    )
+    v = _tokens(image, j * 3 * channels, 2 * channels + head_offset, j_ok, terms, j, 0, d, d_ok, False)
+    for start in range(0, length, BLOCK_N):
+        # The next step's keys and values, loaded before this step's products need the registers'
+        # current ones (past the end: masked, never read).
+        j_next = start + BLOCK_N + step
+        next_ok = j_next < length
+        k_next = _tokens(
+            image, j_next * 3 * channels, channels + head_offset, next_ok, terms, j_next * term_stride_l,
+            channels + head_offset, d, d_ok, True,
+        )  # fmt: skip
+        v_next = _tokens(
+            image,
+            j_next * 3 * channels,
+            2 * channels + head_offset,
+            next_ok,
+            terms,
+            j_next,
+            0,
+            d,
+            d_ok,
+            False,
+        )
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        scores = tl.where(j_ok[None, :], scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
+        kept = tl.exp2(row_max - new_max)
+        probs = tl.exp2(scores - new_max[:, None])
+        total = total * kept + tl.sum(probs, axis=1)
+        acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
+        row_max = new_max
+        k, v, j, j_ok = k_next, v_next, j_next, next_ok
+    out = acc / total[:, None]
+    out_ptrs = out_ptr + ((batch * length + m) * channels + head_offset)[:, None] + d[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+def self_attention_launch_config(length: int, batch_heads: int, head_dim: int) -> tuple:
+    """(grid, meta) for ``length`` tokens of ``batch_heads`` heads of ``head_dim``: meta holds the
+    constexpr blocks, num_warps and num_stages, which depend on head_dim alone (one build for every
+    length and batch)."""
+    meta = {
+        "BLOCK_M": BLOCK_M,
+        "BLOCK_N": BLOCK_N,
+        "BLOCK_D": _common.row_block(head_dim),
+        "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES,
+    }
+    return (triton.cdiv(length, BLOCK_M), batch_heads), meta
+
+
+def check_inputs(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> None:
+    """Raise InputError unless packed [B, L, 3C] and position_terms [1 or B, L, 2C] are float tensors of
+    one dtype on one device, num_heads an int >= 1 dividing C, scale a finite float."""
+    _common.check_tensor(_OP, "packed", packed, 3, _common.FLOAT_DTYPES, "[B, L, 3C]")
+    _common.check_tensor(_OP, "position_terms", position_terms, 3, _common.FLOAT_DTYPES, "[1 or B, L, 2C]")
+    _common.check_same_device(_OP, packed=packed, position_terms=position_terms)
+    _common.check_same_dtype(_OP, packed=packed, position_terms=position_terms)
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+        raise InputError(f"{_OP}: num_heads must be an int >= 1, got {num_heads!r}")
+    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise InputError(f"{_OP}: scale must be a finite float, got {scale!r}")
+    batch, length, packed_channels = packed.shape
+    term_batch, term_length, term_channels = position_terms.shape
+    if isinstance(packed_channels, int) and packed_channels % (3 * num_heads):
+        raise InputError(
+            f"{_OP}: packed has {packed_channels} channels, not 3 * C with C a multiple of the "
+            f"{num_heads} heads: pass the queries', keys' and values' projections side by side"
+        )
+    channels = packed_channels // 3 if isinstance(packed_channels, int) else None
+    if channels is not None:
+        _common.check_size(_OP, "position_terms.shape[2] (2C)", term_channels, 2 * channels)
+    _common.check_size(_OP, "position_terms.shape[1] (L)", term_length, length)
+    if isinstance(term_batch, int) and isinstance(batch, int) and term_batch not in (1, batch):
+        raise InputError(
+            f"{_OP}: position_terms.shape[0] is {term_batch}, which does not broadcast to the batch "
+            f"{batch}: give it size 1 or {batch}"
+        )
+
+
+def term_strides(sizes: Sequence[Any], strides: Sequence[Any]) -> tuple[Any, Any]:
+    """(batch, token) element strides of position terms of ``sizes`` [Bt, L, 2C] laid out at
+    ``strides``, the batch's 0 where Bt is 1 (broadcast). Ints, or TensorRT shape expressions (the
+    plugin's dense buffers), alike."""
+    return strides[0] - strides[0] * (sizes[0] < 2), strides[1]
+
+
+def score_factor(scale: float) -> float:
+    """The kernel's factor of the scores before exp2: ``scale`` * log2(e)."""
+    return float(scale) * _LOG2E
+
+
+def self_attention_triton(
+    packed: Tensor, position_terms: Tensor, num_heads: int, scale: float, out: Tensor | None = None
+) -> Tensor:
+    """Launch the kernel on CUDA (or CPU under TRITON_INTERPRET=1); packed is copied contiguous first,
+    the terms only if their channels are strided. Writes ``out`` (new if None, else contiguous
+    [B, L, C] of packed's dtype)."""
+    check_inputs(packed, position_terms, num_heads, scale)
+    return _launch(packed, position_terms, num_heads, scale, out)
+
+
+def _launch(
+    packed: Tensor, position_terms: Tensor, num_heads: int, scale: float, out: Tensor | None
+) -> Tensor:
+    """``self_attention_triton`` on checked inputs."""
+    batch, length, packed_channels = packed.shape
+    channels = packed_channels // 3
+    shape = (batch, length, channels)
+    if out is None:
+        out = packed.new_empty(shape)
+    else:
+        _common.check_out(_OP, out, shape, packed.dtype, packed.device)
+    if out.numel() == 0:
+        return out
+    terms = position_terms if position_terms.stride(-1) == 1 else position_terms.contiguous()
+    head_dim = channels // num_heads
+    grid, meta = self_attention_launch_config(length, batch * num_heads, head_dim)
+    with _common.launch_context(_OP, self_attention_kernel, packed):
+        self_attention_kernel[grid](
+            packed.contiguous(),
+            terms,
+            out,
+            length,
+            num_heads,
+            head_dim,
+            *term_strides(terms.shape, terms.stride()),
+            score_factor(scale),
+            DOT_PRECISION=_common.dot_precision(packed.dtype),
+            **meta,
+        )
+    return out
+
+
+def runs_kernel(dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether the op runs the kernel on CUDA, not the reference: 16-bit floats (float32 products would
+    run on the CUDA cores, slower than cuBLAS; float32 is the reference precision) and heads of at most
+    256 channels (the [BLOCK_M, D] accumulator and tiles in registers)."""
+    return dtype != torch.float32 and head_dim <= 256
+
+
+@torch.library.custom_op("anchordetr::self_attention", mutates_args=())
+def self_attention(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> Tensor:
+    """packed [B, L, 3C] (queries, keys, values), position_terms [1 or B, L, 2C] (added to the queries
+    and keys) -> [B, L, C]: multi-head attention of ``num_heads`` heads with scores scaled by
+    ``scale``, heads merged (``reference.self_attention``). PyTorch reference off CUDA."""
+    check_inputs(packed, position_terms, num_heads, scale)
+    return reference.self_attention(packed, position_terms, num_heads, scale).contiguous()
+
+
+@self_attention.register_kernel("cuda")
+def _(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> Tensor:
+    check_inputs(packed, position_terms, num_heads, scale)  # once: the launch below does not check again
+    if not runs_kernel(packed.dtype, packed.shape[2] // 3 // num_heads):
+        return reference.self_attention(packed, position_terms, num_heads, scale).contiguous()
+    return _launch(packed, position_terms, num_heads, scale, out=None)
+
+
+@self_attention.register_fake
+def _(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> Tensor:
+    check_inputs(packed, position_terms, num_heads, scale)
+    batch, length, packed_channels = packed.shape
+    return packed.new_empty((batch, length, packed_channels // 3))
