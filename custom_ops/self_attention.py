@@ -13,7 +13,8 @@ A program takes BLOCK_M queries of one head and runs over the keys BLOCK_N at a 
 scores on the tensor cores in float32, a running max and sum in float32, the probabilities rounded to
 the values' dtype for their product with the values, accumulated in float32, divided by the sum at
 the end. Each step's keys, key terms and values are loaded one step ahead (Triton does not pipeline
-loads whose values pass through arithmetic before a product, as the keys do).
+loads whose values pass through arithmetic before a product, as the keys do; the key terms as a
+second product, which lets it pipeline them, measured slower: docs/transformer_performance.md).
 """
 
 import math
@@ -34,7 +35,6 @@ BLOCK_M = 64  # queries per program
 BLOCK_N = 64  # keys per step
 NUM_WARPS = 4
 NUM_STAGES = 2
-TERMS_IN_PRODUCTS = False
 _LOG2E = 1.4426950408889634
 
 
@@ -53,19 +53,6 @@ def _tokens(
     return x
 
 
-@triton.jit
-def _softmax_step(scores, j_ok, row_max, total, acc, v, DOT_PRECISION: tl.constexpr):
-    """One step of the online softmax: scores [BLOCK_M, BLOCK_N] (already scaled by log2(e)), -inf at
-    keys not ``j_ok``, folded into the running max, sum and accumulator with values v [BLOCK_N, D]."""
-    scores = tl.where(j_ok[None, :], scores, float("-inf"))
-    new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
-    kept = tl.exp2(row_max - new_max)
-    probs = tl.exp2(scores - new_max[:, None])
-    total = total * kept + tl.sum(probs, axis=1)
-    acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
-    return new_max, total, acc
-
-
 @triton.jit(do_not_specialize=["length"])  # one build serves every sequence length
 def self_attention_kernel(
     packed_ptr,
@@ -80,7 +67,6 @@ def self_attention_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    TERMS_IN_PRODUCTS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(length, BLOCK_M), B * heads). packed [B, length, 3C] contiguous, term [Bt, length, 2C]
@@ -100,42 +86,55 @@ def self_attention_kernel(
     q = _tokens(
         image, m * 3 * channels, head_offset, m_ok, terms, m * term_stride_l, head_offset, d, d_ok, True
     )
-    key, value = channels + head_offset, 2 * channels + head_offset  # channels of this head's keys, values
+
     row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     total = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     step = tl.arange(0, BLOCK_N)
-    if TERMS_IN_PRODUCTS:
-        # q . (k + term) as q . k + q . term: the keys and their terms go to the products as loaded,
-        # which Triton pipelines (asynchronous copies to shared memory).
-        for start in range(0, length, BLOCK_N):
-            j = start + step
-            j_ok = j < length
-            ok = j_ok[:, None] & d_ok[None, :]
-            k = tl.load(image + (j * 3 * channels + key)[:, None] + d[None, :], mask=ok, other=0.0)
-            k_term = tl.load(terms + (j * term_stride_l + key)[:, None] + d[None, :], mask=ok, other=0.0)
-            v = tl.load(image + (j * 3 * channels + value)[:, None] + d[None, :], mask=ok, other=0.0)
-            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            scores = tl.dot(q, tl.trans(k_term), acc=scores, input_precision=DOT_PRECISION)
-            row_max, total, acc = _softmax_step(
-                scores * scale_log2, j_ok, row_max, total, acc, v, DOT_PRECISION
-            )
-    else:
-        j, j_ok = step, step < length
-        k = _tokens(image, j * 3 * channels, key, j_ok, terms, j * term_stride_l, key, d, d_ok, True)
-        v = _tokens(image, j * 3 * channels, value, j_ok, terms, j, 0, d, d_ok, False)
-        for start in range(0, length, BLOCK_N):
-            # The next step's keys and values, loaded before this step's products need the registers'
-            # current ones (past the end: masked, never read).
-            j_next = start + BLOCK_N + step
-            next_ok = j_next < length
-            k_next = _tokens(
-                image, j_next * 3 * channels, key, next_ok, terms, j_next * term_stride_l, key, d, d_ok, True
-            )
-            v_next = _tokens(image, j_next * 3 * channels, value, next_ok, terms, j_next, 0, d, d_ok, False)
-            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-            row_max, total, acc = _softmax_step(scores, j_ok, row_max, total, acc, v, DOT_PRECISION)
-            k, v, j_ok = k_next, v_next, next_ok
+    j, j_ok = step, step < length
+    k = _tokens(
+        image,
+        j * 3 * channels,
+        channels + head_offset,
+        j_ok,
+        terms,
+        j * term_stride_l,
+        channels + head_offset,
+        d,
+        d_ok,
+        True,
+    )
+    v = _tokens(image, j * 3 * channels, 2 * channels + head_offset, j_ok, terms, j, 0, d, d_ok, False)
+    for start in range(0, length, BLOCK_N):
+        # The next step's keys and values, loaded before this step's products need the registers'
+        # current ones (past the end: masked, never read).
+        j_next = start + BLOCK_N + step
+        next_ok = j_next < length
+        k_next = _tokens(
+            image, j_next * 3 * channels, channels + head_offset, next_ok, terms, j_next * term_stride_l,
+            channels + head_offset, d, d_ok, True,
+        )  # fmt: skip
+        v_next = _tokens(
+            image,
+            j_next * 3 * channels,
+            2 * channels + head_offset,
+            next_ok,
+            terms,
+            j_next,
+            0,
+            d,
+            d_ok,
+            False,
+        )
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        scores = tl.where(j_ok[None, :], scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
+        kept = tl.exp2(row_max - new_max)
+        probs = tl.exp2(scores - new_max[:, None])
+        total = total * kept + tl.sum(probs, axis=1)
+        acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
+        row_max = new_max
+        k, v, j, j_ok = k_next, v_next, j_next, next_ok
     out = acc / total[:, None]
     out_ptrs = out_ptr + ((batch * length + m) * channels + head_offset)[:, None] + d[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -149,7 +148,6 @@ def self_attention_launch_config(length: int, batch_heads: int, head_dim: int) -
         "BLOCK_M": BLOCK_M,
         "BLOCK_N": BLOCK_N,
         "BLOCK_D": _common.row_block(head_dim),
-        "TERMS_IN_PRODUCTS": TERMS_IN_PRODUCTS,
         "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES,
     }

@@ -17,7 +17,8 @@
 # fails does not stop the next one. STAGES="tests bench" runs a subset (e.g. to finish on a second
 # call; the compile cache is kept). Training (7.5 min) and the trained-model accuracy check (~4 min)
 # fill calls of their own on a machine with a 10-minute call limit: STAGES=train, then at once
-# STAGES=accuracy (the checkpoint stays in .cache/train only while the machine is held).
+# STAGES=accuracy (the checkpoint stays in .cache/train only while the machine is held); or both in
+# one call with a shorter training, TRAIN_BUDGET_MIN=4.5 STAGES="train accuracy" GPU_BUDGET_S=590.
 # pycocotools must be importable: carry its wheel in .whl/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -159,7 +160,7 @@ elif selected ncu-rcda; then
     printf '%-10s skipped: Nsight Compute not found: set NCU to its ncu\n' ncu-rcda | tee -a "$LOGS/summary.txt"
 fi
 # A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
-stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min 7.5
+stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min "${TRAIN_BUDGET_MIN:-7.5}"
 stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT"
 
 python3 -m scripts.results_table "$OUT" > "$LOGS/results.md" 2>> "$LOGS/gpu.log"
