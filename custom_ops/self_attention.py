@@ -5,9 +5,9 @@ packed [B, L, 3C] holds the projected queries, keys and values (channels [0, C),
 C = heads * D) as one GEMM leaves them; position_terms [1 or B, L, 2C] are added to the queries and
 keys (in float32, rounded to the input dtype, as the float16 sum is). out[b, l, head] = softmax over
 keys j of scale * q[l] . k[j], times v, for each head: [B, L, C]. Done with PyTorch's
-``scaled_dot_product_attention``, the heads are split into copies and merged by another after it, and
-the terms are added by a kernel of their own (three launches and three passes over the activations
-around cuDNN's attention, which pads heads of 32 to 64); here one launch reads the GEMM's output.
+``scaled_dot_product_attention`` (``reference.self_attention``), the terms' add and the heads' split
+into contiguous copies run in kernels before it and the heads' merge in one after it; here one launch
+reads the GEMM's output and writes the merged heads.
 
 A program takes BLOCK_M queries of one head and runs over the keys BLOCK_N at a time, flash-style:
 scores on the tensor cores in float32, a running max and sum in float32, the probabilities rounded to
