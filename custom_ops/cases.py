@@ -406,6 +406,7 @@ OP_CASES = [
             "odd": {"shape": (3, 7, 3, 9)},  # heads of 9 channels, below the block of 16
             # Keys over two steps, the last partial; queries over three blocks of 64.
             "long": {"shape": (1, 130, 2, 16)},
+            "whole_steps": {"shape": (2, 128, 2, 8)},  # keys in whole steps: no partial, masked one
             "term_batch": {"shape": (2, 9, 2, 8), "term_batch": True},
             "strided": {"shape": (2, 6, 3, 8), "strided": True},
             "model_heads": {"shape": (2, 70, 8, 32)},

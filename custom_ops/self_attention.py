@@ -53,6 +53,25 @@ def _tokens(
     return x
 
 
+@triton.jit
+def _attend(
+    q, k, v, j_ok, row_max, total, acc, scale_log2, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr
+):
+    """One step of the online softmax over keys k and values v [BLOCK_N, BLOCK_D] (keys not ``j_ok``
+    left out if MASKED): (row_max, total, acc) updated. The max is taken of the unscaled scores (the
+    scale is positive) and the scale applied inside each exponent, one fused multiply-add."""
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if MASKED:
+        scores = tl.where(j_ok[None, :], scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
+    shift = new_max * scale_log2
+    kept = tl.exp2(row_max * scale_log2 - shift)
+    probs = tl.exp2(scores * scale_log2 - shift[:, None])
+    total = total * kept + tl.sum(probs, axis=1)
+    acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
+    return new_max, total, acc
+
+
 @triton.jit(do_not_specialize=["length"])  # one build serves every sequence length
 def self_attention_kernel(
     packed_ptr,
@@ -87,54 +106,29 @@ def self_attention_kernel(
         image, m * 3 * channels, head_offset, m_ok, terms, m * term_stride_l, head_offset, d, d_ok, True
     )
 
-    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    key, value = channels + head_offset, 2 * channels + head_offset  # channels of this head's keys, values
+    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # of the unscaled scores
     total = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     step = tl.arange(0, BLOCK_N)
-    j, j_ok = step, step < length
-    k = _tokens(
-        image,
-        j * 3 * channels,
-        channels + head_offset,
-        j_ok,
-        terms,
-        j * term_stride_l,
-        channels + head_offset,
-        d,
-        d_ok,
-        True,
-    )
-    v = _tokens(image, j * 3 * channels, 2 * channels + head_offset, j_ok, terms, j, 0, d, d_ok, False)
-    for start in range(0, length, BLOCK_N):
+    j_ok = step < length
+    k = _tokens(image, step * 3 * channels, key, j_ok, terms, step * term_stride_l, key, d, d_ok, True)
+    v = _tokens(image, step * 3 * channels, value, j_ok, terms, step, 0, d, d_ok, False)
+    # Whole steps need no mask on their scores; the last, partial one (if any) does.
+    whole = length - length % BLOCK_N
+    for start in range(0, whole, BLOCK_N):
         # The next step's keys and values, loaded before this step's products need the registers'
         # current ones (past the end: masked, never read).
         j_next = start + BLOCK_N + step
         next_ok = j_next < length
         k_next = _tokens(
-            image, j_next * 3 * channels, channels + head_offset, next_ok, terms, j_next * term_stride_l,
-            channels + head_offset, d, d_ok, True,
-        )  # fmt: skip
-        v_next = _tokens(
-            image,
-            j_next * 3 * channels,
-            2 * channels + head_offset,
-            next_ok,
-            terms,
-            j_next,
-            0,
-            d,
-            d_ok,
-            False,
+            image, j_next * 3 * channels, key, next_ok, terms, j_next * term_stride_l, key, d, d_ok, True
         )
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        scores = tl.where(j_ok[None, :], scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
-        kept = tl.exp2(row_max - new_max)
-        probs = tl.exp2(scores - new_max[:, None])
-        total = total * kept + tl.sum(probs, axis=1)
-        acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
-        row_max = new_max
-        k, v, j, j_ok = k_next, v_next, j_next, next_ok
+        v_next = _tokens(image, j_next * 3 * channels, value, next_ok, terms, j_next, 0, d, d_ok, False)
+        row_max, total, acc = _attend(q, k, v, j_ok, row_max, total, acc, scale_log2, False, DOT_PRECISION)
+        k, v, j_ok = k_next, v_next, next_ok
+    if whole < length:
+        row_max, total, acc = _attend(q, k, v, j_ok, row_max, total, acc, scale_log2, True, DOT_PRECISION)
     out = acc / total[:, None]
     out_ptrs = out_ptr + ((batch * length + m) * channels + head_offset)[:, None] + d[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -156,15 +150,19 @@ def self_attention_launch_config(length: int, batch_heads: int, head_dim: int) -
 
 def check_inputs(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> None:
     """Raise InputError unless packed [B, L, 3C] and position_terms [1 or B, L, 2C] are float tensors of
-    one dtype on one device, num_heads an int >= 1 dividing C, scale a finite float."""
+    one dtype on one device, num_heads an int >= 1 dividing C, scale a positive finite float."""
     _common.check_tensor(_OP, "packed", packed, 3, _common.FLOAT_DTYPES, "[B, L, 3C]")
     _common.check_tensor(_OP, "position_terms", position_terms, 3, _common.FLOAT_DTYPES, "[1 or B, L, 2C]")
     _common.check_same_device(_OP, packed=packed, position_terms=position_terms)
     _common.check_same_dtype(_OP, packed=packed, position_terms=position_terms)
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
         raise InputError(f"{_OP}: num_heads must be an int >= 1, got {num_heads!r}")
-    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise InputError(f"{_OP}: scale must be a finite float, got {scale!r}")
+    if (
+        not isinstance(scale, int | float)
+        or isinstance(scale, bool)
+        or not (math.isfinite(scale) and scale > 0)
+    ):
+        raise InputError(f"{_OP}: scale must be a positive finite float (1 / sqrt(head_dim)), got {scale!r}")
     batch, length, packed_channels = packed.shape
     term_batch, term_length, term_channels = position_terms.shape
     if isinstance(packed_channels, int) and packed_channels % (3 * num_heads):

@@ -238,6 +238,7 @@ def bad_inputs() -> list:
     """(op, args, message) of inputs each op must reject; each is tried on the op, its fake (meta
     tensors, as while tracing) and its launcher."""
     scores, key_mask = torch.randn(2, 3, 4, 5), torch.zeros(2, 5, dtype=torch.bool)
+    packed, terms = torch.randn(2, 4, 12), torch.randn(1, 4, 8)  # self-attention: 2 heads of 2
     x, weight, bias = torch.randn(2, 4, 8), torch.randn(8), torch.randn(8)
     mask = torch.zeros(2, 4, 6, dtype=torch.bool)
     rcda = {
@@ -339,6 +340,16 @@ def bad_inputs() -> list:
             "not a multiple of the batch 2",
         ),
         ("rcda_aggregate", rcda_with(values=rcda["values"].to("meta")), "different devices"),
+        ("self_attention", (packed[0], terms, 2, 0.5), "packed must be 3-d"),
+        ("self_attention", (packed, terms.half(), 2, 0.5), "share one dtype"),
+        ("self_attention", (packed[..., :10], terms, 2, 0.5), "packed has 10 channels, not 3 \\* C"),
+        ("self_attention", (packed, terms[..., :6], 2, 0.5), r"position_terms.shape\[2\] \(2C\) is 6"),
+        ("self_attention", (packed, terms[:, :3], 2, 0.5), r"position_terms.shape\[1\] \(L\) is 3"),
+        ("self_attention", (packed, terms.expand(3, -1, -1), 2, 0.5), "does not broadcast to the batch 2"),
+        ("self_attention", (packed, terms, 0, 0.5), "num_heads must be an int >= 1"),
+        ("self_attention", (packed, terms, 2, 0.0), "scale must be a positive finite float"),
+        ("self_attention", (packed, terms, 2, float("inf")), "scale must be a positive finite float"),
+        ("self_attention", (packed, terms.to("meta"), 2, 0.5), "different devices"),
         ("key_means", (src[0], posemb_row, posemb_col), "src must be 4-d"),
         ("key_means", (src.int(), posemb_row, posemb_col), "src has dtype torch.int32"),
         ("key_means", (src, posemb_row.half(), posemb_col), "posemb_row has dtype torch.float16"),
