@@ -297,9 +297,14 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def _self_attention_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
     batch, length, channels = s["packed"]
-    _, meta = module.self_attention_launch_config(
-        length, batch * a["num_heads"], channels // 3 // a["num_heads"]
-    )
+    head_dim, batch_heads = channels // 3 // a["num_heads"], batch * a["num_heads"]
+    if not module.fits_kernel(head_dim, batch_heads, length * channels):
+        raise InputError(
+            f"self_attention: {batch} images of {length} tokens and {channels // 3} channels (max_shape's) "
+            f"are past the kernel's limits (heads of at most 256 channels, batch * heads <= "
+            f"{module.MAX_GRID_Y}, L * 3C < 2**31): compile a smaller max_shape batch"
+        )
+    _, meta = module.self_attention_launch_config(length, batch_heads, head_dim)
     # The scale, a float, is compiled in (TensorRT passes no float at launch).
     return {
         **meta,
@@ -312,7 +317,7 @@ def _self_attention_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:
     _, length, channels = s["packed"]
     terms = s["position_terms"]
     module = importlib.import_module("anchordetr_trt.custom_ops.self_attention")
-    stride_b, stride_l = module.term_strides(terms, (terms[1] * terms[2], terms[2], 1))  # dense buffers
+    stride_b, stride_l = module.term_strides(terms, _dense_strides(terms))
     return {
         "length": length,
         "heads": a["num_heads"],
@@ -372,8 +377,12 @@ def _rcda_aggregate_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:
 
 def _term_strides(term: Sequence[Any]) -> tuple[Any, Any, Any]:
     """The launcher's rule (``rcda_aggregate.term_strides``) on TensorRT's dense buffer of ``term``."""
-    dense = [*(prod(term[dim + 1 :]) for dim in range(len(term) - 1)), 1]
-    return _rcda_module().term_strides(term, dense)
+    return _rcda_module().term_strides(term, _dense_strides(term))
+
+
+def _dense_strides(shape: Sequence[Any]) -> list[Any]:
+    """The element strides of TensorRT's dense buffer of ``shape``."""
+    return [*(prod(shape[dim + 1 :]) for dim in range(len(shape) - 1)), 1]
 
 
 PLUGINS: dict[str, PluginSpec] = {

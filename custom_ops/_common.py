@@ -155,3 +155,10 @@ def dot_precision(dtype: torch.dtype) -> str:
     """A kernel's tl.dot precision for ``dtype`` inputs: float32 stays float32 ("ieee", on the CUDA
     cores: exact but slow); 16-bit inputs multiply natively with float32 accumulation."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def broadcast_strides(sizes: Sequence, strides: Sequence) -> list:
+    """Element strides of every dim but the last of a tensor of ``sizes`` laid out at ``strides``, 0
+    along dims of size 1 (broadcast there). Ints, or TensorRT shape expressions (which have ``<`` and
+    no truth value), alike."""
+    return [stride - stride * (size < 2) for size, stride in zip(sizes[:-1], strides[:-1], strict=True)]

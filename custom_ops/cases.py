@@ -411,7 +411,11 @@ OP_CASES = [
             "strided": {"shape": (2, 6, 3, 8), "strided": True},
             "model_heads": {"shape": (2, 70, 8, 32)},
         },
-        gpu_cases={f"decoder_b{batch}": {"shape": (batch, 900, 8, 32)} for batch in REAL_BATCHES},
+        gpu_cases={
+            **{f"decoder_b{batch}": {"shape": (batch, 900, 8, 32)} for batch in REAL_BATCHES},
+            "term_batch_b2": {"shape": (2, 900, 8, 32), "term_batch": True},
+            "heads_of_64_b2": {"shape": (2, 300, 4, 64)},
+        },
         # The reference (PyTorch's attention) sums in another order; both keep float32 statistics.
         tolerance={F32: (1e-5, 1e-5), F16: (2e-3, 5e-3), BF16: (2e-2, 3e-2)},
         not_interpreted=(BF16,),  # the interpreter's tl.dot reads bfloat16 as integers

@@ -501,7 +501,7 @@ def term_strides(sizes: Sequence[Any], strides: Sequence[Any]) -> tuple[Any, Any
     """(batch, map row, map column) element strides of a position term of ``sizes`` [Bt, Lq or 1, C]
     or [Bt, Hq or 1, Wq or 1, C] laid out at ``strides``, 0 along its dims of size 1 (broadcast), the
     row stride 0 for tokens. Ints, or TensorRT shape expressions (the plugin's dense buffers), alike."""
-    kept = [stride - stride * (size < 2) for size, stride in zip(sizes[:-1], strides[:-1], strict=True)]
+    kept = _common.broadcast_strides(sizes, strides)
     return (kept[0], 0, kept[1]) if len(sizes) == 3 else tuple(kept)
 
 

@@ -36,40 +36,25 @@ BLOCK_N = 64  # keys per step
 NUM_WARPS = 4
 NUM_STAGES = 2
 _LOG2E = 1.4426950408889634
+MAX_GRID_Y = 65535  # B * heads: the grid's second axis, which CUDA limits to 65535 blocks
 
 
 @triton.jit
-def _tokens(
-    packed_ptr, rows, channel, row_ok, term_ptr, term_rows, term_channel, d, d_ok, HAS_TERM: tl.constexpr
-):
-    """packed[rows, channel + d] (+ term[term_rows, term_channel + d] in float32, rounded to packed's
-    dtype, if HAS_TERM): [len(rows), BLOCK_D], 0 outside ``row_ok`` and ``d_ok``. Row offsets are in
-    elements (rows of packed and of the terms have their own strides, applied by the caller)."""
-    ok = row_ok[:, None] & d_ok[None, :]
-    x = tl.load(packed_ptr + (rows + channel)[:, None] + d[None, :], mask=ok, other=0.0)
-    if HAS_TERM:
-        term = tl.load(term_ptr + (term_rows + term_channel)[:, None] + d[None, :], mask=ok, other=0.0)
-        x = (x.to(tl.float32) + term.to(tl.float32)).to(packed_ptr.dtype.element_ty)
-    return x
+def _values(packed_ptr, rows, channel, row_ok, d, d_ok):
+    """packed[rows, channel + d]: [len(rows), BLOCK_D], 0 outside ``row_ok`` and ``d_ok``."""
+    return tl.load(
+        packed_ptr + (rows + channel)[:, None] + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
+    )
 
 
 @triton.jit
-def _attend(
-    q, k, v, j_ok, row_max, total, acc, scale_log2, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr
-):
-    """One step of the online softmax over keys k and values v [BLOCK_N, BLOCK_D] (keys not ``j_ok``
-    left out if MASKED): (row_max, total, acc) updated. The max is taken of the unscaled scores (the
-    scale is positive) and the scale applied inside each exponent, one fused multiply-add."""
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    if MASKED:
-        scores = tl.where(j_ok[None, :], scores, float("-inf"))
-    new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
-    shift = new_max * scale_log2
-    kept = tl.exp2(row_max * scale_log2 - shift)
-    probs = tl.exp2(scores * scale_log2 - shift[:, None])
-    total = total * kept + tl.sum(probs, axis=1)
-    acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
-    return new_max, total, acc
+def _with_terms(packed_ptr, rows, channel, row_ok, term_ptr, term_rows, term_channel, d, d_ok):
+    """packed[rows, channel + d] + term[term_rows, term_channel + d], in float32 rounded to packed's
+    dtype (as their 16-bit sum is): the queries or keys of one head, [len(rows), BLOCK_D]. Row offsets
+    are in elements (packed's rows and the terms' have their own strides, applied by the caller)."""
+    x = _values(packed_ptr, rows, channel, row_ok, d, d_ok)
+    term = _values(term_ptr, term_rows, term_channel, row_ok, d, d_ok)
+    return (x.to(tl.float32) + term.to(tl.float32)).to(packed_ptr.dtype.element_ty)
 
 
 @triton.jit(do_not_specialize=["length"])  # one build serves every sequence length
@@ -102,33 +87,33 @@ def self_attention_kernel(
     m_ok = m < length
     image = packed_ptr + batch * length * 3 * channels  # 64-bit image start, 32-bit offsets within
     terms = term_ptr + batch * term_stride_b
-    q = _tokens(
-        image, m * 3 * channels, head_offset, m_ok, terms, m * term_stride_l, head_offset, d, d_ok, True
+    q = _with_terms(
+        image, m * 3 * channels, head_offset, m_ok, terms, m * term_stride_l, head_offset, d, d_ok
     )
-
-    key, value = channels + head_offset, 2 * channels + head_offset  # channels of this head's keys, values
-    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # of the unscaled scores
+    key, value = channels + head_offset, 2 * channels + head_offset  # this head's channels of packed
+    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     total = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     step = tl.arange(0, BLOCK_N)
     j_ok = step < length
-    k = _tokens(image, step * 3 * channels, key, j_ok, terms, step * term_stride_l, key, d, d_ok, True)
-    v = _tokens(image, step * 3 * channels, value, j_ok, terms, step, 0, d, d_ok, False)
-    # Whole steps need no mask on their scores; the last, partial one (if any) does.
-    whole = length - length % BLOCK_N
-    for start in range(0, whole, BLOCK_N):
+    k = _with_terms(image, step * 3 * channels, key, j_ok, terms, step * term_stride_l, key, d, d_ok)
+    v = _values(image, step * 3 * channels, value, j_ok, d, d_ok)
+    for start in range(0, length, BLOCK_N):
         # The next step's keys and values, loaded before this step's products need the registers'
         # current ones (past the end: masked, never read).
-        j_next = start + BLOCK_N + step
-        next_ok = j_next < length
-        k_next = _tokens(
-            image, j_next * 3 * channels, key, next_ok, terms, j_next * term_stride_l, key, d, d_ok, True
-        )
-        v_next = _tokens(image, j_next * 3 * channels, value, next_ok, terms, j_next, 0, d, d_ok, False)
-        row_max, total, acc = _attend(q, k, v, j_ok, row_max, total, acc, scale_log2, False, DOT_PRECISION)
+        j = start + BLOCK_N + step
+        next_ok = j < length
+        k_next = _with_terms(image, j * 3 * channels, key, next_ok, terms, j * term_stride_l, key, d, d_ok)
+        v_next = _values(image, j * 3 * channels, value, next_ok, d, d_ok)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        scores = tl.where(j_ok[None, :], scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
+        kept = tl.exp2(row_max - new_max)
+        probs = tl.exp2(scores - new_max[:, None])
+        total = total * kept + tl.sum(probs, axis=1)
+        acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
+        row_max = new_max
         k, v, j_ok = k_next, v_next, next_ok
-    if whole < length:
-        row_max, total, acc = _attend(q, k, v, j_ok, row_max, total, acc, scale_log2, True, DOT_PRECISION)
     out = acc / total[:, None]
     out_ptrs = out_ptr + ((batch * length + m) * channels + head_offset)[:, None] + d[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -150,19 +135,15 @@ def self_attention_launch_config(length: int, batch_heads: int, head_dim: int) -
 
 def check_inputs(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> None:
     """Raise InputError unless packed [B, L, 3C] and position_terms [1 or B, L, 2C] are float tensors of
-    one dtype on one device, num_heads an int >= 1 dividing C, scale a positive finite float."""
+    one dtype on one device, num_heads an int >= 1 dividing C, scale a finite float."""
     _common.check_tensor(_OP, "packed", packed, 3, _common.FLOAT_DTYPES, "[B, L, 3C]")
     _common.check_tensor(_OP, "position_terms", position_terms, 3, _common.FLOAT_DTYPES, "[1 or B, L, 2C]")
     _common.check_same_device(_OP, packed=packed, position_terms=position_terms)
     _common.check_same_dtype(_OP, packed=packed, position_terms=position_terms)
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
         raise InputError(f"{_OP}: num_heads must be an int >= 1, got {num_heads!r}")
-    if (
-        not isinstance(scale, int | float)
-        or isinstance(scale, bool)
-        or not (math.isfinite(scale) and scale > 0)
-    ):
-        raise InputError(f"{_OP}: scale must be a positive finite float (1 / sqrt(head_dim)), got {scale!r}")
+    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise InputError(f"{_OP}: scale must be a finite float, got {scale!r}")
     batch, length, packed_channels = packed.shape
     term_batch, term_length, term_channels = position_terms.shape
     if isinstance(packed_channels, int) and packed_channels % (3 * num_heads):
@@ -183,9 +164,10 @@ def check_inputs(packed: Tensor, position_terms: Tensor, num_heads: int, scale: 
 
 def term_strides(sizes: Sequence[Any], strides: Sequence[Any]) -> tuple[Any, Any]:
     """(batch, token) element strides of position terms of ``sizes`` [Bt, L, 2C] laid out at
-    ``strides``, the batch's 0 where Bt is 1 (broadcast). Ints, or TensorRT shape expressions (the
-    plugin's dense buffers), alike."""
-    return strides[0] - strides[0] * (sizes[0] < 2), strides[1]
+    ``strides``, the batch's 0 where Bt is 1 (broadcast; the token's too where L is 1). Ints, or
+    TensorRT shape expressions (the plugin's dense buffers), alike."""
+    stride_b, stride_l = _common.broadcast_strides(sizes, strides)
+    return stride_b, stride_l
 
 
 def score_factor(scale: float) -> float:
@@ -235,11 +217,23 @@ def _launch(
     return out
 
 
-def runs_kernel(dtype: torch.dtype, head_dim: int) -> bool:
-    """Whether the op runs the kernel on CUDA, not the reference: 16-bit floats (float32 products would
-    run on the CUDA cores, slower than cuBLAS; float32 is the reference precision) and heads of at most
-    256 channels (the [BLOCK_M, D] accumulator and tiles in registers)."""
-    return dtype != torch.float32 and head_dim <= 256
+def fits_kernel(head_dim: int, batch_heads: int, image_elements: int) -> bool:
+    """Whether the kernel takes heads of ``head_dim`` channels, ``batch_heads`` (B * heads) of them and
+    images whose packed projection and position terms span ``image_elements`` elements: heads of at
+    most 256 channels (the [BLOCK_M, D] accumulator and tiles in registers), B * heads within the
+    grid's second axis (MAX_GRID_Y), offsets within an image below 2**31 (they are 32-bit)."""
+    return head_dim <= 256 and batch_heads <= MAX_GRID_Y and image_elements < 2**31
+
+
+def runs_kernel(packed: Tensor, position_terms: Tensor, num_heads: int) -> bool:
+    """Whether the op runs the kernel on CUDA for these inputs, not the reference: 16-bit floats
+    (float32 products would run on the CUDA cores, slower than cuBLAS; float32 is the reference
+    precision) within the kernel's limits (``fits_kernel``)."""
+    batch, length, packed_channels = packed.shape
+    extent = max(length * packed_channels, length * position_terms.stride(1) + position_terms.shape[2])
+    return packed.dtype != torch.float32 and fits_kernel(
+        packed_channels // 3 // num_heads, batch * num_heads, extent
+    )
 
 
 @torch.library.custom_op("anchordetr::self_attention", mutates_args=())
@@ -254,7 +248,7 @@ def self_attention(packed: Tensor, position_terms: Tensor, num_heads: int, scale
 @self_attention.register_kernel("cuda")
 def _(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> Tensor:
     check_inputs(packed, position_terms, num_heads, scale)  # once: the launch below does not check again
-    if not runs_kernel(packed.dtype, packed.shape[2] // 3 // num_heads):
+    if not runs_kernel(packed, position_terms, num_heads):
         return reference.self_attention(packed, position_terms, num_heads, scale).contiguous()
     return _launch(packed, position_terms, num_heads, scale, out=None)
 

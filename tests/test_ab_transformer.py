@@ -87,9 +87,8 @@ def test_each_self_attention_variant_changes_the_launch():
         return self_attention.self_attention_launch_config(900, 64, 32)
 
     shipped = launch()
-    for (
-        settings
-    ) in ab_transformer.SELF_ATTENTION_VARIANTS:  # one equal to the shipped launch times nothing new
+    # A variant equal to the shipped launch would time nothing new.
+    for settings in ab_transformer.SELF_ATTENTION_VARIANTS:
         with ab_transformer._patched(self_attention, settings):
             assert launch() != shipped, settings
     assert launch() == shipped

@@ -659,6 +659,16 @@ def test_key_means_past_its_kernel_is_refused_naming_max_shape(height, width, ch
         call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
 
 
+def test_self_attention_past_its_kernel_is_refused_naming_max_shape():
+    """Past the grid's B * heads (an engine's max batch of 8192 at 8 heads), building the plugin is an
+    InputError at compile time, not a launch failure in the engine."""
+    _, call = bound_example(
+        "self_attention", {**ENGINE_MAX, "batch": 8192, "queries": 900}, F16, device="meta"
+    )
+    with pytest.raises(InputError, match=r"self_attention: .* compile a smaller max_shape batch"):
+        call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Exported graphs
 

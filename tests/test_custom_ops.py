@@ -30,6 +30,7 @@ from anchordetr_trt.custom_ops import (
     mask2pos,
     rcda_aggregate,
     reference,
+    self_attention,
 )
 from anchordetr_trt.custom_ops.cases import (
     BF16,
@@ -347,8 +348,7 @@ def bad_inputs() -> list:
         ("self_attention", (packed, terms[:, :3], 2, 0.5), r"position_terms.shape\[1\] \(L\) is 3"),
         ("self_attention", (packed, terms.expand(3, -1, -1), 2, 0.5), "does not broadcast to the batch 2"),
         ("self_attention", (packed, terms, 0, 0.5), "num_heads must be an int >= 1"),
-        ("self_attention", (packed, terms, 2, 0.0), "scale must be a positive finite float"),
-        ("self_attention", (packed, terms, 2, float("inf")), "scale must be a positive finite float"),
+        ("self_attention", (packed, terms, 2, float("inf")), "scale must be a finite float"),
         ("self_attention", (packed, terms.to("meta"), 2, 0.5), "different devices"),
         ("key_means", (src[0], posemb_row, posemb_col), "src must be 4-d"),
         ("key_means", (src.int(), posemb_row, posemb_col), "src has dtype torch.int32"),
@@ -426,6 +426,10 @@ def test_bench_ops_report(tmp_path):
     keys = next(r for r in results if r["op"] == "key_means")
     assert keys["shapes"] == [[2, 3, 5, 8], [2, 5, 8], [2, 3, 8]]
     assert keys["bytes"] == 2 * (2 * 3 * 5 * 8 + 2 * 2 * (5 + 3) * 8)  # the map in; embeddings in, keys out
+    attention = next(r for r in results if r["op"] == "self_attention")
+    assert attention["shapes"][0] == [2, 4, 24]  # 4 decoder queries, 2 heads of 4: packed [B, L, 3C]
+    # packed in, one batch of terms [1, L, 2C] in, the merged heads [B, L, C] out
+    assert attention["bytes"] == 2 * (2 * 4 * 24 + 4 * 16 + 2 * 4 * 8)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -654,6 +658,26 @@ def test_key_means_runs_the_reference_past_its_kernel():
 
 
 @needs_interpreter
+@pytest.mark.parametrize(
+    ("batch", "length", "heads", "head_dim", "term_stride", "dtype", "expected"),
+    [
+        (8, 900, 8, 32, 3072, F16, True),  # the decoder at batch 8, terms a slice of 6 layers' projection
+        (8, 900, 8, 32, 3072, F32, False),  # float32: the reference
+        (8192, 900, 8, 32, 512, F16, False),  # batch * heads past the grid's second axis
+        (1, 2**31 // 768 + 1, 8, 32, 512, F16, False),  # an image's packed projection past 2**31 elements
+        (1, 900, 8, 32, 2**31 // 900 + 1, F16, False),  # its position terms' span past 2**31
+        (1, 900, 1, 512, 1024, F16, False),  # heads wider than 256
+    ],
+)
+def test_self_attention_runs_the_reference_past_its_kernel(
+    batch, length, heads, head_dim, term_stride, dtype, expected
+):
+    channels = heads * head_dim
+    packed = torch.empty(batch, length, 3 * channels, dtype=dtype, device="meta")
+    terms = torch.empty_strided((1, length, 2 * channels), (0, term_stride, 1), dtype=dtype, device="meta")
+    assert self_attention.runs_kernel(packed, terms, heads) is expected
+
+
 def test_key_means_sums_in_float32_where_a_float16_sum_overflows():
     """key_means' "extreme" maps (fp16 values up to 6e4): two of them overflow a float16 sum, yet the
     kernel's and the reference's keys are finite and the correctly rounded means (float64)."""

@@ -182,9 +182,9 @@ def project_each(x: Tensor, weights: Sequence[Tensor]) -> list[Tensor]:
     return list(F.linear(x, torch.cat(weights)).split([weight.shape[0] for weight in weights], dim=-1))
 
 
-def split_heads(x: Tensor, num_heads: int, groups: int, merge_batch: bool = True) -> list[Tensor]:
-    """x [B, *S, groups * C] -> ``groups`` contiguous tensors [B * heads, *S, C / heads] (with
-    ``merge_batch``, else [B, heads, *S, C / heads]), the heads of each group of channels. x must be
+def split_heads(x: Tensor, num_heads: int, groups: int) -> list[Tensor]:
+    """x [B, *S, groups * C] -> ``groups`` contiguous tensors [B * heads, *S, C / heads], the heads of
+    each group of channels. x must be
     computed, not a slice of a wider tensor: Inductor guards batch > 1 on the view that splits a
     strided slice's channels (tests/test_compile.py lowers the model to catch it)."""
     heads = x.unflatten(-1, (groups, num_heads, -1)).movedim((-3, -2), (0, 2))  # [G, B, heads, *S, D]
@@ -192,4 +192,4 @@ def split_heads(x: Tensor, num_heads: int, groups: int, merge_batch: bool = True
     # group, or a reshape of the permuted heads, made Inductor guard batch > 1 as well (so did unbinding
     # a packed projection without this copy, on the GPU).
     heads = heads.clone(memory_format=torch.contiguous_format)
-    return list((heads.flatten(1, 2) if merge_batch else heads).unbind(0))
+    return list(heads.flatten(1, 2).unbind(0))
