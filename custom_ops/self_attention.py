@@ -57,6 +57,25 @@ def _with_terms(packed_ptr, rows, channel, row_ok, term_ptr, term_rows, term_cha
     return (x.to(tl.float32) + term.to(tl.float32)).to(packed_ptr.dtype.element_ty)
 
 
+@triton.jit
+def _attend(
+    q, k, v, j_ok, row_max, total, acc, scale_log2, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr
+):
+    """One step of the online softmax over keys k and values v [BLOCK_N, BLOCK_D] (keys not ``j_ok``
+    left out if MASKED): (row_max, total, acc) updated. The max is taken of the unscaled scores (the
+    scale is positive) and the scale applied inside each exponent, one fused multiply-add."""
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if MASKED:
+        scores = tl.where(j_ok[None, :], scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
+    shift = new_max * scale_log2
+    kept = tl.exp2(row_max * scale_log2 - shift)
+    probs = tl.exp2(scores * scale_log2 - shift[:, None])
+    total = total * kept + tl.sum(probs, axis=1)
+    acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
+    return new_max, total, acc
+
+
 @triton.jit(do_not_specialize=["length"])  # one build serves every sequence length
 def self_attention_kernel(
     packed_ptr,
@@ -91,29 +110,26 @@ def self_attention_kernel(
         image, m * 3 * channels, head_offset, m_ok, terms, m * term_stride_l, head_offset, d, d_ok
     )
     key, value = channels + head_offset, 2 * channels + head_offset  # this head's channels of packed
-    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # of the unscaled scores
     total = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     step = tl.arange(0, BLOCK_N)
     j_ok = step < length
     k = _with_terms(image, step * 3 * channels, key, j_ok, terms, step * term_stride_l, key, d, d_ok)
     v = _values(image, step * 3 * channels, value, j_ok, d, d_ok)
-    for start in range(0, length, BLOCK_N):
+    # Whole steps need no mask on their scores; the last, partial one (if any) does.
+    whole = length - length % BLOCK_N
+    for start in range(0, whole, BLOCK_N):
         # The next step's keys and values, loaded before this step's products need the registers'
         # current ones (past the end: masked, never read).
         j = start + BLOCK_N + step
         next_ok = j < length
         k_next = _with_terms(image, j * 3 * channels, key, next_ok, terms, j * term_stride_l, key, d, d_ok)
         v_next = _values(image, j * 3 * channels, value, next_ok, d, d_ok)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        scores = tl.where(j_ok[None, :], scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every step has a key
-        kept = tl.exp2(row_max - new_max)
-        probs = tl.exp2(scores - new_max[:, None])
-        total = total * kept + tl.sum(probs, axis=1)
-        acc = tl.dot(probs.to(v.dtype), v, acc=acc * kept[:, None], input_precision=DOT_PRECISION)
-        row_max = new_max
+        row_max, total, acc = _attend(q, k, v, j_ok, row_max, total, acc, scale_log2, False, DOT_PRECISION)
         k, v, j_ok = k_next, v_next, next_ok
+    if whole < length:
+        row_max, total, acc = _attend(q, k, v, j_ok, row_max, total, acc, scale_log2, True, DOT_PRECISION)
     out = acc / total[:, None]
     out_ptrs = out_ptr + ((batch * length + m) * channels + head_offset)[:, None] + d[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -142,8 +158,11 @@ def check_inputs(packed: Tensor, position_terms: Tensor, num_heads: int, scale: 
     _common.check_same_dtype(_OP, packed=packed, position_terms=position_terms)
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
         raise InputError(f"{_OP}: num_heads must be an int >= 1, got {num_heads!r}")
-    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise InputError(f"{_OP}: scale must be a finite float, got {scale!r}")
+    # The kernel takes the max of unscaled scores: a positive scale, normal in float32 (a factor of 0
+    # would make NaN of the padded keys' -inf).
+    positive = isinstance(scale, int | float) and not isinstance(scale, bool) and math.isfinite(scale)
+    if not positive or score_factor(scale) < torch.finfo(torch.float32).tiny:
+        raise InputError(f"{_OP}: scale must be a finite float of at least 1e-38, got {scale!r}")
     batch, length, packed_channels = packed.shape
     term_batch, term_length, term_channels = position_terms.shape
     if isinstance(packed_channels, int) and packed_channels % (3 * num_heads):
