@@ -187,7 +187,7 @@ READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
     "bench_ops.json": bench_ops_rows,
     "parity.json": parity_rows,
     "gpu_tests.xml": tests_rows,
-    "gpu_tests_ops.xml": lambda path: tests_rows(path, "GPU tests of the ops, converters and compile"),
+    "gpu_tests_ops.xml": lambda path: tests_rows(path, "GPU tests of the ops and their plugins"),
 }
 
 

@@ -1,11 +1,13 @@
-"""``rcda_aggregate``'s kernel compiled for sm_90 on this machine (no GPU needed) with the installed
-Triton, as the launcher builds it for the encoder's map in fp16 (50x50 unless --width; its launch
-config, pointers and channel counts specialized as divisible by 16): its registers, its spills and its
-main loop's SASS instructions counted by kind, what a step of the aggregation issues per thread. Run
-it without TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads
-it for Triton 3.6, the GPU machine's:
+"""A custom op's kernel compiled for sm_90 on this machine (no GPU needed) with the installed Triton:
+``rcda_aggregate``'s as the launcher builds it for the encoder's map in fp16 (50x50 unless --width),
+or ``self_attention``'s for the decoder's 900 tokens (--op self_attention); launch config, pointers
+and channel counts specialized as divisible by 16. Prints its registers, its spills and its main
+loop's SASS instructions counted by kind, what a step issues per thread. Run it without
+TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads it for
+Triton 3.6, the GPU machine's:
 
     python -m scripts.sass_rcda [--width 84] [--block-q 64] [--num-warps 8]
+    python -m scripts.sass_rcda --op self_attention
 """
 
 import argparse
@@ -20,8 +22,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from anchordetr_trt.custom_ops import _common, rcda_aggregate
+from anchordetr_trt.custom_ops import _common, rcda_aggregate, self_attention
 
+# rcda_aggregate's arguments by kind.
 POINTERS = {
     "queries_ptr", "row_term_ptr", "col_term_ptr", "k_col_ptr", "k_row_ptr", "values_ptr", "out_ptr",
     "probs_col_ptr",
@@ -37,27 +40,44 @@ DIVISIBLE = {
 def compile_encoder_kernel(
     width: int = 50, block_q: int | None = None, num_warps: int | None = None
 ) -> bytes:
-    """The cubin of the kernel for the encoder's call on a map ``width`` wide (50: 800x800; 2,500
-    queries, 8 heads of 32, fp16), with ``block_q`` queries per program and ``num_warps`` warps (None:
-    the launch config's choices without an SM count, BLOCK_Q and NUM_WARPS)."""
-    kernel = rcda_aggregate.rcda_aggregate_kernel
+    """The cubin of rcda_aggregate's kernel for the encoder's call on a map ``width`` wide (50:
+    800x800; 2,500 queries, 8 heads of 32, fp16), with ``block_q`` queries per program and
+    ``num_warps`` warps (None: the launch config's choices without an SM count, BLOCK_Q and
+    NUM_WARPS)."""
     _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, width, 32, 2, block_q=block_q)
+    if num_warps:
+        meta["num_warps"] = num_warps
+    return _cubin(rcda_aggregate.rcda_aggregate_kernel, meta, POINTERS, MASKS, DIVISIBLE, "scale")
+
+
+def compile_self_attention_kernel() -> bytes:
+    """The cubin of self_attention's kernel for the decoder's call at batch 8 (900 tokens, 8 heads of
+    32, fp16)."""
+    _, meta = self_attention.self_attention_launch_config(900, 64, 32)
+    pointers = {"packed_ptr", "term_ptr", "out_ptr"}
+    divisible = {"head_dim", "term_stride_b", "term_stride_l"}
+    return _cubin(self_attention.self_attention_kernel, meta, pointers, set(), divisible, "scale_log2")
+
+
+def _cubin(kernel, meta: dict, pointers: set, masks: set, divisible: set, float_arg: str) -> bytes:
+    """``kernel`` compiled for sm_90 with launch config ``meta``: ``pointers`` fp16 and ``masks`` uint8
+    pointers, ``float_arg`` fp32, the other runtime arguments int32; pointers and ``divisible`` ints
+    specialized as divisible by 16, as the model's launches are."""
+    meta = dict(meta)
     options = {k: meta.pop(k) for k in ("num_warps", "num_stages")}
-    options["num_warps"] = num_warps or options["num_warps"]
-    constexprs = dict(meta)
-    constexprs["DOT_PRECISION"] = _common.dot_precision(torch.float16)
+    constexprs = {**meta, "DOT_PRECISION": _common.dot_precision(torch.float16)}
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name in POINTERS:
+        elif name in pointers:
             signature[name] = "*fp16"
-        elif name in MASKS:
+        elif name in masks:
             signature[name] = "*u8"
         else:
-            signature[name] = "fp32" if name == "scale" else "i32"
-    divisible = [i for i, name in enumerate(kernel.arg_names) if name in POINTERS | MASKS | DIVISIBLE]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
+            signature[name] = "fp32" if name == float_arg else "i32"
+    specialized = [i for i, name in enumerate(kernel.arg_names) if name in pointers | masks | divisible]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in specialized}
     source = ASTSource(kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
 
@@ -96,19 +116,26 @@ def registers(sass: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=50, help="the map's width (the build's class)")
-    parser.add_argument("--block-q", type=int, choices=(64, 128), help="queries per program")
-    parser.add_argument("--num-warps", type=int, choices=(4, 8), help="warps per program")
+    parser.add_argument("--op", choices=("rcda_aggregate", "self_attention"), default="rcda_aggregate")
+    parser.add_argument(
+        "--width", type=int, default=50, help="rcda_aggregate: the map's width (the build's class)"
+    )
+    parser.add_argument("--block-q", type=int, choices=(64, 128), help="rcda_aggregate: queries per program")
+    parser.add_argument("--num-warps", type=int, choices=(4, 8), help="rcda_aggregate: warps per program")
     args = parser.parse_args()
+    if args.op == "self_attention":
+        build, warps = compile_self_attention_kernel(), self_attention.NUM_WARPS
+    else:
+        build = compile_encoder_kernel(args.width, args.block_q, args.num_warps)
+        warps = args.num_warps or rcda_aggregate.NUM_WARPS
     with tempfile.TemporaryDirectory() as folder:
-        cubin = Path(folder) / "rcda_aggregate.cubin"
-        cubin.write_bytes(compile_encoder_kernel(args.width, args.block_q, args.num_warps))
+        cubin = Path(folder) / f"{args.op}.cubin"
+        cubin.write_bytes(build)
         nvdisasm = Path(triton.knobs.nvidia.ptxas.path).parent / "nvdisasm"
         sass = subprocess.run([nvdisasm, cubin], capture_output=True, text=True, check=True).stdout
     loop = main_loop(sass)
     spills = [len(re.findall(r"\b(?:STL|LDL)", text)) for text in (sass, "\n".join(loop))]
     counts = collections.Counter(opcode(instruction) for instruction in loop)
-    warps = args.num_warps or rcda_aggregate.NUM_WARPS
     used = registers(sass)
     allocated = -(-used // 8) * 8  # a thread's registers are allocated 8 at a time
     print(

@@ -349,6 +349,9 @@ def bad_inputs() -> list:
         ("self_attention", (packed, terms.expand(3, -1, -1), 2, 0.5), "does not broadcast to the batch 2"),
         ("self_attention", (packed, terms, 0, 0.5), "num_heads must be an int >= 1"),
         ("self_attention", (packed, terms, 2, float("inf")), "scale must be a finite float"),
+        # The kernel takes the max of unscaled scores: a positive scale, normal in float32.
+        ("self_attention", (packed, terms, 2, -0.5), "scale must be a finite float of at least 1e-38"),
+        ("self_attention", (packed, terms, 2, 1e-46), "scale must be a finite float of at least 1e-38"),
         ("self_attention", (packed, terms.to("meta"), 2, 0.5), "different devices"),
         ("key_means", (src[0], posemb_row, posemb_col), "src must be 4-d"),
         ("key_means", (src.int(), posemb_row, posemb_col), "src has dtype torch.int32"),
