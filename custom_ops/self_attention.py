@@ -214,10 +214,8 @@ def _launch(
     batch, length, packed_channels = packed.shape
     channels = packed_channels // 3
     shape = (batch, length, channels)
-    if out is None:
-        out = packed.new_empty(shape)
-    else:
-        _common.check_out(_OP, out, shape, packed.dtype, packed.device)
+    out = packed.new_empty(shape) if out is None else out
+    _common.check_out(_OP, out, shape, packed.dtype, packed.device)
     if out.numel() == 0:
         return out
     terms = position_terms if position_terms.stride(-1) == 1 else position_terms.contiguous()
