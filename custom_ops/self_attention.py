@@ -154,17 +154,17 @@ def self_attention_launch_config(length: int, batch_heads: int, head_dim: int) -
 
 def check_inputs(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> None:
     """Raise InputError unless packed [B, L, 3C] and position_terms [1 or B, L, 2C] are float tensors of
-    one dtype on one device, num_heads an int >= 1 dividing C, scale a finite float."""
+    one dtype on one device, num_heads an int >= 1 dividing C, scale a finite float >= 1e-38."""
     _common.check_tensor(_OP, "packed", packed, 3, _common.FLOAT_DTYPES, "[B, L, 3C]")
     _common.check_tensor(_OP, "position_terms", position_terms, 3, _common.FLOAT_DTYPES, "[1 or B, L, 2C]")
     _common.check_same_device(_OP, packed=packed, position_terms=position_terms)
     _common.check_same_dtype(_OP, packed=packed, position_terms=position_terms)
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
         raise InputError(f"{_OP}: num_heads must be an int >= 1, got {num_heads!r}")
-    # The kernel takes the max of unscaled scores: a positive scale, normal in float32 (a factor of 0
-    # would make NaN of the padded keys' -inf).
-    positive = isinstance(scale, int | float) and not isinstance(scale, bool) and math.isfinite(scale)
-    if not positive or score_factor(scale) < torch.finfo(torch.float32).tiny:
+    # The kernel takes the max of unscaled scores: a positive scale whose factor (``score_factor``) is
+    # a normal float32 (a factor of 0 would make NaN of the padded keys' -inf).
+    finite = isinstance(scale, int | float) and not isinstance(scale, bool) and math.isfinite(scale)
+    if not finite or scale < 1e-38:
         raise InputError(f"{_OP}: scale must be a finite float of at least 1e-38, got {scale!r}")
     batch, length, packed_channels = packed.shape
     term_batch, term_length, term_channels = position_terms.shape
@@ -260,7 +260,7 @@ def runs_kernel(packed: Tensor, position_terms: Tensor, num_heads: int) -> bool:
 def self_attention(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> Tensor:
     """packed [B, L, 3C] (queries, keys, values), position_terms [1 or B, L, 2C] (added to the queries
     and keys) -> [B, L, C]: multi-head attention of ``num_heads`` heads with scores scaled by
-    ``scale``, heads merged (``reference.self_attention``). PyTorch reference off CUDA."""
+    ``scale`` (>= 1e-38), heads merged (``reference.self_attention``). PyTorch reference off CUDA."""
     check_inputs(packed, position_terms, num_heads, scale)
     return reference.self_attention(packed, position_terms, num_heads, scale).contiguous()
 
