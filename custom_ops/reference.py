@@ -129,7 +129,8 @@ def self_attention(packed: Tensor, position_terms: Tensor, num_heads: int, scale
     """
     batch, length, channels = packed.shape[0], packed.shape[1], packed.shape[2] // 3
     x = packed + F.pad(position_terms, (0, channels))
-    # Each head's queries, keys and values contiguous ([3, B, heads, L, D]), as SDPA is fastest on them.
+    # The heads copied contiguous ([3, B, heads, L, D]) as the model did before the op: views of x made
+    # Inductor guard batch > 1 (``attention.split_heads``).
     heads = (
         x.unflatten(-1, (3, num_heads, -1))
         .permute(2, 0, 3, 1, 4)

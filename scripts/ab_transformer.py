@@ -3,8 +3,9 @@
 of a call grouped by kind, the encoder and the decoder alone (each compiled for its shape with CUDA
 graphs, as ``anchordetr-trt bench --parts`` times them; batch 8 unless --part-batches), the outputs
 against eager fp32, and ``rcda_aggregate``, ``key_means``, ``self_attention`` and the images'
-preparation for the stem alone at the model's shapes. An A/B runs it once per code tree (PYTHONPATH on each) in one call of
-one machine; the second run, given the first's outputs, reports how far they moved:
+preparation for the stem alone at the model's shapes. An A/B runs it once per code tree (PYTHONPATH
+on each) in one call of one machine; the second run, given the first's outputs, reports how far they
+moved:
 
     PYTHONPATH=<old tree> python -m scripts.ab_transformer --out DIR --tag old
     PYTHONPATH=<new tree> python -m scripts.ab_transformer --out DIR --tag new --previous DIR/outputs_old.pt

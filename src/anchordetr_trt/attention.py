@@ -184,9 +184,9 @@ def project_each(x: Tensor, weights: Sequence[Tensor]) -> list[Tensor]:
 
 def split_heads(x: Tensor, num_heads: int, groups: int) -> list[Tensor]:
     """x [B, *S, groups * C] -> ``groups`` contiguous tensors [B * heads, *S, C / heads], the heads of
-    each group of channels. x must be
-    computed, not a slice of a wider tensor: Inductor guards batch > 1 on the view that splits a
-    strided slice's channels (tests/test_compile.py lowers the model to catch it)."""
+    each group of channels. x must be computed, not a slice of a wider tensor: Inductor guards batch > 1
+    on the view that splits a strided slice's channels (tests/test_compile.py lowers the model to catch
+    it)."""
     heads = x.unflatten(-1, (groups, num_heads, -1)).movedim((-3, -2), (0, 2))  # [G, B, heads, *S, D]
     # A copy, then views of it, each group's shape made before the groups are split: a view of a split
     # group, or a reshape of the permuted heads, made Inductor guard batch > 1 as well (so did unbinding
