@@ -216,14 +216,9 @@ def rcda_microbench(variants: bool) -> list[dict]:
                 case = {"shape": (n, queries, 50, 50, 32), "heads": heads, "map": name == "encoder"}
                 args = cases.rcda_aggregate_inputs(case, torch.float16, "cuda")
                 expected = reference.rcda_aggregate(*args)
+                call = functools.partial(rcda_aggregate.rcda_aggregate_triton, *args)
                 for settings in [{}, *RCDA_VARIANTS] if variants and layout == "heads" else [{}]:
-                    try:
-                        with _patched(rcda_aggregate, rcda_constants(settings)):
-                            got = rcda_aggregate.rcda_aggregate_triton(*args)
-                            us = graph_us(functools.partial(rcda_aggregate.rcda_aggregate_triton, *args))
-                        row = {"us": us, "max_abs_err": (got.float() - expected.float()).abs().max().item()}
-                    except Exception as error:  # a configuration that does not build
-                        row = {"error": str(error).splitlines()[0]}
+                    row = _timed(call, expected, rcda_aggregate, rcda_constants(settings))
                     row = {"batch": batch, "part": name, "layout": layout, "settings": settings, **row}
                     rows.append(row)
                     print("rcda_aggregate", row, flush=True)
@@ -250,6 +245,22 @@ def _patched(module, constants: dict):
     finally:
         for name, value in saved.items():
             setattr(module, name, value)
+
+
+def _timed(call: Callable, expected=None, module=None, constants: dict | None = None) -> dict:
+    """{"us": per call inside CUDA graphs, "max_abs_err": against ``expected`` (a tensor or a tuple of
+    them; left out if None)} of ``call`` run with ``module``'s ``constants`` patched, or {"error"} for a
+    configuration that does not build."""
+    try:
+        with _patched(module, constants or {}):
+            got = call()
+            row = {"us": graph_us(call)}
+        if expected is not None:
+            pairs = zip(*((x,) if isinstance(x, torch.Tensor) else x for x in (got, expected)), strict=True)
+            row["max_abs_err"] = max((g.float() - e.float()).abs().max().item() for g, e in pairs)
+    except Exception as error:  # a configuration that does not build
+        row = {"error": str(error).splitlines()[0]}
+    return row
 
 
 # Launch settings tried by ``self_attention_microbench(variants=True)``: overrides of the op module's
@@ -285,31 +296,14 @@ def self_attention_microbench(variants: bool) -> list[dict]:
         args = cases.self_attention_inputs({"shape": (batch, 900, 8, 32)}, torch.float16, CUDA)
         expected = reference.self_attention(*args)
         q, k, v = torch.randn(3, batch, 8, 900, 32, device=CUDA, dtype=torch.float16).unbind(0)
-        calls = {"inductor": functools.partial(inductor, *args)}
-        calls["sdpa"] = functools.partial(torch.nn.functional.scaled_dot_product_attention, q, k, v)
-        for settings in [{}, *SELF_ATTENTION_VARIANTS] if variants else [{}]:
-            calls[json.dumps(settings)] = (
-                settings,
-                functools.partial(self_attention.self_attention_triton, *args),
-            )
-        for name, call in calls.items():
-            settings, call = call if isinstance(call, tuple) else (None, call)
-            try:
-                with _patched(self_attention, settings or {}):
-                    got = call()
-                    row = {"us": graph_us(call)}
-                if name != "sdpa":
-                    row["max_abs_err"] = (got.float() - expected.float()).abs().max().item()
-            except Exception as error:  # a configuration that does not build
-                row = {"error": str(error).splitlines()[0]}
-            rows.append(
-                {
-                    "batch": batch,
-                    "call": "kernel" if settings is not None else name,
-                    "settings": settings,
-                    **row,
-                }
-            )
+        sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention, q, k, v)
+        kernel = functools.partial(self_attention.self_attention_triton, *args)
+        runs = [("inductor", None, functools.partial(inductor, *args), expected), ("sdpa", None, sdpa, None)]
+        kernel_settings = [{}, *SELF_ATTENTION_VARIANTS] if variants else [{}]
+        runs += [("kernel", settings, kernel, expected) for settings in kernel_settings]
+        for name, settings, call, against in runs:
+            row = _timed(call, against, self_attention, settings)
+            rows.append({"batch": batch, "call": name, "settings": settings, **row})
             print("self_attention", rows[-1], flush=True)
     return rows
 
@@ -346,14 +340,7 @@ def key_means_microbench(variants: bool) -> list[dict]:
                 # What the launcher uses (a tree whose warps follow the tile ignores NUM_WARPS).
                 meta = key_means.key_means_launch_config(batch, 50, 50, 256)[1]
                 name = f"BLOCK_L {meta['BLOCK_L']}, BLOCK_C {meta['BLOCK_C']}, warps {meta['num_warps']}"
-            try:
-                got = call()
-                error = max(
-                    (g.float() - e.float()).abs().max().item() for g, e in zip(got, expected, strict=True)
-                )
-                row = {"us": graph_us(call), "max_abs_err": error}
-            except Exception as failure:  # a configuration that does not build
-                row = {"error": str(failure).splitlines()[0]}
+            row = _timed(call, expected)
             key_means.BLOCK_L, key_means.BLOCK_C, key_means.NUM_WARPS = shipped
             rows.append({"batch": batch, "config": name, "shipped": blocks == shipped, **row})
             print("key_means", rows[-1], flush=True)

@@ -3,6 +3,7 @@ and the images' preparation microbench's formulations."""
 
 import argparse
 import json
+import types
 
 import pytest
 import torch
@@ -114,3 +115,22 @@ def test_rcda_constants_other_than_the_ops_int_constants_are_refused(text, probl
         "MAX_STAGES": 4,
         "BLOCK_Q": None,
     }
+
+
+def test_timed_reports_the_error_against_the_expected_outputs_under_the_patched_constants(monkeypatch):
+    monkeypatch.setattr(ab_transformer, "graph_us", lambda call: 3.0)
+    module = types.SimpleNamespace(SCALE=1.0)
+    x = torch.tensor([1.0, 2.0])
+
+    def scaled():
+        return x * module.SCALE, x
+
+    assert ab_transformer._timed(scaled, (x, x), module, {"SCALE": 1.5}) == {"us": 3.0, "max_abs_err": 1.0}
+    assert module.SCALE == 1.0  # restored
+    assert ab_transformer._timed(lambda: x + 0.25, x) == {"us": 3.0, "max_abs_err": 0.25}
+    assert ab_transformer._timed(lambda: x) == {"us": 3.0}
+
+    def broken():
+        raise RuntimeError("out of resources: shared memory\nmore")
+
+    assert ab_transformer._timed(broken, x) == {"error": "out of resources: shared memory"}
