@@ -187,6 +187,8 @@ def kernel_kinds(kernels: dict) -> dict:
 # Launch settings tried by ``rcda_microbench(variants=True)``: overrides of rcda_aggregate's module
 # constants (BLOCK_Q sets both query blocks, i.e. the block at every grid size).
 RCDA_VARIANTS = (
+    {"BLOCK_Q": 32},
+    {"BLOCK_Q": 32, "NUM_WARPS": 2},
     {"BLOCK_Q": 64},
     {"BLOCK_Q": 128},
     {"BLOCK_Q": 128, "NUM_WARPS": 8},
