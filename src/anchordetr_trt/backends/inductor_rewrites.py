@@ -13,6 +13,11 @@ tracing guards on the batch size.
 - Biases. A convolution's bias added on its own is one more pass over its output: the downsampling
   shortcut's bias joins the residual convolution's, and the input projection's is added in the graph,
   where Inductor fuses it into the GroupNorm.
+- The prediction heads' products on the tensor cores. The heads stay float32 (``set_precision``); at
+  float16 their linear layers (``HalfProductLinear``, ``rewrite_heads``) round their inputs and
+  weights to float16, the 10 mantissa bits that TF32 keeps, and accumulate and return float32: one
+  tensor-core GEMM each where cuBLAS ran float32 ones on the CUDA cores (docs/accuracy.md measures
+  the rule).
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about
   the batch size, and ``F.group_norm`` checks that there is more than one value per channel (torch
   2.11): each puts a guard ``batch > 1`` on the graph, so batch 1 would compile a second graph
@@ -197,6 +202,49 @@ class FusedFFN(nn.Module):
         ffn, rows = self.ffn, x.reshape(-1, x.shape[-1])
         hidden = torch._addmm_activation(ffn.linear1.bias, rows, ffn.linear1.weight.t())
         return ffn.norm2(x, ffn.linear2(hidden).view(x.shape))
+
+
+class HalfProductLinear(nn.Linear):
+    """A float32 ``nn.Linear`` (its parameters shared) whose product runs in float16: x [..., in] and
+    the weight rounded to float16, the products accumulated in float32, the float32 bias added;
+    returns [..., out] float32. The weight's float16 copy is made once, at construction: build it
+    after the model's last cast."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        self.weight, self.bias = linear.weight, linear.bias
+        self.register_buffer("weight16", linear.weight.detach().to(torch.float16), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1]).to(torch.float16)
+        if rows.is_cuda:
+            out = torch.mm(rows, self.weight16.t(), out_dtype=torch.float32)
+        else:  # the same products (two float16s multiply exactly in float32), for tests on the CPU
+            out = rows.float() @ self.weight16.float().t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+# float16's largest finite value: a weight beyond it would round to inf.
+_FLOAT16_MAX = torch.finfo(torch.float16).max
+
+
+def rewrite_heads(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """For a float16 model (``dtype``, after ``set_precision``), every linear layer of the prediction
+    heads as a ``HalfProductLinear``; other precisions, or a head weight beyond float16's range, keep
+    float32 products (bfloat16's 8 mantissa bits would round the heads' inputs coarser than TF32).
+    Layers shared between decoder layers stay shared. Works in place."""
+    transformer = model.transformer
+    linears = [*transformer.class_embed, *(layer for mlp in transformer.bbox_embed for layer in mlp.layers)]
+    if dtype != torch.float16 or any(linear.weight.abs().max() > _FLOAT16_MAX for linear in linears):
+        return model
+    rewritten: dict[int, HalfProductLinear] = {}
+    for layers in (transformer.class_embed, *(mlp.layers for mlp in transformer.bbox_embed)):
+        for i, linear in enumerate(layers):
+            if not isinstance(linear, HalfProductLinear):
+                layers[i] = rewritten.setdefault(id(linear), HalfProductLinear(linear))
+    return model
 
 
 def rewrite_for_inductor(model: nn.Module) -> nn.Module:
