@@ -159,9 +159,11 @@ if [[ -n $NCU ]]; then
 elif selected ncu-rcda; then
     printf '%-10s skipped: Nsight Compute not found: set NCU to its ncu\n' ncu-rcda | tee -a "$LOGS/summary.txt"
 fi
-# A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split.
+# A trained model (reused when .cache/train holds one), then FP16/BF16 accuracy on its val split
+# (ACCURACY_CONFIGS: a comma-separated subset of scripts/gpu_accuracy.py's configurations).
 stage train 480 train.json python3 -m scripts.train_synthetic --out "$OUT" --budget-min "${TRAIN_BUDGET_MIN:-7.5}"
-stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT"
+stage accuracy 240 "accuracy.json accuracy.md" python3 -m scripts.gpu_accuracy --out "$OUT" \
+    ${ACCURACY_CONFIGS:+--configs "$ACCURACY_CONFIGS"}
 
 python3 -m scripts.results_table "$OUT" > "$LOGS/results.md" 2>> "$LOGS/gpu.log"
 tail -n 60 "$LOGS/gpu.log"
