@@ -298,11 +298,16 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def _self_attention_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> dict[str, Any]:
     batch, length, channels = s["packed"]
     head_dim, batch_heads = channels // 3 // a["num_heads"], batch * a["num_heads"]
+    if head_dim > module.MAX_HEAD_DIM:  # the model's, whatever max_shape is
+        raise InputError(
+            f"self_attention: heads of {head_dim} channels are past the kernel's {module.MAX_HEAD_DIM}: "
+            f"use the inductor backend for this model, or a config with more heads"
+        )
     if not module.fits_kernel(head_dim, batch_heads, length * channels):
         raise InputError(
             f"self_attention: {batch} images of {length} tokens and {channels // 3} channels (max_shape's) "
-            f"are past the kernel's limits (heads of at most 256 channels, batch * heads <= "
-            f"{module.MAX_GRID_Y}, L * 3C < 2**31): compile a smaller max_shape batch"
+            f"are past the kernel's limits (batch * heads <= {module.MAX_GRID_Y}, L * 3C < 2**31): "
+            f"compile a smaller max_shape batch"
         )
     _, meta = module.self_attention_launch_config(length, batch_heads, head_dim)
     # The scale, a float, is compiled in (TensorRT passes no float at launch).

@@ -40,6 +40,7 @@ NUM_WARPS = 4
 NUM_STAGES = 2
 _LOG2E = 1.4426950408889634
 MAX_GRID_Y = 65535  # B * heads: the grid's second axis, which CUDA limits to 65535 blocks
+MAX_HEAD_DIM = 256  # channels per head: the [BLOCK_M, D] accumulator and tiles live in registers
 
 
 @triton.jit
@@ -240,9 +241,9 @@ def _launch(
 def fits_kernel(head_dim: int, batch_heads: int, image_elements: int) -> bool:
     """Whether the kernel takes heads of ``head_dim`` channels, ``batch_heads`` (B * heads) of them and
     images whose packed projection and position terms span ``image_elements`` elements: heads of at
-    most 256 channels (the [BLOCK_M, D] accumulator and tiles in registers), B * heads within the
-    grid's second axis (MAX_GRID_Y), offsets within an image below 2**31 (they are 32-bit)."""
-    return head_dim <= 256 and batch_heads <= MAX_GRID_Y and image_elements < 2**31
+    most MAX_HEAD_DIM channels, B * heads within the grid's second axis (MAX_GRID_Y), offsets within
+    an image below 2**31 (they are 32-bit)."""
+    return head_dim <= MAX_HEAD_DIM and batch_heads <= MAX_GRID_Y and image_elements < 2**31
 
 
 def runs_kernel(packed: Tensor, position_terms: Tensor, num_heads: int) -> bool:

@@ -669,6 +669,15 @@ def test_self_attention_past_its_kernel_is_refused_naming_max_shape():
         call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
 
 
+def test_self_attention_heads_past_its_kernel_are_refused_naming_the_model():
+    """Heads wider than the kernel's registers hold: no max_shape fixes that, and the error says so."""
+    _, call = bound_example("self_attention", {**ENGINE_MAX, "heads": 1, "channels": 512}, F16, device="meta")
+    with pytest.raises(
+        InputError, match=r"heads of 512 channels are past the kernel's 256: use the inductor"
+    ):
+        call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Exported graphs
 
