@@ -17,7 +17,7 @@ from official import fixture_state_dict
 import anchordetr_trt as at
 from anchordetr_trt.backends import inductor, warm
 from anchordetr_trt.backends.inductor import InductorRunner
-from anchordetr_trt.backends.inductor_rewrites import rewrite_for_inductor
+from anchordetr_trt.backends.inductor_rewrites import HalfProductLinear, rewrite_for_inductor
 from anchordetr_trt.compiled import pad_to_multiple
 from anchordetr_trt.custom_ops import fused
 from anchordetr_trt.export import example_inputs
@@ -546,6 +546,7 @@ def test_inductor_fp16_matches_eager_fp32(dc5_weights, tmp_path):
     assert_detections_close(compiled(images, mask), expected, precision="fp16")
     heads = compiled.runner.model.transformer  # set_precision: anchors and heads float32
     assert heads.position.weight.dtype == heads.bbox_embed[0].layers[0].weight.dtype == torch.float32
+    assert isinstance(heads.class_embed[0], HalfProductLinear)  # products on float16 tensor cores
 
     # Varied sizes within the range, heavy padding: no compile after compile(), not even of a Triton
     # kernel variant (feature maps 40x68 and 50x48 need rcda_aggregate's 64 + 16 and 32 + 16 column

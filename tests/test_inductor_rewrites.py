@@ -12,10 +12,12 @@ from torch import nn
 import anchordetr_trt as at
 from anchordetr_trt.backends.inductor_rewrites import (
     GroupNorm,
+    HalfProductLinear,
     conv,
     conv_bias_add_relu,
     conv_bias_relu,
     rewrite_for_inductor,
+    rewrite_heads,
 )
 from anchordetr_trt.export import example_inputs
 from anchordetr_trt.fold import fold_frozen_batchnorm
@@ -102,3 +104,74 @@ def test_group_norm_keeps_channels_last_and_computes_nn_group_norm():
     out = GroupNorm(norm)(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, norm(x), rtol=1e-5, atol=1e-5)
+
+
+def _half_rounded_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(x) with x and the weight rounded to float16 first, in float64 (no accumulation error)."""
+    out = x.half().double() @ linear.weight.detach().half().double().t()
+    return (out if linear.bias is None else out + linear.bias.detach().double()).float()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_half_product_linear_rounds_inputs_and_weight_to_float16_and_returns_float32(device, bias):
+    linear = nn.Linear(256, 91, bias=bias).to(device)
+    if bias:
+        nn.init.normal_(linear.bias)
+    x = torch.randn(3, 900, 256, device=device) * 4
+    half = HalfProductLinear(linear)
+    out = half(x)
+    assert out.dtype == torch.float32 and out.shape == (3, 900, 91)
+    assert half.weight is linear.weight and half.bias is linear.bias  # shared, still float32
+    torch.testing.assert_close(out, _half_rounded_linear(linear, x), rtol=1e-5, atol=1e-5)
+    # The rounding is there (float32 products differ), and within float16's relative 2**-11 per term.
+    exact = linear(x)
+    assert not torch.equal(out, exact)
+    torch.testing.assert_close(out, exact, rtol=0, atol=0.05)
+
+
+@pytest.mark.gpu
+def test_half_product_linear_compiled_over_dynamic_rows_matches_eager():
+    linear = nn.Linear(256, 4).cuda()
+    half = HalfProductLinear(linear)
+    compiled = torch.compile(half, dynamic=True, fullgraph=True)
+    for rows in (900, 1800, 7200):
+        x = torch.randn(rows // 900, 900, 256, device="cuda")
+        out = compiled(x)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, half(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out, _half_rounded_linear(linear, x), rtol=1e-5, atol=1e-5)
+
+
+def _heads(model) -> list:
+    transformer = model.transformer
+    return [*transformer.class_embed, *(layer for mlp in transformer.bbox_embed for layer in mlp.layers)]
+
+
+def test_rewrite_heads_takes_float16_models_only_and_keeps_layers_shared():
+    for dtype in (torch.float32, torch.bfloat16):
+        model = at.build_model(at.VARIANTS["r50-c5"])
+        assert not any(isinstance(layer, HalfProductLinear) for layer in _heads(rewrite_heads(model, dtype)))
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    keys = model.state_dict().keys()
+    rewrite_heads(model, torch.float16)
+    layers = _heads(model)
+    assert all(isinstance(layer, HalfProductLinear) for layer in layers)
+    # One class head and one 3-layer box MLP serve all six decoder layers: four modules, as before.
+    assert len({id(layer) for layer in layers}) == 4
+    assert model.state_dict().keys() == keys  # the official names, no float16 copy among them
+    rewrite_heads(model, torch.float16)  # a second rewrite leaves the layers as they are
+    assert all(after is before for after, before in zip(_heads(model), layers, strict=True))
+
+
+def test_model_with_half_product_heads_computes_the_model():
+    model = at.load_model({"model": fixture_state_dict("r50-c5")}, variant="r50-c5").eval()
+    half = rewrite_heads(copy.deepcopy(model), torch.float16)
+    images, mask = example_inputs((2, 96, 128))
+    with torch.no_grad():
+        expected, out = model(images, mask), half(images, mask)
+    assert out["pred_logits"].dtype == out["pred_boxes"].dtype == torch.float32
+    assert not torch.equal(out["pred_logits"], expected["pred_logits"])  # the heads' products rounded
+    # The fixture's model: logits 1.3e-3 and boxes 2.0e-4 from float32 products.
+    torch.testing.assert_close(out["pred_logits"], expected["pred_logits"], rtol=0, atol=5e-3)
+    torch.testing.assert_close(out["pred_boxes"], expected["pred_boxes"], rtol=0, atol=1e-3)

@@ -13,6 +13,10 @@ tracing guards on the batch size.
 - Biases. A convolution's bias added on its own is one more pass over its output: the downsampling
   shortcut's bias joins the residual convolution's, and the input projection's is added in the graph,
   where Inductor fuses it into the GroupNorm.
+- The prediction heads' products on the tensor cores. The heads stay float32 (``set_precision``); at
+  float16 their linear layers (``HalfProductLinear``, ``rewrite_heads``) round their inputs and
+  weights to float16 (the 10 bits of mantissa that TF32 keeps, with a 5-bit exponent) and accumulate
+  and return float32: one tensor-core GEMM each where cuBLAS ran float32 ones on the CUDA cores.
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about
   the batch size, and ``F.group_norm`` checks that there is more than one value per channel (torch
   2.11): each puts a guard ``batch > 1`` on the graph, so batch 1 would compile a second graph
@@ -197,6 +201,46 @@ class FusedFFN(nn.Module):
         ffn, rows = self.ffn, x.reshape(-1, x.shape[-1])
         hidden = torch._addmm_activation(ffn.linear1.bias, rows, ffn.linear1.weight.t())
         return ffn.norm2(x, ffn.linear2(hidden).view(x.shape))
+
+
+class HalfProductLinear(nn.Linear):
+    """A float32 ``nn.Linear`` (its parameters shared) whose product runs in float16: x [..., in] and
+    the weight rounded to float16, the products accumulated in float32, the float32 bias added;
+    returns [..., out] float32. The weight's float16 copy is made once, at construction: build it
+    after the model's last cast or change of weights. x must lie in float16's range."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        self.weight, self.bias = linear.weight, linear.bias
+        self.register_buffer("weight16", linear.weight.detach().to(torch.float16), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1]).to(torch.float16)
+        if rows.is_cuda:
+            out = torch.mm(rows, self.weight16.t(), out_dtype=torch.float32)
+        else:  # in eager, the same products (two float16s multiply exactly in float32): tests on the CPU
+            out = rows.float() @ self.weight16.float().t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def rewrite_heads(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """For a float16 model (``dtype``, after ``set_precision``), every linear layer of the prediction
+    heads as a ``HalfProductLinear``, layers shared between decoder layers still shared; other
+    precisions keep float32 products (bfloat16 keeps 7 bits of mantissa where TF32 and float16 keep
+    10). The heads' inputs (the decoder's float16 output, the box MLP's hidden activations) must lie in
+    float16's range, as every activation of a float16 model does. Works in place."""
+    if dtype != torch.float16:
+        return model
+    transformer = model.transformer
+    groups = [transformer.class_embed, *(mlp.layers for mlp in transformer.bbox_embed)]
+    linears = {id(linear): linear for layers in groups for linear in layers}
+    half = {key: HalfProductLinear(linear) for key, linear in linears.items() if type(linear) is nn.Linear}
+    for layers in groups:
+        for i, linear in enumerate(layers):
+            layers[i] = half.get(id(linear), linear)
+    return model
 
 
 def rewrite_for_inductor(model: nn.Module) -> nn.Module:
