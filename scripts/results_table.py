@@ -192,8 +192,17 @@ READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
 
 
 def reader(name: str) -> Callable[[Path], Iterator[Row]] | None:
-    """The reader of a result file named ``name``, if this table knows its kind."""
-    return READERS.get(name) or (ab_rows if AB_FILE.fullmatch(name) else None)
+    """The reader of a result file named ``name``, if this table knows its kind: a name it knows, an
+    A/B file, or a known name with labels after it (``accuracy_four_configs.json``: an earlier run kept
+    beside the current one)."""
+    if AB_FILE.fullmatch(name):
+        return ab_rows
+    stem, dot, suffix = name.partition(".")
+    while stem:
+        if found := READERS.get(stem + dot + suffix):
+            return found
+        stem = stem.rpartition("_")[0]
+    return None
 
 
 def table(folders: list[Path]) -> str:

@@ -20,12 +20,15 @@ def test_table_lists_each_file_with_its_run_and_reads_the_figures(tmp_path):
     results = [{"status": status} for status in ("pass", "pass", "fail", "skip")]
     (folder / "check.json").write_text(json.dumps({"results": results}))
     (folder / "notes.txt").write_text("by hand")
+    (folder / "check_before_the_fix.json").write_text(json.dumps({"results": results[:1]}))
+    (folder / "check_ops.csv").write_text("not json")  # labels keep the kind's suffix
 
     text = results_table.table([folder])
     assert "| GPU tests | 7 passed, 1 failed, 2 skipped | H100 | abc1234 | `STAGES=tests make gpu` |" in text
     assert "| anchordetr-trt check | 2 passed, 1 failed, 1 skipped | H100 | def5678 |" in text
     assert "| H100 | `gpu_tests.xml` | abc1234 | `python3 -m pytest -m 'gpu or tensorrt' tests` |" in text
     assert "| H100 | `notes.txt` | ? | `?` |" in text  # no run names it
+    assert "| anchordetr-trt check | 1 passed, 0 failed, 0 skipped | H100 | ? |" in text  # a labelled run
     assert "`runs.tsv`" not in text
 
     out = tmp_path / "README.md"

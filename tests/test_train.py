@@ -315,12 +315,23 @@ def test_accuracy_report_of_equal_and_perturbed_models(ts, tiny_recipe, tmp_path
     for name in ("eager_fp16", "inductor_fp16"):
         assert {"ap", "delta_ap", "matched_rate", "non_finite"} <= set(saved[name])
     missed = saved["missed_targets"]
-    assert "inductor_bf16 was not measured" in missed and any(
-        "inductor_fp16 matched rate" in m for m in missed
-    )
+    assert saved["configs"] == ["eager_fp16", "inductor_fp16"]
+    assert any("inductor_fp16 matched rate" in m for m in missed)
     assert not any(m.startswith("eager_fp16") for m in missed)  # delta 0, all matched, all finite
+    assert not any("bf16" in m for m in missed)  # not asked for, so not a missed target
     markdown = (tmp_path / "out" / "accuracy.md").read_text()
     assert "| eager_fp16 | +0.000 | 1.0000" in markdown and "FP16 headroom" in markdown
+
+
+def test_accuracy_targets_name_each_asked_configuration_left_unmeasured():
+    accuracy = _load("gpu_accuracy")
+    report = {"ap_fp32": 50.0, "ap50_fp32": 80.0, "configs": ["eager_fp16", "inductor_fp16"]}
+    assert accuracy.check_targets(report) == [
+        "eager_fp16 was not measured",
+        "inductor_fp16 was not measured",
+    ]
+    del report["configs"]  # a report that does not say what was asked for is held to all of them
+    assert len(accuracy.check_targets(report)) == len(accuracy.CONFIGS)
 
 
 def test_headroom_ranks_modules_and_names_overflow():
