@@ -309,6 +309,8 @@ def _self_attention_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> 
             f"are past the kernel's limits (batch * heads <= {module.MAX_GRID_Y}, L * 3C < 2**31): "
             f"compile a smaller max_shape batch"
         )
+    # No SM count: one kernel, compiled ahead of time, serves every batch of the engine's range, so it
+    # keeps BLOCK_M rather than a block picked for one grid size.
     _, meta = module.self_attention_launch_config(length, batch_heads, head_dim)
     # The scale, a float, is compiled in (TensorRT passes no float at launch).
     return {

@@ -7,6 +7,7 @@ while tracing is not compared, so checking never adds a shape guard.
 """
 
 import contextlib
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -126,6 +127,24 @@ def launch_context(op: str, kernel: object, tensor: Tensor) -> contextlib.Abstra
         f"{op}: the Triton kernel cannot run on {tensor.device}: use CUDA tensors, the op "
         "torch.ops.anchordetr.* (PyTorch reference off CUDA), or set TRITON_INTERPRET=1 before importing"
     )
+
+
+# A grid with fewer programs than this per SM leaves SMs idle, or a single program on an SM with none
+# to hide its latencies behind: the ops whose block sizes depend on the grid (rcda_aggregate's
+# queries per program, self_attention's) take their smaller block there (``few_programs``).
+PROGRAMS_PER_SM = 2
+
+
+@functools.cache
+def sm_count(device_index: int) -> int:
+    """The number of SMs of CUDA device ``device_index``."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def few_programs(programs: int, sms: int | None) -> bool:
+    """Whether a grid of ``programs`` gives ``sms`` SMs fewer than PROGRAMS_PER_SM programs each (False
+    where the SM count is unknown: a TensorRT engine's kernel, compiled before any GPU is seen)."""
+    return sms is not None and programs < PROGRAMS_PER_SM * sms
 
 
 def row_tile(row_block: int) -> tuple[int, int]:

@@ -46,12 +46,11 @@ _OP = "rcda_aggregate"
 # The best of 24 configurations at 1216x1344 and within 31% of the best at 800x800 (BLOCK_Q 64/128,
 # BLOCK_H 1/2/4, 4/8 warps, 2/3 stages; batch 1 and 8: docs/performance.md).
 BLOCK_Q = 128
-# Queries per program where BLOCK_Q's grid gives fewer than SMALL_GRID_PROGRAMS_PER_SM programs per SM:
+# Queries per program where BLOCK_Q's grid gives the SMs few programs (``_common.few_programs``):
 # more programs fill the SMs. Kernel alone on an H100 (132 SMs) at 50x50, 8 heads, fp16, 128 -> 64:
 # batch 1 decoder (64 programs at 128) 19.6 -> 13.6 us, encoder (160) 25.7 -> 21.9 us; batch 8 decoder
 # (512) 51.2 -> 59.3 us, encoder (1280) 131.9 -> 140.0 us.
 SMALL_GRID_BLOCK_Q = 64
-SMALL_GRID_PROGRAMS_PER_SM = 2
 NUM_WARPS = 4
 BLOCK_H = 2  # rows h per product (its K is BLOCK_H * W); 1 where two rows pass SHARED_BUDGET
 MAX_STAGES = 3
@@ -369,12 +368,11 @@ def rcda_aggregate_launch_config(
     """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks,
     num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it. Queries
     per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q where
-    ``sm_count`` SMs would get fewer than SMALL_GRID_PROGRAMS_PER_SM programs each at BLOCK_Q, else
-    BLOCK_Q (always without ``sm_count``)."""
+    BLOCK_Q's grid would give ``sm_count`` SMs few programs (``_common.few_programs``), else BLOCK_Q
+    (always without ``sm_count``)."""
     if block_q is None:
         programs = triton.cdiv(num_queries, BLOCK_Q) * batch_heads
-        small = sm_count is not None and programs < SMALL_GRID_PROGRAMS_PER_SM * sm_count
-        block_q = SMALL_GRID_BLOCK_Q if small else BLOCK_Q
+        block_q = SMALL_GRID_BLOCK_Q if _common.few_programs(programs, sm_count) else BLOCK_Q
     block_d, (block_w, tail_w) = _common.row_block(head_dim), width_blocks(width)
     row_bytes = _row_step_bytes(block_w + tail_w, block_q, block_d, element_size)
     block_h = BLOCK_H if BLOCK_H * row_bytes <= SHARED_BUDGET else 1
@@ -505,11 +503,6 @@ def term_strides(sizes: Sequence[Any], strides: Sequence[Any]) -> tuple[Any, Any
     return (kept[0], 0, kept[1]) if len(sizes) == 3 else tuple(kept)
 
 
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def runs_kernel(dtype: torch.dtype, width: int, head_dim: int, image_values: int = 0) -> bool:
     """Whether the op runs the kernel on CUDA for ``dtype`` inputs ``width`` wide with heads of
     ``head_dim`` and ``image_values`` (H * W * Cv) values per image, not the reference. float32: the
@@ -616,7 +609,7 @@ def _launch(
     map_width = queries.shape[2] if queries.dim() == 4 else num_queries
     terms = [term if term.stride(-1) == 1 else term.contiguous() for term in (row_term, col_term)]
     strides = [term_strides(term.shape, term.stride()) for term in terms]
-    sm_count = _sm_count(values.device.index) if values.is_cuda else None
+    sm_count = _common.sm_count(values.device.index) if values.is_cuda else None
     grid, meta = rcda_aggregate_launch_config(
         num_queries, n, width, head_dim, values.element_size(), sm_count=sm_count, block_q=block_q
     )

@@ -37,6 +37,12 @@ _OP = "self_attention"
 BLOCK_M = 64  # queries per program
 BLOCK_N = 64  # keys per step
 NUM_WARPS = 4
+# Queries per program and warps where their grid gives every SM enough programs (not
+# ``_common.few_programs``). Kernel alone on an H100 (132 SMs), 900 queries, 8 heads of 32, fp16:
+# batch 8 (512 programs at 128) 41.3 us at 64 queries and 4 warps, 37.4 at 128 and 8; batch 1 (64
+# programs at 128) 11.3 against 14.8 (results/h100/ops_microbench.json).
+LARGE_GRID_BLOCK_M = 128
+LARGE_GRID_NUM_WARPS = 8
 NUM_STAGES = 2
 _LOG2E = 1.4426950408889634
 MAX_GRID_Y = 65535  # B * heads: the grid's second axis, which CUDA limits to 65535 blocks
@@ -139,18 +145,30 @@ def self_attention_kernel(
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
-def self_attention_launch_config(length: int, batch_heads: int, head_dim: int) -> tuple:
+def self_attention_launch_config(
+    length: int,
+    batch_heads: int,
+    head_dim: int,
+    sm_count: int | None = None,
+    block_m: int | None = None,
+) -> tuple:
     """(grid, meta) for ``length`` tokens of ``batch_heads`` heads of ``head_dim``: meta holds the
-    constexpr blocks, num_warps and num_stages, which depend on head_dim alone (one build for every
-    length and batch)."""
+    constexpr blocks, num_warps and num_stages. Queries per program and warps: ``block_m`` if given
+    (BLOCK_M or LARGE_GRID_BLOCK_M, with their warps), else LARGE_GRID_BLOCK_M where its grid gives
+    ``sm_count`` SMs enough programs (not ``_common.few_programs``), else BLOCK_M (always without
+    ``sm_count``). Two builds per head size serve every length and batch."""
+    if block_m is None:
+        programs = triton.cdiv(length, LARGE_GRID_BLOCK_M) * batch_heads
+        few = sm_count is None or _common.few_programs(programs, sm_count)
+        block_m = BLOCK_M if few else LARGE_GRID_BLOCK_M
     meta = {
-        "BLOCK_M": BLOCK_M,
+        "BLOCK_M": block_m,
         "BLOCK_N": BLOCK_N,
         "BLOCK_D": _common.row_block(head_dim),
-        "num_warps": NUM_WARPS,
+        "num_warps": LARGE_GRID_NUM_WARPS if block_m == LARGE_GRID_BLOCK_M else NUM_WARPS,
         "num_stages": NUM_STAGES,
     }
-    return (triton.cdiv(length, BLOCK_M), batch_heads), meta
+    return (triton.cdiv(length, block_m), batch_heads), meta
 
 
 def check_inputs(packed: Tensor, position_terms: Tensor, num_heads: int, scale: float) -> None:
@@ -199,17 +217,44 @@ def score_factor(scale: float) -> float:
 
 
 def self_attention_triton(
-    packed: Tensor, position_terms: Tensor, num_heads: int, scale: float, out: Tensor | None = None
+    packed: Tensor,
+    position_terms: Tensor,
+    num_heads: int,
+    scale: float,
+    out: Tensor | None = None,
+    block_m: int | None = None,
 ) -> Tensor:
     """Launch the kernel on CUDA (or CPU under TRITON_INTERPRET=1); packed is copied contiguous first,
     the terms only if their channels are strided. Writes ``out`` (new if None, else contiguous
-    [B, L, C] of packed's dtype)."""
+    [B, L, C] of packed's dtype). ``block_m``: queries per program, BLOCK_M or LARGE_GRID_BLOCK_M
+    (default: as ``self_attention_launch_config`` picks for the grid and the GPU)."""
     check_inputs(packed, position_terms, num_heads, scale)
-    return _launch(packed, position_terms, num_heads, scale, out)
+    return _launch(packed, position_terms, num_heads, scale, out, block_m)
+
+
+def warm(heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str) -> None:
+    """Compile the kernel for heads of ``head_dim`` in ``dtype``, at both of its query blocks: one
+    launch each on a zero input of one token per head, whatever block the launch config would pick
+    (it depends on the batch, the number of tokens and the GPU). Beyond the blocks, Triton specializes
+    on dtypes, pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), which the model's
+    calls share (channels and strides are multiples of C, which must be a multiple of 16; the number of
+    tokens is not specialized). Does nothing where the op runs the reference (``runs_kernel``)."""
+    channels = heads * head_dim
+    packed = torch.zeros(1, 1, 3 * channels, dtype=dtype, device=device)
+    terms = torch.zeros(1, 1, 2 * channels, dtype=dtype, device=device)
+    if not runs_kernel(packed, terms, heads):
+        return
+    for block_m in (BLOCK_M, LARGE_GRID_BLOCK_M):
+        self_attention_triton(packed, terms, heads, head_dim**-0.5, block_m=block_m)
 
 
 def _launch(
-    packed: Tensor, position_terms: Tensor, num_heads: int, scale: float, out: Tensor | None
+    packed: Tensor,
+    position_terms: Tensor,
+    num_heads: int,
+    scale: float,
+    out: Tensor | None,
+    block_m: int | None = None,
 ) -> Tensor:
     """``self_attention_triton`` on checked inputs."""
     batch, length, packed_channels = packed.shape
@@ -221,7 +266,10 @@ def _launch(
         return out
     terms = position_terms if position_terms.stride(-1) == 1 else position_terms.contiguous()
     head_dim = channels // num_heads
-    grid, meta = self_attention_launch_config(length, batch * num_heads, head_dim)
+    sm_count = _common.sm_count(packed.device.index) if packed.is_cuda else None
+    grid, meta = self_attention_launch_config(
+        length, batch * num_heads, head_dim, sm_count=sm_count, block_m=block_m
+    )
     with _common.launch_context(_OP, self_attention_kernel, packed):
         self_attention_kernel[grid](
             packed.contiguous(),

@@ -265,10 +265,12 @@ def _timed(call: Callable, expected=None, module=None, constants: dict | None = 
     return row
 
 
-# Launch settings tried by ``self_attention_microbench(variants=True)``: overrides of the op module's
-# constants.
+# Launch settings tried by ``self_attention_microbench(variants=True)`` (module constants through
+# ``self_attention_constants``), at SELF_ATTENTION_BATCHES: 4 and 5 straddle the grid size where the
+# shipped launch takes its larger query block on an H100.
 SELF_ATTENTION_VARIANTS = (
     {"BLOCK_M": 32},
+    {"BLOCK_M": 64},
     {"BLOCK_M": 128},
     {"BLOCK_M": 128, "NUM_WARPS": 8},
     {"BLOCK_N": 32},
@@ -278,6 +280,20 @@ SELF_ATTENTION_VARIANTS = (
     {"NUM_STAGES": 1},
     {"NUM_STAGES": 3},
 )
+SELF_ATTENTION_BATCHES = (1, 4, 5, 8)
+
+
+def self_attention_constants(settings: dict) -> dict:
+    """self_attention's module constants for one of SELF_ATTENTION_VARIANTS: BLOCK_M and NUM_WARPS fix
+    the queries per program and the warps at every grid size (LARGE_GRID_BLOCK_M and
+    LARGE_GRID_NUM_WARPS too, in a tree that has them; unset, the small grid's)."""
+    from anchordetr_trt.custom_ops import self_attention
+
+    constants = dict(settings)
+    if hasattr(self_attention, "LARGE_GRID_BLOCK_M") and settings.keys() & {"BLOCK_M", "NUM_WARPS"}:
+        constants["LARGE_GRID_BLOCK_M"] = settings.get("BLOCK_M", self_attention.BLOCK_M)
+        constants["LARGE_GRID_NUM_WARPS"] = settings.get("NUM_WARPS", self_attention.NUM_WARPS)
+    return constants
 
 
 def self_attention_microbench(variants: bool) -> list[dict]:
@@ -294,7 +310,7 @@ def self_attention_microbench(variants: bool) -> list[dict]:
         return []
     inductor = torch.compile(reference.self_attention, dynamic=False)
     rows = []
-    for batch in BATCHES:
+    for batch in SELF_ATTENTION_BATCHES:
         args = cases.self_attention_inputs({"shape": (batch, 900, 8, 32)}, torch.float16, CUDA)
         expected = reference.self_attention(*args)
         q, k, v = torch.randn(3, batch, 8, 900, 32, device=CUDA, dtype=torch.float16).unbind(0)
@@ -304,7 +320,7 @@ def self_attention_microbench(variants: bool) -> list[dict]:
         kernel_settings = [{}, *SELF_ATTENTION_VARIANTS] if variants else [{}]
         runs += [("kernel", settings, kernel, expected) for settings in kernel_settings]
         for name, settings, call, against in runs:
-            row = _timed(call, against, self_attention, settings)
+            row = _timed(call, against, self_attention, self_attention_constants(settings or {}))
             rows.append({"batch": batch, "call": name, "settings": settings, **row})
             print("self_attention", rows[-1], flush=True)
     return rows

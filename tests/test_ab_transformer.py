@@ -84,15 +84,17 @@ def test_each_rcda_variant_changes_the_launch_and_is_undone_after_a_failed_build
 def test_each_self_attention_variant_changes_the_launch():
     from anchordetr_trt.custom_ops import self_attention
 
-    def launch():  # the decoder at batch 8
-        return self_attention.self_attention_launch_config(900, 64, 32)
+    def launches():  # the decoder at batch 1 (a small grid) and at batch 8, on 132 SMs
+        return [self_attention.self_attention_launch_config(900, heads, 32, 132) for heads in (8, 64)]
 
-    shipped = launch()
+    shipped = launches()
     # A variant equal to the shipped launch would time nothing new.
     for settings in ab_transformer.SELF_ATTENTION_VARIANTS:
-        with ab_transformer._patched(self_attention, settings):
-            assert launch() != shipped, settings
-    assert launch() == shipped
+        with ab_transformer._patched(self_attention, ab_transformer.self_attention_constants(settings)):
+            assert launches() != shipped, settings
+    assert launches() == shipped
+    with ab_transformer._patched(self_attention, ab_transformer.self_attention_constants({"BLOCK_M": 32})):
+        assert {meta["BLOCK_M"] for _, meta in launches()} == {32}  # at every grid size
 
 
 @pytest.mark.parametrize(

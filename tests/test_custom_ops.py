@@ -44,6 +44,7 @@ from anchordetr_trt.custom_ops.cases import (
     padding,
     rcda_aggregate_inputs,
     run_launcher,
+    self_attention_inputs,
 )
 from anchordetr_trt.errors import InputError
 from anchordetr_trt.spec import SIZE_MULTIPLE, CompileSpec
@@ -486,9 +487,6 @@ def test_rcda_aggregate_cases_cover_both_step_sizes(case, rows_per_step):
         assert meta["BLOCK_H"] == rows_per_step
 
 
-RCDA = op_cases("rcda_aggregate")
-
-
 @pytest.mark.parametrize(
     ("queries", "batch_heads", "sm_count", "block_q"),
     [
@@ -525,33 +523,74 @@ def test_rcda_aggregate_term_strides_are_zero_along_broadcast_dims(sizes, stride
     assert rcda_aggregate.term_strides(sizes, strides) == expected
 
 
-def recorded_rcda_metas(monkeypatch) -> list[dict]:
-    """The metas rcda_aggregate's launcher launches its kernel with from now on, in order."""
-    metas, config = [], rcda_aggregate.rcda_aggregate_launch_config
+# The query block that the interpreter cases above do not run (the interpreter has no SM count), by
+# op: (module, launcher, launch config, the launcher's keyword, the meta's key, the block).
+OTHER_BLOCK = {
+    "rcda_aggregate": (
+        rcda_aggregate,
+        "rcda_aggregate_triton",
+        "rcda_aggregate_launch_config",
+        "block_q",
+        "BLOCK_Q",
+        rcda_aggregate.SMALL_GRID_BLOCK_Q,
+    ),
+    "self_attention": (
+        self_attention,
+        "self_attention_triton",
+        "self_attention_launch_config",
+        "block_m",
+        "BLOCK_M",
+        self_attention.LARGE_GRID_BLOCK_M,
+    ),
+}
+
+
+def recorded_metas(monkeypatch, module: ModuleType, config_name: str) -> list[dict]:
+    """The metas ``module``'s launcher launches its kernel with from now on, in order."""
+    metas, config = [], getattr(module, config_name)
 
     def recording(*args, **kwargs):
         grid, meta = config(*args, **kwargs)
         metas.append(meta)
         return grid, meta
 
-    monkeypatch.setattr(rcda_aggregate, "rcda_aggregate_launch_config", recording)
+    monkeypatch.setattr(module, config_name, recording)
     return metas
 
 
 @needs_interpreter
 @pytest.mark.parametrize(
-    ("spec", "case", "dtype"), [p for p in cases(interpreted=True) if p.values[0] is RCDA]
+    ("spec", "case", "dtype"), [p for p in cases(interpreted=True) if p.values[0].name in OTHER_BLOCK]
 )
-def test_rcda_aggregate_kernel_matches_reference_with_the_small_query_block(spec, case, dtype, monkeypatch):
-    """The cases above run BLOCK_Q (the interpreter has no SM count); these, SMALL_GRID_BLOCK_Q."""
-    small = rcda_aggregate.SMALL_GRID_BLOCK_Q
-    launcher = rcda_aggregate.rcda_aggregate_triton
-    monkeypatch.setattr(
-        rcda_aggregate, "rcda_aggregate_triton", lambda *a, **k: launcher(*a, **k, block_q=small)
-    )
-    metas = recorded_rcda_metas(monkeypatch)
+def test_kernel_matches_reference_with_the_other_query_block(spec, case, dtype, monkeypatch):
+    """rcda_aggregate's SMALL_GRID_BLOCK_Q and self_attention's LARGE_GRID_BLOCK_M (with its warps), on
+    the interpreter cases."""
+    module, launcher_name, config_name, keyword, key, block = OTHER_BLOCK[spec.name]
+    launcher = getattr(module, launcher_name)
+    monkeypatch.setattr(module, launcher_name, lambda *a, **k: launcher(*a, **k, **{keyword: block}))
+    metas = recorded_metas(monkeypatch, module, config_name)
     run_launcher(spec, spec.make_inputs(case, dtype, "cpu"), dtype)
-    assert [meta["BLOCK_Q"] for meta in metas] == [small]
+    assert [meta[key] for meta in metas] == [block]
+
+
+@pytest.mark.parametrize(
+    ("batch_heads", "sm_count", "block_m", "warps"),
+    [
+        # H100 (132 SMs), 900 queries, 8 heads: 64 queries and 4 warps were faster at batch 1, 128 and
+        # 8 at batch 8 (self_attention.py).
+        (8, 132, 64, 4),  # batch 1: 64 programs at 128
+        (32, 132, 64, 4),  # batch 4: 256, under 2 per SM
+        (40, 132, 128, 8),  # batch 5: 320
+        (64, 132, 128, 8),  # batch 8: 512
+        (64, None, 64, 4),  # no SM count (a TensorRT engine's kernel)
+    ],
+)
+def test_self_attention_takes_more_queries_per_program_where_the_grid_fills_the_sms(
+    batch_heads, sm_count, block_m, warps
+):
+    grid, meta = self_attention.self_attention_launch_config(900, batch_heads, 32, sm_count)
+    assert (meta["BLOCK_M"], meta["num_warps"]) == (block_m, warps)
+    assert grid == (-(-900 // block_m), batch_heads)
 
 
 class KernelLaunches:
@@ -564,11 +603,11 @@ class KernelLaunches:
         return lambda *args, **kwargs: self.launches.append((args, kwargs))
 
 
-def recorded_rcda_launches(monkeypatch) -> list[tuple]:
-    """rcda_aggregate's kernel launches from now on, recorded instead of run."""
+def recorded_launches(monkeypatch, module: ModuleType, kernel_name: str) -> list[tuple]:
+    """The launches of ``module``'s kernel ``kernel_name`` from now on, recorded instead of run."""
     kernel = KernelLaunches()
-    monkeypatch.setattr(rcda_aggregate, "rcda_aggregate_kernel", kernel)
-    monkeypatch.setattr(rcda_aggregate._common, "launch_context", lambda *_: contextlib.nullcontext())
+    monkeypatch.setattr(module, kernel_name, kernel)
+    monkeypatch.setattr(module._common, "launch_context", lambda *_: contextlib.nullcontext())
     return kernel.launches
 
 
@@ -577,7 +616,7 @@ def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch):
     GPUs' SM counts, the metas the launcher picks for the encoder's (H * W queries) and the decoder's
     (900) calls are among those the warm-up launches (``rcda_aggregate.warm`` at each width of
     ``warm.variant_sizes``): no image compiles after ``compile()``."""
-    launches = recorded_rcda_launches(monkeypatch)
+    launches = recorded_launches(monkeypatch, rcda_aggregate, "rcda_aggregate_kernel")
     spec = CompileSpec("fp32", torch.device("cpu"))
     (low_b, low_h, low_w), _, (high_b, high_h, high_w) = spec.padded_range
     for stride in (16, 32):
@@ -597,6 +636,20 @@ def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch):
                 assert key in warmed, (stride, sm_count, batch, height, width, queries, meta)
 
 
+def test_warm_up_launches_every_self_attention_meta_of_the_range(monkeypatch):
+    """For every batch of the default range and a few GPUs' SM counts, the meta the launcher picks for
+    the decoder's self-attention (900 queries, 8 heads of 32) is among those ``self_attention.warm``
+    launches: no batch compiles after ``compile()``."""
+    launches = recorded_launches(monkeypatch, self_attention, "self_attention_kernel")
+    self_attention.warm(8, 32, F16, "cpu")
+    warmed = {tuple(sorted(kwargs.items())) for _, kwargs in launches}
+    (low_b, _, _), _, (high_b, _, _) = CompileSpec("fp32", torch.device("cpu")).padded_range
+    for sm_count, batch in itertools.product((132, 114, 78), range(low_b, high_b + 1)):
+        _, meta = self_attention.self_attention_launch_config(900, batch * 8, 32, sm_count)
+        key = tuple(sorted((meta | {"DOT_PRECISION": "tf32"}).items()))
+        assert key in warmed, (sm_count, batch, meta)
+
+
 def specialization(arg: object) -> tuple:
     """What Triton specializes a kernel on besides its constexprs: a tensor's dtype and 16-byte
     alignment; an int's width, divisibility by 16 and being 1."""
@@ -607,31 +660,52 @@ def specialization(arg: object) -> tuple:
     return (type(arg),)
 
 
+def kernel_variant_key(kernel, args: tuple, meta: dict) -> tuple:
+    """What Triton compiles one build of ``kernel`` for, from a recorded launch: the specializations
+    of the arguments it specializes, and the constexprs (in meta)."""
+    options = getattr(kernel, "kwargs", None) or {"do_not_specialize": kernel.do_not_specialize}
+    named = dict(zip(kernel.arg_names, args, strict=False))  # the constexprs, last, are in meta
+    kept = [specialization(arg) for name, arg in named.items() if name not in options["do_not_specialize"]]
+    return tuple(kept), tuple(sorted(meta.items()))
+
+
 def test_rcda_aggregate_warm_up_builds_the_model_calls_variants(monkeypatch):
     """The warm-up's launches and the encoder's and decoder's calls (as the cases build them, at
     batch 1 and 2) specialize alike: one compiled variant serves both."""
     kernel = rcda_aggregate.rcda_aggregate_kernel
-    kernel_options = getattr(kernel, "kwargs", None) or {"do_not_specialize": kernel.do_not_specialize}
-    names, launches = kernel.arg_names, recorded_rcda_launches(monkeypatch)
-
-    def variant(args: tuple, meta: dict) -> tuple:
-        named = dict(zip(names, args, strict=False))  # the constexprs, last, are in meta
-        kept = [
-            specialization(arg)
-            for name, arg in named.items()
-            if name not in kernel_options["do_not_specialize"]
-        ]
-        return tuple(kept), tuple(sorted(meta.items()))
-
+    launches = recorded_launches(monkeypatch, rcda_aggregate, "rcda_aggregate_kernel")
     rcda_aggregate.warm(50, 8, 32, F16, "cpu")
-    warmed = {variant(*launch) for launch in launches}
+    warmed = {kernel_variant_key(kernel, *launch) for launch in launches}
     assert len(warmed) == 2  # one per query block
     launches.clear()
     for batch, is_map in itertools.product((1, 2), (True, False)):
         case = {"shape": (batch * 8, 2500 if is_map else 900, 50, 50, 32), "heads": 8, "map": is_map}
         for block_q in (rcda_aggregate.SMALL_GRID_BLOCK_Q, rcda_aggregate.BLOCK_Q):
             rcda_aggregate.rcda_aggregate_triton(*rcda_aggregate_inputs(case, F16, "cpu"), block_q=block_q)
-    assert {variant(*launch) for launch in launches} == warmed
+    assert {kernel_variant_key(kernel, *launch) for launch in launches} == warmed
+
+
+def test_self_attention_warm_up_builds_the_model_calls_variants(monkeypatch):
+    """The warm-up's launches and the decoder's calls (as the cases build them, at batch 1 and 2, the
+    position terms shared by the batch or not) specialize alike: one compiled variant serves both."""
+    kernel = self_attention.self_attention_kernel
+    launches = recorded_launches(monkeypatch, self_attention, "self_attention_kernel")
+    self_attention.warm(8, 32, F16, "cpu")
+    warmed = {kernel_variant_key(kernel, *launch) for launch in launches}
+    assert len(warmed) == 2  # one per query block
+    launches.clear()
+    for batch, term_batch in itertools.product((1, 2), (False, True)):
+        case = {"shape": (batch, 900, 8, 32), "term_batch": term_batch}
+        for block_m in (self_attention.BLOCK_M, self_attention.LARGE_GRID_BLOCK_M):
+            self_attention.self_attention_triton(*self_attention_inputs(case, F16, "cpu"), block_m=block_m)
+    assert {kernel_variant_key(kernel, *launch) for launch in launches} == warmed
+
+
+def test_self_attention_warm_up_does_nothing_where_the_op_runs_the_reference(monkeypatch):
+    launches = recorded_launches(monkeypatch, self_attention, "self_attention_kernel")
+    self_attention.warm(8, 32, F32, "cpu")  # float32 runs the reference
+    self_attention.warm(1, self_attention.MAX_HEAD_DIM + 16, F16, "cpu")  # heads past the kernel's
+    assert launches == []
 
 
 @needs_interpreter

@@ -40,12 +40,13 @@ def variant_sizes(spec: CompileSpec, stride: int, num_pos_feats: int) -> list[tu
 def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
     """Run ``model``'s transformer eagerly on batch-1 zero features, once per kernel variant that the
     heights and widths of ``spec``'s range reach (``variant_sizes``), and compile rcda_aggregate's
-    kernel for both of its query blocks at each of those widths (``rcda_aggregate.warm``). A variant
-    depends on a feature map's height and width alone, never on the number of rows
-    (``custom_ops._common.row_tile``), except rcda_aggregate's query block, which depends on the batch,
-    the map and the GPU too; the backbone (cuDNN) is not run. Variants already compiled, or in
-    Triton's cache, cost a lookup. Nothing to do off CUDA (no Triton kernel runs there)."""
-    from anchordetr_trt.custom_ops import rcda_aggregate
+    kernel for both of its query blocks at each of those widths (``rcda_aggregate.warm``) and
+    self_attention's for both of its (``self_attention.warm``). A variant depends on a feature map's
+    height and width alone, never on the number of rows (``custom_ops._common.row_tile``), except
+    those two ops' query blocks, which depend on the batch, the map and the GPU too; the backbone
+    (cuDNN) is not run. Variants already compiled, or in Triton's cache, cost a lookup. Nothing to do
+    off CUDA (no Triton kernel runs there)."""
+    from anchordetr_trt.custom_ops import rcda_aggregate, self_attention
 
     if spec.device.type != "cuda":
         return
@@ -64,6 +65,7 @@ def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
                 model.encode(features.contiguous(memory_format=torch.channels_last), mask)
             )
             rcda_aggregate.warm(width, config.num_heads, head_dim, spec.dtype, spec.device)
+        self_attention.warm(config.num_heads, head_dim, spec.dtype, spec.device)
     logger.info(
         "compile: the custom ops' kernels warmed for %d feature sizes (%s..%s) in %.1f s",
         len(sizes),
