@@ -142,8 +142,9 @@ def sm_count(device_index: int) -> int:
 
 
 def few_programs(programs: int, sms: int | None) -> bool:
-    """Whether a grid of ``programs`` gives ``sms`` SMs fewer than PROGRAMS_PER_SM programs each (False
-    where the SM count is unknown: a TensorRT engine's kernel, compiled before any GPU is seen)."""
+    """Whether a grid of ``programs`` gives ``sms`` SMs fewer than PROGRAMS_PER_SM programs each. False
+    where the SM count is unknown (a TensorRT engine's kernel, compiled before any GPU is seen): each
+    op's launch config says which block it takes then."""
     return sms is not None and programs < PROGRAMS_PER_SM * sms
 
 

@@ -7,7 +7,7 @@ TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performanc
 Triton 3.6, the GPU machine's:
 
     python -m scripts.sass_rcda [--width 84] [--block-q 64] [--num-warps 8]
-    python -m scripts.sass_rcda --op self_attention
+    python -m scripts.sass_rcda --op self_attention [--batch 1]
 """
 
 import argparse
@@ -50,13 +50,17 @@ def compile_encoder_kernel(
     return _cubin(rcda_aggregate.rcda_aggregate_kernel, meta, POINTERS, MASKS, DIVISIBLE, "scale")
 
 
-def compile_self_attention_kernel() -> bytes:
-    """The cubin of self_attention's kernel for the decoder's call at batch 8 (900 tokens, 8 heads of
-    32, fp16)."""
-    _, meta = self_attention.self_attention_launch_config(900, 64, 32)
+H100_SMS = 132
+
+
+def compile_self_attention_kernel(batch: int = 8) -> tuple[bytes, int]:
+    """(cubin, warps) of self_attention's kernel for the decoder's call at ``batch`` on an H100 (900
+    tokens, 8 heads of 32, fp16; the query block the launch config picks for that grid)."""
+    _, meta = self_attention.self_attention_launch_config(900, batch * 8, 32, sm_count=H100_SMS)
     pointers = {"packed_ptr", "term_ptr", "out_ptr"}
     divisible = {"head_dim", "term_stride_b", "term_stride_l"}
-    return _cubin(self_attention.self_attention_kernel, meta, pointers, set(), divisible, "scale_log2")
+    cubin = _cubin(self_attention.self_attention_kernel, meta, pointers, set(), divisible, "scale_log2")
+    return cubin, meta["num_warps"]
 
 
 def _cubin(kernel, meta: dict, pointers: set, masks: set, divisible: set, float_arg: str) -> bytes:
@@ -122,9 +126,15 @@ def main() -> None:
     )
     parser.add_argument("--block-q", type=int, choices=(64, 128), help="rcda_aggregate: queries per program")
     parser.add_argument("--num-warps", type=int, choices=(4, 8), help="rcda_aggregate: warps per program")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="self_attention: the decoder's batch (its query block on an H100)",
+    )
     args = parser.parse_args()
     if args.op == "self_attention":
-        build, warps = compile_self_attention_kernel(), self_attention.NUM_WARPS
+        build, warps = compile_self_attention_kernel(args.batch)
     else:
         build = compile_encoder_kernel(args.width, args.block_q, args.num_warps)
         warps = args.num_warps or rcda_aggregate.NUM_WARPS

@@ -659,6 +659,25 @@ def test_key_means_past_its_kernel_is_refused_naming_max_shape(height, width, ch
         call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
 
 
+@pytest.mark.parametrize(
+    ("example", "key", "module", "batch"),
+    [
+        ("self_attention", "BLOCK_M", "self_attention", 8),  # an H100's inductor launch: 128 queries
+        ("rcda_aggregate_decoder", "BLOCK_Q", "rcda_aggregate", 1),  # an H100's inductor launch: 64
+    ],
+)
+def test_plugins_of_grid_dependent_ops_keep_one_query_block(example, key, module, batch):
+    """An engine's kernel is compiled before any GPU is seen and serves every batch of its range: it
+    keeps the block the launch config gives without an SM count (self_attention's 64 queries and 4
+    warps, rcda_aggregate's 128 and 4), where the inductor backend on an H100 would pick the other at
+    this batch of 900 queries."""
+    ops = importlib.import_module(f"anchordetr_trt.custom_ops.{module}")
+    size = {**ENGINE_MAX, "batch": batch, "queries": 900}
+    _, call = bound_example(example, size, F16, device="meta")
+    meta, options = call.spec.launch_meta(shapes_of(call.spec, call), dtypes_of(call.spec, call), call.attrs)
+    assert (meta[key], options["num_warps"]) == (getattr(ops, key), ops.NUM_WARPS)
+
+
 def test_self_attention_past_its_kernel_is_refused_naming_max_shape():
     """Past the grid's B * heads (an engine's max batch of 8192 at 8 heads), building the plugin is an
     InputError at compile time, not a launch failure in the engine."""

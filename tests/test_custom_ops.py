@@ -449,6 +449,21 @@ def test_cuda_matches_reference(spec, case, dtype):
 
 
 @pytest.mark.gpu
+def test_self_attention_on_the_gpu_takes_the_block_its_grid_calls_for(monkeypatch):
+    """The launcher passes the GPU's SM count: on an H100, 64 queries a program at batch 1 and 128 at
+    batch 8 (the decoder's 900 queries, 8 heads)."""
+    metas = recorded_metas(monkeypatch, self_attention, "self_attention_launch_config")
+    sms, expected = self_attention._common.sm_count(torch.cuda.current_device()), []
+    for batch in (1, 8):
+        args = self_attention_inputs({"shape": (batch, 900, 8, 32)}, F16, "cuda")
+        self_attention.self_attention_triton(*args)
+        programs = -(-900 // self_attention.LARGE_GRID_BLOCK_M) * batch * 8
+        few = self_attention._common.few_programs(programs, sms)
+        expected.append(self_attention.BLOCK_M if few else self_attention.LARGE_GRID_BLOCK_M)
+    assert [meta["BLOCK_M"] for meta in metas] == expected
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(("spec", "dtype"), spec_dtypes((F32, F16, BF16)))
 def test_opcheck_cuda(spec, dtype):
     args = spec.first_inputs(dtype, "cuda")
@@ -563,8 +578,8 @@ def recorded_metas(monkeypatch, module: ModuleType, config_name: str) -> list[di
     ("spec", "case", "dtype"), [p for p in cases(interpreted=True) if p.values[0].name in OTHER_BLOCK]
 )
 def test_kernel_matches_reference_with_the_other_query_block(spec, case, dtype, monkeypatch):
-    """rcda_aggregate's SMALL_GRID_BLOCK_Q and self_attention's LARGE_GRID_BLOCK_M (with its warps), on
-    the interpreter cases."""
+    """rcda_aggregate's SMALL_GRID_BLOCK_Q and self_attention's LARGE_GRID_BLOCK_M, on the interpreter
+    cases (which run the blocks' tiling; the interpreter has no warps)."""
     module, launcher_name, config_name, keyword, key, block = OTHER_BLOCK[spec.name]
     launcher = getattr(module, launcher_name)
     monkeypatch.setattr(module, launcher_name, lambda *a, **k: launcher(*a, **k, **{keyword: block}))

@@ -30,10 +30,12 @@ def sass_report(*args: str) -> tuple[int, int, dict[str, int]]:
 
 
 @pytest.mark.slow
-def test_self_attention_steps_mask_nothing_and_four_programs_fit_an_sm():
-    programs, loop_spills, counts = sass_report("--op", "self_attention")
-    assert (programs >= 4, loop_spills) == (True, 0)
-    # Scores of 64 queries x 64 keys (K = 32: two k-steps) and their product with the values (K = 64).
+@pytest.mark.parametrize(("batch", "programs_per_sm"), [(1, 4), (8, 2)])  # 64 queries of 4 warps; 128 of 8
+def test_self_attention_steps_mask_nothing_and_its_sm_holds_sixteen_warps(batch, programs_per_sm):
+    programs, loop_spills, counts = sass_report("--op", "self_attention", "--batch", str(batch))
+    assert (programs >= programs_per_sm, loop_spills) == (True, 0)
+    # Each warpgroup's 64 queries x 64 keys (K = 32: two k-steps) and their product with the values
+    # (K = 64).
     assert (counts["HGMMA.64x64x16.F32"], counts["HGMMA.64x32x16.F32"]) == (2, 4)
     # Whole steps select nothing (only the last, partial one masks its scores, outside the loop);
     # 64 x 64 exponents over 128 threads.
