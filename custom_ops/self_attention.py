@@ -9,15 +9,16 @@ keys j of scale * q[l] . k[j], times v, for each head: [B, L, C]. Done with PyTo
 into contiguous copies run in kernels before it and the heads' merge in one after it; here one launch
 reads the GEMM's output and writes the merged heads.
 
-A program takes BLOCK_M queries of one head and runs over the keys BLOCK_N at a time, flash-style:
-scores on the tensor cores in float32, a running max and sum in float32, the probabilities rounded to
-the values' dtype for their product with the values, accumulated in float32, divided by the sum at
-the end. The running max is of the unscaled scores and the scale is applied inside each exponent
-(one fused multiply-add per score), and only the last, partial step masks its scores: a fifth fewer
-instructions per step than scaling and masking every score. Each step's keys, key terms and values
-are loaded one step ahead (Triton does not pipeline loads whose values pass through arithmetic before
-a product, as the keys do; the key terms as a second product, which lets it pipeline them, measured
-slower: docs/transformer_performance.md).
+A program takes BLOCK_M queries of one head (LARGE_GRID_BLOCK_M where the grid gives every SM enough
+programs) and runs over the keys BLOCK_N at a time, flash-style: scores on the tensor cores in
+float32, a running max and sum in float32, the probabilities rounded to the values' dtype for their
+product with the values, accumulated in float32, divided by the sum at the end. The running max is
+of the unscaled scores and the scale is applied inside each exponent (one fused multiply-add per
+score), and only the last, partial step masks its scores: a fifth fewer instructions per step than
+scaling and masking every score. Each step's keys, key terms and values are loaded one step ahead
+(Triton does not pipeline loads whose values pass through arithmetic before a product, as the keys
+do; the key terms as a second product, which lets it pipeline them, measured slower:
+docs/transformer_performance.md).
 """
 
 import math
