@@ -23,7 +23,7 @@ from anchordetr_trt.cache import check_replaceable
 from anchordetr_trt.cli import main
 from anchordetr_trt.export import example_inputs
 from anchordetr_trt.onnx_export import CONTENT_DIGEST, OPSET, PRODUCER, metadata, written_by_us
-from anchordetr_trt.trt_engine import RTX_MAGIC, check_engine_paths, choose_builder
+from anchordetr_trt.trt_engine import RTX_MAGIC, check_engine_paths, choose_builder, rtx_mismatch
 from anchordetr_trt.weights import random_model
 
 RANGE = {"min_shape": (1, 320, 320), "opt_shape": (1, 800, 800), "max_shape": (8, 1344, 1344)}
@@ -469,3 +469,25 @@ def test_engines_need_a_gpu_to_run_and_tensorrt_to_build_on_one(tmp_path):
             at.load_engine(engine, device=device)
     with pytest.raises(at.BackendUnavailableError, match="TensorRT builds engines on a CUDA GPU"):
         choose_builder("tensorrt")
+
+
+@pytest.mark.parametrize(
+    ("builder", "capability", "warned"),
+    [
+        ("tensorrt-rtx", (9, 0), True),  # H100, H200
+        ("tensorrt-rtx", (8, 6), False),
+        ("tensorrt-rtx", (12, 0), False),
+        ("tensorrt", (9, 0), False),  # TensorRT builds for the GPU it builds on
+    ],
+)
+def test_a_tensorrt_rtx_engine_for_a_gpu_it_cannot_run_on_is_named_with_the_fix(
+    monkeypatch, builder, capability, warned
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
+    message = rtx_mismatch(builder)
+    assert (message is not None) == warned
+    if warned:
+        assert f"compute capability {capability[0]}.{capability[1]}" in message
+        assert "pip install tensorrt" in message and "builder='tensorrt'" in message

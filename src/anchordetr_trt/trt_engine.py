@@ -47,6 +47,7 @@ _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 _NAMES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
 # TensorRT-RTX with no compute capability set builds for these (its documentation, "CPU-only AOT").
 RTX_DEFAULT_TARGETS = "compute capability 8.0, 8.6, 8.9 and 12.x (TensorRT-RTX's default targets)"
+RTX_CAPABILITIES = {(8, 0), (8, 6), (8, 9)}  # and every 12.x
 RTX_MAGIC = b"vtrt"  # the first bytes of a TensorRT-RTX engine (measured on 1.7.1)
 _INSTALL = {
     "tensorrt": "pip install tensorrt (builds and runs on a CUDA GPU)",
@@ -105,6 +106,8 @@ def build_engine(
     shapes = tuple(padded_shape(tuple(s)) for s in (min_shape, opt_shape, max_shape))
     _check_within_export(onnx_path, shapes)
     name, trt = choose_builder(builder)
+    if mismatch := rtx_mismatch(name):
+        logger.warning("build_engine: %s", mismatch)
     version = f"{_NAMES[name]} {trt.__version__}"
     log = _log(trt)
     log.errors.clear()
@@ -226,6 +229,22 @@ def choose_builder(requested: str) -> tuple[str, ModuleType]:
             f"builder='tensorrt-rtx' here ({_INSTALL['tensorrt-rtx']})"
         )
     return requested, _import(requested)
+
+
+def rtx_mismatch(builder: str) -> str | None:
+    """Why an engine of ``builder`` will not run on the GPU visible here (TensorRT-RTX's targets leave
+    out compute capability 9.0, the H100's and H200's, among others), naming the fix; None if it will,
+    or if no GPU is visible."""
+    if builder != "tensorrt-rtx" or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) in RTX_CAPABILITIES or major == 12:
+        return None
+    return (
+        f"the engine will not run on this GPU ({torch.cuda.get_device_name()}, compute capability "
+        f"{major}.{minor}; TensorRT-RTX's engines run on {RTX_DEFAULT_TARGETS}): for this GPU, "
+        f"{_INSTALL['tensorrt']} and build with builder='tensorrt'"
+    )
 
 
 def _import(name: str) -> ModuleType:
