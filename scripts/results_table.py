@@ -25,12 +25,12 @@ RUNS_FIELDS = ("stage", "commit", "files", "command")
 
 HEADER = """# Results
 
-One current set of measurements per GPU, each file named by what it measures: `h100/` (H100 80GB
-HBM3) and `h200/` (H200: the H100's chip with faster memory; its figures are not the H100's). Every
-file comes from `make gpu` (`scripts/gpu.sh`) on torch 2.11, triton 3.6 and Python 3.12, at the
-commit given; `runs.tsv` in each folder lists the stage, commit and command of each file. How the
-figures are measured and what they mean: docs/performance.md and docs/accuracy.md. Older
-measurements are in git history.
+The measurements kept per GPU, each file named by what it measures: `h100/` (H100 80GB HBM3) and
+`h200/` (H200: the H100's chip with faster memory; its figures are not the H100's), on torch 2.11,
+triton 3.6 and Python 3.12 on the GPU machine. Each file was made at the commit given, by a stage of
+`make gpu` (`scripts/gpu.sh`) or by the command `runs.tsv` gives for it (stage "-"); the commits
+differ between files, and an A/B file compares two. How the figures are measured and what they mean:
+docs/performance.md and docs/accuracy.md. Older measurements are in git history.
 
 This file is written by `python -m scripts.results_table results/h100 results/h200 --write
 results/README.md`.
