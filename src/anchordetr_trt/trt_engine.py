@@ -45,9 +45,13 @@ logger = logging.getLogger(__name__)
 BUILDERS = ("auto", "tensorrt", "tensorrt-rtx")
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 _NAMES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
-# TensorRT-RTX with no compute capability set builds for these (its documentation, "CPU-only AOT").
-RTX_DEFAULT_TARGETS = "compute capability 8.0, 8.6, 8.9 and 12.x (TensorRT-RTX's default targets)"
-RTX_CAPABILITIES = {(8, 0), (8, 6), (8, 9)}  # and every 12.x
+# TensorRT-RTX with no compute capability set builds for these (its documentation, "CPU-only AOT");
+# a minor of None stands for every minor.
+RTX_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (12, None))
+_RTX_NAMES = [f"{major}.{'x' if minor is None else minor}" for major, minor in RTX_CAPABILITIES]
+RTX_DEFAULT_TARGETS = (
+    f"compute capability {', '.join(_RTX_NAMES[:-1])} and {_RTX_NAMES[-1]} (TensorRT-RTX's default targets)"
+)
 RTX_MAGIC = b"vtrt"  # the first bytes of a TensorRT-RTX engine (measured on 1.7.1)
 _INSTALL = {
     "tensorrt": "pip install tensorrt (builds and runs on a CUDA GPU)",
@@ -238,7 +242,7 @@ def rtx_mismatch(builder: str) -> str | None:
     if builder != "tensorrt-rtx" or not torch.cuda.is_available():
         return None
     major, minor = torch.cuda.get_device_capability()
-    if (major, minor) in RTX_CAPABILITIES or major == 12:
+    if any(major == rtx_major and rtx_minor in (minor, None) for rtx_major, rtx_minor in RTX_CAPABILITIES):
         return None
     return (
         f"the engine will not run on this GPU ({torch.cuda.get_device_name()}, compute capability "
