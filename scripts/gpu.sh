@@ -5,9 +5,10 @@
 #   bench.json bench.png profile.json profile.txt  bench_parts.json  train.json  accuracy.json accuracy.md
 #   runs.tsv (stage, commit, files, command of each stage that ran)
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
-#   (AB_NAME names the change, default "transformer"); with AB_OPTIONS='<JSON>' (Inductor settings) or
-#   AB_RCDA='<JSON>' (rcda_aggregate's launch constants) and STAGES=ab-options, ab_options_old.json
-#   (the tree's own) and _new.json (those settings); with STAGES=ops,
+#   (AB_NAME names the change, default "transformer"; AB_NEW=<another checkout> for the new side);
+#   with AB_OPTIONS='<JSON>' (Inductor settings) or AB_RCDA='<JSON>' (rcda_aggregate's launch
+#   constants) and STAGES=ab-options, ab_options_old.json (the tree's own) and _new.json (those
+#   settings); with STAGES=ops,
 #   ops_microbench.json; with STAGES=ncu-rcda, ncu_rcda_{encoder,decoder}{,_sass}.csv, _stalls.json (scripts/ncu_stalls.py) and .ncu-rep
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
@@ -104,16 +105,26 @@ stage parts 560 bench_parts.json python3 -m anchordetr_trt.cli bench --out "$WOR
     --parts --backends inductor --batch 8 --no-startup
 collect parts "$WORK/parts" bench.json:bench_parts.json
 # The transformer against another code tree, in one call: AB_OLD is a checkout of the commit to compare
-# with (AB_OLD_COMMIT names its commit where AB_OLD is not a git checkout, e.g. a `git archive`); both
-# trees run this tree's scripts/ab_transformer.py (its outputs_*.pt stay in the work folder).
-AB='rm -rf /tmp/ab_old_site && python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
+# with (AB_OLD_COMMIT names its commit where AB_OLD is not a git checkout, e.g. a `git archive`), AB_NEW
+# (with AB_NEW_COMMIT) one for the other side where that is not this tree; both trees run this tree's
+# scripts/ab_transformer.py (its outputs_*.pt stay in the work folder, emptied first so that no earlier
+# A/B's file is taken for this one's).
+AB='rm -rf "$3" /tmp/ab_old_site /tmp/ab_new_site &&
+python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
 old=${AB_OLD_COMMIT:-$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown)} &&
 PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old" &&
-python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'
+if [ -n "$5" ]; then
+    python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_new_site "$5" &&
+    PYTHONPATH=/tmp/ab_new_site python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"
+else
+    python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"
+fi'
 if [[ -n ${AB_OLD:-} ]]; then
     AB_NAME=${AB_NAME:-transformer}
+    new_commit=$COMMIT_SHOWN
+    [[ -n ${AB_NEW:-} ]] && new_commit=${AB_NEW_COMMIT:-$(git -C "$AB_NEW" rev-parse --short HEAD 2>/dev/null || echo unknown)}
     stage ab 420 "ab_${AB_NAME}_old.json ab_${AB_NAME}_new.json" \
-        sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$WORK/ab" "$COMMIT_SHOWN"
+        sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$WORK/ab" "$new_commit" "${AB_NEW:-}"
     collect ab "$WORK/ab" "ab_transformer_old.json:ab_${AB_NAME}_old.json" "ab_transformer_new.json:ab_${AB_NAME}_new.json"
 elif selected ab; then
     printf '%-10s skipped: set AB_OLD to a checkout of the commit to compare with\n' ab | tee -a "$LOGS/summary.txt"

@@ -123,6 +123,8 @@ def test_half_product_linear_rounds_inputs_and_weight_to_float16_and_returns_flo
     out = half(x)
     assert out.dtype == torch.float32 and out.shape == (3, 900, 91)
     assert half.weight is linear.weight and half.bias is linear.bias  # shared, still float32
+    # The float16 copy padded to 96 rows of zeros (cuBLAS's aligned kernels), the output 91 wide.
+    assert half.weight16.shape == (96, 256) and not half.weight16[91:].any()
     torch.testing.assert_close(out, _half_rounded_linear(linear, x), rtol=1e-5, atol=1e-5)
     # The rounding is there (float32 products differ), and within float16's relative 2**-11 per term.
     exact = linear(x)
