@@ -2,10 +2,10 @@
 800x800): the whole model at batch 1 (median latency) and 8 (back-to-back throughput) with the kernels
 of a call grouped by kind, the encoder and the decoder alone (each compiled for its shape with CUDA
 graphs, as ``anchordetr-trt bench --parts`` times them; batch 8 unless --part-batches), the outputs
-against eager fp32, and ``rcda_aggregate``, ``key_means``, ``self_attention`` and the images'
-preparation for the stem alone at the model's shapes. An A/B runs it once per code tree (PYTHONPATH
-on each) in one call of one machine; the second run, given the first's outputs, reports how far they
-moved:
+against eager fp32, and ``rcda_aggregate``, ``key_means``, ``self_attention``, the images'
+preparation for the stem and the prediction heads' products alone at the model's shapes. An A/B runs
+it once per code tree (PYTHONPATH on each) in one call of one machine; the second run, given the
+first's outputs, reports how far they moved:
 
     PYTHONPATH=<old tree> python -m scripts.ab_transformer --out DIR --tag old
     PYTHONPATH=<new tree> python -m scripts.ab_transformer --out DIR --tag new --previous DIR/outputs_old.pt
@@ -424,6 +424,49 @@ def images_microbench(variants: bool) -> list[dict]:
     return rows
 
 
+def heads_microbench(variants: bool) -> list[dict]:
+    """The fp16 model's class head and box head's last layer alone (``HalfProductLinear``, 256 -> 91
+    and 256 -> 4, float32 in and out), compiled by Inductor as the model has them, on the decoder's
+    last layer (900 queries an image) at each of BATCHES, against the float32 product (max_abs_err).
+    ``variants``: also the product with the float16 weight unpadded ("unpadded"). Empty for a tree
+    without ``HalfProductLinear``."""
+    try:
+        from anchordetr_trt.backends.inductor_rewrites import HalfProductLinear
+    except ImportError:
+        return []
+
+    def unpadded(linear: torch.nn.Linear, weight16: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).half()
+        if rows.is_cuda:
+            product = torch.mm(rows, weight16.t(), out_dtype=torch.float32)
+        else:
+            product = rows.float() @ weight16.float().t()
+        return (product + linear.bias).view(*x.shape[:-1], -1)
+
+    torch.manual_seed(0)
+    rows = []
+    for outputs in (91, 4):
+        linear = torch.nn.Linear(256, outputs).to(CUDA)
+        candidates = {"shipped": HalfProductLinear(linear)}
+        if variants:
+            candidates["unpadded"] = functools.partial(unpadded, linear, linear.weight.detach().half())
+        compiled = {name: torch.compile(fn, fullgraph=True, dynamic=False) for name, fn in candidates.items()}
+        for batch in BATCHES:
+            x = torch.randn(batch, 900, 256, device=CUDA)
+            with torch.no_grad():
+                expected = linear(x)
+                for name, fn in compiled.items():
+                    row = {
+                        "outputs": outputs,
+                        "batch": batch,
+                        "impl": name,
+                        **_timed(functools.partial(fn, x), expected),
+                    }
+                    rows.append(row)
+                    print("heads", row, flush=True)
+    return rows
+
+
 def _json_object(text: str, example: str) -> dict:
     """``text`` parsed as a JSON object, else ArgumentTypeError showing ``example``."""
     value = json.loads(text)
@@ -519,6 +562,7 @@ def main() -> None:
         report["key_means"] = key_means_microbench(args.ops_only)
         report["self_attention"] = self_attention_microbench(args.ops_only)
         report["images"] = images_microbench(args.ops_only)
+        report["heads"] = heads_microbench(args.ops_only)
         save()
         if args.ops_only:
             return

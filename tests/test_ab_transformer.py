@@ -47,6 +47,23 @@ def test_images_microbench_times_one_dynamic_kernel_per_formulation(monkeypatch)
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_heads_microbench_times_the_padded_and_the_unpadded_product_alike(monkeypatch):
+    """The heads' products as the backend has them (weights padded) and unpadded, both within float16's
+    rounding of the float32 product and as far from it as each other (the padding's columns are
+    dropped); on the CPU, timing replaced."""
+    monkeypatch.setattr(ab_transformer, "CUDA", torch.device("cpu"))
+    monkeypatch.setattr(ab_transformer, "graph_us", lambda call: 1.0)
+    rows = ab_transformer.heads_microbench(variants=True)
+    key = lambda row: (row["outputs"], row["batch"])
+    assert sorted({key(row) for row in rows}) == [(4, 1), (4, 8), (91, 1), (91, 8)]
+    by_impl = {
+        impl: {key(row): row for row in rows if row["impl"] == impl} for impl in ("shipped", "unpadded")
+    }
+    for case, shipped in by_impl["shipped"].items():
+        assert 0 < shipped["max_abs_err"] < 0.05  # rounded to float16, not exact
+        assert shipped["max_abs_err"] == pytest.approx(by_impl["unpadded"][case]["max_abs_err"], rel=0.01)
+
+
 @pytest.mark.parametrize("setting", [None, *INDUCTOR_OPTIONS])
 def test_inductor_options_that_would_compare_equal_trees_are_refused(setting):
     # The backend's own settings are applied over --inductor-options: such an A/B would time one
