@@ -121,9 +121,9 @@ else
 fi'
 if [[ -n ${AB_OLD:-} ]]; then
     AB_NAME=${AB_NAME:-transformer}
-    new_commit=$COMMIT_SHOWN
+    new_commit=$COMMIT_SHOWN  # the new side's, in the report and in runs.tsv
     [[ -n ${AB_NEW:-} ]] && new_commit=${AB_NEW_COMMIT:-$(git -C "$AB_NEW" rev-parse --short HEAD 2>/dev/null || echo unknown)}
-    stage ab 420 "ab_${AB_NAME}_old.json ab_${AB_NAME}_new.json" \
+    COMMIT_SHOWN=$new_commit stage ab 420 "ab_${AB_NAME}_old.json ab_${AB_NAME}_new.json" \
         sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$WORK/ab" "$new_commit" "${AB_NEW:-}"
     collect ab "$WORK/ab" "ab_transformer_old.json:ab_${AB_NAME}_old.json" "ab_transformer_new.json:ab_${AB_NAME}_new.json"
 elif selected ab; then
