@@ -523,7 +523,7 @@ def main() -> None:
     parser.add_argument(
         "--ops-only",
         action="store_true",
-        help="time rcda_aggregate, key_means, self_attention and the images' preparation alone (variants), not the model",
+        help="time rcda_aggregate, key_means, self_attention, the images' preparation and the heads' products alone (variants), not the model",
     )
     parser.add_argument(
         "--inductor-options",

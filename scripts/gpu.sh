@@ -124,7 +124,7 @@ if [[ -n ${AB_OLD:-} ]]; then
     new_commit=$COMMIT_SHOWN  # the new side's, in the report and in runs.tsv
     [[ -n ${AB_NEW:-} ]] && new_commit=${AB_NEW_COMMIT:-$(git -C "$AB_NEW" rev-parse --short HEAD 2>/dev/null || echo unknown)}
     COMMIT_SHOWN=$new_commit stage ab 420 "ab_${AB_NAME}_old.json ab_${AB_NAME}_new.json" \
-        sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$WORK/ab" "$new_commit" "${AB_NEW:-}"
+        sh -c "$AB" sh "$AB_OLD" "$PWD/scripts/ab_transformer.py" "$WORK/ab" "$new_commit" ${AB_NEW:+"$AB_NEW"}
     collect ab "$WORK/ab" "ab_transformer_old.json:ab_${AB_NAME}_old.json" "ab_transformer_new.json:ab_${AB_NAME}_new.json"
 elif selected ab; then
     printf '%-10s skipped: set AB_OLD to a checkout of the commit to compare with\n' ab | tee -a "$LOGS/summary.txt"
@@ -145,7 +145,8 @@ elif selected ab-options; then
     printf '%-10s skipped: set AB_OPTIONS (Inductor settings) or AB_RCDA (rcda_aggregate constants) as JSON\n' ab-options \
         | tee -a "$LOGS/summary.txt"
 fi
-# The custom ops alone, with other launch configurations, and the images' preparation (not by default).
+# The custom ops alone, with other launch configurations, the images' preparation and the heads' products
+# (not by default).
 stage ops 200 ops_microbench.json python3 -m scripts.ab_transformer --out "$WORK/ops" --tag ops --ops-only \
     --commit "$COMMIT_SHOWN"
 collect ops "$WORK/ops" ab_transformer_ops.json:ops_microbench.json
