@@ -115,10 +115,9 @@ old=${AB_OLD_COMMIT:-$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo un
 PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old" &&
 if [ -n "$5" ]; then
     python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_new_site "$5" &&
-    PYTHONPATH=/tmp/ab_new_site python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"
-else
-    python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"
-fi'
+    export PYTHONPATH=/tmp/ab_new_site
+fi &&
+python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'
 if [[ -n ${AB_OLD:-} ]]; then
     AB_NAME=${AB_NAME:-transformer}
     new_commit=$COMMIT_SHOWN  # the new side's, in the report and in runs.tsv
