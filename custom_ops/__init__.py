@@ -4,7 +4,8 @@ Importing this package (as ``import anchordetr_trt`` does) registers the ops. ``
 returns the namespace the model calls: ``reference`` (plain PyTorch, any device) or ``fused`` (the
 custom ops, one graph node each). Both expose the same functions with the same signatures:
 masked_softmax, layer_norm, add_bias_transpose, mask2pos, mask2posemb, rcda_aggregate, key_means,
-self_attention.
+self_attention, and four_channels, the inductor backend's stem input (``anchordetr_inductor``: no
+TensorRT plugin).
 """
 
 from types import ModuleType

@@ -11,6 +11,7 @@ from torch import Tensor
 
 # Each import registers its op.
 from . import add_bias_transpose as _add_bias_transpose_module
+from . import four_channels as _four_channels_module
 from . import key_means as _key_means_module
 from . import layer_norm as _layer_norm_module
 from . import mask2pos as _mask2pos_module
@@ -19,6 +20,10 @@ from . import rcda_aggregate as _rcda_aggregate_module
 from . import self_attention as _self_attention_module
 
 _ops = torch.ops.anchordetr
+
+
+def four_channels(x: Tensor) -> Tensor:
+    return torch.ops.anchordetr_inductor.four_channels(x)
 
 
 def masked_softmax(scores: Tensor, key_padding_mask: Tensor) -> Tensor:
@@ -92,6 +97,7 @@ def compiled_variants() -> int:
         _rcda_aggregate_module.rcda_aggregate_kernel,
         _key_means_module.key_means_kernel,
         _self_attention_module.self_attention_kernel,
+        _four_channels_module.four_channels_kernel,
     )
     # device_caches[device][0] is the kernel cache in Triton 3.x (3.6 on the GPU machine, 3.8 here).
     return sum(

@@ -12,6 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def four_channels(x: Tensor) -> Tensor:
+    """x [N, 3, H, W] (images, or the stem's weight [O, 3, kh, kw]) -> [N, 4, H, W] channels_last, the
+    fourth channel zero."""
+    return F.pad(x, (0, 0, 0, 0, 0, 1)).contiguous(memory_format=torch.channels_last)
+
+
 def masked_softmax(scores: Tensor, key_padding_mask: Tensor) -> Tensor:
     """Softmax over the last dim of ``scores`` [B, heads, Lq, Lk], ignoring keys where
     ``key_padding_mask`` [B, Lk] is True. A row whose keys are all padded is all zeros."""

@@ -364,25 +364,32 @@ def key_means_microbench(variants: bool) -> list[dict]:
 
 
 def images_microbench(variants: bool) -> list[dict]:
-    """The images' preparation for the stem alone, as the inductor backend compiles it (its views
-    [B, 3, H/32, 32, W/32, 32], dynamic over a range as ``compile()`` marks them, reshaped to
-    channels_last with a zero fourth channel: one Inductor kernel), at 800x800 and 1344x1344, with the
-    bytes it moves per microsecond; against a device-to-device copy of as many bytes (the memory's
-    rate). ``variants``: also the padding done on the last dim of an NHWC permute. Empty for a tree
-    without ``inductor.fold`` and ``inductor_rewrites.four_channels``."""
+    """The images' preparation for the stem alone, as the inductor backend's compiled function runs it
+    (on its views [B, 3, H/32, 32, W/32, 32], dynamic over a range as ``compile()`` marks them, to
+    [B, 4, H, W] channels_last with a zero fourth channel), at 800x800 and 1344x1344, with the bytes it
+    moves per microsecond; against a device-to-device copy of as many bytes (the memory's rate).
+    ``variants``: also the padding as Inductor compiles it, on the views as they are ("inductor") and on
+    the last dim of an NHWC permute ("nhwc_pad"). In a tree without the stem's op, "shipped" is
+    Inductor's padding."""
     from torch.fx.experimental import _config as fx_config
 
     from anchordetr_trt.backends import inductor
+    from anchordetr_trt.backends.inductor import fold
     from anchordetr_trt.spec import CompileSpec
 
-    try:
-        from anchordetr_trt.backends.inductor import fold
+    try:  # the stem's own op and the padding as PyTorch writes it, where the tree has them
+        from anchordetr_trt.custom_ops.fused import four_channels as stem_images
+        from anchordetr_trt.custom_ops.reference import four_channels
+    except ImportError:  # a tree whose stem pads the images as Inductor compiles it
         from anchordetr_trt.backends.inductor_rewrites import four_channels
-    except ImportError:
-        return []
+
+        stem_images = None
+
+    def padded_by_inductor(images, mask):
+        return four_channels(fold(images))  # the backend's reshape, then the padding to channels_last
 
     def shipped(images, mask):
-        return four_channels(fold(images))  # the backend's reshape, then the stem's padding
+        return padded_by_inductor(images, mask) if stem_images is None else stem_images(fold(images))
 
     def nhwc_pad(images, mask):
         batch, channels, rows, _, columns, _ = images.shape
@@ -392,14 +399,15 @@ def images_microbench(variants: bool) -> list[dict]:
     spec = CompileSpec(
         "fp16" if CUDA.type == "cuda" else "fp32", CUDA, (1, 320, 320), (8, 800, 1216), (8, 1344, 1344)
     )
-    candidates = {"shipped": shipped, **({"nhwc_pad": nhwc_pad} if variants else {})}
+    others = {"inductor": padded_by_inductor} if stem_images is not None else {}
+    candidates = {"shipped": shipped, **({**others, "nhwc_pad": nhwc_pad} if variants else {})}
     compiled = {name: torch.compile(fn, fullgraph=True, dynamic=False) for name, fn in candidates.items()}
     rows = []
     for batch, size in ((1, SIZE), (8, SIZE), (8, 1344)):
         images, mask = inductor.unfold(*example_inputs((batch, size, size), CUDA, torch.float16))
         inductor._mark_dynamic(images, mask, spec)
         with fx_config.patch(backed_size_oblivious=True):
-            expected = shipped(images, mask)
+            expected = padded_by_inductor(images, mask)  # eager: PyTorch's padding
             moved = images.numel() * 2 + expected.numel() * 2
             source = torch.empty(moved // 4, dtype=torch.float16, device=CUDA)
             target = torch.empty_like(source)

@@ -33,18 +33,18 @@ def test_kernel_kinds_find_the_key_means_of_the_op_and_of_inductor():
 
 
 def test_images_microbench_times_one_dynamic_kernel_per_formulation(monkeypatch):
-    """The images' preparation as the backend compiles it, and the candidate formulation, give the
-    same tensor (values and channels_last strides) at every size, each from one graph over the range
-    (no recompile per size, as in the model); timing replaced, on the CPU."""
+    """The images' preparation as the backend runs it (the stem's op), Inductor's padding and the
+    NHWC formulation give the same tensor (values and channels_last strides) at every size, each from
+    one graph over the range (no recompile per size, as in the model); timing replaced, on the CPU."""
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(ab_transformer, "CUDA", torch.device("cpu"))
     monkeypatch.setattr(ab_transformer, "graph_us", lambda call: 1.0)
     counters.clear()
     rows = ab_transformer.images_microbench(variants=True)
-    assert {row["impl"] for row in rows} == {"shipped", "nhwc_pad", "copy of as many bytes"}
+    assert {row["impl"] for row in rows} == {"shipped", "inductor", "nhwc_pad", "copy of as many bytes"}
     assert all(row["exact"] for row in rows)
-    assert counters["stats"]["unique_graphs"] == 2
+    assert counters["stats"]["unique_graphs"] == 3
 
 
 def test_heads_microbench_times_the_padded_and_the_unpadded_product_alike(monkeypatch):

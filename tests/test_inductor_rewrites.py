@@ -6,10 +6,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_interpreter
 from official import fixture_state_dict
 from torch import nn
 
 import anchordetr_trt as at
+from anchordetr_trt.backends import inductor
 from anchordetr_trt.backends.inductor_rewrites import (
     GroupNorm,
     HalfProductLinear,
@@ -19,6 +21,7 @@ from anchordetr_trt.backends.inductor_rewrites import (
     rewrite_for_inductor,
     rewrite_heads,
 )
+from anchordetr_trt.custom_ops import four_channels, reference
 from anchordetr_trt.export import example_inputs
 from anchordetr_trt.fold import fold_frozen_batchnorm
 
@@ -177,3 +180,49 @@ def test_model_with_half_product_heads_computes_the_model():
     # The fixture's model: logits 1.3e-3 and boxes 2.0e-4 from float32 products.
     torch.testing.assert_close(out["pred_logits"], expected["pred_logits"], rtol=0, atol=5e-3)
     torch.testing.assert_close(out["pred_boxes"], expected["pred_boxes"], rtol=0, atol=1e-3)
+
+
+def _images(batch: int, height: int, width: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    generator = torch.Generator().manual_seed(height * width)
+    return torch.randn(batch, 3, height, width, generator=generator).to(device=device, dtype=dtype)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("size", [(1, 32, 64), (2, 17, 23)])  # 2 x 17 x 23: a partial block of pixels
+def test_stem_input_kernel_pads_and_lays_out_the_images_exactly(size, dtype):
+    """[B, 3, H, W] -> [B, 4, H, W] channels_last, the fourth channel zero: the same tensor as the
+    PyTorch padding, values and strides (the kernel under the interpreter)."""
+    images = _images(*size, dtype)
+    out = four_channels.four_channels_triton(images)
+    expected = reference.four_channels(images)
+    assert out.dtype == dtype and out.stride() == expected.stride()
+    assert torch.equal(out, expected) and not out[:, 3].any()
+
+
+@pytest.mark.gpu
+def test_stem_input_op_on_the_gpu_is_the_padding_and_compiles_once_over_sizes():
+    """The op's CUDA kernel at sizes of the backend's range, as its compiled function passes the
+    images (a view of [B, 3, H/32, 32, W/32, 32]): the PyTorch padding exactly; the first size's
+    Triton build serves the others (their H * W are all multiples of 16)."""
+    builds = four_channels.four_channels_kernel.device_caches[torch.cuda.current_device()][0]
+    counts = []
+    for batch, height, width in ((1, 320, 320), (8, 800, 800), (3, 1344, 608)):
+        folded = inductor.fold(
+            inductor.unfold(*example_inputs((batch, height, width), "cuda", torch.float16))[0]
+        )
+        out = torch.ops.anchordetr_inductor.four_channels(folded)
+        expected = reference.four_channels(folded)
+        assert out.stride() == expected.stride() and torch.equal(out, expected)
+        counts.append(len(builds))
+    assert counts == counts[:1] * 3, f"Triton builds after each size: {counts}"
+
+
+def test_stem_input_op_checks_its_images_and_traces():
+    with pytest.raises(at.InputError, match=r"four_channels: images.shape\[1\] \(channels\) is 4"):
+        torch.ops.anchordetr_inductor.four_channels(torch.zeros(1, 4, 8, 8))
+    with pytest.raises(at.InputError, match="four_channels: images must be 4-d"):
+        torch.ops.anchordetr_inductor.four_channels(torch.zeros(3, 8, 8))
+    torch.library.opcheck(
+        torch.ops.anchordetr_inductor.four_channels.default, (_images(2, 8, 16, torch.float32),)
+    )

@@ -96,11 +96,11 @@ class _Unfolded(nn.Module):
 
 
 def fold(images: Tensor) -> Tensor:
-    """``unfold``'s images [B, 3, H/32, 32, W/32, 32] as the model takes them: [B, 3, H, W],
-    channels_last."""
+    """``unfold``'s images [B, 3, H/32, 32, W/32, 32] as the model takes them: [B, 3, H, W], a view
+    (the stem's ``four_channels`` makes the layout cuDNN reads)."""
     batch, channels, rows, _, columns, _ = images.shape
     height, width = rows * SIZE_MULTIPLE, columns * SIZE_MULTIPLE
-    return images.reshape(batch, channels, height, width).contiguous(memory_format=torch.channels_last)
+    return images.reshape(batch, channels, height, width)
 
 
 def unfold(images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -252,7 +252,7 @@ def _time_parts(
 def _part_model(backend: str, runner: Callable) -> tuple[AnchorDETR, bool, torch.memory_format] | str:
     """(model, compiled, input memory format) for timing the parts of ``backend`` as ``runner`` runs
     it, or why they are not timed. The inductor backend's prepared model is timed compiled part by
-    part, on channels_last images as the backend passes them."""
+    part, on contiguous images as the backend passes them (its stem lays them out)."""
     model = {
         "eager-fp32": runner,
         "eager": getattr(runner, "runner", None),
@@ -260,9 +260,7 @@ def _part_model(backend: str, runner: Callable) -> tuple[AnchorDETR, bool, torch
     }.get(backend)
     if not isinstance(model, AnchorDETR):
         return f"not timed: {backend} runs the model as one compiled whole"
-    if backend == "inductor":
-        return model, True, torch.channels_last
-    return model, False, torch.contiguous_format
+    return model, backend == "inductor", torch.contiguous_format
 
 
 def _build(
