@@ -226,7 +226,7 @@ def _time_parts(
         info["parts"] = found
         log(f"   parts: {found}")
         return
-    model, compiled, memory_format = found
+    model, compiled = found
     info["parts"] = "torch.compile of each part, CUDA graphs on a GPU" if compiled else "eager"
     dtype = next(model.parameters()).dtype
     for config, measured in zip(group, rows, strict=True):
@@ -235,7 +235,7 @@ def _time_parts(
         images, mask = example_inputs(padded_shape(config.shape) if compiled else config.shape, device, dtype)
         try:
             times = time_parts(
-                model, images.contiguous(memory_format=memory_format), mask,
+                model, images, mask,
                 compiled=compiled, warmup=warmup, iters=iters,
             )  # fmt: skip
         except Exception as err:  # the row's numbers stand without its parts
@@ -249,10 +249,10 @@ def _time_parts(
         )
 
 
-def _part_model(backend: str, runner: Callable) -> tuple[AnchorDETR, bool, torch.memory_format] | str:
-    """(model, compiled, input memory format) for timing the parts of ``backend`` as ``runner`` runs
-    it, or why they are not timed. The inductor backend's prepared model is timed compiled part by
-    part, on contiguous images as the backend passes them (its stem lays them out)."""
+def _part_model(backend: str, runner: Callable) -> tuple[AnchorDETR, bool] | str:
+    """(model, compiled) for timing the parts of ``backend`` as ``runner`` runs it, on contiguous
+    images as every backend passes them, or why they are not timed. The inductor backend's prepared
+    model is timed compiled part by part (its stem lays the images out)."""
     model = {
         "eager-fp32": runner,
         "eager": getattr(runner, "runner", None),
@@ -260,7 +260,7 @@ def _part_model(backend: str, runner: Callable) -> tuple[AnchorDETR, bool, torch
     }.get(backend)
     if not isinstance(model, AnchorDETR):
         return f"not timed: {backend} runs the model as one compiled whole"
-    return model, backend == "inductor", torch.contiguous_format
+    return model, backend == "inductor"
 
 
 def _build(
