@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import needs_interpreter
 from official import fixture_state_dict
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import anchordetr_trt as at
 from anchordetr_trt.backends import inductor
@@ -198,6 +199,35 @@ def test_stem_input_kernel_pads_and_lays_out_the_images_exactly(size, dtype):
     expected = reference.four_channels(images)
     assert out.dtype == dtype and out.stride() == expected.stride()
     assert torch.equal(out, expected) and not out[:, 3].any()
+
+
+@needs_interpreter
+def test_stem_input_wrapper_runs_no_kernel_but_its_own(monkeypatch):
+    """The wrapper only allocates around its kernel: a copy (an output allocated NCHW and then made
+    channels_last, or contiguous images copied again) is a second pass over 72 MB at batch 8."""
+    launches = []
+    # The interpreted kernel's launch is recorded instead of run: the interpreter's own copies of the
+    # arguments to and from the host are not the wrapper's.
+    monkeypatch.setattr(four_channels.four_channels_kernel, "run", lambda *a, **k: launches.append(k["grid"]))
+    images = _images(2, 32, 416, torch.float16)
+    with _AtenCalls() as calls:
+        four_channels.four_channels_triton(images)
+    assert len(launches) == 1
+    assert not [op for op in calls.ops if op not in ("empty.memory_format", "empty_strided.default")], (
+        calls.ops
+    )
+
+
+class _AtenCalls(TorchDispatchMode):
+    """The ATen overloads called under it, by name (``empty.memory_format``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(f"{func._opname}.{func._overloadname}")
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.gpu
