@@ -3,7 +3,8 @@
 of a call grouped by kind, the encoder and the decoder alone (each compiled for its shape with CUDA
 graphs, as ``anchordetr-trt bench --parts`` times them; batch 8 unless --part-batches), the outputs
 against eager fp32, and ``rcda_aggregate``, ``key_means``, ``self_attention``, the images'
-preparation for the stem and the prediction heads' products alone at the model's shapes. An A/B runs
+preparation for the stem, the stem's convolution and the prediction heads' products alone at the
+model's shapes (``--ops`` picks some). An A/B runs
 it once per code tree (PYTHONPATH on each) in one call of one machine; the second run, given the
 first's outputs, reports how far they moved:
 
@@ -27,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 import anchordetr_trt as at
 from anchordetr_trt.bench.flops import flops_per_image
@@ -470,6 +473,68 @@ def heads_microbench(variants: bool) -> list[dict]:
     return rows
 
 
+def space_to_depth_weight(weight: Tensor) -> Tensor:
+    """A 7x7 stride-2 convolution's weight [K, C, 7, 7] (padding 3) as the 4x4 stride-1 one [K, 4C, 4, 4]
+    that computes the same outputs from ``F.pixel_unshuffle(x, 2)`` zero-padded 2 before and 1 after:
+    tap (2a + dy - 1, 2b + dx - 1) of the 7x7 kernel is tap (a, b) of channel (c, dy, dx)."""
+    return F.pixel_unshuffle(F.pad(weight, (1, 0, 1, 0)), 2)
+
+
+def stem_microbench(variants: bool) -> list[dict]:
+    """The stem's convolution alone (R50's 7x7, stride 2, 3 -> 64 channels, bias and ReLU in cuDNN's
+    epilogue, float16 channels_last) at each of BATCHES and 800x800, on the images as the inductor
+    backend's stem reads them (padded to 4 channels, "shipped"), against the float32 convolution
+    (max_abs_err). ``variants``: the same convolution on images padded to 8 channels
+    ("eight_channels"), and in the space-to-depth form ("space_to_depth": each 2x2 block of pixels as
+    16 channels, a 4x4 stride-1 convolution of ``space_to_depth_weight``), the images' rearrangement
+    left out of the time as the padding is (both would be the images' one copy)."""
+    from anchordetr_trt.backends.inductor_rewrites import conv_bias_relu
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 64, 7, 2, 3).to(CUDA)
+    weight, bias = conv.weight.detach(), conv.bias.detach()
+
+    def channels(x: Tensor, count: int) -> Tensor:  # [B, C, ...] zero-padded to ``count`` channels
+        return F.pad(x, (0, 0, 0, 0, 0, count - x.shape[1])).contiguous(memory_format=torch.channels_last)
+
+    forms = {"shipped": (4, lambda x: x, lambda w: w, (2, 2), (3, 3))}
+    if variants:
+        forms["eight_channels"] = (8, lambda x: x, lambda w: w, (2, 2), (3, 3))
+        forms["space_to_depth"] = (
+            4,
+            lambda x: F.pad(F.pixel_unshuffle(x, 2), (2, 1, 2, 1)).contiguous(
+                memory_format=torch.channels_last
+            ),
+            space_to_depth_weight,
+            (1, 1),
+            (0, 0),
+        )
+    rows = []
+    for batch in BATCHES:
+        images = torch.randn(batch, 3, SIZE, SIZE, device=CUDA)
+        with torch.no_grad():
+            expected = torch.relu(conv(images))
+            for name, (count, rearrange, rearranged, stride, padding) in forms.items():
+                x = rearrange(channels(images, count)).half()
+                w = rearranged(channels(weight, count)).half().contiguous(memory_format=torch.channels_last)
+                b = bias.half()
+                call = functools.partial(conv_bias_relu, x, w, b, list(stride), list(padding), [1, 1])
+                row = {"batch": batch, "size": SIZE, "impl": name, **_timed(call, expected)}
+                rows.append(row)
+                print("stem", row, flush=True)
+    return rows
+
+
+MICROBENCHES: dict[str, Callable[[bool], list[dict]]] = {  # report key: microbench(variants)
+    "rcda_aggregate": rcda_microbench,
+    "key_means": key_means_microbench,
+    "self_attention": self_attention_microbench,
+    "images": images_microbench,
+    "heads": heads_microbench,
+    "stem": stem_microbench,
+}
+
+
 def _json_object(text: str, example: str) -> dict:
     """``text`` parsed as a JSON object, else ArgumentTypeError showing ``example``."""
     value = json.loads(text)
@@ -526,7 +591,7 @@ def main() -> None:
     parser.add_argument(
         "--ops-only",
         action="store_true",
-        help="time rcda_aggregate, key_means, self_attention, the images' preparation and the heads' products alone (variants), not the model",
+        help="time the ops alone with their variants (rcda_aggregate, key_means, self_attention, the images' preparation, the heads' products, the stem's convolution), not the model",
     )
     parser.add_argument(
         "--inductor-options",
@@ -539,6 +604,13 @@ def main() -> None:
         type=_rcda_settings,
         default={},
         help="rcda_aggregate's launch constants for every call of the run, as JSON: e.g. '{\"MAX_STAGES\": 4}'",
+    )
+    parser.add_argument(
+        "--ops",
+        nargs="+",
+        choices=MICROBENCHES,
+        default=list(MICROBENCHES),
+        help="the ops timed alone (all by default)",
     )
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)
@@ -561,11 +633,8 @@ def main() -> None:
     from anchordetr_trt.custom_ops import rcda_aggregate
 
     with _patched(rcda_aggregate, rcda_constants(args.rcda_constants)):  # every launch of the run
-        report["rcda_aggregate"] = rcda_microbench(args.ops_only)
-        report["key_means"] = key_means_microbench(args.ops_only)
-        report["self_attention"] = self_attention_microbench(args.ops_only)
-        report["images"] = images_microbench(args.ops_only)
-        report["heads"] = heads_microbench(args.ops_only)
+        for name in args.ops:
+            report[name] = MICROBENCHES[name](args.ops_only)
         save()
         if args.ops_only:
             return

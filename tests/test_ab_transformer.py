@@ -153,3 +153,31 @@ def test_timed_reports_the_error_against_the_expected_outputs_under_the_patched_
         raise RuntimeError("out of resources: shared memory\nmore")
 
     assert ab_transformer._timed(broken, x) == {"error": "out of resources: shared memory"}
+
+
+def test_space_to_depth_weight_computes_the_strided_convolution():
+    """The 4x4 stride-1 convolution of ``space_to_depth_weight`` on the images' 2x2 blocks as channels,
+    zero-padded 2 before and 1 after, is the 7x7 stride-2 convolution with padding 3 (float64)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 4, 32, 48, generator=generator, dtype=torch.float64)
+    weight = torch.randn(8, 4, 7, 7, generator=generator, dtype=torch.float64)
+    expected = torch.nn.functional.conv2d(images, weight, stride=2, padding=3)
+    blocks = torch.nn.functional.pad(torch.nn.functional.pixel_unshuffle(images, 2), (2, 1, 2, 1))
+    got = torch.nn.functional.conv2d(blocks, ab_transformer.space_to_depth_weight(weight))
+    assert got.shape == expected.shape == (2, 8, 16, 24)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_stem_microbench_forms_compute_the_same_convolution(monkeypatch):
+    """The stem's convolution on 4-channel images, 8-channel images and in the space-to-depth form:
+    each within float16's rounding of the float32 convolution; on the CPU at 64x64, timing replaced."""
+    monkeypatch.setattr(ab_transformer, "CUDA", torch.device("cpu"))
+    monkeypatch.setattr(ab_transformer, "SIZE", 64)
+    monkeypatch.setattr(ab_transformer, "graph_us", lambda call: 1.0)
+    rows = ab_transformer.stem_microbench(variants=True)
+    assert sorted((row["batch"], row["impl"]) for row in rows) == sorted(
+        (batch, impl)
+        for batch in ab_transformer.BATCHES
+        for impl in ("shipped", "eight_channels", "space_to_depth")
+    )
+    assert all(0 < row["max_abs_err"] < 0.02 for row in rows), rows
