@@ -17,7 +17,11 @@ from official import fixture_state_dict
 import anchordetr_trt as at
 from anchordetr_trt.backends import inductor, warm
 from anchordetr_trt.backends.inductor import InductorRunner
-from anchordetr_trt.backends.inductor_rewrites import HalfProductLinear, rewrite_for_inductor
+from anchordetr_trt.backends.inductor_rewrites import (
+    HalfProductLinear,
+    precompute_queries,
+    rewrite_for_inductor,
+)
 from anchordetr_trt.compiled import pad_to_multiple
 from anchordetr_trt.custom_ops import _common, fused
 from anchordetr_trt.export import example_inputs
@@ -209,6 +213,7 @@ def test_inductors_lowering_guards_nothing_that_splits_the_range():
     config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=2, num_decoder_layers=2)
     model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(config)))
     model = model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(True)
+    precompute_queries(model)
     spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (3, 96, 96))
     runner = InductorRunner(model, spec, max_graphs=0)
     for shape in [(3, 96, 64), (1, 64, 96), (2, 96, 96)]:
@@ -223,7 +228,8 @@ def test_inductors_lowering_guards_nothing_that_splits_the_range():
 
 def _rewritten_model():
     model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-c5"]).eval()))
-    return model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(False)
+    model = model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(False)
+    return precompute_queries(model)
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +271,7 @@ def test_a_second_runner_loads_the_saved_range_and_reads_the_weights_of_its_mode
     with torch.no_grad():
         for parameter in other_weights.parameters():
             parameter.mul_(1.05)
+    precompute_queries(other_weights)  # the decoder's queries, inputs of the function as the weights are
     third = _loaded_runner(other_weights, spec)
     images, mask = example_inputs(shapes[0])
     out = third(images, mask)

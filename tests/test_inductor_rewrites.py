@@ -2,6 +2,7 @@
 (traced) outputs whose shapes and strides match the real ones at every batch size."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from anchordetr_trt.backends.inductor_rewrites import (
     conv,
     conv_bias_add_relu,
     conv_bias_relu,
+    precompute_queries,
     rewrite_for_inductor,
     rewrite_heads,
 )
@@ -181,6 +183,47 @@ def test_model_with_half_product_heads_computes_the_model():
     # The fixture's model: logits 1.3e-3 and boxes 2.0e-4 from float32 products.
     torch.testing.assert_close(out["pred_logits"], expected["pred_logits"], rtol=0, atol=5e-3)
     torch.testing.assert_close(out["pred_boxes"], expected["pred_boxes"], rtol=0, atol=1e-3)
+
+
+def test_precomputed_queries_are_the_decoder_queries_of_the_current_weights():
+    """The model with its decoder's queries precomputed computes what it computed (the same ops, run
+    once), keeps its state_dict's names, and a new precomputation follows changed weights."""
+    model = at.load_model({"model": fixture_state_dict("r50-c5")}, variant="r50-c5").eval()
+    keys = model.state_dict().keys()
+    precomputed = precompute_queries(copy.deepcopy(model))
+    images, mask = example_inputs((2, 96, 128))
+    with torch.no_grad():
+        expected, out = model(images, mask), precomputed(images, mask)
+    assert precomputed.state_dict().keys() == keys
+    assert all(torch.equal(out[key], expected[key]) for key in expected)
+    with torch.no_grad():
+        for module in (model, precomputed):
+            module.transformer.adapt_pos2d[0].weight.mul_(1.5)  # the self-attention's position terms
+        stale = precomputed(images, mask)
+        precompute_queries(precomputed)
+        expected, out = model(images, mask), precomputed(images, mask)
+    assert not torch.equal(stale["pred_boxes"], expected["pred_boxes"])
+    assert all(torch.equal(out[key], expected[key]) for key in expected)
+
+
+def test_a_traced_model_reads_its_precomputed_queries_and_not_the_weights_they_come_from():
+    """Dynamo's graph of a model with precomputed queries takes their buffers as inputs (as the weights:
+    a saved function runs on another model's), and reads none of the parameters they are made of."""
+    config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=1, num_decoder_layers=2)
+    model = precompute_queries(at.build_model(config).eval())
+    inputs = []
+
+    def keep_inputs(graph_module, example_inputs):
+        inputs.extend(node.name for node in graph_module.graph.find_nodes(op="placeholder"))
+        return graph_module.forward
+
+    with torch.no_grad():
+        torch.compile(model, backend=keep_inputs, fullgraph=True)(*example_inputs((1, 64, 64)))
+    transformer = [
+        name.split("transformer_modules_", 1)[1] for name in inputs if "transformer_modules_" in name
+    ]
+    assert sum(name.startswith("precomputed_queries_buffers_") for name in transformer) == 2 + 3 * 2
+    assert not [name for name in transformer if name.startswith(("pattern", "position", "adapt_pos2d"))]
 
 
 def _images(batch: int, height: int, width: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:

@@ -165,6 +165,9 @@ class Transformer(nn.Module):
         self.class_embed = nn.ModuleList([class_embed] * config.num_decoder_layers)
         self.bbox_embed = nn.ModuleList([bbox_embed] * config.num_decoder_layers)
         self.fused_ops: bool | None = None  # see AnchorDETR.set_fused_ops
+        # A module returning ``decoder_queries()`` computed once, set by a backend that reads them from
+        # memory rather than computing them at each call (backends.inductor_rewrites.PrecomputedQueries).
+        self.precomputed_queries: nn.Module | None = None
         nn.init.uniform_(self.position.weight, 0, 1)
 
     def encode(self, src: Tensor, mask: Tensor) -> "Encoded":
@@ -187,6 +190,24 @@ class Transformer(nn.Module):
             memory = layer(memory, posemb_row, posemb_col, row_term, col_term, mask_row, mask_col)
         return Encoded(memory, posemb_row, posemb_col, mask_row, mask_col)
 
+    def decoder_queries(self) -> "DecoderQueries":
+        """The decoder's queries, a function of the weights only (the same for every image)."""
+        num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
+        dtype = self.pattern.weight.dtype  # the model's; the anchor points stay float32 (set_precision)
+        anchors = self.position.weight.repeat(num_pattern, 1)  # [Q, 2], pattern-major
+        tgt = self.pattern.weight.repeat_interleave(num_position, dim=0)[None]
+        query_pos = self.adapt_pos2d(pos2posemb2d(anchors, self.d_model // 2).to(dtype))[None]
+        query_pos_x = self.adapt_pos1d(pos2posemb1d(anchors[:, 0], self.d_model).to(dtype))[None]
+        query_pos_y = self.adapt_pos1d(pos2posemb1d(anchors[:, 1], self.d_model).to(dtype))[None]
+        # Their projections for every layer, in one GEMM each: for the self-attention's queries and
+        # keys (tgt + query_pos) and the cross-attention's row and column queries (tgt + query_pos_x,
+        # tgt + query_pos_y).
+        layers = self.decoder_layers
+        self_terms = project_each(query_pos, [layer.self_attn.position_weight() for layer in layers])
+        row_weights, col_weights = _position_weights(layer.cross_attn for layer in layers)
+        row_terms, col_terms = project_each(query_pos_x, row_weights), project_each(query_pos_y, col_weights)
+        return DecoderQueries(tgt, inverse_sigmoid(anchors), self_terms, row_terms, col_terms)
+
     def decode(self, encoded: "Encoded", aux: bool = False) -> tuple[Tensor, Tensor]:
         """The decoder and the heads: ``encode``'s output -> logits [L, B, Q, classes], boxes [L, B, Q, 4]
         with L = 1 (the last decoder layer) or, with ``aux``, every decoder layer."""
@@ -198,33 +219,34 @@ class Transformer(nn.Module):
             [layer.cross_attn for layer in self.decoder_layers], key_row, key_col, memory
         )
 
-        # Queries depend on the weights only: computed once, broadcast over the batch.
-        num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
-        anchors = self.position.weight.repeat(num_pattern, 1)  # [Q, 2], pattern-major
-        tgt = self.pattern.weight.repeat_interleave(num_position, dim=0).repeat(memory.shape[0], 1, 1)
-        query_pos = self.adapt_pos2d(pos2posemb2d(anchors, self.d_model // 2).to(memory.dtype))[None]
-        query_pos_x = self.adapt_pos1d(pos2posemb1d(anchors[:, 0], self.d_model).to(memory.dtype))[None]
-        query_pos_y = self.adapt_pos1d(pos2posemb1d(anchors[:, 1], self.d_model).to(memory.dtype))[None]
-        anchor_logits = inverse_sigmoid(anchors)
-        # Their projections for every layer, in one GEMM each: for the self-attention's queries and
-        # keys (tgt + query_pos) and the cross-attention's row and column queries (tgt + query_pos_x,
-        # tgt + query_pos_y).
+        queries = self.decoder_queries() if self.precomputed_queries is None else self.precomputed_queries()
+        tgt = queries.tgt.repeat(memory.shape[0], 1, 1)
         layers = self.decoder_layers
-        self_terms = project_each(query_pos, [layer.self_attn.position_weight() for layer in layers])
-        row_weights, col_weights = _position_weights(layer.cross_attn for layer in layers)
-        row_terms, col_terms = project_each(query_pos_x, row_weights), project_each(query_pos_y, col_weights)
-
         logits, boxes = [], []
         last = len(layers) - 1
         for i, layer in enumerate(layers):
-            tgt = layer(tgt, self_terms[i], row_terms[i], col_terms[i], memory_keys[i], mask_row, mask_col)
+            terms = queries.self_terms[i], queries.row_terms[i], queries.col_terms[i]
+            tgt = layer(tgt, *terms, memory_keys[i], mask_row, mask_col)
             if aux or i == last:
                 head_input = tgt.to(self.class_embed[i].weight.dtype)  # float32 after set_precision
                 delta = self.bbox_embed[i](head_input)
-                center = delta[..., :2] + anchor_logits.to(delta.dtype)
+                center = delta[..., :2] + queries.anchor_logits.to(delta.dtype)
                 logits.append(self.class_embed[i](head_input))
                 boxes.append(torch.cat((center, delta[..., 2:]), dim=-1).sigmoid())
         return torch.stack(logits), torch.stack(boxes)
+
+
+class DecoderQueries(NamedTuple):
+    """``Transformer.decoder_queries``: tgt [1, Q, C] (a pattern embedding per query), anchor_logits
+    [Q, 2] (the anchor points before the sigmoid, float32), and for each decoder layer the products of
+    the queries' position embeddings with its attentions' ``position_weights``: self_terms [1, Q, 2C],
+    row_terms and col_terms [1, Q, C]."""
+
+    tgt: Tensor
+    anchor_logits: Tensor
+    self_terms: list[Tensor]
+    row_terms: list[Tensor]
+    col_terms: list[Tensor]
 
 
 class Encoded(NamedTuple):

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from ..cache import source_digest, write_whole
 from ..environment import installed_version
 from ..spec import SIZE_MULTIPLE, CompileSpec, Shape
-from .inductor_rewrites import rewrite_for_inductor, rewrite_heads
+from .inductor_rewrites import precompute_queries, rewrite_for_inductor, rewrite_heads
 from .warm import warm_kernels
 
 logger = logging.getLogger(__name__)
@@ -459,6 +459,7 @@ def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     rewrite_for_inductor(model)
     model = model.to(device=spec.device, memory_format=torch.channels_last).set_precision(spec.dtype)
     model = rewrite_heads(model.eval().requires_grad_(False).set_fused_ops(True), spec.dtype)
+    precompute_queries(model)
     runner = InductorRunner(model, spec)
     start = time.perf_counter()
     from ..export import example_inputs

@@ -17,6 +17,10 @@ tracing guards on the batch size.
   float16 their linear layers (``HalfProductLinear``, ``rewrite_heads``) round their inputs and
   weights to float16 (the 10 bits of mantissa that TF32 keeps, with a 5-bit exponent) and accumulate
   and return float32: one tensor-core GEMM each where cuBLAS ran float32 ones on the CUDA cores.
+- The decoder's queries read, not computed. They depend on the weights only (``Transformer.decoder_queries``:
+  the anchor points' sine embeddings, three MLPs, and their projections for every layer);
+  ``PrecomputedQueries`` computes them once, and the compiled function takes them as inputs, as it
+  takes the weights.
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about
   the batch size, and ``F.group_norm`` checks that there is more than one value per channel (torch
   2.11): each puts a guard ``batch > 1`` on the graph, so batch 1 would compile a second graph
@@ -34,7 +38,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from ..custom_ops import ops, reference
-from ..transformer import FFN
+from ..transformer import FFN, DecoderQueries
 
 CHANNELS_LAST = torch.channels_last
 
@@ -266,4 +270,36 @@ def rewrite_for_inductor(model: nn.Module) -> nn.Module:
     projection[0], projection[1] = Conv(projection[0]), GroupNorm(projection[1])
     for layer in (*model.transformer.encoder_layers, *model.transformer.decoder_layers):
         layer.ffn = FusedFFN(layer.ffn)
+    return model
+
+
+class PrecomputedQueries(nn.Module):
+    """``transformer.decoder_queries()`` computed once, kept as (non-persistent) buffers: ``forward()``
+    returns them. Build it after the model's last cast or change of weights, as ``HalfProductLinear``."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        with torch.no_grad():
+            queries = transformer.decoder_queries()
+        self.layers = len(queries.self_terms)
+        for name, value in (("tgt", queries.tgt), ("anchor_logits", queries.anchor_logits)):
+            self.register_buffer(name, value.contiguous(), persistent=False)
+        for name in ("self_terms", "row_terms", "col_terms"):
+            for i, value in enumerate(getattr(queries, name)):
+                self.register_buffer(f"{name}_{i}", value.contiguous(), persistent=False)
+
+    def forward(self) -> DecoderQueries:
+        terms = {
+            name: [getattr(self, f"{name}_{i}") for i in range(self.layers)]
+            for name in ("self_terms", "row_terms", "col_terms")
+        }
+        return DecoderQueries(self.tgt, self.anchor_logits, **terms)
+
+
+def precompute_queries(model: nn.Module) -> nn.Module:
+    """Set ``model.transformer.precomputed_queries`` to a ``PrecomputedQueries`` of its current weights
+    (on their device, in their dtypes). Works in place."""
+    transformer = model.transformer
+    transformer.precomputed_queries = None  # the queries computed from the weights, not from older buffers
+    transformer.precomputed_queries = PrecomputedQueries(transformer)
     return model
