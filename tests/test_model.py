@@ -84,6 +84,17 @@ def test_no_mask_is_an_all_false_mask():
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_the_first_decoder_self_attention_runs_once_for_the_batch():
+    """Its queries are the same for every image: it runs on one, the later layers' on the batch."""
+    model = at.build_model(at.VARIANTS["r50-c5"])
+    batches = []
+    for layer in model.transformer.decoder_layers:
+        layer.self_attn.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    with torch.no_grad():
+        model(*example_inputs((3, 96, 128)))
+    assert batches == [1] + [3] * (len(model.transformer.decoder_layers) - 1)
+
+
 @pytest.mark.slow
 def test_images_in_a_batch_are_independent():
     model = at.build_model(at.VARIANTS["r50-c5"])
