@@ -4,7 +4,7 @@
 An op of the inductor backend alone (no TensorRT plugin: TensorRT lays out its input itself). Inductor
 compiles the same padding, fused with the view its compiled function takes the images in
 ([B, 3, H/32, 32, W/32, 32]), into a kernel whose indices divide by the symbolic sizes at each element:
-82.7 us at batch 8 and 800x800 on an H100 for 72 MB (docs/transformer_performance.md). This kernel
+82.1 us at batch 8 and 800x800 on an H100 for 72 MB (results/h100/ab_stem_input_old.json). This kernel
 walks each image's pixels in blocks, reads the three planes and writes whole pixels of 4 channels,
 with no division.
 """
@@ -50,7 +50,8 @@ def four_channels_triton(images: Tensor) -> Tensor:
     check_inputs(images)
     batch, _, height, width = images.shape
     # Allocated channels_last directly: new_empty(...).contiguous(channels_last) would copy the
-    # uninitialized NCHW buffer, a second pass over the output (59.5 us at batch 8 on an H100).
+    # uninitialized NCHW buffer, a second pass over the output (59.5 us at batch 8 on an H100,
+    # results/h100/ab_stem_copied_output_new.json).
     out = torch.empty(
         (batch, 4, height, width), dtype=images.dtype, device=images.device, memory_format=torch.channels_last
     )

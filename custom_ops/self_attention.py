@@ -41,7 +41,7 @@ NUM_WARPS = 4
 # Queries per program and warps where their grid gives every SM enough programs (not
 # ``_common.few_programs``). Kernel alone on an H100 (132 SMs), 900 queries, 8 heads of 32, fp16:
 # batch 8 (512 programs at 128) 42.2 us at 64 queries and 4 warps, 38.6 at 128 and 8; batch 1 (64
-# programs at 128) 11.3 against 15.2 (results/h100/ops_microbench.json; at batches 4 and 5, either
+# programs at 128) 11.3 against 15.2 (results/h100/ops_microbench_648a63e.json; at batches 4 and 5, either
 # side of the switch, the other launch is about 2 us faster: docs/transformer_performance.md).
 LARGE_GRID_BLOCK_M = 128
 LARGE_GRID_NUM_WARPS = 8

@@ -165,6 +165,7 @@ def test_inductor_build_times_its_phases(monkeypatch):
     spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (2, 96, 96))
     runner = inductor.build(fold_frozen_batchnorm(at.build_model(config)), spec)
     assert runner.compiles == 1
+    assert runner.model.transformer.precomputed_queries is not None  # read by the function, not computed
     assert list(runner.build_seconds) == [
         "load",
         "trace_and_compile",
@@ -272,6 +273,8 @@ def test_a_second_runner_loads_the_saved_range_and_reads_the_weights_of_its_mode
         for parameter in other_weights.parameters():
             parameter.mul_(1.05)
     precompute_queries(other_weights)  # the decoder's queries, inputs of the function as the weights are
+    queries = (model.transformer.precomputed_queries, other_weights.transformer.precomputed_queries)
+    assert not torch.equal(queries[0].self_terms_0, queries[1].self_terms_0)  # a function baking them fails
     third = _loaded_runner(other_weights, spec)
     images, mask = example_inputs(shapes[0])
     out = third(images, mask)

@@ -51,7 +51,8 @@ class AnchorDETR(nn.Module):
         """Cast the model to ``dtype`` except the anchor points and the prediction heads, which stay
         float32: rounded to bfloat16, the boxes alone would lie on a grid of 1/256 of the image, and the
         anchors they are decoded from as well (docs/accuracy.md measures both rules). Images go in
-        ``dtype``."""
+        ``dtype``. Drops the decoder's precomputed queries, if a backend made them."""
+        self.transformer.precomputed_queries = None  # computed in the former dtype (precompute_queries)
         kept = {name: getattr(self.transformer, name) for name in ("position", "class_embed", "bbox_embed")}
         for name in kept:  # out of the model while it is cast, so their float32 values are not rounded
             setattr(self.transformer, name, None)

@@ -16,8 +16,8 @@ and a second process loads them instead of tracing and compiling again (Inductor
 leave Dynamo's trace to redo; docs/design.md). The file's name is a hash of everything the function depends on: the code a
 trace reaches, torch, triton, Python, the GPU and its index, torch's global settings that Dynamo guards
 (thread count, cuBLAS TF32 and reduced-precision flags, autocast), Inductor's settings, the model's
-configuration, the precision and the range. The weights are not in it: the function reads them from the model at each
-call. Each uncaptured call runs the first function whose guards accept its inputs; if none does, the
+configuration, the precision and the range. The weights are not in it: the function takes them from the model at each
+call, with what ``compile()`` computed of them (``PrecomputedQueries``). Each uncaptured call runs the first function whose guards accept its inputs; if none does, the
 range is compiled again when the global settings have changed since, else a function is compiled for
 the shape alone, with a warning (past ``MAX_FUNCTIONS``, the model runs uncompiled). A captured shape
 replays its CUDA graph whatever the settings.

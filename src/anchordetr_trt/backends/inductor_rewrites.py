@@ -18,7 +18,7 @@ tracing guards on the batch size.
   weights to float16 (the 10 bits of mantissa that TF32 keeps, with a 5-bit exponent) and accumulate
   and return float32: one tensor-core GEMM each where cuBLAS ran float32 ones on the CUDA cores.
 - The decoder's queries read, not computed. They depend on the weights only (``Transformer.decoder_queries``:
-  the anchor points' sine embeddings, three MLPs, and their projections for every layer);
+  the anchor points' sine embeddings through two MLPs, and their projections for every layer);
   ``PrecomputedQueries`` computes them once, and the compiled function takes them as inputs, as it
   takes the weights.
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about
@@ -274,19 +274,28 @@ def rewrite_for_inductor(model: nn.Module) -> nn.Module:
 
 
 class PrecomputedQueries(nn.Module):
-    """``transformer.decoder_queries()`` computed once, kept as (non-persistent) buffers: ``forward()``
-    returns them. Build it after the model's last cast or change of weights, as ``HalfProductLinear``."""
+    """``transformer.decoder_queries()`` computed once (in the model's dtypes, outside any autocast),
+    kept as non-persistent buffers: ``forward()`` returns them. They follow the weights they were
+    computed from: ``precompute_queries`` again after a change of weights; ``set_precision`` drops
+    them."""
 
-    def __init__(self, transformer: nn.Module):
+    def __init__(self, queries: DecoderQueries):
         super().__init__()
-        with torch.no_grad():
-            queries = transformer.decoder_queries()
         self.layers = len(queries.self_terms)
-        for name, value in (("tgt", queries.tgt), ("anchor_logits", queries.anchor_logits)):
+        for name, value in self._named(queries):
             self.register_buffer(name, value.contiguous(), persistent=False)
+
+    @staticmethod
+    def _named(queries: DecoderQueries) -> list[tuple[str, Tensor]]:
+        named = [("tgt", queries.tgt), ("anchor_logits", queries.anchor_logits)]
         for name in ("self_terms", "row_terms", "col_terms"):
-            for i, value in enumerate(getattr(queries, name)):
-                self.register_buffer(f"{name}_{i}", value.contiguous(), persistent=False)
+            named += [(f"{name}_{i}", value) for i, value in enumerate(getattr(queries, name))]
+        return named
+
+    def update(self, queries: DecoderQueries) -> None:
+        """Write ``queries`` into the buffers, in place: CUDA graphs captured on them read the new values."""
+        for name, value in self._named(queries):
+            getattr(self, name).copy_(value)
 
     def forward(self) -> DecoderQueries:
         terms = {
@@ -297,9 +306,14 @@ class PrecomputedQueries(nn.Module):
 
 
 def precompute_queries(model: nn.Module) -> nn.Module:
-    """Set ``model.transformer.precomputed_queries`` to a ``PrecomputedQueries`` of its current weights
-    (on their device, in their dtypes). Works in place."""
+    """Compute ``model.transformer``'s decoder queries from its current weights (on their device, in their
+    dtypes) into ``transformer.precomputed_queries``: a new ``PrecomputedQueries``, or the existing one
+    updated in place. Works in place."""
     transformer = model.transformer
-    transformer.precomputed_queries = None  # the queries computed from the weights, not from older buffers
-    transformer.precomputed_queries = PrecomputedQueries(transformer)
+    with torch.no_grad(), torch.autocast(transformer.pattern.weight.device.type, enabled=False):
+        queries = transformer.decoder_queries()
+        if transformer.precomputed_queries is None:
+            transformer.precomputed_queries = PrecomputedQueries(queries)
+        else:
+            transformer.precomputed_queries.update(queries)
     return model

@@ -13,6 +13,10 @@ ops are opaque to it: on the fused path ``rcda_aggregate`` (the column and row s
 aggregation, four batched matmuls in the reference) would count as nothing; the position terms and
 scale it adds to its queries are elementwise, not counted. Formulas registered for the custom ops
 would be a second statement of each kernel's arithmetic, to keep in step with the kernels by hand.
+
+The decoder's count includes its queries (``Transformer.decoder_queries``, about 3.5 GFLOP a forward
+whatever the batch), which the inductor backend computes once, in ``compile()``: its decoder rates
+count work it does not repeat, most at batch 1 (about an eighth of the decoder's FLOPs there).
 """
 
 import torch
