@@ -81,9 +81,11 @@ def test_encoder_and_decoder_flops_match_a_count_by_hand(variant):
 def test_per_image_flops_share_the_query_embeddings_across_the_batch():
     config = variant_config("r50-c5")
     one, four = (flops.flops_per_image(config, (batch, 320, 320)) for batch in (1, 4))
-    # Once per batch: three two-layer MLPs on the 900 queries, and four projections of their output
-    # for each decoder layer's attentions.
-    shared = (3 * 2 + 4 * config.num_decoder_layers) * 2 * 900 * 256 * 256
+    # Once per batch: three two-layer MLPs on the 900 queries, four projections of their output for
+    # each decoder layer's attentions, and the first decoder layer's self-attention (the same queries
+    # for every image): its packed projection (C -> 3C), its two products, its output projection.
+    first_self_attention = 2 * 900 * 256 * 3 * 256 + 2 * 2 * 900 * 900 * 256 + 2 * 900 * 256 * 256
+    shared = (3 * 2 + 4 * config.num_decoder_layers) * 2 * 900 * 256 * 256 + first_self_attention
     assert one["backbone"] == four["backbone"] and one["encoder"] == four["encoder"]
     assert one["decoder"] - four["decoder"] == pytest.approx(shared * (1 - 1 / 4))
 
@@ -106,15 +108,17 @@ def test_fused_path_misses_exactly_the_attentions_so_the_count_runs_the_referenc
         for fused in (False, True)
     }
     h, w, channels = 320 // 32, 384 // 32, config.hidden_dim
-    aggregation = {  # per image
-        "encoder": config.num_encoder_layers * _rcda_flops(h * w, channels, h, w),
-        # RCDA's aggregation and the self-attention's two products over 900 queries.
-        "decoder": config.num_decoder_layers
-        * (_rcda_flops(900, channels, h, w) + 2 * 2 * 900 * 900 * channels),
+    self_attention = 2 * 2 * 900 * 900 * channels  # its two products over 900 queries
+    layers = config.num_decoder_layers
+    missed = {  # RCDA's aggregation per image and layer; the self-attention per image from the second
+        # decoder layer, once for the batch in the first (the same queries for every image)
+        "encoder": shape[0] * config.num_encoder_layers * _rcda_flops(h * w, channels, h, w),
+        "decoder": shape[0] * (layers * _rcda_flops(900, channels, h, w) + (layers - 1) * self_attention)
+        + self_attention,
     }
     assert counts[False]["backbone"] == counts[True]["backbone"]
-    for part, missed in aggregation.items():
-        assert counts[False][part] - counts[True][part] == shape[0] * missed
+    for part, flops_missed in missed.items():
+        assert counts[False][part] - counts[True][part] == flops_missed
 
 
 @pytest.fixture(scope="module")
