@@ -213,6 +213,17 @@ def test_precomputed_queries_are_the_decoder_queries_of_the_current_weights(dtyp
     assert precomputed.set_precision(torch.float32).transformer.precomputed_queries is None
 
 
+def test_precomputed_queries_made_under_inference_mode_or_on_meta_can_be_updated():
+    model = at.build_model(at.VARIANTS["r50-c5"]).eval()
+    with torch.inference_mode():
+        precompute_queries(model)
+    precompute_queries(model)  # outside inference_mode: an in-place update of the same buffers
+    assert not model.transformer.precomputed_queries.tgt.is_inference()
+    with torch.device("meta"):
+        meta = precompute_queries(at.build_model(at.VARIANTS["r50-c5"]))
+    assert meta.transformer.precomputed_queries.tgt.shape == (1, 900, 256)
+
+
 def test_a_traced_model_reads_its_precomputed_queries_and_not_the_weights_they_come_from():
     """Dynamo's graph of a model with precomputed queries takes their buffers as inputs (as the weights:
     a saved function runs on another model's), and reads none of the parameters they are made of."""

@@ -106,10 +106,7 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Self-attention among queries (``attend_queries``), then RCDA cross-attention to the memory and
-    the FFN (``attend_memory``): two calls, so that the decoder runs its first self-attention once for
-    the batch. The terms are the products of the queries' position embeddings with the attentions'
-    ``position_weights`` (``Transformer.decoder_queries``)."""
+    """Self-attention among queries, RCDA cross-attention to the memory, then the FFN."""
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int):
         super().__init__()
@@ -119,25 +116,30 @@ class DecoderLayer(nn.Module):
         self.norm2 = ResidualLayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
 
-    def attend_queries(self, tgt: Tensor, self_terms: Tensor) -> Tensor:
-        """The self-attention among the queries, with its residual norm: tgt [N, Q, C], self_terms
-        [1 or N, Q, 2C] -> [N, Q, C]."""
-        return self.norm2(tgt, self.self_attn(tgt, self_terms))
-
-    def attend_memory(
+    def forward(
         self,
         tgt: Tensor,
+        self_terms: Tensor,
         row_terms: Tensor,
         col_terms: Tensor,
         memory_keys: ProjectedKeys,
         mask_row: Tensor,
         mask_col: Tensor,
+        *,
+        shared: bool = False,
     ) -> Tensor:
-        """The cross-attention to the memory with its residual norm, then the FFN: tgt [B, Q, C],
-        row_terms and col_terms [1 or B, Q, C], memory_keys: its keys and values over the memory
-        (``project_keys``), masks [B, W], [B, H] -> [B, Q, C]."""
+        """tgt [B, Q, C], or with ``shared`` [1, Q, C]: queries the same for every image (the first
+        layer's), whose self-attention runs once and is repeated over the batch; self_terms [1 or B,
+        Q, 2C], row_terms and col_terms [1 or B, Q, C]: the products of the queries' position
+        embeddings with the attentions' ``position_weights`` (``Transformer.decoder_queries``);
+        memory_keys: the cross-attention's keys and values over the memory (``project_keys``); masks
+        [B, W], [B, H]. Returns [B, Q, C]."""
+        tgt = self.norm2(tgt, self.self_attn(tgt, self_terms))
+        if shared:  # a flag, not tgt's batch: a test of the size would guard the batch in a trace
+            tgt = tgt.repeat(mask_row.shape[0], 1, 1)
         attended = self.cross_attn(tgt, row_terms, col_terms, memory_keys, mask_row, mask_col)
-        return self.ffn(self.norm1(tgt, attended))
+        tgt = self.norm1(tgt, attended)
+        return self.ffn(tgt)
 
 
 class Transformer(nn.Module):
@@ -224,15 +226,12 @@ class Transformer(nn.Module):
         )
 
         queries = self.decoder_queries() if self.precomputed_queries is None else self.precomputed_queries()
-        tgt, layers = queries.tgt, self.decoder_layers
+        tgt, layers = queries.tgt, self.decoder_layers  # tgt [1, Q, C]: the first layer repeats it
         logits, boxes = [], []
         last = len(layers) - 1
         for i, layer in enumerate(layers):
-            tgt = layer.attend_queries(tgt, queries.self_terms[i])
-            if i == 0:  # the first self-attention's queries are the same for every image: run once, repeated
-                tgt = tgt.repeat(memory.shape[0], 1, 1)
-            terms = queries.row_terms[i], queries.col_terms[i]
-            tgt = layer.attend_memory(tgt, *terms, memory_keys[i], mask_row, mask_col)
+            terms = queries.self_terms[i], queries.row_terms[i], queries.col_terms[i]
+            tgt = layer(tgt, *terms, memory_keys[i], mask_row, mask_col, shared=i == 0)
             if aux or i == last:
                 head_input = tgt.to(self.class_embed[i].weight.dtype)  # float32 after set_precision
                 delta = self.bbox_embed[i](head_input)

@@ -11,16 +11,17 @@ their block sizes make (by feature-map height or width; rcda_aggregate's query b
 are compiled in ``compile()`` (``warm.warm_kernels``).
 
 Kept on disk. The trace goes through Dynamo's precompile (``torch.compile(...).aot_compile``): the
-compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir`` (``precompiled/``),
-and a second process loads them instead of tracing and compiling again (Inductor's own caches alone
-leave Dynamo's trace to redo; docs/design.md). The file's name is a hash of everything the function depends on: the code a
-trace reaches, torch, triton, Python, the GPU and its index, torch's global settings that Dynamo guards
-(thread count, cuBLAS TF32 and reduced-precision flags, autocast), Inductor's settings, the model's
-configuration, the precision and the range. The weights are not in it: the function takes them from the model at each
-call, with what ``compile()`` computed of them (``PrecomputedQueries``). Each uncaptured call runs the first function whose guards accept its inputs; if none does, the
-range is compiled again when the global settings have changed since, else a function is compiled for
-the shape alone, with a warning (past ``MAX_FUNCTIONS``, the model runs uncompiled). A captured shape
-replays its CUDA graph whatever the settings.
+compiled function, its guards and Inductor's code are saved in the spec's ``cache_dir``
+(``precompiled/``), and a second process loads them instead of tracing and compiling again (Inductor's
+own caches alone leave Dynamo's trace to redo; docs/design.md). The file's name is a hash of everything
+the function depends on: the code a trace reaches, torch, triton, Python, the GPU and its index, torch's
+global settings that Dynamo guards (thread count, cuBLAS TF32 and reduced-precision flags, autocast),
+Inductor's settings, the model's configuration, the precision and the range. The weights are not in it:
+the function takes them from the model at each call, with what ``compile()`` computed of them
+(``PrecomputedQueries``). Each uncaptured call runs the first function whose guards accept its inputs;
+if none does, the range is compiled again when the global settings have changed since, else a function
+is compiled for the shape alone, with a warning (past ``MAX_FUNCTIONS``, the model runs uncompiled). A
+captured shape replays its CUDA graph whatever the settings.
 
 CUDA graphs where they pay. Batch 1 is launch bound (some 260 kernels), so a shape's second call
 captures a CUDA graph of the compiled function and later calls replay it; a shape seen once runs the

@@ -32,6 +32,8 @@ The ops live in their own namespace: they serve the Inductor backend only (Tenso
 epilogues by itself). Their CPU implementations are plain PyTorch, for tests.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -310,10 +312,18 @@ def precompute_queries(model: nn.Module) -> nn.Module:
     dtypes) into ``transformer.precomputed_queries``: a new ``PrecomputedQueries``, or the existing one
     updated in place. Works in place."""
     transformer = model.transformer
-    with torch.no_grad(), torch.autocast(transformer.pattern.weight.device.type, enabled=False):
+    device = transformer.pattern.weight.device.type
+    # Normal tensors even under inference_mode, so that a later update outside it may write them.
+    with torch.inference_mode(False), torch.no_grad(), _without_autocast(device):
         queries = transformer.decoder_queries()
         if transformer.precomputed_queries is None:
             transformer.precomputed_queries = PrecomputedQueries(queries)
         else:
             transformer.precomputed_queries.update(queries)
     return model
+
+
+def _without_autocast(device: str) -> contextlib.AbstractContextManager:
+    # torch.autocast refuses device types it does not know (meta), even to switch it off.
+    available = torch.amp.is_autocast_available(device)
+    return torch.autocast(device, enabled=False) if available else contextlib.nullcontext()

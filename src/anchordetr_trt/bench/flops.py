@@ -14,9 +14,10 @@ aggregation, four batched matmuls in the reference) would count as nothing; the 
 scale it adds to its queries are elementwise, not counted. Formulas registered for the custom ops
 would be a second statement of each kernel's arithmetic, to keep in step with the kernels by hand.
 
-The decoder's count includes its queries (``Transformer.decoder_queries``, about 3.5 GFLOP a forward
-whatever the batch), which the inductor backend computes once, in ``compile()``: its decoder rates
-count work it does not repeat, most at batch 1 (about an eighth of the decoder's FLOPs there).
+Some of the decoder's work is the same whatever the batch, and counted once a forward: its queries
+(``Transformer.decoder_queries``, about 3.5 GFLOP) and the first layer's self-attention on them
+(about 1.3 GFLOP). The inductor backend computes the queries once, in ``compile()``: its decoder
+rates count work it does not repeat, most at batch 1 (about an eighth of the decoder's FLOPs there).
 """
 
 import torch
@@ -53,8 +54,8 @@ def count_flops(model: AnchorDETR, images: Tensor, mask: Tensor | None) -> dict[
 
 def flops_per_image(config: AnchorDETRConfig, shape: Shape) -> dict[str, float]:
     """FLOPs per image of a model of ``config`` on a batch of ``shape`` (batch, height, width): by
-    part, and ``total``. The queries' embeddings are computed once per batch, so a larger batch
-    costs a little less per image."""
+    part, and ``total``. The queries and the first decoder layer's self-attention are computed once
+    per batch, so a larger batch costs a little less per image."""
     with torch.device("meta"):
         model = build_model(config).set_fused_ops(False)
         batch, height, width = shape
