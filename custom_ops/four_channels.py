@@ -44,17 +44,25 @@ def check_inputs(images: Tensor) -> None:
     _common.check_size(_OP, "images.shape[1] (channels)", images.shape[1], 3)
 
 
+def _empty_output(images: Tensor) -> Tensor:
+    """[B, 4, H, W] channels_last for images [B, 3, H, W], uninitialized. Allocated channels_last
+    directly: new_empty(...).contiguous(channels_last) would copy the uninitialized NCHW buffer, a
+    second pass over the output (59.5 us at batch 8 on an H100,
+    results/h100/ab_stem_copied_output_new.json)."""
+    return torch.empty(
+        (images.shape[0], 4, *images.shape[2:]),
+        dtype=images.dtype,
+        device=images.device,
+        memory_format=torch.channels_last,
+    )
+
+
 def four_channels_triton(images: Tensor) -> Tensor:
     """``reference.four_channels`` by the kernel, on CUDA (or the CPU under TRITON_INTERPRET=1);
     images of any strides (copied contiguous first where they are not)."""
     check_inputs(images)
     batch, _, height, width = images.shape
-    # Allocated channels_last directly: new_empty(...).contiguous(channels_last) would copy the
-    # uninitialized NCHW buffer, a second pass over the output (59.5 us at batch 8 on an H100,
-    # results/h100/ab_stem_copied_output_new.json).
-    out = torch.empty(
-        (batch, 4, height, width), dtype=images.dtype, device=images.device, memory_format=torch.channels_last
-    )
+    out = _empty_output(images)
     if out.numel() == 0:
         return out
     pixels = height * width
@@ -80,6 +88,4 @@ def _(images: Tensor) -> Tensor:
 @four_channels.register_fake
 def _(images: Tensor) -> Tensor:
     check_inputs(images)
-    return images.new_empty((images.shape[0], 4, *images.shape[2:])).contiguous(
-        memory_format=torch.channels_last
-    )
+    return _empty_output(images)
