@@ -18,7 +18,8 @@ tracing guards on the batch size.
   weights to float16 (the 10 bits of mantissa that TF32 keeps, with a 5-bit exponent) and accumulate
   and return float32: one tensor-core GEMM each where cuBLAS ran float32 ones on the CUDA cores.
 - The decoder's queries read, not computed. They depend on the weights only (``Transformer.decoder_queries``:
-  the anchor points' sine embeddings through two MLPs, and their projections for every layer);
+  the anchor points' sine embeddings through two MLPs, their projections for every layer, and the
+  first layer's self-attention);
   ``PrecomputedQueries`` computes them once, and the compiled function takes them as inputs, as it
   takes the weights.
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about
@@ -283,14 +284,16 @@ class PrecomputedQueries(nn.Module):
 
     def __init__(self, queries: DecoderQueries):
         super().__init__()
-        self.layers = len(queries.self_terms)
+        self.counts = {name: len(getattr(queries, name)) for name in self._TERMS}
         for name, value in self._named(queries):
             self.register_buffer(name, value.contiguous(), persistent=False)
 
-    @staticmethod
-    def _named(queries: DecoderQueries) -> list[tuple[str, Tensor]]:
+    _TERMS = ("self_terms", "row_terms", "col_terms")
+
+    @classmethod
+    def _named(cls, queries: DecoderQueries) -> list[tuple[str, Tensor]]:
         named = [("tgt", queries.tgt), ("anchor_logits", queries.anchor_logits)]
-        for name in ("self_terms", "row_terms", "col_terms"):
+        for name in cls._TERMS:
             named += [(f"{name}_{i}", value) for i, value in enumerate(getattr(queries, name))]
         return named
 
@@ -300,10 +303,7 @@ class PrecomputedQueries(nn.Module):
             getattr(self, name).copy_(value)
 
     def forward(self) -> DecoderQueries:
-        terms = {
-            name: [getattr(self, f"{name}_{i}") for i in range(self.layers)]
-            for name in ("self_terms", "row_terms", "col_terms")
-        }
+        terms = {name: [getattr(self, f"{name}_{i}") for i in range(count)] for name, count in self.counts.items()}
         return DecoderQueries(self.tgt, self.anchor_logits, **terms)
 
 
