@@ -90,7 +90,9 @@ def test_the_first_decoder_self_attention_runs_once_for_the_batch():
     model = at.build_model(at.VARIANTS["r50-c5"])
     batches = []
     for i, layer in enumerate(model.transformer.decoder_layers):
-        layer.self_attn.register_forward_pre_hook(lambda module, args, i=i: batches.append((i, args[0].shape[0])))
+        layer.self_attn.register_forward_pre_hook(
+            lambda module, args, i=i: batches.append((i, args[0].shape[0]))
+        )
     with torch.no_grad():
         model(*example_inputs((3, 96, 128)))
         assert batches == [(0, 1)] + [(i, 3) for i in range(1, len(model.transformer.decoder_layers))]

@@ -303,7 +303,9 @@ class PrecomputedQueries(nn.Module):
             getattr(self, name).copy_(value)
 
     def forward(self) -> DecoderQueries:
-        terms = {name: [getattr(self, f"{name}_{i}") for i in range(count)] for name, count in self.counts.items()}
+        terms = {
+            name: [getattr(self, f"{name}_{i}") for i in range(count)] for name, count in self.counts.items()
+        }
         return DecoderQueries(self.tgt, self.anchor_logits, **terms)
 
 
