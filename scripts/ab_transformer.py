@@ -607,10 +607,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--ops",
-        nargs="+",
+        nargs="*",
         choices=MICROBENCHES,
         default=list(MICROBENCHES),
-        help="the ops timed alone (all by default)",
+        help="the ops timed alone (all by default; none with --ops alone: the model only)",
     )
     parser.add_argument("--part-batches", type=int, nargs="*", default=[8])
     parser.add_argument("--profile-calls", type=int, default=5)
