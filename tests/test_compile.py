@@ -16,7 +16,7 @@ from official import fixture_state_dict
 
 import anchordetr_trt as at
 from anchordetr_trt.backends import inductor, warm
-from anchordetr_trt.backends.inductor import InductorRunner
+from anchordetr_trt.backends.inductor import InductorRunner, prepare
 from anchordetr_trt.backends.inductor_rewrites import (
     HalfProductLinear,
     precompute_queries,
@@ -212,10 +212,8 @@ def test_inductors_lowering_guards_nothing_that_splits_the_range():
     # output (``project_each``), per image in the encoder (with one layer a term is the whole output,
     # and a batch guard on slices of it goes unseen).
     config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=2, num_decoder_layers=2)
-    model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(config)))
-    model = model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(True)
-    precompute_queries(model)
     spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (3, 96, 96))
+    model = prepare(fold_frozen_batchnorm(at.build_model(config)), spec)
     runner = InductorRunner(model, spec, max_graphs=0)
     for shape in [(3, 96, 64), (1, 64, 96), (2, 96, 96)]:
         images, mask = example_inputs(shape)
@@ -228,9 +226,9 @@ def test_inductors_lowering_guards_nothing_that_splits_the_range():
 
 
 def _rewritten_model():
-    model = rewrite_for_inductor(fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-c5"]).eval()))
-    model = model.to(memory_format=torch.channels_last).requires_grad_(False).set_fused_ops(False)
-    return precompute_queries(model)
+    """The backend's model (``prepare``) of r50-c5, fp32 on the CPU, with the reference ops."""
+    spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (1, 64, 64))
+    return prepare(fold_frozen_batchnorm(at.build_model(at.VARIANTS["r50-c5"])), spec, fused_ops=False)
 
 
 @pytest.fixture(scope="module")

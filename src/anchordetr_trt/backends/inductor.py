@@ -453,14 +453,23 @@ def _phase(runner: InductorRunner, name: str) -> Iterator[None]:
     runner.build_seconds[name] = time.perf_counter() - start
 
 
+def prepare(model: nn.Module, spec: CompileSpec, *, fused_ops: bool = True) -> nn.Module:
+    """``model`` (an AnchorDETR whose frozen batch norms are folded) as the backend runs it, in place:
+    rewritten for Inductor (``inductor_rewrites``), on ``spec``'s device and channels_last, in its
+    precision, in eval mode without gradients, the decoder's queries precomputed. ``fused_ops=False``
+    keeps the reference ops (tests trace those on the CPU, where the fused ones would run their
+    kernels in Triton's interpreter)."""
+    rewrite_for_inductor(model)
+    model = model.to(device=spec.device, memory_format=torch.channels_last).set_precision(spec.dtype)
+    model = rewrite_heads(model.eval().requires_grad_(False).set_fused_ops(fused_ops), spec.dtype)
+    return precompute_queries(model)
+
+
 def build(model: nn.Module, spec: CompileSpec) -> InductorRunner:
     """Compile ``model`` (an AnchorDETR whose frozen batch norms are folded) for ``spec``'s range, or
     load the function a process saved in ``spec.cache_dir``; compile the custom kernels' variants of
     the range; then capture the optimization shape's CUDA graph."""
-    rewrite_for_inductor(model)
-    model = model.to(device=spec.device, memory_format=torch.channels_last).set_precision(spec.dtype)
-    model = rewrite_heads(model.eval().requires_grad_(False).set_fused_ops(True), spec.dtype)
-    precompute_queries(model)
+    model = prepare(model, spec)
     runner = InductorRunner(model, spec)
     start = time.perf_counter()
     from ..export import example_inputs
