@@ -5,7 +5,8 @@
 #   bench.json bench.png profile.json profile.txt  bench_parts.json  train.json  accuracy.json accuracy.md
 #   runs.tsv (stage, commit, files, command of each stage that ran)
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
-#   (AB_NAME names the change, default "transformer"; AB_NEW=<another checkout> for the new side);
+#   (AB_NAME names the change, default "transformer"; AB_NEW=<another checkout> for the new side;
+#   AB_MODEL_ONLY=1 leaves out the ops timed alone, most of a side's time, for a change of the model);
 #   with AB_OPTIONS='<JSON>' (Inductor settings) or AB_RCDA='<JSON>' (rcda_aggregate's launch
 #   constants) and STAGES=ab-options, ab_options_old.json (the tree's own) and _new.json (those
 #   settings); with STAGES=ops,
@@ -112,12 +113,12 @@ collect parts "$WORK/parts" bench.json:bench_parts.json
 AB='rm -rf "$3" /tmp/ab_old_site /tmp/ab_new_site &&
 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
 old=${AB_OLD_COMMIT:-$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown)} &&
-PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old" &&
+PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old"'"${AB_MODEL_ONLY:+ --ops}"' &&
 if [ -n "$5" ]; then
     python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_new_site "$5" &&
     export PYTHONPATH=/tmp/ab_new_site
 fi &&
-python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'
+python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'"${AB_MODEL_ONLY:+ --ops}"
 if [[ -n ${AB_OLD:-} ]]; then
     AB_NAME=${AB_NAME:-transformer}
     new_commit=$COMMIT_SHOWN  # the new side's, in the report and in runs.tsv

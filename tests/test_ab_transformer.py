@@ -181,3 +181,17 @@ def test_stem_microbench_forms_compute_the_same_convolution(monkeypatch):
         for impl in ("shipped", "eight_channels", "space_to_depth")
     )
     assert all(0 < row["max_abs_err"] < 0.02 for row in rows), rows
+
+
+@pytest.mark.parametrize(("names", "timed"), [([], []), (["stem", "images"], ["stem", "images"])])
+def test_ops_flag_picks_the_ops_timed_alone_and_none_when_given_no_name(monkeypatch, tmp_path, names, timed):
+    called = []
+    for name in ab_transformer.MICROBENCHES:
+        monkeypatch.setitem(
+            ab_transformer.MICROBENCHES, name, lambda ops_only, name=name: called.append(name)
+        )
+    argv = ["ab_transformer", "--out", str(tmp_path), "--tag", "t", "--ops-only", "--ops", *names]
+    monkeypatch.setattr("sys.argv", argv)
+    ab_transformer.main()
+    assert called == timed
+    assert (tmp_path / "ab_transformer_t.json").exists()
