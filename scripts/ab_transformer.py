@@ -618,6 +618,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.ops_only and args.inductor_options:
         parser.error("--inductor-options applies to the model's compiles, which --ops-only leaves out")
+    if args.ops_only and not args.ops:
+        parser.error("--ops-only with no op to time: name ops after --ops, or leave --ops-only out")
     report = {
         "tag": args.tag,
         "commit": args.commit,

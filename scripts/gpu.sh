@@ -110,15 +110,17 @@ collect parts "$WORK/parts" bench.json:bench_parts.json
 # (with AB_NEW_COMMIT) one for the other side where that is not this tree; both trees run this tree's
 # scripts/ab_transformer.py (its outputs_*.pt stay in the work folder, emptied first so that no earlier
 # A/B's file is taken for this one's).
+AB_FLAGS=""
+[[ ${AB_MODEL_ONLY:-0} == 1 ]] && AB_FLAGS=" --ops"  # no op alone: the model only
 AB='rm -rf "$3" /tmp/ab_old_site /tmp/ab_new_site &&
 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
 old=${AB_OLD_COMMIT:-$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown)} &&
-PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old"'"${AB_MODEL_ONLY:+ --ops}"' &&
+PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old"'"$AB_FLAGS"' &&
 if [ -n "$5" ]; then
     python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_new_site "$5" &&
     export PYTHONPATH=/tmp/ab_new_site
 fi &&
-python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'"${AB_MODEL_ONLY:+ --ops}"
+python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'"$AB_FLAGS"
 if [[ -n ${AB_OLD:-} ]]; then
     AB_NAME=${AB_NAME:-transformer}
     new_commit=$COMMIT_SHOWN  # the new side's, in the report and in runs.tsv

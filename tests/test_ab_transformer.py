@@ -183,15 +183,42 @@ def test_stem_microbench_forms_compute_the_same_convolution(monkeypatch):
     assert all(0 < row["max_abs_err"] < 0.02 for row in rows), rows
 
 
-@pytest.mark.parametrize(("names", "timed"), [([], []), (["stem", "images"], ["stem", "images"])])
-def test_ops_flag_picks_the_ops_timed_alone_and_none_when_given_no_name(monkeypatch, tmp_path, names, timed):
+def _recorded_microbenches(monkeypatch) -> list[str]:
     called = []
     for name in ab_transformer.MICROBENCHES:
         monkeypatch.setitem(
             ab_transformer.MICROBENCHES, name, lambda ops_only, name=name: called.append(name)
         )
-    argv = ["ab_transformer", "--out", str(tmp_path), "--tag", "t", "--ops-only", "--ops", *names]
+    return called
+
+
+def test_ops_flag_picks_the_ops_timed_alone(monkeypatch, tmp_path):
+    called = _recorded_microbenches(monkeypatch)
+    argv = ["ab_transformer", "--out", str(tmp_path), "--tag", "t", "--ops-only", "--ops", "stem", "images"]
     monkeypatch.setattr("sys.argv", argv)
     ab_transformer.main()
-    assert called == timed
+    assert called == ["stem", "images"]
     assert (tmp_path / "ab_transformer_t.json").exists()
+
+
+def test_ops_flag_given_no_name_times_the_model_only(monkeypatch, tmp_path, capsys):
+    """``--ops`` alone: no op timed alone, the model only (which needs CUDA: stopped where it starts);
+    with ``--ops-only`` it would time nothing, and is refused."""
+    called = _recorded_microbenches(monkeypatch)
+    argv = ["ab_transformer", "--out", str(tmp_path), "--tag", "t", "--ops"]
+    monkeypatch.setattr("sys.argv", [*argv, "--ops-only"])
+    with pytest.raises(SystemExit):
+        ab_transformer.main()
+    assert "--ops-only with no op to time" in capsys.readouterr().err
+
+    class ModelReached(Exception):
+        pass
+
+    def model_runs(args, report, save):
+        raise ModelReached
+
+    monkeypatch.setattr("sys.argv", argv)
+    monkeypatch.setattr(ab_transformer, "model_runs", model_runs)
+    with pytest.raises(ModelReached):
+        ab_transformer.main()
+    assert called == []

@@ -204,6 +204,7 @@ def test_precomputed_queries_are_the_decoder_queries_of_the_current_weights(dtyp
     with torch.no_grad():
         for module in (model, precomputed):
             module.transformer.adapt_pos2d[0].weight.mul_(1.5)  # the self-attention's position terms
+            module.transformer.decoder_layers[0].norm2.weight.mul_(0.5)  # the first self-attention's
         stale = precomputed(images, mask)
         precompute_queries(precomputed)
         expected, out = model(images, mask), precomputed(images, mask)

@@ -141,7 +141,8 @@ class DecoderLayer(nn.Module):
         return self.ffn(tgt)
 
     def attend_queries(self, tgt: Tensor, self_terms: Tensor) -> Tensor:
-        """The self-attention among the queries tgt [B, Q, C], with its residual and norm."""
+        """The self-attention among the queries tgt [B, Q, C], given self_terms [1 or B, Q, 2C], with its
+        residual and norm. Returns [B, Q, C]."""
         return self.norm2(tgt, self.self_attn(tgt, self_terms))
 
 
@@ -200,7 +201,9 @@ class Transformer(nn.Module):
         return Encoded(memory, posemb_row, posemb_col, mask_row, mask_col)
 
     def decoder_queries(self) -> "DecoderQueries":
-        """The decoder's queries, a function of the weights only (the same for every image)."""
+        """The decoder's queries, a function of the weights only (the same for every image): the
+        pattern embeddings through the first decoder layer's self-attention and norm, and the position
+        terms of every layer's attentions."""
         num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
         dtype = self.pattern.weight.dtype  # the model's; the anchor points stay float32 (set_precision)
         anchors = self.position.weight.repeat(num_pattern, 1)  # [Q, 2], pattern-major
@@ -216,7 +219,7 @@ class Transformer(nn.Module):
         row_weights, col_weights = _position_weights(layer.cross_attn for layer in layers)
         row_terms, col_terms = project_each(query_pos_x, row_weights), project_each(query_pos_y, col_weights)
         # The first layer's self-attention: its queries and their position terms are weights too.
-        tgt = layers[0].attend_queries(tgt, self_terms[0]) if layers else tgt
+        tgt = layers[0].attend_queries(tgt, self_terms[0])
         return DecoderQueries(tgt, inverse_sigmoid(anchors), self_terms[1:], row_terms, col_terms)
 
     def decode(self, encoded: "Encoded", aux: bool = False) -> tuple[Tensor, Tensor]:

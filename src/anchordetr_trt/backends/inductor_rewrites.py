@@ -282,13 +282,13 @@ class PrecomputedQueries(nn.Module):
     computed from: ``precompute_queries`` again after a change of weights; ``set_precision`` drops
     them."""
 
+    _TERMS = ("self_terms", "row_terms", "col_terms")  # the fields that hold a tensor per layer
+
     def __init__(self, queries: DecoderQueries):
         super().__init__()
         self.counts = {name: len(getattr(queries, name)) for name in self._TERMS}
         for name, value in self._named(queries):
             self.register_buffer(name, value.contiguous(), persistent=False)
-
-    _TERMS = ("self_terms", "row_terms", "col_terms")
 
     @classmethod
     def _named(cls, queries: DecoderQueries) -> list[tuple[str, Tensor]]:
