@@ -282,19 +282,23 @@ class PrecomputedQueries(nn.Module):
     computed from: ``precompute_queries`` again after a change of weights; ``set_precision`` drops
     them."""
 
-    _TERMS = ("self_terms", "row_terms", "col_terms")  # the fields that hold a tensor per layer
-
     def __init__(self, queries: DecoderQueries):
         super().__init__()
-        self.counts = {name: len(getattr(queries, name)) for name in self._TERMS}
+        # The fields that hold a tensor per layer, and how many: each is kept as buffers <field>_<i>.
+        self.counts = {
+            field: len(value) for field, value in queries._asdict().items() if isinstance(value, list)
+        }
         for name, value in self._named(queries):
             self.register_buffer(name, value.contiguous(), persistent=False)
 
-    @classmethod
-    def _named(cls, queries: DecoderQueries) -> list[tuple[str, Tensor]]:
-        named = [("tgt", queries.tgt), ("anchor_logits", queries.anchor_logits)]
-        for name in cls._TERMS:
-            named += [(f"{name}_{i}", value) for i, value in enumerate(getattr(queries, name))]
+    @staticmethod
+    def _named(queries: DecoderQueries) -> list[tuple[str, Tensor]]:
+        named = []
+        for field, value in queries._asdict().items():
+            if isinstance(value, list):
+                named += [(f"{field}_{i}", layer_value) for i, layer_value in enumerate(value)]
+            else:
+                named.append((field, value))
         return named
 
     def update(self, queries: DecoderQueries) -> None:
@@ -303,10 +307,10 @@ class PrecomputedQueries(nn.Module):
             getattr(self, name).copy_(value)
 
     def forward(self) -> DecoderQueries:
-        terms = {
-            name: [getattr(self, f"{name}_{i}") for i in range(count)] for name, count in self.counts.items()
-        }
-        return DecoderQueries(self.tgt, self.anchor_logits, **terms)
+        fields = {field: getattr(self, field) for field in DecoderQueries._fields if field not in self.counts}
+        for field, count in self.counts.items():
+            fields[field] = [getattr(self, f"{field}_{i}") for i in range(count)]
+        return DecoderQueries(**fields)
 
 
 def precompute_queries(model: nn.Module) -> nn.Module:
