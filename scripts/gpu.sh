@@ -6,7 +6,8 @@
 #   runs.tsv (stage, commit, files, command of each stage that ran)
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
 #   (AB_NAME names the change, default "transformer"; AB_NEW=<another checkout> for the new side;
-#   AB_MODEL_ONLY=1 leaves out the ops timed alone, most of a side's time, for a change of the model);
+#   AB_MODEL_ONLY=1 leaves out the ops timed alone, most of a side's time, for a change of the model,
+#   here and in ab-options);
 #   with AB_OPTIONS='<JSON>' (Inductor settings) or AB_RCDA='<JSON>' (rcda_aggregate's launch
 #   constants) and STAGES=ab-options, ab_options_old.json (the tree's own) and _new.json (those
 #   settings); with STAGES=ops,
@@ -134,9 +135,9 @@ fi
 # Inductor's settings or rcda_aggregate's launch constants against the tree's own, in this tree and one
 # call: AB_OPTIONS is a JSON object of torch._inductor.config settings, e.g. '{"triton.enable_pdl": true}'
 # (not those the backend sets itself), AB_RCDA one of the op's constants, e.g. '{"MAX_STAGES": 4}'.
-AB_SETTINGS='python3 "$1" --out "$2" --tag old --commit "$3" --part-batches &&
+AB_SETTINGS='python3 "$1" --out "$2" --tag old --commit "$3" --part-batches'"$AB_FLAGS"' &&
 python3 "$1" --out "$2" --tag new --commit "$3" --part-batches --inductor-options "$4" --rcda-constants "$5" \
-    --previous "$2/outputs_old.pt"'
+    --previous "$2/outputs_old.pt"'"$AB_FLAGS"
 if [[ -n ${AB_OPTIONS:-} || -n ${AB_RCDA:-} ]]; then
     none='{}'
     stage ab-options 300 "ab_options_old.json ab_options_new.json" \

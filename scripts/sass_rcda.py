@@ -6,7 +6,7 @@ loop's SASS instructions counted by kind, what a step issues per thread. Run it 
 TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads it for
 Triton 3.6, the GPU machine's:
 
-    python -m scripts.sass_rcda [--width 84] [--block-q 64] [--num-warps 8]
+    python -m scripts.sass_rcda [--width 84] [--block-q 64] [--num-warps 8] [--phase aggregation]
     python -m scripts.sass_rcda --op self_attention [--batch 1]
 """
 
@@ -38,16 +38,28 @@ DIVISIBLE = {
 
 
 def compile_encoder_kernel(
-    width: int = 50, block_q: int | None = None, num_warps: int | None = None
-) -> bytes:
-    """The cubin of rcda_aggregate's kernel for the encoder's call on a map ``width`` wide (50:
-    800x800; 2,500 queries, 8 heads of 32, fp16), with ``block_q`` queries per program and
-    ``num_warps`` warps (None: the launch config's choices without an SM count, BLOCK_Q and
-    NUM_WARPS)."""
-    _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, width, 32, 2, block_q=block_q)
+    width: int = 50, block_q: int | None = None, num_warps: int | None = None, phase: str = "fused"
+) -> tuple[bytes, int]:
+    """(cubin, warps) of rcda_aggregate's kernel for the encoder's call on a map ``width`` wide (50:
+    800x800; 2,500 queries, 8 heads of 32, fp16): the fused kernel with ``block_q`` queries per
+    program and ``num_warps`` warps (None: the launch config's choices without an SM count, BLOCK_Q
+    and NUM_WARPS), or ``phase`` "probabilities" or "aggregation" of the split launch (its blocks and
+    warps unless given)."""
+    sizes = (2500, 64, width, 32, 2)
+    if phase == "fused":
+        _, meta = rcda_aggregate.rcda_aggregate_launch_config(*sizes, block_q=block_q)
+        meta["probs_row_ptr"] = None  # not read by the fused kernel
+    else:
+        launches = rcda_aggregate.rcda_aggregate_launches(*sizes, split=True)
+        _, meta = launches[("probabilities", "aggregation").index(phase)]
+        if block_q:
+            meta["BLOCK_Q"] = block_q
     if num_warps:
         meta["num_warps"] = num_warps
-    return _cubin(rcda_aggregate.rcda_aggregate_kernel, meta, POINTERS, MASKS, DIVISIBLE, "scale")
+    pointers = POINTERS | ({"probs_row_ptr"} if phase != "fused" else set())
+    return _cubin(rcda_aggregate.rcda_aggregate_kernel, meta, pointers, MASKS, DIVISIBLE, "scale"), meta[
+        "num_warps"
+    ]
 
 
 H100_SMS = 132
@@ -72,7 +84,7 @@ def _cubin(kernel, meta: dict, pointers: set, masks: set, divisible: set, float_
     constexprs = {**meta, "DOT_PRECISION": _common.dot_precision(torch.float16)}
     signature = {}
     for name in kernel.arg_names:
-        if name in constexprs:
+        if name in constexprs:  # None pointers too: an argument the build does not read
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = "*fp16"
@@ -127,6 +139,12 @@ def main() -> None:
     parser.add_argument("--block-q", type=int, choices=(64, 128), help="rcda_aggregate: queries per program")
     parser.add_argument("--num-warps", type=int, choices=(4, 8), help="rcda_aggregate: warps per program")
     parser.add_argument(
+        "--phase",
+        choices=("fused", "probabilities", "aggregation"),
+        default="fused",
+        help="rcda_aggregate: the fused kernel, or one launch of the split op",
+    )
+    parser.add_argument(
         "--batch",
         type=int,
         default=8,
@@ -136,8 +154,7 @@ def main() -> None:
     if args.op == "self_attention":
         build, warps = compile_self_attention_kernel(args.batch)
     else:
-        build = compile_encoder_kernel(args.width, args.block_q, args.num_warps)
-        warps = args.num_warps or rcda_aggregate.NUM_WARPS
+        build, warps = compile_encoder_kernel(args.width, args.block_q, args.num_warps, args.phase)
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / f"{args.op}.cubin"
         cubin.write_bytes(build)
