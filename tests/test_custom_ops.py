@@ -588,6 +588,43 @@ def test_kernel_matches_reference_with_the_other_query_block(spec, case, dtype, 
     assert [meta[key] for meta in metas] == [block]
 
 
+@needs_interpreter
+@pytest.mark.parametrize(
+    "case", ["map", "odd_map", "odd", "fully_padded", "wide", "wider", "one_row_per_step", "packed_map"]
+)
+def test_rcda_aggregate_in_two_launches_writes_the_fused_kernels_outputs(case):
+    """The split launch (the probabilities stored, then the aggregation) rounds as the fused kernel
+    does: its outputs are the same, bit for bit (tail widths, padded rows, two query blocks)."""
+    args = rcda_aggregate_inputs(op_cases("rcda_aggregate").cases[case], F16, "cpu")
+    fused = rcda_aggregate.rcda_aggregate_triton(*args, split=False)
+    assert torch.equal(rcda_aggregate.rcda_aggregate_triton(*args, split=True), fused)
+
+
+@pytest.mark.parametrize(
+    ("queries", "batch_heads", "sm_count", "block_q", "launches"),
+    [
+        # (PHASE, BLOCK_Q, num_warps) of each launch, H100 (132 SMs), 8 heads
+        (2500, 64, 132, None, [(1, 64, 4), (2, 128, 8)]),  # batch 8 encoder: 1280 programs at 128
+        (900, 64, 132, None, [(1, 64, 4), (2, 128, 8)]),  # batch 8 decoder: 512
+        (900, 8, 132, None, [(0, 64, 4)]),  # batch 1 decoder: few programs, one launch of 64 queries
+        (2500, 64, None, None, [(0, 128, 4)]),  # no SM count (a TensorRT engine's kernel)
+        (2500, 64, 132, 128, [(0, 128, 4)]),  # a query block given
+    ],
+)
+def test_rcda_aggregate_splits_the_grids_that_fill_the_sms(
+    monkeypatch, queries, batch_heads, sm_count, block_q, launches
+):
+    monkeypatch.setattr(rcda_aggregate, "SPLIT", True)
+    got = rcda_aggregate.rcda_aggregate_launches(queries, batch_heads, 50, 32, 2, sm_count, block_q)
+    assert [(meta["PHASE"], meta["BLOCK_Q"], meta["num_warps"]) for _, meta in got] == launches
+    assert [grid for grid, _ in got] == [(-(-queries // q), batch_heads) for _, q, _ in launches]
+    monkeypatch.setattr(rcda_aggregate, "SPLIT", False)
+    (_, meta), *rest = rcda_aggregate.rcda_aggregate_launches(
+        queries, batch_heads, 50, 32, 2, sm_count, block_q
+    )
+    assert (meta["PHASE"], rest) == (rcda_aggregate.FUSED, [])
+
+
 @pytest.mark.parametrize(
     ("batch_heads", "sm_count", "block_m", "warps"),
     [
@@ -626,11 +663,13 @@ def recorded_launches(monkeypatch, module: ModuleType, kernel_name: str) -> list
     return kernel.launches
 
 
-def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch):
+@pytest.mark.parametrize("split", [False, True])
+def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch, split):
     """For every batch and padded image of the default range, with the DC5 and C5 strides and a few
     GPUs' SM counts, the metas the launcher picks for the encoder's (H * W queries) and the decoder's
     (900) calls are among those the warm-up launches (``rcda_aggregate.warm`` at each width of
-    ``warm.variant_sizes``): no image compiles after ``compile()``."""
+    ``warm.variant_sizes``), in one launch or two (SPLIT): no image compiles after ``compile()``."""
+    monkeypatch.setattr(rcda_aggregate, "SPLIT", split)
     launches = recorded_launches(monkeypatch, rcda_aggregate, "rcda_aggregate_kernel")
     spec = CompileSpec("fp32", torch.device("cpu"))
     (low_b, low_h, low_w), _, (high_b, high_h, high_w) = spec.padded_range
@@ -638,7 +677,6 @@ def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch):
         for _, width in warm.variant_sizes(spec, stride, 256):
             rcda_aggregate.warm(width, 8, 32, F16, "cpu")
     warmed = {tuple(sorted(kwargs.items())) for _, kwargs in launches}
-    config = rcda_aggregate.rcda_aggregate_launch_config
     for stride in (16, 32):
         heights = [size // stride for size in range(low_h, high_h + 1, SIZE_MULTIPLE)]
         widths = [size // stride for size in range(low_w, high_w + 1, SIZE_MULTIPLE)]
@@ -646,9 +684,11 @@ def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch):
             (132, 114, 78), range(low_b, high_b + 1), heights, widths
         ):
             for queries in (height * width, 900):
-                _, meta = config(queries, batch * 8, width, 32, 2, sm_count)
-                key = tuple(sorted((meta | {"DOT_PRECISION": "tf32"}).items()))
-                assert key in warmed, (stride, sm_count, batch, height, width, queries, meta)
+                for _, meta in rcda_aggregate.rcda_aggregate_launches(
+                    queries, batch * 8, width, 32, 2, sm_count
+                ):
+                    key = tuple(sorted((meta | {"DOT_PRECISION": "tf32"}).items()))
+                    assert key in warmed, (stride, sm_count, batch, height, width, queries, meta)
 
 
 def test_warm_up_launches_every_self_attention_meta_of_the_range(monkeypatch):
