@@ -70,6 +70,9 @@ FUSED, PROBABILITIES, AGGREGATION = 0, 1, 2
 # the main loop's latencies; alone, the aggregation takes 74 with 8 warps (three programs per SM) and
 # the probabilities 109 (four). Triton 3.8's sm_90 builds at 50x50: ``python -m scripts.sass_rcda
 # --phase``. The row probabilities then go through a buffer of the call, [N, Lq, BLOCK_W + TAIL_W].
+# Off until measured on a GPU; before it is turned on, its builds need checking beyond the model's 50x50
+# maps with heads of 32: at width 84 the aggregation takes 90 registers (two programs per SM), and at
+# heads of 64 and width 256 its 8-warp build asks 192 KiB of shared memory (the fused kernel's 96).
 SPLIT = False
 PROBABILITIES_BLOCK_Q = 64
 AGGREGATION_WARPS = 8
@@ -210,6 +213,12 @@ def _column_weights(probs_col_ptr, row_index, q_ok, h, height):
 
 
 @triton.jit
+def _row_probability_ptrs(probs_row_ptr, row_index, w, BLOCK_W: tl.constexpr, TAIL_W: tl.constexpr):
+    """Pointers to probs_row[row_index, w] of the buffer [N, Lq, BLOCK_W + TAIL_W]: [BLOCK_Q, len(w)]."""
+    return probs_row_ptr + (row_index * (BLOCK_W + TAIL_W))[:, None] + w[None, :]
+
+
+@triton.jit
 def _joint_weights(probs_row, p_col, BLOCK_Q: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """probs_col[q, h] * probs_row[q, w] for one step's rows h: [BLOCK_Q, BLOCK_H * BLOCK_W], the
     left-hand side of its product (in value's dtype: the product of two 16-bit floats, rounded once, is
@@ -271,7 +280,8 @@ def rcda_aggregate_kernel(
 
     PHASE FUSED does all of it; PROBABILITIES stops after the row probabilities, which it writes to
     probs_row [N, Lq, BLOCK_W + TAIL_W] (a buffer of the call); AGGREGATION starts from both stored
-    probabilities (the same values, rounded as the fused kernel rounds them: the outputs are equal)."""
+    probabilities, rounded as the fused kernel rounds them (its float32 sums may add in another order
+    at another query block or warp count)."""
     n = tl.program_id(1).to(tl.int64)
     batch, head = n // heads, n % heads
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -285,15 +295,16 @@ def rcda_aggregate_kernel(
     query_offsets = query_rows * query_channels + head * head_dim
     head_offset = head * head_dim
     row_index = n * num_queries + q
-    row_probs_offsets = row_index * (BLOCK_W + TAIL_W)  # of probs_row
     if PHASE == 2:  # AGGREGATION
         probs_row = tl.load(
-            probs_row_ptr + row_probs_offsets[:, None] + w[None, :], mask=q_ok[:, None], other=0.0
+            _row_probability_ptrs(probs_row_ptr, row_index, w, BLOCK_W, TAIL_W), mask=q_ok[:, None], other=0.0
         )
         if TAIL_W > 0:
             w_tail = BLOCK_W + tl.arange(0, TAIL_W)
             probs_row_tail = tl.load(
-                probs_row_ptr + row_probs_offsets[:, None] + w_tail[None, :], mask=q_ok[:, None], other=0.0
+                _row_probability_ptrs(probs_row_ptr, row_index, w_tail, BLOCK_W, TAIL_W),
+                mask=q_ok[:, None],
+                other=0.0,
             )
     else:
         q_col = _projected_queries(
@@ -342,10 +353,14 @@ def rcda_aggregate_kernel(
         if TAIL_W > 0:
             probs_row_tail = (numerators_tail * row_scale).to(values_ptr.dtype.element_ty)
         if PHASE == 1:  # PROBABILITIES
-            tl.store(probs_row_ptr + row_probs_offsets[:, None] + w[None, :], probs_row, mask=q_ok[:, None])
+            tl.store(
+                _row_probability_ptrs(probs_row_ptr, row_index, w, BLOCK_W, TAIL_W),
+                probs_row,
+                mask=q_ok[:, None],
+            )
             if TAIL_W > 0:
                 tl.store(
-                    probs_row_ptr + row_probs_offsets[:, None] + w_tail[None, :],
+                    _row_probability_ptrs(probs_row_ptr, row_index, w_tail, BLOCK_W, TAIL_W),
                     probs_row_tail,
                     mask=q_ok[:, None],
                 )
@@ -404,8 +419,8 @@ def rcda_aggregate_launch_config(
     block_q: int | None = None,
 ) -> tuple:
     """(grid, meta) for the fused kernel on ``element_size``-byte floats: meta holds the constexpr
-    blocks, PHASE, num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it. Queries
-    per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q where
+    blocks, PHASE, num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up
+    to it. Queries per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q where
     BLOCK_Q's grid would give ``sm_count`` SMs few programs (``_common.few_programs``), else BLOCK_Q
     (always without ``sm_count``)."""
     if block_q is None:
@@ -444,6 +459,8 @@ def rcda_aggregate_launches(
     (``rcda_aggregate_launch_config``), or with ``split`` the PROBABILITIES launch and then the
     AGGREGATION launch. ``split`` None: SPLIT where BLOCK_Q's grid gives ``sm_count`` SMs enough
     programs, never without ``sm_count`` or with ``block_q`` given."""
+    if split and block_q is not None:
+        raise ValueError("block_q picks the fused launch's query block; the split launches have their own")
     if split is None:
         programs = triton.cdiv(num_queries, BLOCK_Q) * batch_heads
         split = (
@@ -600,8 +617,8 @@ def warm(width: int, heads: int, head_dim: int, dtype: torch.dtype, device: torc
     """Compile the kernel for feature maps ``width`` wide (any of its ``width_blocks`` class) of a
     model of ``heads`` heads of ``head_dim`` in ``dtype``: one launch per query block on a zero map one
     row high, and the split launch if SPLIT, whichever the launch config would pick (it depends on the
-    batch, the map and the GPU). The model's calls run these builds: beyond the blocks, Triton specializes on dtypes,
-    pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), all shared with the
+    batch, the map and the GPU). The model's calls run these builds: beyond the blocks, Triton
+    specializes on dtypes, pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), all shared with the
     encoder's and decoder's calls (every channel count, offset and stride there is a multiple of C,
     which must be a multiple of 16). Does nothing where the op runs the reference (``runs_kernel``)."""
     if not runs_kernel(dtype, width, head_dim):
@@ -609,7 +626,9 @@ def warm(width: int, heads: int, head_dim: int, dtype: torch.dtype, device: torc
     channels = heads * head_dim
     zeros = functools.partial(torch.zeros, dtype=dtype, device=device)
     padding = functools.partial(torch.zeros, dtype=torch.bool, device=device)
-    launches = [{"block_q": SMALL_GRID_BLOCK_Q}, {"block_q": BLOCK_Q}] + [{"split": True}] * SPLIT
+    launches = [{"block_q": SMALL_GRID_BLOCK_Q}, {"block_q": BLOCK_Q}]
+    if SPLIT:
+        launches.append({"split": True})
     for launch in launches:
         rcda_aggregate_triton(
             zeros(1, 1, width, 2 * channels),

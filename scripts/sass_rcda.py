@@ -43,8 +43,8 @@ def compile_encoder_kernel(
     """(cubin, warps) of rcda_aggregate's kernel for the encoder's call on a map ``width`` wide (50:
     800x800; 2,500 queries, 8 heads of 32, fp16): the fused kernel with ``block_q`` queries per
     program and ``num_warps`` warps (None: the launch config's choices without an SM count, BLOCK_Q
-    and NUM_WARPS), or ``phase`` "probabilities" or "aggregation" of the split launch (its blocks and
-    warps unless given)."""
+    and NUM_WARPS), or ``phase`` "probabilities" or "aggregation" of the split launch (its block, and
+    its warps unless given)."""
     sizes = (2500, 64, width, 32, 2)
     if phase == "fused":
         _, meta = rcda_aggregate.rcda_aggregate_launch_config(*sizes, block_q=block_q)
@@ -52,14 +52,11 @@ def compile_encoder_kernel(
     else:
         launches = rcda_aggregate.rcda_aggregate_launches(*sizes, split=True)
         _, meta = launches[("probabilities", "aggregation").index(phase)]
-        if block_q:
-            meta["BLOCK_Q"] = block_q
     if num_warps:
         meta["num_warps"] = num_warps
     pointers = POINTERS | ({"probs_row_ptr"} if phase != "fused" else set())
-    return _cubin(rcda_aggregate.rcda_aggregate_kernel, meta, pointers, MASKS, DIVISIBLE, "scale"), meta[
-        "num_warps"
-    ]
+    cubin = _cubin(rcda_aggregate.rcda_aggregate_kernel, meta, pointers, MASKS, DIVISIBLE, "scale")
+    return cubin, meta["num_warps"]
 
 
 H100_SMS = 132
@@ -136,7 +133,9 @@ def main() -> None:
     parser.add_argument(
         "--width", type=int, default=50, help="rcda_aggregate: the map's width (the build's class)"
     )
-    parser.add_argument("--block-q", type=int, choices=(64, 128), help="rcda_aggregate: queries per program")
+    parser.add_argument(
+        "--block-q", type=int, choices=(64, 128), help="rcda_aggregate: queries per program (fused kernel)"
+    )
     parser.add_argument("--num-warps", type=int, choices=(4, 8), help="rcda_aggregate: warps per program")
     parser.add_argument(
         "--phase",
@@ -154,6 +153,8 @@ def main() -> None:
     if args.op == "self_attention":
         build, warps = compile_self_attention_kernel(args.batch)
     else:
+        if args.block_q and args.phase != "fused":
+            parser.error("--block-q is the fused kernel's: a phase of the split launch has its own block")
         build, warps = compile_encoder_kernel(args.width, args.block_q, args.num_warps, args.phase)
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / f"{args.op}.cubin"

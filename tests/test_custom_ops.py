@@ -590,14 +590,36 @@ def test_kernel_matches_reference_with_the_other_query_block(spec, case, dtype, 
 
 @needs_interpreter
 @pytest.mark.parametrize(
-    "case", ["map", "odd_map", "odd", "fully_padded", "wide", "wider", "one_row_per_step", "packed_map"]
+    "case",
+    [
+        "map",
+        "odd_map",
+        "odd",
+        "fully_padded",
+        "wide",
+        "wider",
+        "one_row_per_step",
+        "packed_map",
+        "model_heads_map",
+    ],
 )
-def test_rcda_aggregate_in_two_launches_writes_the_fused_kernels_outputs(case):
+def test_rcda_aggregate_in_two_launches_writes_the_fused_kernels_outputs(case, monkeypatch):
     """The split launch (the probabilities stored, then the aggregation) rounds as the fused kernel
-    does: its outputs are the same, bit for bit (tail widths, padded rows, two query blocks)."""
+    does: in float16 its outputs are the same, bit for bit (tail widths, padded rows, one and several
+    query blocks per launch)."""
     args = rcda_aggregate_inputs(op_cases("rcda_aggregate").cases[case], F16, "cpu")
     fused = rcda_aggregate.rcda_aggregate_triton(*args, split=False)
-    assert torch.equal(rcda_aggregate.rcda_aggregate_triton(*args, split=True), fused)
+    phases, launches = [], rcda_aggregate.rcda_aggregate_launches
+
+    def recording(*sizes, **kwargs):
+        chosen = launches(*sizes, **kwargs)
+        phases.append([meta["PHASE"] for _, meta in chosen])
+        return chosen
+
+    monkeypatch.setattr(rcda_aggregate, "rcda_aggregate_launches", recording)
+    split = rcda_aggregate.rcda_aggregate_triton(*args, split=True)
+    assert phases == [[rcda_aggregate.PROBABILITIES, rcda_aggregate.AGGREGATION]]
+    assert torch.equal(split, fused)
 
 
 @pytest.mark.parametrize(
@@ -614,6 +636,8 @@ def test_rcda_aggregate_in_two_launches_writes_the_fused_kernels_outputs(case):
 def test_rcda_aggregate_splits_the_grids_that_fill_the_sms(
     monkeypatch, queries, batch_heads, sm_count, block_q, launches
 ):
+    """With SPLIT, two launches where the fused kernel's grid would fill the SMs; one otherwise, and
+    always without SPLIT."""
     monkeypatch.setattr(rcda_aggregate, "SPLIT", True)
     got = rcda_aggregate.rcda_aggregate_launches(queries, batch_heads, 50, 32, 2, sm_count, block_q)
     assert [(meta["PHASE"], meta["BLOCK_Q"], meta["num_warps"]) for _, meta in got] == launches
