@@ -418,10 +418,10 @@ def rcda_aggregate_launch_config(
     sm_count: int | None = None,
     block_q: int | None = None,
 ) -> tuple:
-    """(grid, meta) for the fused kernel on ``element_size``-byte floats: meta holds the constexpr
-    blocks, PHASE, num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up
-    to it. Queries per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q where
-    BLOCK_Q's grid would give ``sm_count`` SMs few programs (``_common.few_programs``), else BLOCK_Q
+    """(grid, meta) for the fused kernel on ``element_size``-byte floats: meta holds the constexpr blocks,
+    PHASE, num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it.
+    Queries per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q
+    where BLOCK_Q's grid would give ``sm_count`` SMs few programs (``_common.few_programs``), else BLOCK_Q
     (always without ``sm_count``)."""
     if block_q is None:
         programs = triton.cdiv(num_queries, BLOCK_Q) * batch_heads
@@ -614,13 +614,13 @@ def runs_kernel(dtype: torch.dtype, width: int, head_dim: int, image_values: int
 
 
 def warm(width: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str) -> None:
-    """Compile the kernel for feature maps ``width`` wide (any of its ``width_blocks`` class) of a
-    model of ``heads`` heads of ``head_dim`` in ``dtype``: one launch per query block on a zero map one
-    row high, and the split launch if SPLIT, whichever the launch config would pick (it depends on the
-    batch, the map and the GPU). The model's calls run these builds: beyond the blocks, Triton
-    specializes on dtypes, pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), all shared with the
-    encoder's and decoder's calls (every channel count, offset and stride there is a multiple of C,
-    which must be a multiple of 16). Does nothing where the op runs the reference (``runs_kernel``)."""
+    """Compile the kernel for feature maps ``width`` wide (any of its ``width_blocks`` class) of a model
+    of ``heads`` heads of ``head_dim`` in ``dtype``: one launch per query block on a zero map one row
+    high, and the split launch if SPLIT, whichever the launch config would pick (it depends on the batch,
+    the map and the GPU). The model's calls run these builds: beyond the blocks, Triton specializes on
+    dtypes, pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), all shared with the
+    encoder's and decoder's calls (every channel count, offset and stride there is a multiple of C, which
+    must be a multiple of 16). Does nothing where the op runs the reference (``runs_kernel``)."""
     if not runs_kernel(dtype, width, head_dim):
         return
     channels = heads * head_dim
