@@ -71,8 +71,9 @@ FUSED, PROBABILITIES, AGGREGATION = 0, 1, 2
 # the probabilities 109 (four). Triton 3.8's sm_90 builds at 50x50: ``python -m scripts.sass_rcda
 # --phase``. The row probabilities then go through a buffer of the call, [N, Lq, BLOCK_W + TAIL_W].
 # Off until measured on a GPU; before it is turned on, its builds need checking beyond the model's 50x50
-# maps with heads of 32: at width 84 the aggregation takes 90 registers (two programs per SM), and at
-# heads of 64 and width 256 its 8-warp build asks 192 KiB of shared memory (the fused kernel's 96).
+# maps with heads of 32: at width 84 the aggregation takes 90 registers (two programs per SM; ``--width
+# 84``), and at heads of 64 and width 256 its 8-warp build asks 192 KiB of shared memory (the fused
+# kernel's 96; ``--head-dim 64 --width 256``).
 SPLIT = False
 PROBABILITIES_BLOCK_Q = 64
 AGGREGATION_WARPS = 8
@@ -696,7 +697,7 @@ def _launch(
     scale: float,
     out: Tensor | None,
     block_q: int | None,
-    split: bool | None = None,
+    split: bool | None,
 ) -> Tensor:
     """``rcda_aggregate_triton`` on inputs ``check_inputs`` has passed."""
     n, height, head_dim = k_col.shape
@@ -793,7 +794,7 @@ def _(
     check_inputs(*args)  # once: the launch below does not check again
     if not runs_kernel(values.dtype, k_row.shape[1], k_row.shape[2], values.shape[1:].numel()):
         return reference.rcda_aggregate(*args).contiguous()
-    return _launch(*args, out=None, block_q=None)
+    return _launch(*args, out=None, block_q=None, split=None)
 
 
 @rcda_aggregate.register_fake

@@ -1,12 +1,13 @@
 """A custom op's kernel compiled for sm_90 on this machine (no GPU needed) with the installed Triton:
 ``rcda_aggregate``'s as the launcher builds it for the encoder's map in fp16 (50x50 unless --width),
 or ``self_attention``'s for the decoder's 900 tokens (--op self_attention); launch config, pointers
-and channel counts specialized as divisible by 16. Prints its registers, its spills and its main
-loop's SASS instructions counted by kind, what a step issues per thread. Run it without
-TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads it for
-Triton 3.6, the GPU machine's:
+and channel counts specialized as divisible by 16. Prints its registers, its spills, its shared
+memory and its main loop's SASS instructions counted by kind, what a step issues per thread. Run it
+without TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads it
+for Triton 3.6, the GPU machine's:
 
     python -m scripts.sass_rcda [--width 84] [--block-q 64] [--num-warps 8] [--phase aggregation]
+        [--head-dim 64]
     python -m scripts.sass_rcda --op self_attention [--batch 1]
 """
 
@@ -16,6 +17,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import triton
@@ -37,15 +39,25 @@ DIVISIBLE = {
 }  # fmt: skip
 
 
+class Build(NamedTuple):
+    cubin: bytes
+    warps: int
+    shared: int  # bytes of shared memory a program takes
+
+
 def compile_encoder_kernel(
-    width: int = 50, block_q: int | None = None, num_warps: int | None = None, phase: str = "fused"
-) -> tuple[bytes, int]:
-    """(cubin, warps) of rcda_aggregate's kernel for the encoder's call on a map ``width`` wide (50:
-    800x800; 2,500 queries, 8 heads of 32, fp16): the fused kernel with ``block_q`` queries per
-    program and ``num_warps`` warps (None: the launch config's choices without an SM count, BLOCK_Q
-    and NUM_WARPS), or ``phase`` "probabilities" or "aggregation" of the split launch (its block, and
-    its warps unless given)."""
-    sizes = (2500, 64, width, 32, 2)
+    width: int = 50,
+    block_q: int | None = None,
+    num_warps: int | None = None,
+    phase: str = "fused",
+    head_dim: int = 32,
+) -> Build:
+    """rcda_aggregate's kernel for the encoder's call on a map ``width`` wide (50: 800x800; 2,500
+    queries, 8 heads of ``head_dim``, fp16): the fused kernel with ``block_q`` queries per program and
+    ``num_warps`` warps (None: the launch config's choices without an SM count, BLOCK_Q and
+    NUM_WARPS), or ``phase`` "probabilities" or "aggregation" of the split launch (its block, and its
+    warps unless given)."""
+    sizes = (2500, 64, width, head_dim, 2)
     if phase == "fused":
         _, meta = rcda_aggregate.rcda_aggregate_launch_config(*sizes, block_q=block_q)
         meta["probs_row_ptr"] = None  # not read by the fused kernel
@@ -55,24 +67,22 @@ def compile_encoder_kernel(
     if num_warps:
         meta["num_warps"] = num_warps
     pointers = POINTERS | ({"probs_row_ptr"} if phase != "fused" else set())
-    cubin = _cubin(rcda_aggregate.rcda_aggregate_kernel, meta, pointers, MASKS, DIVISIBLE, "scale")
-    return cubin, meta["num_warps"]
+    return _build(rcda_aggregate.rcda_aggregate_kernel, meta, pointers, MASKS, DIVISIBLE, "scale")
 
 
 H100_SMS = 132
 
 
-def compile_self_attention_kernel(batch: int = 8) -> tuple[bytes, int]:
-    """(cubin, warps) of self_attention's kernel for the decoder's call at ``batch`` on an H100 (900
+def compile_self_attention_kernel(batch: int = 8) -> Build:
+    """self_attention's kernel for the decoder's call at ``batch`` on an H100 (900
     tokens, 8 heads of 32, fp16; the query block the launch config picks for that grid)."""
     _, meta = self_attention.self_attention_launch_config(900, batch * 8, 32, sm_count=H100_SMS)
     pointers = {"packed_ptr", "term_ptr", "out_ptr"}
     divisible = {"head_dim", "term_stride_b", "term_stride_l"}
-    cubin = _cubin(self_attention.self_attention_kernel, meta, pointers, set(), divisible, "scale_log2")
-    return cubin, meta["num_warps"]
+    return _build(self_attention.self_attention_kernel, meta, pointers, set(), divisible, "scale_log2")
 
 
-def _cubin(kernel, meta: dict, pointers: set, masks: set, divisible: set, float_arg: str) -> bytes:
+def _build(kernel, meta: dict, pointers: set, masks: set, divisible: set, float_arg: str) -> Build:
     """``kernel`` compiled for sm_90 with launch config ``meta``: ``pointers`` fp16 and ``masks`` uint8
     pointers, ``float_arg`` fp32, the other runtime arguments int32; pointers and ``divisible`` ints
     specialized as divisible by 16, as the model's launches are."""
@@ -92,7 +102,8 @@ def _cubin(kernel, meta: dict, pointers: set, masks: set, divisible: set, float_
     specialized = [i for i, name in enumerate(kernel.arg_names) if name in pointers | masks | divisible]
     attrs = {(i,): [["tt.divisibility", 16]] for i in specialized}
     source = ASTSource(kernel, signature, constexprs, attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    return Build(compiled.asm["cubin"], compiled.metadata.num_warps, compiled.metadata.shared)
 
 
 def main_loop(sass: str) -> list[str]:
@@ -137,6 +148,7 @@ def main() -> None:
         "--block-q", type=int, choices=(64, 128), help="rcda_aggregate: queries per program (fused kernel)"
     )
     parser.add_argument("--num-warps", type=int, choices=(4, 8), help="rcda_aggregate: warps per program")
+    parser.add_argument("--head-dim", type=int, default=32, help="rcda_aggregate: channels per head")
     parser.add_argument(
         "--phase",
         choices=("fused", "probabilities", "aggregation"),
@@ -151,14 +163,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.op == "self_attention":
-        build, warps = compile_self_attention_kernel(args.batch)
+        build = compile_self_attention_kernel(args.batch)
     else:
         if args.block_q and args.phase != "fused":
             parser.error("--block-q is the fused kernel's: a phase of the split launch has its own block")
-        build, warps = compile_encoder_kernel(args.width, args.block_q, args.num_warps, args.phase)
+        build = compile_encoder_kernel(args.width, args.block_q, args.num_warps, args.phase, args.head_dim)
+    warps = build.warps
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / f"{args.op}.cubin"
-        cubin.write_bytes(build)
+        cubin.write_bytes(build.cubin)
         nvdisasm = Path(triton.knobs.nvidia.ptxas.path).parent / "nvdisasm"
         sass = subprocess.run([nvdisasm, cubin], capture_output=True, text=True, check=True).stdout
     loop = main_loop(sass)
@@ -170,7 +183,7 @@ def main() -> None:
         f"triton {triton.__version__}, sm_90, {warps} warps: {used} registers per thread "
         f"(programs per SM: {65536 // (32 * warps * allocated)}), {spills[0]} local "
         f"(spill) loads and stores, {spills[1]} in the main loop; main loop of {len(loop)} SASS "
-        "instructions per thread per step"
+        f"instructions per thread per step; {build.shared // 1024} KiB of shared memory a program"
     )
     for name, count in counts.most_common():
         print(f"{count:5d}  {name}")
