@@ -561,13 +561,14 @@ OTHER_BLOCK = {
 
 
 def recorded_metas(monkeypatch, module: ModuleType, config_name: str) -> list[dict]:
-    """The metas ``module``'s launcher launches its kernel with from now on, in order."""
+    """The metas ``module``'s launcher launches its kernel with from now on, in order (``config_name``
+    gives one (grid, meta) or a list of them)."""
     metas, config = [], getattr(module, config_name)
 
     def recording(*args, **kwargs):
-        grid, meta = config(*args, **kwargs)
-        metas.append(meta)
-        return grid, meta
+        chosen = config(*args, **kwargs)
+        metas.extend(meta for _, meta in (chosen if isinstance(chosen, list) else [chosen]))
+        return chosen
 
     monkeypatch.setattr(module, config_name, recording)
     return metas
@@ -609,16 +610,9 @@ def test_rcda_aggregate_in_two_launches_writes_the_fused_kernels_outputs(case, m
     query blocks per launch)."""
     args = rcda_aggregate_inputs(op_cases("rcda_aggregate").cases[case], F16, "cpu")
     fused = rcda_aggregate.rcda_aggregate_triton(*args, split=False)
-    phases, launches = [], rcda_aggregate.rcda_aggregate_launches
-
-    def recording(*sizes, **kwargs):
-        chosen = launches(*sizes, **kwargs)
-        phases.append([meta["PHASE"] for _, meta in chosen])
-        return chosen
-
-    monkeypatch.setattr(rcda_aggregate, "rcda_aggregate_launches", recording)
+    metas = recorded_metas(monkeypatch, rcda_aggregate, "rcda_aggregate_launches")
     split = rcda_aggregate.rcda_aggregate_triton(*args, split=True)
-    assert phases == [[rcda_aggregate.PROBABILITIES, rcda_aggregate.AGGREGATION]]
+    assert [meta["PHASE"] for meta in metas] == [rcda_aggregate.PROBABILITIES, rcda_aggregate.AGGREGATION]
     assert torch.equal(split, fused)
 
 
