@@ -356,8 +356,7 @@ def _rcda_aggregate_meta(module: ModuleType, s: Shapes, d: Dtypes, a: Attrs) -> 
     _, meta = module.rcda_aggregate_launch_config(queries, n, width, head_dim, dtype.itemsize)
     # scale, a float, is compiled in; value_channel is a runtime int32 (``_rcda_aggregate_scalars``),
     # so that the decoder's layers, each with its own, share one kernel.
-    # The fused kernel (PHASE FUSED): its row-probability buffer, the split launch's, is never read.
-    return {**meta, "DOT_PRECISION": _dot_precision(dtype), "scale": a["scale"], "probs_row_ptr": None}
+    return {**meta, "DOT_PRECISION": _dot_precision(dtype), "scale": a["scale"]}
 
 
 def _rcda_aggregate_scalars(s: Shapes, a: Attrs) -> dict[str, Any]:

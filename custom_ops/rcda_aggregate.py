@@ -62,21 +62,6 @@ SHARED_BUDGET = 160 * 1024
 # Registers for the [BLOCK_Q, W] row probabilities, which every step reads.
 ROW_PROBABILITIES_BUDGET = 64 * 1024
 COL_CHUNK = 32  # rows h per product of the column scores (a tensor-core N is at least 16)
-# The kernel's PHASE: the op in one launch, or in two, the probabilities and then the aggregation.
-FUSED, PROBABILITIES, AGGREGATION = 0, 1, 2
-# Grids that fill the SMs run the op in two launches: the probabilities at PROBABILITIES_BLOCK_Q queries
-# per program, then the aggregation at AGGREGATION_WARPS warps. The fused kernel's registers (the
-# softmaxes' and the main loop's, 193 a thread) hold an SM to two programs of 4 warps, too few to hide
-# the main loop's latencies; alone, the aggregation takes 74 with 8 warps (three programs per SM) and
-# the probabilities 109 (four). Triton 3.8's sm_90 builds at 50x50: ``python -m scripts.sass_rcda
-# --phase``. The row probabilities then go through a buffer of the call, [N, Lq, BLOCK_W + TAIL_W].
-# Off until measured on a GPU; before it is turned on, its builds need checking beyond the model's 50x50
-# maps with heads of 32: at width 84 the aggregation takes 90 registers (two programs per SM; ``--width
-# 84``), and at heads of 64 and width 256 its 8-warp build asks 192 KiB of shared memory (the fused
-# kernel's 96; ``--head-dim 64 --width 256``).
-SPLIT = False
-PROBABILITIES_BLOCK_Q = 64
-AGGREGATION_WARPS = 8
 
 
 @triton.jit
@@ -214,12 +199,6 @@ def _column_weights(probs_col_ptr, row_index, q_ok, h, height):
 
 
 @triton.jit
-def _row_probability_ptrs(probs_row_ptr, row_index, w, BLOCK_W: tl.constexpr, TAIL_W: tl.constexpr):
-    """Pointers to probs_row[row_index, w] of the buffer [N, Lq, BLOCK_W + TAIL_W]: [BLOCK_Q, len(w)]."""
-    return probs_row_ptr + (row_index * (BLOCK_W + TAIL_W))[:, None] + w[None, :]
-
-
-@triton.jit
 def _joint_weights(probs_row, p_col, BLOCK_Q: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """probs_col[q, h] * probs_row[q, w] for one step's rows h: [BLOCK_Q, BLOCK_H * BLOCK_W], the
     left-hand side of its product (in value's dtype: the product of two 16-bit floats, rounded once, is
@@ -242,7 +221,6 @@ def rcda_aggregate_kernel(
     values_ptr,
     out_ptr,
     probs_col_ptr,
-    probs_row_ptr,
     num_queries,
     heads,
     height,
@@ -266,7 +244,6 @@ def rcda_aggregate_kernel(
     BLOCK_H: tl.constexpr,
     COL_CHUNK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    PHASE: tl.constexpr,
 ):
     """Grid (cdiv(num_queries, BLOCK_Q), N). queries [B, Lq, query_channels] (row queries in channels
     [0, C), column queries in [C, 2C), C = heads * head_dim), query q at (q // map_width, q % map_width)
@@ -277,12 +254,7 @@ def rcda_aggregate_kernel(
     each step takes BLOCK_H rows h: the joint weights probs_col[q, h] * probs_row[q, w],
     [BLOCK_Q, BLOCK_H * W], times value[h:h + BLOCK_H] as [BLOCK_H * W, D], accumulated in float32. W
     is covered by BLOCK_W columns, then TAIL_W more if TAIL_W > 0 (a second product into the same
-    sum). mask_col [B, H] and mask_row [B, W] uint8, nonzero = padded row or column.
-
-    PHASE FUSED does all of it; PROBABILITIES stops after the row probabilities, which it writes to
-    probs_row [N, Lq, BLOCK_W + TAIL_W] (a buffer of the call); AGGREGATION starts from both stored
-    probabilities, rounded as the fused kernel rounds them (its float32 sums may add in another order
-    at another query block or warp count)."""
+    sum). mask_col [B, H] and mask_row [B, W] uint8, nonzero = padded row or column."""
     n = tl.program_id(1).to(tl.int64)
     batch, head = n // heads, n % heads
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -295,77 +267,51 @@ def rcda_aggregate_kernel(
     query_rows = batch * num_queries + q  # of queries and out
     query_offsets = query_rows * query_channels + head * head_dim
     head_offset = head * head_dim
+    q_col = _projected_queries(
+        queries_ptr + channels,
+        query_offsets,
+        col_term_ptr,
+        _term_offsets(batch, q, map_width, col_term_stride_b, col_term_stride_y, col_term_stride_x)
+        + head_offset,
+        d,
+        ok,
+        scale,
+    )
     row_index = n * num_queries + q
-    if PHASE == 2:  # AGGREGATION
-        probs_row = tl.load(
-            _row_probability_ptrs(probs_row_ptr, row_index, w, BLOCK_W, TAIL_W), mask=q_ok[:, None], other=0.0
+    _column_probabilities(
+        q_col, k_col_ptr, mask_col_ptr, probs_col_ptr, row_index, q_ok, n, batch, height, head_dim,
+        d, d_ok, BLOCK_Q, COL_CHUNK, DOT_PRECISION,
+    )  # fmt: skip
+    tl.debug_barrier()  # the whole program's stores, before any thread reads them back
+    q_row = _projected_queries(
+        queries_ptr,
+        query_offsets,
+        row_term_ptr,
+        _term_offsets(batch, q, map_width, row_term_stride_b, row_term_stride_y, row_term_stride_x)
+        + head_offset,
+        d,
+        ok,
+        scale,
+    )
+    scores, valid = _key_scores(
+        q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION
+    )
+    row_max = tl.max(scores, axis=1)
+    if TAIL_W > 0:
+        w_tail = BLOCK_W + tl.arange(0, TAIL_W)
+        scores_tail, valid_tail = _key_scores(
+            q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w_tail, d, d_ok, DOT_PRECISION
         )
-        if TAIL_W > 0:
-            w_tail = BLOCK_W + tl.arange(0, TAIL_W)
-            probs_row_tail = tl.load(
-                _row_probability_ptrs(probs_row_ptr, row_index, w_tail, BLOCK_W, TAIL_W),
-                mask=q_ok[:, None],
-                other=0.0,
-            )
-    else:
-        q_col = _projected_queries(
-            queries_ptr + channels,
-            query_offsets,
-            col_term_ptr,
-            _term_offsets(batch, q, map_width, col_term_stride_b, col_term_stride_y, col_term_stride_x)
-            + head_offset,
-            d,
-            ok,
-            scale,
-        )
-        _column_probabilities(
-            q_col, k_col_ptr, mask_col_ptr, probs_col_ptr, row_index, q_ok, n, batch, height, head_dim,
-            d, d_ok, BLOCK_Q, COL_CHUNK, DOT_PRECISION,
-        )  # fmt: skip
-        if PHASE == 0:
-            tl.debug_barrier()  # the whole program's stores, before any thread reads them back
-        q_row = _projected_queries(
-            queries_ptr,
-            query_offsets,
-            row_term_ptr,
-            _term_offsets(batch, q, map_width, row_term_stride_b, row_term_stride_y, row_term_stride_x)
-            + head_offset,
-            d,
-            ok,
-            scale,
-        )
-        scores, valid = _key_scores(
-            q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w, d, d_ok, DOT_PRECISION
-        )
-        row_max = tl.max(scores, axis=1)
-        if TAIL_W > 0:
-            w_tail = BLOCK_W + tl.arange(0, TAIL_W)
-            scores_tail, valid_tail = _key_scores(
-                q_row, k_row_ptr, mask_row_ptr, n, batch, width, head_dim, w_tail, d, d_ok, DOT_PRECISION
-            )
-            row_max = tl.maximum(row_max, tl.max(scores_tail, axis=1))
-        numerators = softmax_numerators(scores, valid, row_max)
-        total = tl.sum(numerators, axis=1)
-        if TAIL_W > 0:
-            numerators_tail = softmax_numerators(scores_tail, valid_tail, row_max)
-            total += tl.sum(numerators_tail, axis=1)
-        row_scale = softmax_scale(total)[:, None]
-        probs_row = (numerators * row_scale).to(values_ptr.dtype.element_ty)
-        if TAIL_W > 0:
-            probs_row_tail = (numerators_tail * row_scale).to(values_ptr.dtype.element_ty)
-        if PHASE == 1:  # PROBABILITIES
-            tl.store(
-                _row_probability_ptrs(probs_row_ptr, row_index, w, BLOCK_W, TAIL_W),
-                probs_row,
-                mask=q_ok[:, None],
-            )
-            if TAIL_W > 0:
-                tl.store(
-                    _row_probability_ptrs(probs_row_ptr, row_index, w_tail, BLOCK_W, TAIL_W),
-                    probs_row_tail,
-                    mask=q_ok[:, None],
-                )
-            return
+        row_max = tl.maximum(row_max, tl.max(scores_tail, axis=1))
+    numerators = softmax_numerators(scores, valid, row_max)
+    total = tl.sum(numerators, axis=1)
+    if TAIL_W > 0:
+        numerators_tail = softmax_numerators(scores_tail, valid_tail, row_max)
+        total += tl.sum(numerators_tail, axis=1)
+    row_scale = softmax_scale(total)[:, None]
+    probs_row = (numerators * row_scale).to(values_ptr.dtype.element_ty)
+    if TAIL_W > 0:
+        probs_row_tail = (numerators_tail * row_scale).to(values_ptr.dtype.element_ty)
     value_base = values_ptr + batch * height * width * value_channels + value_channel + head_offset
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     p_col = _column_weights(probs_col_ptr, row_index, q_ok, rows, height)
@@ -419,10 +365,10 @@ def rcda_aggregate_launch_config(
     sm_count: int | None = None,
     block_q: int | None = None,
 ) -> tuple:
-    """(grid, meta) for the fused kernel on ``element_size``-byte floats: meta holds the constexpr blocks,
-    PHASE, num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it.
-    Queries per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q
-    where BLOCK_Q's grid would give ``sm_count`` SMs few programs (``_common.few_programs``), else BLOCK_Q
+    """(grid, meta) for the kernel on ``element_size``-byte floats: meta holds the constexpr blocks,
+    num_warps and num_stages. A kernel built for BLOCK_W + TAIL_W serves every width up to it. Queries
+    per program: ``block_q`` if given (SMALL_GRID_BLOCK_Q or BLOCK_Q), else SMALL_GRID_BLOCK_Q where
+    BLOCK_Q's grid would give ``sm_count`` SMs few programs (``_common.few_programs``), else BLOCK_Q
     (always without ``sm_count``)."""
     if block_q is None:
         programs = triton.cdiv(num_queries, BLOCK_Q) * batch_heads
@@ -439,54 +385,10 @@ def rcda_aggregate_launch_config(
         "BLOCK_D": block_d,
         "BLOCK_H": block_h,
         "COL_CHUNK": COL_CHUNK,
-        "PHASE": FUSED,
         "num_warps": NUM_WARPS,
         "num_stages": max(1, min(MAX_STAGES, (SHARED_BUDGET - resident_bytes) // step_bytes)),
     }
     return (triton.cdiv(num_queries, block_q), batch_heads), meta
-
-
-def rcda_aggregate_launches(
-    num_queries: int,
-    batch_heads: int,
-    width: int,
-    head_dim: int,
-    element_size: int,
-    sm_count: int | None = None,
-    block_q: int | None = None,
-    split: bool | None = None,
-) -> list[tuple]:
-    """The kernel's launches for one call, [(grid, meta)]: the fused kernel's
-    (``rcda_aggregate_launch_config``), or with ``split`` the PROBABILITIES launch and then the
-    AGGREGATION launch. ``split`` None: SPLIT where BLOCK_Q's grid gives ``sm_count`` SMs enough
-    programs, never without ``sm_count`` or with ``block_q`` given."""
-    if split and block_q is not None:
-        raise ValueError("block_q picks the fused launch's query block; the split launches have their own")
-    if split is None:
-        programs = triton.cdiv(num_queries, BLOCK_Q) * batch_heads
-        split = (
-            SPLIT
-            and block_q is None
-            and sm_count is not None
-            and not _common.few_programs(programs, sm_count)
-        )
-    sizes = (num_queries, batch_heads, width, head_dim, element_size)
-    if not split:
-        return [rcda_aggregate_launch_config(*sizes, sm_count=sm_count, block_q=block_q)]
-    launches = []
-    for phase, queries, warps in (
-        (PROBABILITIES, PROBABILITIES_BLOCK_Q, NUM_WARPS),
-        (AGGREGATION, BLOCK_Q, AGGREGATION_WARPS),
-    ):
-        grid, meta = rcda_aggregate_launch_config(*sizes, block_q=queries)
-        launches.append((grid, meta | {"PHASE": phase, "num_warps": warps}))
-    return launches
-
-
-def row_buffer_shape(batch_heads: int, num_queries: int, meta: dict) -> tuple[int, int, int]:
-    """The shape of the buffer a PROBABILITIES launch of ``meta`` writes the row probabilities to and
-    the AGGREGATION launch reads: [N, Lq, BLOCK_W + TAIL_W]."""
-    return (batch_heads, num_queries, meta["BLOCK_W"] + meta["TAIL_W"])
 
 
 def max_kernel_width(element_size: int, head_dim: int) -> int:
@@ -615,22 +517,19 @@ def runs_kernel(dtype: torch.dtype, width: int, head_dim: int, image_values: int
 
 
 def warm(width: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str) -> None:
-    """Compile the kernel for feature maps ``width`` wide (any of its ``width_blocks`` class) of a model
-    of ``heads`` heads of ``head_dim`` in ``dtype``: one launch per query block on a zero map one row
-    high, and the split launch if SPLIT, whichever the launch config would pick (it depends on the batch,
-    the map and the GPU). The model's calls run these builds: beyond the blocks, Triton specializes on
-    dtypes, pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), all shared with the
-    encoder's and decoder's calls (every channel count, offset and stride there is a multiple of C, which
-    must be a multiple of 16). Does nothing where the op runs the reference (``runs_kernel``)."""
+    """Compile the kernel for feature maps ``width`` wide (any of its ``width_blocks`` class) of a
+    model of ``heads`` heads of ``head_dim`` in ``dtype``: one launch per query block on a zero map one
+    row high, whatever block the launch config would pick (it depends on the batch, the map and the
+    GPU). The model's calls run these builds: beyond the blocks, Triton specializes on dtypes,
+    pointers' 16-byte alignment and ints' divisibility by 16 (or being 1), all shared with the
+    encoder's and decoder's calls (every channel count, offset and stride there is a multiple of C,
+    which must be a multiple of 16). Does nothing where the op runs the reference (``runs_kernel``)."""
     if not runs_kernel(dtype, width, head_dim):
         return
     channels = heads * head_dim
     zeros = functools.partial(torch.zeros, dtype=dtype, device=device)
     padding = functools.partial(torch.zeros, dtype=torch.bool, device=device)
-    launches = [{"block_q": SMALL_GRID_BLOCK_Q}, {"block_q": BLOCK_Q}]
-    if SPLIT:
-        launches.append({"split": True})
-    for launch in launches:
+    for block_q in (SMALL_GRID_BLOCK_Q, BLOCK_Q):
         rcda_aggregate_triton(
             zeros(1, 1, width, 2 * channels),
             zeros(1, 1, width, channels),
@@ -642,7 +541,7 @@ def warm(width: int, heads: int, head_dim: int, dtype: torch.dtype, device: torc
             zeros(1, 1, width, channels),
             0,
             head_dim**-0.5,
-            **launch,
+            block_q=block_q,
         )
 
 
@@ -659,13 +558,11 @@ def rcda_aggregate_triton(
     scale: float,
     out: Tensor | None = None,
     block_q: int | None = None,
-    split: bool | None = None,
 ) -> Tensor:
     """Launch the kernel on CUDA (or CPU under TRITON_INTERPRET=1); inputs other than the terms are
     copied contiguous first, the terms only if their channels are strided. Writes ``out`` (new if None,
     else contiguous [*queries.shape[:-1], C] of the queries' dtype). Queries per program: ``block_q``,
-    or None for the launch config's choice for the device's SMs; one launch or two: ``split``, or None
-    for ``rcda_aggregate_launches``' choice."""
+    or None for the launch config's choice for the device's SMs."""
     check_inputs(queries, row_term, col_term, k_col, mask_col, k_row, mask_row, values, value_channel, scale)
     return _launch(
         queries,
@@ -680,7 +577,6 @@ def rcda_aggregate_triton(
         scale,
         out,
         block_q,
-        split,
     )
 
 
@@ -697,7 +593,6 @@ def _launch(
     scale: float,
     out: Tensor | None,
     block_q: int | None,
-    split: bool | None,
 ) -> Tensor:
     """``rcda_aggregate_triton`` on inputs ``check_inputs`` has passed."""
     n, height, head_dim = k_col.shape
@@ -715,43 +610,35 @@ def _launch(
     terms = [term if term.stride(-1) == 1 else term.contiguous() for term in (row_term, col_term)]
     strides = [term_strides(term.shape, term.stride()) for term in terms]
     sm_count = _common.sm_count(values.device.index) if values.is_cuda else None
-    launches = rcda_aggregate_launches(
-        num_queries,
-        n,
-        width,
-        head_dim,
-        values.element_size(),
-        sm_count=sm_count,
-        block_q=block_q,
-        split=split,
-    )
-    args = (
-        queries.contiguous(),
-        *terms,
-        k_col.contiguous(),
-        mask_col.contiguous().view(torch.uint8),
-        k_row.contiguous(),
-        mask_row.contiguous().view(torch.uint8),
-        values.contiguous(),
-        out,
-        values.new_empty(column_buffer_shape(n, num_queries, height)),  # the kernel's own
-        values.new_empty(row_buffer_shape(n, num_queries, launches[0][1])) if len(launches) > 1 else None,
-        num_queries,
-        heads,
-        height,
-        width,
-        head_dim,
-        queries.shape[-1],
-        map_width,
-        *strides[0],
-        *strides[1],
-        values.shape[3],
-        value_channel,
-        float(scale),
+    grid, meta = rcda_aggregate_launch_config(
+        num_queries, n, width, head_dim, values.element_size(), sm_count=sm_count, block_q=block_q
     )
     with _common.launch_context(_OP, rcda_aggregate_kernel, values):
-        for grid, meta in launches:
-            rcda_aggregate_kernel[grid](*args, DOT_PRECISION=_common.dot_precision(values.dtype), **meta)
+        rcda_aggregate_kernel[grid](
+            queries.contiguous(),
+            *terms,
+            k_col.contiguous(),
+            mask_col.contiguous().view(torch.uint8),
+            k_row.contiguous(),
+            mask_row.contiguous().view(torch.uint8),
+            values.contiguous(),
+            out,
+            values.new_empty(column_buffer_shape(n, num_queries, height)),  # the kernel's own
+            num_queries,
+            heads,
+            height,
+            width,
+            head_dim,
+            queries.shape[-1],
+            map_width,
+            *strides[0],
+            *strides[1],
+            values.shape[3],
+            value_channel,
+            float(scale),
+            DOT_PRECISION=_common.dot_precision(values.dtype),
+            **meta,
+        )
     return out
 
 
@@ -794,7 +681,7 @@ def _(
     check_inputs(*args)  # once: the launch below does not check again
     if not runs_kernel(values.dtype, k_row.shape[1], k_row.shape[2], values.shape[1:].numel()):
         return reference.rcda_aggregate(*args).contiguous()
-    return _launch(*args, out=None, block_q=None, split=None)
+    return _launch(*args, out=None, block_q=None)
 
 
 @rcda_aggregate.register_fake

@@ -201,11 +201,6 @@ RCDA_VARIANTS = (
     {"MAX_STAGES": 2},
     {"MAX_STAGES": 4},
     {"COL_CHUNK": 64},
-    # The op in two launches where the grid fills the SMs (batch 8): as built, with the aggregation at 4
-    # warps, with the probabilities at 128 queries a program.
-    {"SPLIT": True},
-    {"SPLIT": True, "AGGREGATION_WARPS": 4},
-    {"SPLIT": True, "PROBABILITIES_BLOCK_Q": 128},
 )
 
 

@@ -6,8 +6,7 @@ memory and its main loop's SASS instructions counted by kind, what a step issues
 without TRITON_INTERPRET (the interpreter compiles nothing); docs/transformer_performance.md reads it
 for Triton 3.6, the GPU machine's:
 
-    python -m scripts.sass_rcda [--width 84] [--block-q 64] [--num-warps 8] [--phase aggregation]
-        [--head-dim 64]
+    python -m scripts.sass_rcda [--width 84] [--block-q 64] [--num-warps 8] [--head-dim 64]
     python -m scripts.sass_rcda --op self_attention [--batch 1]
 """
 
@@ -49,25 +48,15 @@ def compile_encoder_kernel(
     width: int = 50,
     block_q: int | None = None,
     num_warps: int | None = None,
-    phase: str = "fused",
     head_dim: int = 32,
 ) -> Build:
     """rcda_aggregate's kernel for the encoder's call on a map ``width`` wide (50: 800x800; 2,500
-    queries, 8 heads of ``head_dim``, fp16): the fused kernel with ``block_q`` queries per program and
-    ``num_warps`` warps (None: the launch config's choices without an SM count, BLOCK_Q and
-    NUM_WARPS), or ``phase`` "probabilities" or "aggregation" of the split launch (its block, and its
-    warps unless given)."""
-    sizes = (2500, 64, width, head_dim, 2)
-    if phase == "fused":
-        _, meta = rcda_aggregate.rcda_aggregate_launch_config(*sizes, block_q=block_q)
-        meta["probs_row_ptr"] = None  # not read by the fused kernel
-    else:
-        launches = rcda_aggregate.rcda_aggregate_launches(*sizes, split=True)
-        _, meta = launches[("probabilities", "aggregation").index(phase)]
+    queries, 8 heads of ``head_dim``, fp16), with ``block_q`` queries per program and ``num_warps``
+    warps (None: the launch config's choices without an SM count, BLOCK_Q and NUM_WARPS)."""
+    _, meta = rcda_aggregate.rcda_aggregate_launch_config(2500, 64, width, head_dim, 2, block_q=block_q)
     if num_warps:
         meta["num_warps"] = num_warps
-    pointers = POINTERS | ({"probs_row_ptr"} if phase != "fused" else set())
-    return _build(rcda_aggregate.rcda_aggregate_kernel, meta, pointers, MASKS, DIVISIBLE, "scale")
+    return _build(rcda_aggregate.rcda_aggregate_kernel, meta, POINTERS, MASKS, DIVISIBLE, "scale")
 
 
 H100_SMS = 132
@@ -91,7 +80,7 @@ def _build(kernel, meta: dict, pointers: set, masks: set, divisible: set, float_
     constexprs = {**meta, "DOT_PRECISION": _common.dot_precision(torch.float16)}
     signature = {}
     for name in kernel.arg_names:
-        if name in constexprs:  # None pointers too: an argument the build does not read
+        if name in constexprs:
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = "*fp16"
@@ -144,17 +133,9 @@ def main() -> None:
     parser.add_argument(
         "--width", type=int, default=50, help="rcda_aggregate: the map's width (the build's class)"
     )
-    parser.add_argument(
-        "--block-q", type=int, choices=(64, 128), help="rcda_aggregate: queries per program (fused kernel)"
-    )
+    parser.add_argument("--block-q", type=int, choices=(64, 128), help="rcda_aggregate: queries per program")
     parser.add_argument("--num-warps", type=int, choices=(4, 8), help="rcda_aggregate: warps per program")
     parser.add_argument("--head-dim", type=int, default=32, help="rcda_aggregate: channels per head")
-    parser.add_argument(
-        "--phase",
-        choices=("fused", "probabilities", "aggregation"),
-        default="fused",
-        help="rcda_aggregate: the fused kernel, or one launch of the split op",
-    )
     parser.add_argument(
         "--batch",
         type=int,
@@ -165,9 +146,7 @@ def main() -> None:
     if args.op == "self_attention":
         build = compile_self_attention_kernel(args.batch)
     else:
-        if args.block_q and args.phase != "fused":
-            parser.error("--block-q is the fused kernel's: a phase of the split launch has its own block")
-        build = compile_encoder_kernel(args.width, args.block_q, args.num_warps, args.phase, args.head_dim)
+        build = compile_encoder_kernel(args.width, args.block_q, args.num_warps, args.head_dim)
     warps = build.warps
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / f"{args.op}.cubin"

@@ -83,7 +83,7 @@ def test_each_rcda_variant_changes_the_launch_and_is_undone_after_a_failed_build
 
     def launches():  # the decoder at batch 1 (a small grid) and the encoder at batch 8, on 132 SMs
         return [
-            rcda_aggregate.rcda_aggregate_launches(queries, heads, 50, 32, 2, sm_count=132)
+            rcda_aggregate.rcda_aggregate_launch_config(queries, heads, 50, 32, 2, sm_count=132)
             for queries, heads in ((900, 8), (2500, 64))
         ]
 

@@ -561,14 +561,13 @@ OTHER_BLOCK = {
 
 
 def recorded_metas(monkeypatch, module: ModuleType, config_name: str) -> list[dict]:
-    """The metas ``module``'s launcher launches its kernel with from now on, in order (``config_name``
-    gives one (grid, meta) or a list of them)."""
+    """The metas ``module``'s launcher launches its kernel with from now on, in order."""
     metas, config = [], getattr(module, config_name)
 
     def recording(*args, **kwargs):
-        chosen = config(*args, **kwargs)
-        metas.extend(meta for _, meta in (chosen if isinstance(chosen, list) else [chosen]))
-        return chosen
+        grid, meta = config(*args, **kwargs)
+        metas.append(meta)
+        return grid, meta
 
     monkeypatch.setattr(module, config_name, recording)
     return metas
@@ -587,60 +586,6 @@ def test_kernel_matches_reference_with_the_other_query_block(spec, case, dtype, 
     metas = recorded_metas(monkeypatch, module, config_name)
     run_launcher(spec, spec.make_inputs(case, dtype, "cpu"), dtype)
     assert [meta[key] for meta in metas] == [block]
-
-
-@needs_interpreter
-@pytest.mark.parametrize(
-    "case",
-    [
-        "map",
-        "odd_map",
-        "odd",
-        "fully_padded",
-        "wide",
-        "wider",
-        "one_row_per_step",
-        "packed_map",
-        "model_heads_map",
-    ],
-)
-def test_rcda_aggregate_in_two_launches_writes_the_fused_kernels_outputs(case, monkeypatch):
-    """The split launch (the probabilities stored, then the aggregation) rounds as the fused kernel
-    does: in float16 its outputs are the same, bit for bit (tail widths, padded rows, one and several
-    query blocks per launch)."""
-    args = rcda_aggregate_inputs(op_cases("rcda_aggregate").cases[case], F16, "cpu")
-    fused = rcda_aggregate.rcda_aggregate_triton(*args, split=False)
-    metas = recorded_metas(monkeypatch, rcda_aggregate, "rcda_aggregate_launches")
-    split = rcda_aggregate.rcda_aggregate_triton(*args, split=True)
-    assert [meta["PHASE"] for meta in metas] == [rcda_aggregate.PROBABILITIES, rcda_aggregate.AGGREGATION]
-    assert torch.equal(split, fused)
-
-
-@pytest.mark.parametrize(
-    ("queries", "batch_heads", "sm_count", "block_q", "launches"),
-    [
-        # (PHASE, BLOCK_Q, num_warps) of each launch, H100 (132 SMs), 8 heads
-        (2500, 64, 132, None, [(1, 64, 4), (2, 128, 8)]),  # batch 8 encoder: 1280 programs at 128
-        (900, 64, 132, None, [(1, 64, 4), (2, 128, 8)]),  # batch 8 decoder: 512
-        (900, 8, 132, None, [(0, 64, 4)]),  # batch 1 decoder: few programs, one launch of 64 queries
-        (2500, 64, None, None, [(0, 128, 4)]),  # no SM count (a TensorRT engine's kernel)
-        (2500, 64, 132, 128, [(0, 128, 4)]),  # a query block given
-    ],
-)
-def test_rcda_aggregate_splits_the_grids_that_fill_the_sms(
-    monkeypatch, queries, batch_heads, sm_count, block_q, launches
-):
-    """With SPLIT, two launches where the fused kernel's grid would fill the SMs; one otherwise, and
-    always without SPLIT."""
-    monkeypatch.setattr(rcda_aggregate, "SPLIT", True)
-    got = rcda_aggregate.rcda_aggregate_launches(queries, batch_heads, 50, 32, 2, sm_count, block_q)
-    assert [(meta["PHASE"], meta["BLOCK_Q"], meta["num_warps"]) for _, meta in got] == launches
-    assert [grid for grid, _ in got] == [(-(-queries // q), batch_heads) for _, q, _ in launches]
-    monkeypatch.setattr(rcda_aggregate, "SPLIT", False)
-    (_, meta), *rest = rcda_aggregate.rcda_aggregate_launches(
-        queries, batch_heads, 50, 32, 2, sm_count, block_q
-    )
-    assert (meta["PHASE"], rest) == (rcda_aggregate.FUSED, [])
 
 
 @pytest.mark.parametrize(
@@ -681,13 +626,11 @@ def recorded_launches(monkeypatch, module: ModuleType, kernel_name: str) -> list
     return kernel.launches
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch, split):
+def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch):
     """For every batch and padded image of the default range, with the DC5 and C5 strides and a few
     GPUs' SM counts, the metas the launcher picks for the encoder's (H * W queries) and the decoder's
     (900) calls are among those the warm-up launches (``rcda_aggregate.warm`` at each width of
-    ``warm.variant_sizes``), in one launch or two (SPLIT): no image compiles after ``compile()``."""
-    monkeypatch.setattr(rcda_aggregate, "SPLIT", split)
+    ``warm.variant_sizes``): no image compiles after ``compile()``."""
     launches = recorded_launches(monkeypatch, rcda_aggregate, "rcda_aggregate_kernel")
     spec = CompileSpec("fp32", torch.device("cpu"))
     (low_b, low_h, low_w), _, (high_b, high_h, high_w) = spec.padded_range
@@ -695,6 +638,7 @@ def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch, sp
         for _, width in warm.variant_sizes(spec, stride, 256):
             rcda_aggregate.warm(width, 8, 32, F16, "cpu")
     warmed = {tuple(sorted(kwargs.items())) for _, kwargs in launches}
+    config = rcda_aggregate.rcda_aggregate_launch_config
     for stride in (16, 32):
         heights = [size // stride for size in range(low_h, high_h + 1, SIZE_MULTIPLE)]
         widths = [size // stride for size in range(low_w, high_w + 1, SIZE_MULTIPLE)]
@@ -702,11 +646,9 @@ def test_warm_up_launches_every_rcda_aggregate_meta_of_the_range(monkeypatch, sp
             (132, 114, 78), range(low_b, high_b + 1), heights, widths
         ):
             for queries in (height * width, 900):
-                for _, meta in rcda_aggregate.rcda_aggregate_launches(
-                    queries, batch * 8, width, 32, 2, sm_count
-                ):
-                    key = tuple(sorted((meta | {"DOT_PRECISION": "tf32"}).items()))
-                    assert key in warmed, (stride, sm_count, batch, height, width, queries, meta)
+                _, meta = config(queries, batch * 8, width, 32, 2, sm_count)
+                key = tuple(sorted((meta | {"DOT_PRECISION": "tf32"}).items()))
+                assert key in warmed, (stride, sm_count, batch, height, width, queries, meta)
 
 
 def test_warm_up_launches_every_self_attention_meta_of_the_range(monkeypatch):

@@ -51,13 +51,3 @@ def test_the_build_keeps_its_registers_and_a_step_issues_16_products_and_the_joi
     assert counts["HGMMA.64x32x16.F32"] == 16
     # The step's 128 x 128 joint weights over 128 threads, two 16-bit products per instruction.
     assert counts["HMUL2"] == 64
-
-
-@pytest.mark.slow
-def test_the_split_aggregation_holds_three_programs_per_sm_and_issues_half_the_products_per_warp():
-    programs, loop_spills, counts = sass_report("--phase", "aggregation")
-    # Without the softmaxes' registers, three programs of 8 warps fit an SM (the fused kernel: two of 4).
-    assert (programs >= 3, loop_spills) == (True, 0)
-    # Each warpgroup's 64 of the 128 queries: 8 k-steps of 16 over two rows h of 64 columns, and its
-    # 64 x 128 joint weights over 128 threads, paired.
-    assert (counts["HGMMA.64x32x16.F32"], counts["HMUL2"]) == (8, 32)
