@@ -59,12 +59,14 @@ stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's
     selected "$name" || return 0
     local left=$((BUDGET - SECONDS))
     ((left < limit)) && limit=$left
-    if ((limit < 10)); then
+    if ((limit < 20)); then
         printf '%-10s skipped: the %ss budget is spent\n' "$name" "$BUDGET" | tee -a "$LOGS/summary.txt"
         return 0
     fi
     echo "=== $name ($(date -u +%T), limit ${limit}s)" >> "$LOGS/gpu.log"
-    timeout "$limit" "$@" >> "$LOGS/gpu.log" 2>&1
+    # Interrupted 10 s before its limit, killed at it: a pytest run interrupted so writes its junit file
+    # with the tests done and names the one it was in, a script prints where it was.
+    timeout --signal=INT --kill-after=10 "$((limit - 10))" "$@" >> "$LOGS/gpu.log" 2>&1
     local rc=$?
     printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$LOGS/summary.txt"
     local command="" arg  # as results/README.md shows it: one line, folders by name, arguments with
