@@ -16,8 +16,9 @@
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
 # `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
 # Each stage has its own time limit, cut to what is left of GPU_BUDGET_S (default 575 s, one call of
-# the GPU machine this project is measured on: raise it where there is no such limit); a stage that
-# fails does not stop the next one. STAGES="tests bench" runs a subset (e.g. to finish on a second
+# the GPU machine this project is measured on: raise it where there is no such limit); a stage is
+# interrupted (SIGINT) 10 s before its limit and killed at it; a stage that fails does not stop the
+# next one. STAGES="tests bench" runs a subset (e.g. to finish on a second
 # call; the compile cache is kept). Training (7.5 min) and the trained-model accuracy check (~4 min)
 # fill calls of their own on a machine with a 10-minute call limit: STAGES=train, then at once
 # STAGES=accuracy (the checkpoint stays in .cache/train only while the machine is held); or both in
@@ -89,11 +90,11 @@ collect() {  # collect NAME DIR SRC[:DEST]...: copy a selected stage's files fro
 
 # Versions, GPU and which backends run here (also in gpu.log); nvidia-smi's clocks and power limit too.
 INFO='python3 -m anchordetr_trt.cli info --json > "$0" && cat "$0"; nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv'
-stage info 30 environment.json sh -c "$INFO" "$OUT/environment.json"
+stage info 40 environment.json sh -c "$INFO" "$OUT/environment.json"
 stage tests 575 gpu_tests.xml python3 -m pytest -q -rs -m "gpu or tensorrt" --junitxml="$OUT/gpu_tests.xml" tests
 stage check 240 check.json python3 -m anchordetr_trt.cli check --out "$WORK/check"
 collect check "$WORK/check" check.json
-stage bench-ops 45 bench_ops.json python3 -m scripts.bench_ops --out "$OUT"
+stage bench-ops 55 bench_ops.json python3 -m scripts.bench_ops --out "$OUT"
 stage parity 90 "parity.json parity.md" python3 -m scripts.gpu_parity --out "$OUT"
 # export_onnx on this machine's torch (CI covers 2.14) and onnxruntime parity: onnx, onnxscript and
 # onnxruntime must be importable (preinstalled on the GPU machine this project is measured on).
