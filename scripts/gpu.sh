@@ -18,11 +18,11 @@
 # Each stage has its own time limit, cut to what is left of GPU_BUDGET_S (default 575 s, one call of
 # the GPU machine this project is measured on: raise it where there is no such limit); a stage is
 # interrupted (SIGINT) 10 s before its limit and killed at it; a stage that fails does not stop the
-# next one. STAGES="tests bench" runs a subset (e.g. to finish on a second
-# call; the compile cache is kept). Training (7.5 min) and the trained-model accuracy check (~4 min)
-# fill calls of their own on a machine with a 10-minute call limit: STAGES=train, then at once
-# STAGES=accuracy (the checkpoint stays in .cache/train only while the machine is held); or both in
-# one call with a shorter training, TRAIN_BUDGET_MIN=4.5 STAGES="train accuracy" GPU_BUDGET_S=590.
+# next one. STAGES="tests bench" runs a subset (e.g. to finish on a second call; the compile cache is
+# kept). Training (7.5 min) and the trained-model accuracy check (~4 min) fill calls of their own on a
+# machine with a 10-minute call limit: STAGES=train, then at once STAGES=accuracy (the checkpoint
+# stays in .cache/train only while the machine is held); or both in one call with a shorter training,
+# TRAIN_BUDGET_MIN=4.5 STAGES="train accuracy" GPU_BUDGET_S=590.
 # pycocotools must be importable: carry its wheel in .whl/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
