@@ -52,6 +52,7 @@ fi
 : > "$LOGS/summary.txt"
 [[ -f $OUT/runs.tsv ]] || printf 'stage\tcommit\tfiles\tcommand\n' > "$OUT/runs.tsv"
 BUDGET=${GPU_BUDGET_S:-575}
+STAGE_GRACE_S=10  # between a stage's interrupt and its kill
 STAGES=${STAGES:-info tests check bench-ops parity onnx stream bench parts train accuracy}
 selected() { [[ " $STAGES " == *" $1 "* ]]; }
 stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's limit) if NAME is selected
@@ -60,14 +61,14 @@ stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's
     selected "$name" || return 0
     local left=$((BUDGET - SECONDS))
     ((left < limit)) && limit=$left
-    if ((limit < 20)); then
+    if ((limit < 2 * STAGE_GRACE_S)); then
         printf '%-10s skipped: the %ss budget is spent\n' "$name" "$BUDGET" | tee -a "$LOGS/summary.txt"
         return 0
     fi
     echo "=== $name ($(date -u +%T), limit ${limit}s)" >> "$LOGS/gpu.log"
-    # Interrupted 10 s before its limit, killed at it: a pytest run interrupted so writes its junit file
-    # with the tests done and names the one it was in, a script prints where it was.
-    timeout --signal=INT --kill-after=10 "$((limit - 10))" "$@" >> "$LOGS/gpu.log" 2>&1
+    # Interrupted STAGE_GRACE_S before its limit, killed at it: a pytest run interrupted so writes its
+    # junit file with the tests done and names the one it was in, a script prints where it was.
+    timeout --signal=INT --kill-after=$STAGE_GRACE_S "$((limit - STAGE_GRACE_S))" "$@" >> "$LOGS/gpu.log" 2>&1
     local rc=$?
     printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$LOGS/summary.txt"
     local command="" arg  # as results/README.md shows it: one line, folders by name, arguments with

@@ -39,6 +39,8 @@ DIVISIBLE = {
 
 
 class Build(NamedTuple):
+    """A kernel compiled for sm_90."""
+
     cubin: bytes
     warps: int
     shared: int  # bytes of shared memory a program takes
@@ -63,8 +65,8 @@ H100_SMS = 132
 
 
 def compile_self_attention_kernel(batch: int = 8) -> Build:
-    """self_attention's kernel for the decoder's call at ``batch`` on an H100 (900
-    tokens, 8 heads of 32, fp16; the query block the launch config picks for that grid)."""
+    """self_attention's kernel for the decoder's call at ``batch`` on an H100 (900 tokens, 8 heads of
+    32, fp16; the query block the launch config picks for that grid)."""
     _, meta = self_attention.self_attention_launch_config(900, batch * 8, 32, sm_count=H100_SMS)
     pointers = {"packed_ptr", "term_ptr", "out_ptr"}
     divisible = {"head_dim", "term_stride_b", "term_stride_l"}
@@ -147,7 +149,6 @@ def main() -> None:
         build = compile_self_attention_kernel(args.batch)
     else:
         build = compile_encoder_kernel(args.width, args.block_q, args.num_warps, args.head_dim)
-    warps = build.warps
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / f"{args.op}.cubin"
         cubin.write_bytes(build.cubin)
@@ -159,8 +160,8 @@ def main() -> None:
     used = registers(sass)
     allocated = -(-used // 8) * 8  # a thread's registers are allocated 8 at a time
     print(
-        f"triton {triton.__version__}, sm_90, {warps} warps: {used} registers per thread "
-        f"(programs per SM: {65536 // (32 * warps * allocated)}), {spills[0]} local "
+        f"triton {triton.__version__}, sm_90, {build.warps} warps: {used} registers per thread "
+        f"(programs per SM: {65536 // (32 * build.warps * allocated)}), {spills[0]} local "
         f"(spill) loads and stores, {spills[1]} in the main loop; main loop of {len(loop)} SASS "
         f"instructions per thread per step; {build.shared // 1024} KiB of shared memory a program"
     )
