@@ -20,6 +20,38 @@ from anchordetr_trt.custom_ops.cases import rcda_aggregate_inputs
 from anchordetr_trt.custom_ops.masked_softmax import softmax_numerators, softmax_scale
 
 
+@triton.jit
+def _row_product(
+    probs_row,
+    probs_row_tail,
+    value_base,
+    h,
+    w,
+    w_tail,
+    d,
+    d_ok,
+    width,
+    value_channels,
+    TAIL_W: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """probs_row @ value[h] ([BLOCK_Q, BLOCK_D], float32): W in BLOCK_W columns, then TAIL_W more."""
+    value = tl.load(
+        value_base + (h * width + w[:, None]) * value_channels + d[None, :],
+        mask=(w < width)[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    part = tl.dot(probs_row, value, input_precision=DOT_PRECISION)
+    if TAIL_W > 0:
+        value_tail = tl.load(
+            value_base + (h * width + w_tail[:, None]) * value_channels + d[None, :],
+            mask=(w_tail < width)[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        part = tl.dot(probs_row_tail, value_tail, acc=part, input_precision=DOT_PRECISION)
+    return part
+
+
 @triton.jit(do_not_specialize=["num_queries", "height", "width", "map_width"])
 def rowwise_kernel(
     queries_ptr,
@@ -56,7 +88,7 @@ def rowwise_kernel(
     COL_CHUNK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """The shipped kernel's arguments and grid; BLOCK_H is ignored (one row h per step)."""
+    """The shipped kernel's arguments and grid; BLOCK_H (1 or 2) rows h a step, each its own product."""
     n = tl.program_id(1).to(tl.int64)
     batch, head = n // heads, n % heads
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -126,27 +158,32 @@ def rowwise_kernel(
     probs_row = (numerators * row_scale).to(values_ptr.dtype.element_ty)
     if TAIL_W > 0:
         probs_row_tail = (numerators_tail * row_scale).to(values_ptr.dtype.element_ty)
+    else:
+        w_tail = w
+        probs_row_tail = probs_row
     value_base = values_ptr + batch * height * width * value_channels + value_channel + head_offset
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     col_probs = probs_col_ptr + row_index * height
     p_col = tl.load(col_probs, mask=q_ok, other=0.0).to(tl.float32)
-    for h in range(0, height):
-        p_next = tl.load(col_probs + h + 1, mask=q_ok & (h + 1 < height), other=0.0).to(tl.float32)
-        value = tl.load(
-            value_base + (h * width + w[:, None]) * value_channels + d[None, :],
-            mask=(w < width)[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        part = tl.dot(probs_row, value, input_precision=DOT_PRECISION)
-        if TAIL_W > 0:
-            value_tail = tl.load(
-                value_base + (h * width + w_tail[:, None]) * value_channels + d[None, :],
-                mask=(w_tail < width)[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            part = tl.dot(probs_row_tail, value_tail, acc=part, input_precision=DOT_PRECISION)
-        acc += p_col[:, None] * part
-        p_col = p_next
+    if BLOCK_H == 1:
+        for h in range(0, height):
+            p_next = tl.load(col_probs + h + 1, mask=q_ok & (h + 1 < height), other=0.0).to(tl.float32)
+            part = _row_product(probs_row, probs_row_tail, value_base, h, w, w_tail, d, d_ok, width,
+                                value_channels, TAIL_W, DOT_PRECISION)  # fmt: skip
+            acc += p_col[:, None] * part
+            p_col = p_next
+    else:  # two rows a step, their products independent of each other
+        p_odd = tl.load(col_probs + 1, mask=q_ok & (height > 1), other=0.0).to(tl.float32)
+        for h in range(0, height, 2):
+            p_next = tl.load(col_probs + h + 2, mask=q_ok & (h + 2 < height), other=0.0).to(tl.float32)
+            p_odd_next = tl.load(col_probs + h + 3, mask=q_ok & (h + 3 < height), other=0.0).to(tl.float32)
+            part = _row_product(probs_row, probs_row_tail, value_base, h, w, w_tail, d, d_ok, width,
+                                value_channels, TAIL_W, DOT_PRECISION)  # fmt: skip
+            part_odd = _row_product(probs_row, probs_row_tail, value_base, h + 1, w, w_tail, d,
+                                    d_ok & (h + 1 < height), width, value_channels, TAIL_W,
+                                    DOT_PRECISION)  # fmt: skip
+            acc += p_col[:, None] * part + p_odd[:, None] * part_odd
+            p_col, p_odd = p_next, p_odd_next
     acc = tl.where(width > BLOCK_W + TAIL_W, float("nan"), acc)
     out_ptrs = out_ptr + (query_rows * channels + head_offset)[:, None] + d[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=ok)
@@ -172,11 +209,22 @@ def run(args, kernel=None, **meta):
 
 CONFIGS = {  # name: (kernel, meta overrides)
     "shipped": (None, {}),
-    "rowwise q128 w4 s3": (rowwise_kernel, {"BLOCK_Q": 128, "num_warps": 4, "num_stages": 3}),
-    "rowwise q128 w4 s4": (rowwise_kernel, {"BLOCK_Q": 128, "num_warps": 4, "num_stages": 4}),
-    "rowwise q128 w8 s3": (rowwise_kernel, {"BLOCK_Q": 128, "num_warps": 8, "num_stages": 3}),
-    "rowwise q64 w4 s3": (rowwise_kernel, {"BLOCK_Q": 64, "num_warps": 4, "num_stages": 3}),
-    "rowwise q64 w4 s4": (rowwise_kernel, {"BLOCK_Q": 64, "num_warps": 4, "num_stages": 4}),
+    **{
+        f"rowwise q{q} h{h} w{warps} s{stages}": (
+            rowwise_kernel,
+            {"BLOCK_Q": q, "BLOCK_H": h, "num_warps": warps, "num_stages": stages},
+        )
+        for q, h, warps, stages in (
+            (128, 1, 4, 3),
+            (128, 1, 4, 4),
+            (128, 2, 4, 3),
+            (128, 1, 8, 3),
+            (128, 2, 8, 3),
+            (64, 1, 4, 3),
+            (64, 2, 4, 3),
+            (64, 1, 4, 4),
+        )
+    },
 }
 
 
@@ -185,6 +233,7 @@ def check() -> None:
     for case in (
         {"shape": (4, 12, 3, 4, 32), "heads": 2, "map": True, "packed": True},
         {"shape": (4, 9, 5, 21, 32), "heads": 2},
+        {"shape": (2, 7, 3, 84, 32), "heads": 2},  # 84 columns: 64 + a 32-column tail
     ):
         args = rcda_aggregate_inputs(case, torch.float16, "cpu")
         ref = run(args)
