@@ -182,7 +182,8 @@ def rowwise_kernel(
             part_odd = _row_product(probs_row, probs_row_tail, value_base, h + 1, w, w_tail, d,
                                     d_ok & (h + 1 < height), width, value_channels, TAIL_W,
                                     DOT_PRECISION)  # fmt: skip
-            acc += p_col[:, None] * part + p_odd[:, None] * part_odd
+            acc += p_col[:, None] * part
+            acc += p_odd[:, None] * part_odd
             p_col, p_odd = p_next, p_odd_next
     acc = tl.where(width > BLOCK_W + TAIL_W, float("nan"), acc)
     out_ptrs = out_ptr + (query_rows * channels + head_offset)[:, None] + d[None, :]
@@ -216,13 +217,11 @@ CONFIGS = {  # name: (kernel, meta overrides)
         )
         for q, h, warps, stages in (
             (128, 1, 4, 3),
-            (128, 1, 4, 4),
             (128, 2, 4, 3),
             (128, 1, 8, 3),
             (128, 2, 8, 3),
             (64, 1, 4, 3),
             (64, 2, 4, 3),
-            (64, 1, 4, 4),
         )
     },
 }
