@@ -5,7 +5,9 @@ ROWWISE keeps the row probabilities [BLOCK_Q, W] as the left-hand side of every 
 and takes one row h per step: part = probs_row @ value[h] ([BLOCK_Q, D], float32), then
 acc += probs_col[:, h] * part. It drops the [BLOCK_Q, BLOCK_H * W] joint weights (64 registers a
 thread at 128 queries, 4 warps) for D float32 multiply-adds per query and row. Usage:
-python scripts/bench_rcda_rowwise.py OUT.json (CUDA), or --check under TRITON_INTERPRET=1 (CPU)."""
+python -m scripts.bench_rcda_rowwise OUT.json (CUDA); --check under TRITON_INTERPRET=1 (CPU); --sass
+(CPU, no interpreter): each setting's sm_90 build for the encoder's 50x50 map, its registers and its
+main loop's instructions (a step: BLOCK_H rows h; the shipped kernel's: two)."""
 
 import json
 import sys
@@ -276,5 +278,37 @@ def bench(path: str) -> None:
                 json.dump({**environment, "rows": rows}, f, indent=1)
 
 
+def sass() -> None:
+    """Each setting's build as ``scripts.sass_rcda`` reads the shipped kernel's."""
+    import collections
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from scripts import sass_rcda
+
+    for name, (kernel, meta) in CONFIGS.items():
+        _, launch = SHIPPED_CONFIG(2500, 64, 50, 32, 2, block_q=meta.get("BLOCK_Q"))
+        build = sass_rcda._build(
+            kernel or SHIPPED_KERNEL, launch | meta, sass_rcda.POINTERS, sass_rcda.MASKS,
+            sass_rcda.DIVISIBLE, "scale",
+        )  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder:
+            cubin = Path(folder) / "rcda.cubin"
+            cubin.write_bytes(build.cubin)
+            nvdisasm = Path(triton.knobs.nvidia.ptxas.path).parent / "nvdisasm"
+            text = subprocess.run([nvdisasm, cubin], capture_output=True, text=True, check=True).stdout
+        loop = sass_rcda.main_loop(text)
+        counts = collections.Counter(sass_rcda.opcode(instruction) for instruction in loop)
+        used = sass_rcda.registers(text)
+        programs = 65536 // (32 * build.warps * -(-used // 8) * 8)
+        kinds = ", ".join(f"{counts[k]} {k}" for k in sorted(counts) if re.match("HGMMA|FFMA|HMUL2|BAR", k))
+        print(
+            f"{name}: {used} registers ({programs} programs per SM), {len(re.findall(r'STL|LDL', text))} "
+            f"spills, main loop {len(loop)} instructions ({kinds}), triton {triton.__version__}"
+        )
+
+
 if __name__ == "__main__":
-    check() if sys.argv[1] == "--check" else bench(sys.argv[1])
+    {"--check": check, "--sass": sass}.get(sys.argv[1], lambda: bench(sys.argv[1]))()
