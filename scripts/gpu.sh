@@ -48,11 +48,16 @@ if ! python3 -c "import anchordetr_trt" 2>/dev/null; then
     fi
     export PYTHONPATH=$site
 fi
+# Each stage's Python processes dump their threads' stacks shortly before the stage's interrupt
+# (scripts/gpu_site/sitecustomize.py): where a cut-off stage was, even in native code.
+export GPU_SITE=$PWD/scripts/gpu_site  # also for the A/B's sides, which set their own PYTHONPATH
+export PYTHONPATH=$GPU_SITE${PYTHONPATH:+:$PYTHONPATH}
 
 : > "$LOGS/summary.txt"
 [[ -f $OUT/runs.tsv ]] || printf 'stage\tcommit\tfiles\tcommand\n' > "$OUT/runs.tsv"
 BUDGET=${GPU_BUDGET_S:-575}
 STAGE_GRACE_S=10  # between a stage's interrupt and its kill
+STACKS_BEFORE_INT_S=5  # between its Python processes' stack dumps and its interrupt
 STAGES=${STAGES:-info tests check bench-ops parity onnx stream bench parts train accuracy}
 selected() { [[ " $STAGES " == *" $1 "* ]]; }
 stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's limit) if NAME is selected
@@ -67,8 +72,10 @@ stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's
     fi
     echo "=== $name ($(date -u +%T), limit ${limit}s)" >> "$LOGS/gpu.log"
     # Interrupted STAGE_GRACE_S before its limit, killed at it: a pytest run interrupted so writes its
-    # junit file with the tests done and names the one it was in, a script prints where it was.
-    timeout --signal=INT --kill-after=$STAGE_GRACE_S "$((limit - STAGE_GRACE_S))" "$@" >> "$LOGS/gpu.log" 2>&1
+    # junit file with the tests done and names the one it was in, a script prints where it was. Before
+    # the interrupt, the stage's Python processes write their stacks (even those stuck in native code).
+    ANCHORDETR_STACKS_AT=$(($(date +%s) + limit - STAGE_GRACE_S - STACKS_BEFORE_INT_S)) \
+        timeout --signal=INT --kill-after=$STAGE_GRACE_S "$((limit - STAGE_GRACE_S))" "$@" >> "$LOGS/gpu.log" 2>&1
     local rc=$?
     printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$LOGS/summary.txt"
     local command="" arg  # as results/README.md shows it: one line, folders by name, arguments with
@@ -120,10 +127,10 @@ AB_FLAGS=""
 AB='rm -rf "$3" /tmp/ab_old_site /tmp/ab_new_site &&
 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_old_site "$1" &&
 old=${AB_OLD_COMMIT:-$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown)} &&
-PYTHONPATH=/tmp/ab_old_site python3 "$2" --out "$3" --tag old --commit "$old"'"$AB_FLAGS"' &&
+PYTHONPATH=/tmp/ab_old_site:$GPU_SITE python3 "$2" --out "$3" --tag old --commit "$old"'"$AB_FLAGS"' &&
 if [ -n "$5" ]; then
     python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_new_site "$5" &&
-    export PYTHONPATH=/tmp/ab_new_site
+    export PYTHONPATH=/tmp/ab_new_site:$GPU_SITE
 fi &&
 python3 "$2" --out "$3" --tag new --commit "$4" --previous "$3/outputs_old.pt"'"$AB_FLAGS"
 if [[ -n ${AB_OLD:-} ]]; then

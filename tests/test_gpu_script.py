@@ -1,9 +1,14 @@
 """scripts/gpu.sh's stage runner, run with a stand-in for python3 (no GPU, no torch): a stage past its
-limit is interrupted before it is killed, so that an interrupted GPU suite still writes its report."""
+limit is interrupted before it is killed, so that an interrupted GPU suite still writes its report;
+and its Python processes' stack dumps before the interrupt (scripts/gpu_site), run with this Python."""
 
 import os
+import re
 import shutil
 import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # or, as a hung C call would, ignores SIGINT (IGNORE_INT=1).
 STAND_IN = """#!/bin/bash
 [[ $1 == -m && $2 == pytest ]] || exit 0
+echo "stacks at ${ANCHORDETR_STACKS_AT:-unset}, now $(date +%s), path $PYTHONPATH"
 for arg; do [[ $arg == --junitxml=* ]] && junit=${arg#--junitxml=}; done
 sleep 120 & child=$!
 if [[ $IGNORE_INT == 1 ]]; then trap '' INT
@@ -57,3 +63,35 @@ def test_a_stage_past_its_limit_is_interrupted_then_killed(tmp_path, ignore_int,
     else:
         assert junit.read_text().startswith('<testsuite interrupted="1"/>')
     assert "tests\tabc1234\tgpu_tests.xml\t" in (out / "runs.tsv").read_text()
+    # The stage's Python processes are told to dump their stacks 5 s before the interrupt at 15 s.
+    log = (out / "logs" / "gpu.log").read_text()
+    at, now, path = re.search(r"stacks at (\d+), now (\d+), path (\S+)", log).groups()
+    assert 8 <= int(at) - int(now) <= 10, log
+    assert path.split(":")[0] == str(tree / "scripts" / "gpu_site")
+
+
+STUCK = """
+import os, subprocess, sys, time
+child = "import os; print('child:', os.environ.get('ANCHORDETR_STACKS_AT'))"
+subprocess.run([sys.executable, "-c", child], check=True)
+def stuck_here():
+    time.sleep(%s)
+stuck_here()
+"""
+
+
+@pytest.mark.parametrize("in_s", [1, -1])
+def test_a_stage_process_writes_its_stacks_at_the_time_it_is_given(tmp_path, in_s):
+    """A process started with ANCHORDETR_STACKS_AT writes its stack (in the function it is in) at that
+    time, to the stderr it started with; a time past does nothing; its children do not inherit it."""
+    script = tmp_path / "stuck.py"
+    script.write_text(textwrap.dedent(STUCK % 2.5))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "scripts" / "gpu_site"),
+        "ANCHORDETR_STACKS_AT": str(time.time() + in_s),
+    }
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "child: None" in run.stdout
+    assert ("in stuck_here" in run.stderr) == (in_s > 0), run.stderr
