@@ -204,7 +204,6 @@ def test_precomputed_queries_are_the_decoder_queries_of_the_current_weights(dtyp
     with torch.no_grad():
         for module in (model, precomputed):
             module.transformer.adapt_pos2d[0].weight.mul_(1.5)  # the self-attention's position terms
-            module.transformer.decoder_layers[0].norm2.weight.mul_(0.5)  # the first self-attention's
         stale = precomputed(images, mask)
         precompute_queries(precomputed)
         expected, out = model(images, mask), precomputed(images, mask)
@@ -241,13 +240,8 @@ def test_a_traced_model_reads_its_precomputed_queries_and_not_the_weights_they_c
     transformer = [
         name.split("transformer_modules_", 1)[1] for name in inputs if "transformer_modules_" in name
     ]
-    # tgt, the anchors, and the terms: the self-attention's for the second layer, the row and column
-    # ones for both; not the first layer's self-attention, done in the queries.
-    assert sum(name.startswith("precomputed_queries_buffers_") for name in transformer) == 2 + 1 + 2 * 2
-    first, second = "decoder_layers_modules_0_modules_", "decoder_layers_modules_1_modules_"
-    made_of = ("pattern", "position", "adapt_pos2d", f"{first}self_attn", f"{first}norm2")
-    assert not [name for name in transformer if name.startswith(made_of)]
-    assert [name for name in transformer if name.startswith((f"{second}self_attn", f"{second}norm2"))]
+    assert sum(name.startswith("precomputed_queries_buffers_") for name in transformer) == 2 + 3 * 2
+    assert not [name for name in transformer if name.startswith(("pattern", "position", "adapt_pos2d"))]
 
 
 def _images(batch: int, height: int, width: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:

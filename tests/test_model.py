@@ -85,20 +85,14 @@ def test_no_mask_is_an_all_false_mask():
 
 
 def test_the_first_decoder_self_attention_runs_once_for_the_batch():
-    """Its queries are the same for every image: it runs on one, in ``decoder_queries`` (weight-only
-    work, which a backend may do once), the later layers' on the batch."""
+    """Its queries are the same for every image: it runs on one, the later layers' on the batch."""
     model = at.build_model(at.VARIANTS["r50-c5"])
     batches = []
-    for i, layer in enumerate(model.transformer.decoder_layers):
-        layer.self_attn.register_forward_pre_hook(
-            lambda module, args, i=i: batches.append((i, args[0].shape[0]))
-        )
+    for layer in model.transformer.decoder_layers:
+        layer.self_attn.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     with torch.no_grad():
         model(*example_inputs((3, 96, 128)))
-        assert batches == [(0, 1)] + [(i, 3) for i in range(1, len(model.transformer.decoder_layers))]
-        batches.clear()
-        model.transformer.decoder_queries()
-    assert batches == [(0, 1)]
+    assert batches == [1] + [3] * (len(model.transformer.decoder_layers) - 1)
 
 
 @pytest.mark.slow

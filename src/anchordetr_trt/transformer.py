@@ -119,31 +119,27 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         tgt: Tensor,
-        self_terms: Tensor | None,
+        self_terms: Tensor,
         row_terms: Tensor,
         col_terms: Tensor,
         memory_keys: ProjectedKeys,
         mask_row: Tensor,
         mask_col: Tensor,
+        *,
+        shared: bool = False,
     ) -> Tensor:
-        """tgt [B, Q, C]; self_terms [1, Q, 2C], row_terms and col_terms [1, Q, C]: the products of the
-        queries' position embeddings with the attentions' ``position_weights``
-        (``Transformer.decoder_queries``); memory_keys: the cross-attention's keys and values over the
-        memory (``project_keys``); masks [B, W], [B, H]. Returns [B, Q, C]. Without self_terms, tgt
-        [1, Q, C] has been through this layer's ``attend_queries`` already (the first layer's, the
-        same for every image) and is repeated over the batch."""
-        if self_terms is None:  # None, not tgt's batch: a test of the size would guard the batch in a trace
+        """tgt [B, Q, C], or with ``shared`` [1, Q, C]: queries the same for every image (the first
+        layer's), whose self-attention runs once and is repeated over the batch; self_terms [1 or B,
+        Q, 2C], row_terms and col_terms [1 or B, Q, C]: the products of the queries' position
+        embeddings with the attentions' ``position_weights`` (``Transformer.decoder_queries``);
+        memory_keys: the cross-attention's keys and values over the memory (``project_keys``); masks
+        [B, W], [B, H]. Returns [B, Q, C]."""
+        tgt = self.norm2(tgt, self.self_attn(tgt, self_terms))
+        if shared:  # a flag, not tgt's batch: a test of the size would guard the batch in a trace
             tgt = tgt.repeat(mask_row.shape[0], 1, 1)
-        else:
-            tgt = self.attend_queries(tgt, self_terms)
         attended = self.cross_attn(tgt, row_terms, col_terms, memory_keys, mask_row, mask_col)
         tgt = self.norm1(tgt, attended)
         return self.ffn(tgt)
-
-    def attend_queries(self, tgt: Tensor, self_terms: Tensor) -> Tensor:
-        """The self-attention among the queries tgt [B, Q, C], given self_terms [1 or B, Q, 2C], with its
-        residual and norm. Returns [B, Q, C]."""
-        return self.norm2(tgt, self.self_attn(tgt, self_terms))
 
 
 class Transformer(nn.Module):
@@ -201,9 +197,7 @@ class Transformer(nn.Module):
         return Encoded(memory, posemb_row, posemb_col, mask_row, mask_col)
 
     def decoder_queries(self) -> "DecoderQueries":
-        """The decoder's queries, a function of the weights only (the same for every image): the
-        pattern embeddings through the first decoder layer's self-attention and norm, and the position
-        terms of every layer's attentions."""
+        """The decoder's queries, a function of the weights only (the same for every image)."""
         num_pattern, num_position = self.pattern.num_embeddings, self.position.num_embeddings
         dtype = self.pattern.weight.dtype  # the model's; the anchor points stay float32 (set_precision)
         anchors = self.position.weight.repeat(num_pattern, 1)  # [Q, 2], pattern-major
@@ -218,9 +212,7 @@ class Transformer(nn.Module):
         self_terms = project_each(query_pos, [layer.self_attn.position_weight() for layer in layers])
         row_weights, col_weights = _position_weights(layer.cross_attn for layer in layers)
         row_terms, col_terms = project_each(query_pos_x, row_weights), project_each(query_pos_y, col_weights)
-        # The first layer's self-attention: its queries and their position terms are weights too.
-        tgt = layers[0].attend_queries(tgt, self_terms[0])
-        return DecoderQueries(tgt, inverse_sigmoid(anchors), self_terms[1:], row_terms, col_terms)
+        return DecoderQueries(tgt, inverse_sigmoid(anchors), self_terms, row_terms, col_terms)
 
     def decode(self, encoded: "Encoded", aux: bool = False) -> tuple[Tensor, Tensor]:
         """The decoder and the heads: ``encode``'s output -> logits [L, B, Q, classes], boxes [L, B, Q, 4]
@@ -235,12 +227,11 @@ class Transformer(nn.Module):
 
         queries = self.decoder_queries() if self.precomputed_queries is None else self.precomputed_queries()
         tgt, layers = queries.tgt, self.decoder_layers  # tgt [1, Q, C]: the first layer repeats it
-        self_terms = [None, *queries.self_terms]  # the first layer's self-attention is done
         logits, boxes = [], []
         last = len(layers) - 1
         for i, layer in enumerate(layers):
-            terms = self_terms[i], queries.row_terms[i], queries.col_terms[i]
-            tgt = layer(tgt, *terms, memory_keys[i], mask_row, mask_col)
+            terms = queries.self_terms[i], queries.row_terms[i], queries.col_terms[i]
+            tgt = layer(tgt, *terms, memory_keys[i], mask_row, mask_col, shared=i == 0)
             if aux or i == last:
                 head_input = tgt.to(self.class_embed[i].weight.dtype)  # float32 after set_precision
                 delta = self.bbox_embed[i](head_input)
@@ -251,11 +242,10 @@ class Transformer(nn.Module):
 
 
 class DecoderQueries(NamedTuple):
-    """``Transformer.decoder_queries``: tgt [1, Q, C] (a pattern embedding per query, through the first
-    decoder layer's self-attention), anchor_logits [Q, 2] (the anchor points before the sigmoid,
-    float32), and the products of the queries' position embeddings with the attentions'
-    ``position_weights``: self_terms [1, Q, 2C] for each decoder layer but the first, row_terms and
-    col_terms [1, Q, C] for each."""
+    """``Transformer.decoder_queries``: tgt [1, Q, C] (a pattern embedding per query), anchor_logits
+    [Q, 2] (the anchor points before the sigmoid, float32), and for each decoder layer the products of
+    the queries' position embeddings with its attentions' ``position_weights``: self_terms [1, Q, 2C],
+    row_terms and col_terms [1, Q, C]."""
 
     tgt: Tensor
     anchor_logits: Tensor

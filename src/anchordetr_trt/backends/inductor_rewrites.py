@@ -18,8 +18,7 @@ tracing guards on the batch size.
   weights to float16 (the 10 bits of mantissa that TF32 keeps, with a 5-bit exponent) and accumulate
   and return float32: one tensor-core GEMM each where cuBLAS ran float32 ones on the CUDA cores.
 - The decoder's queries read, not computed. They depend on the weights only (``Transformer.decoder_queries``:
-  the anchor points' sine embeddings through two MLPs, their projections for every layer, and the
-  first layer's self-attention);
+  the anchor points' sine embeddings through two MLPs, and their projections for every layer);
   ``PrecomputedQueries`` computes them once, and the compiled function takes them as inputs, as it
   takes the weights.
 - One graph for every batch size. Tracing ``aten.convolution`` asks cuDNN's backend selection about

@@ -16,9 +16,8 @@ would be a second statement of each kernel's arithmetic, to keep in step with th
 
 Some of the decoder's work is the same whatever the batch, and counted once a forward: its queries
 (``Transformer.decoder_queries``, about 3.5 GFLOP) and the first layer's self-attention on them
-(about 1.3 GFLOP), both in ``decoder_queries``. The inductor backend computes them once, in
-``compile()``: its decoder rates count work it does not repeat, most at batch 1 (17% of the decoder's
-FLOPs for R50-DC5 at 800x800, 22% for R50-C5).
+(about 1.3 GFLOP). The inductor backend computes the queries once, in ``compile()``: its decoder
+rates count work it does not repeat, most at batch 1 (about an eighth of the decoder's FLOPs there).
 """
 
 import torch
