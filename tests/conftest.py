@@ -7,9 +7,12 @@
   Selected on a machine without a GPU and without the interpreter, they stop the run with a usage
   error rather than skip: a suite that skipped them would pass without testing a kernel. On a GPU
   they are skipped: the ``gpu``-marked tests run the kernels compiled.
+- Under ``make gpu``, a stage's stack dump (``scripts/gpu_site/sitecustomize.py``) stays armed past
+  failing tests.
 """
 
 import functools
+import sys
 
 import pytest
 import torch
@@ -65,3 +68,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "TRITON_INTERPRET=1 set before triton is imported: run `make test` (or `make test-fast`), or "
             'TRITON_INTERPRET=1 pytest ...; -m "not interpreter" leaves those tests out'
         )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact() -> None:
+    # pytest cancels faulthandler's one timer at each failing test; make gpu's stack dump uses it.
+    arm = getattr(sys.modules.get("sitecustomize"), "arm_stack_dump", None)
+    if arm is not None:
+        arm()

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 # runs until a signal and writes its junit file only on SIGINT (as pytest does on KeyboardInterrupt),
 # or, as a hung C call would, ignores SIGINT (IGNORE_INT=1).
 STAND_IN = """#!/bin/bash
+echo "python3 $1 with path $PYTHONPATH"
 [[ $1 == -m && $2 == pytest ]] || exit 0
 echo "stacks at ${ANCHORDETR_STACKS_AT:-unset}, now $(date +%s), path $PYTHONPATH"
 for arg; do [[ $arg == --junitxml=* ]] && junit=${arg#--junitxml=}; done
@@ -80,12 +81,12 @@ stuck_here()
 """
 
 
-@pytest.mark.parametrize("in_s", [1, -1])
+@pytest.mark.parametrize("in_s", [3, -1])
 def test_a_stage_process_writes_its_stacks_at_the_time_it_is_given(tmp_path, in_s):
     """A process started with ANCHORDETR_STACKS_AT writes its stack (in the function it is in) at that
     time, to the stderr it started with; a time past does nothing; its children do not inherit it."""
     script = tmp_path / "stuck.py"
-    script.write_text(textwrap.dedent(STUCK % 2.5))
+    script.write_text(textwrap.dedent(STUCK % 6))
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO / "scripts" / "gpu_site"),
@@ -95,3 +96,59 @@ def test_a_stage_process_writes_its_stacks_at_the_time_it_is_given(tmp_path, in_
     assert run.returncode == 0, run.stderr
     assert "child: None" in run.stdout
     assert ("in stuck_here" in run.stderr) == (in_s > 0), run.stderr
+
+
+def test_the_pythons_own_sitecustomize_still_runs(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text("print('the hidden one ran')\n")
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'scripts' / 'gpu_site'}:{tmp_path}"}
+    run = subprocess.run([sys.executable, "-c", "pass"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.stdout == "the hidden one ran\n", run.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_test_does_not_cancel_the_stack_dump(tmp_path):
+    """pytest cancels faulthandler's timer at a failing test; tests/conftest.py arms it again."""
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_two.py").write_text(
+        "import time\n\ndef test_fails():\n    assert False\n\ndef test_stuck():\n    time.sleep(25)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "scripts" / "gpu_site"),
+        "ANCHORDETR_STACKS_AT": str(time.time() + 15),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "1 failed, 1 passed" in run.stdout, run.stdout
+    assert "in test_stuck" in run.stderr, run.stderr
+
+
+@pytest.mark.slow
+def test_both_sides_of_an_ab_stage_get_the_stack_dump(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "gpu.sh", tree / "scripts" / "gpu.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(STAND_IN)
+    (bin_dir / "python3").chmod(0o755)
+    out = tmp_path / "out"
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "OUT": str(out),
+        "STAGES": "ab",
+        "AB_OLD": str(tmp_path),
+        "AB_OLD_COMMIT": "abc1234",
+        "COMMIT": "def5678",
+    }
+    run = subprocess.run(
+        ["bash", str(tree / "scripts" / "gpu.sh")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    site = tree / "scripts" / "gpu_site"
+    sides = re.findall(
+        r"python3 \S*ab_transformer.py with path (\S+)", (out / "logs" / "gpu.log").read_text()
+    )
+    assert sides == [f"/tmp/ab_old_site:{site}", str(site)], sides
