@@ -31,11 +31,9 @@ wait
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("ignore_int", "rc"), [(0, 124), (1, 137)])
-def test_a_stage_past_its_limit_is_interrupted_then_killed(tmp_path, ignore_int, rc):
-    """Interrupted 10 s before the limit (pytest then writes its junit file); killed at the limit where
-    the interrupt is ignored."""
+def _run_gpu_sh(tmp_path: Path, **env: str) -> tuple[Path, Path]:
+    """(the tree, its OUT folder) after scripts/gpu.sh, copied into a tree of its own, ran with the
+    stand-in python3, commit abc1234 and ``env``."""
     tree = tmp_path / "tree"
     (tree / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "scripts" / "gpu.sh", tree / "scripts" / "gpu.sh")
@@ -44,18 +42,21 @@ def test_a_stage_past_its_limit_is_interrupted_then_killed(tmp_path, ignore_int,
     (bin_dir / "python3").write_text(STAND_IN)
     (bin_dir / "python3").chmod(0o755)
     out = tmp_path / "out"
-    env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "OUT": str(out),
-        "STAGES": "tests",
-        "GPU_BUDGET_S": "25",  # the tests stage's limit: interrupted at 15 s, killed at 25
-        "IGNORE_INT": str(ignore_int),
-        "COMMIT": "abc1234",
-    }
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "COMMIT": "abc1234", **env}
     run = subprocess.run(
         ["bash", str(tree / "scripts" / "gpu.sh")], env=env, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr
+    return tree, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("ignore_int", "rc"), [(0, 124), (1, 137)])
+def test_a_stage_past_its_limit_is_interrupted_then_killed(tmp_path, ignore_int, rc):
+    """Interrupted 10 s before the limit (pytest then writes its junit file); killed at the limit where
+    the interrupt is ignored."""
+    # The tests stage's limit 25 s: interrupted at 15 s, killed at 25.
+    tree, out = _run_gpu_sh(tmp_path, STAGES="tests", GPU_BUDGET_S="25", IGNORE_INT=str(ignore_int))
     summary = (out / "logs" / "summary.txt").read_text()
     assert f"tests      rc={rc}" in summary, summary
     junit = out / "gpu_tests.xml"
@@ -127,26 +128,7 @@ def test_a_failing_test_does_not_cancel_the_stack_dump(tmp_path):
 
 @pytest.mark.slow
 def test_both_sides_of_an_ab_stage_get_the_stack_dump(tmp_path):
-    tree = tmp_path / "tree"
-    (tree / "scripts").mkdir(parents=True)
-    shutil.copy(REPO / "scripts" / "gpu.sh", tree / "scripts" / "gpu.sh")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python3").write_text(STAND_IN)
-    (bin_dir / "python3").chmod(0o755)
-    out = tmp_path / "out"
-    env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "OUT": str(out),
-        "STAGES": "ab",
-        "AB_OLD": str(tmp_path),
-        "AB_OLD_COMMIT": "abc1234",
-        "COMMIT": "def5678",
-    }
-    run = subprocess.run(
-        ["bash", str(tree / "scripts" / "gpu.sh")], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert run.returncode == 0, run.stderr
+    tree, out = _run_gpu_sh(tmp_path, STAGES="ab", AB_OLD=str(tmp_path), AB_OLD_COMMIT="def5678")
     site = tree / "scripts" / "gpu_site"
     sides = re.findall(
         r"python3 \S*ab_transformer.py with path (\S+)", (out / "logs" / "gpu.log").read_text()
