@@ -74,8 +74,9 @@ stage() {  # stage NAME SECONDS FILES COMMAND...: run COMMAND (under the stage's
     # Interrupted STAGE_GRACE_S before its limit, killed at it: a pytest run interrupted so writes its
     # junit file with the tests done and names the one it was in, a script prints where it was. Before
     # the interrupt, the stage's Python processes write their stacks (even those stuck in native code).
-    ANCHORDETR_STACKS_AT=$(($(date +%s) + limit - STAGE_GRACE_S - STACKS_BEFORE_INT_S)) \
-        timeout --signal=INT --kill-after=$STAGE_GRACE_S "$((limit - STAGE_GRACE_S))" "$@" >> "$LOGS/gpu.log" 2>&1
+    local interrupt_after=$((limit - STAGE_GRACE_S))
+    ANCHORDETR_STACKS_AT=$(($(date +%s) + interrupt_after - STACKS_BEFORE_INT_S)) \
+        timeout --signal=INT --kill-after=$STAGE_GRACE_S "$interrupt_after" "$@" >> "$LOGS/gpu.log" 2>&1
     local rc=$?
     printf '%-10s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$LOGS/summary.txt"
     local command="" arg  # as results/README.md shows it: one line, folders by name, arguments with

@@ -72,6 +72,15 @@ def test_a_stage_past_its_limit_is_interrupted_then_killed(tmp_path, ignore_int,
     assert path.split(":")[0] == str(tree / "scripts" / "gpu_site")
 
 
+def _stage_env(*more_path: Path, stacks_in_s: float | None = None) -> dict[str, str]:
+    """This process's environment as gpu.sh gives a stage's Python: scripts/gpu_site first on
+    PYTHONPATH (then ``more_path``), and the stack dump's time ``stacks_in_s`` from now if given."""
+    env = {**os.environ, "PYTHONPATH": ":".join(map(str, (REPO / "scripts" / "gpu_site", *more_path)))}
+    if stacks_in_s is not None:
+        env["ANCHORDETR_STACKS_AT"] = str(time.time() + stacks_in_s)
+    return env
+
+
 STUCK = """
 import os, subprocess, sys, time
 child = "import os; print('child:', os.environ.get('ANCHORDETR_STACKS_AT'))"
@@ -88,11 +97,7 @@ def test_a_stage_process_writes_its_stacks_at_the_time_it_is_given(tmp_path, in_
     time, to the stderr it started with; a time past does nothing; its children do not inherit it."""
     script = tmp_path / "stuck.py"
     script.write_text(textwrap.dedent(STUCK % 6))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO / "scripts" / "gpu_site"),
-        "ANCHORDETR_STACKS_AT": str(time.time() + in_s),
-    }
+    env = _stage_env(stacks_in_s=in_s)
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "child: None" in run.stdout
@@ -101,7 +106,7 @@ def test_a_stage_process_writes_its_stacks_at_the_time_it_is_given(tmp_path, in_
 
 def test_the_pythons_own_sitecustomize_still_runs(tmp_path):
     (tmp_path / "sitecustomize.py").write_text("print('the hidden one ran')\n")
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'scripts' / 'gpu_site'}:{tmp_path}"}
+    env = _stage_env(tmp_path)
     run = subprocess.run([sys.executable, "-c", "pass"], env=env, capture_output=True, text=True, timeout=60)
     assert run.stdout == "the hidden one ran\n", run.stderr
 
@@ -113,11 +118,7 @@ def test_a_failing_test_does_not_cancel_the_stack_dump(tmp_path):
     (tmp_path / "test_two.py").write_text(
         "import time\n\ndef test_fails():\n    assert False\n\ndef test_stuck():\n    time.sleep(25)\n"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO / "scripts" / "gpu_site"),
-        "ANCHORDETR_STACKS_AT": str(time.time() + 15),
-    }
+    env = _stage_env(stacks_in_s=15)
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
