@@ -225,6 +225,67 @@ def test_inductors_lowering_guards_nothing_that_splits_the_range():
     assert runner.compiles == 1 and len(runner.functions) == 1
 
 
+@pytest.fixture
+def unregistered_ops():
+    """Inductor's lowering tables without the package's ops, as in a process that has compiled
+    nothing yet; restored afterwards."""
+    from torch._inductor import lowering
+
+    tables = lowering.lowerings, lowering._maybe_layout_constraints
+    saved = [dict(table) for table in tables]
+    ops = [op for op in saved[0] if isinstance(op, torch._ops.OpOverload) and _package_op(op)]
+    for table in tables:
+        for op in ops:
+            table.pop(op, None)
+    yield
+    for table, contents in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(contents)
+
+
+def _package_op(op: torch._ops.OpOverload) -> bool:
+    return inductor.is_package_namespace(op.namespace)
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_package_ops_as_registered_fallbacks(unregistered_ops):
+    """An op Inductor has no lowering for becomes an implicit fallback at its first node, after a log
+    message of that node's inputs, which torch 2.11 formats even with the log off and which grows
+    exponentially with the graph upstream (a compile of the model stuck there for minutes on a GPU).
+    The backend registers its ops first: no such message, and each op keeps the layout constraint
+    the implicit path would give it. The log is on here (torch 2.14 formats it only then)."""
+    from torch._inductor import lowering
+    from torch._library.utils import get_layout_constraint_tag
+
+    config = dataclasses.replace(at.VARIANTS["r50-c5"], num_encoder_layers=1, num_decoder_layers=2)
+    spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (1, 64, 64))
+    model = prepare(fold_frozen_batchnorm(at.build_model(config)), spec)
+    runner = InductorRunner(model, spec, max_graphs=0)
+    messages = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    graph_log = logging.getLogger("torch._inductor.graph")
+    level = graph_log.level
+    graph_log.addHandler(handler)
+    graph_log.setLevel(logging.INFO)
+    try:
+        images, mask = example_inputs((1, 64, 64))
+        with torch.no_grad():
+            expected = model(images, mask)
+        got = runner(images, mask)
+    finally:
+        graph_log.removeHandler(handler)
+        graph_log.setLevel(level)
+    assert not [message for message in messages if "implicit fallback" in message]
+    for key in ("pred_logits", "pred_boxes"):
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+    ops = [op for op in lowering.lowerings if isinstance(op, torch._ops.OpOverload) and _package_op(op)]
+    assert {op.namespace for op in ops} == {"anchordetr", "anchordetr_cudnn", "anchordetr_inductor"}
+    for op in ops:
+        implicit = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
+        assert lowering.maybe_layout_constraints(op) is implicit, op
+
+
 def _rewritten_model():
     """The backend's model (``prepare``) of r50-c5, fp32 on the CPU, with the reference ops."""
     spec = CompileSpec("fp32", torch.device("cpu"), (1, 64, 64), (1, 64, 64), (1, 64, 64))

@@ -70,6 +70,8 @@ CUDNN_BENCHMARK = False
 # 1.76 ms instead of 1.85, outputs unchanged (docs/transformer_performance.md). Not taken:
 # coordinate-descent tuning and programmatic dependent launch (no gain beyond the noise).
 INDUCTOR_OPTIONS = {"combo_kernels": True}
+# The package's op namespaces are this one and those it prefixes ("anchordetr_cudnn", ...).
+OP_NAMESPACE = "anchordetr"
 
 
 def status(device: torch.device) -> tuple[bool, str]:
@@ -286,6 +288,7 @@ class InductorRunner(nn.Module):
         """Trace and compile the model on ``images`` and ``mask`` (unfolded): symbolic over the range,
         or for their shape alone."""
         self.compiles += 1
+        register_fallbacks()
         if symbolic:
             images, mask = images.view(images.shape), mask.view(mask.shape)  # marked for the trace only
             _mark_dynamic(images, mask, self.spec)
@@ -428,6 +431,37 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
         else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def register_fallbacks() -> None:
+    """Register every op of the package's namespaces with Inductor as a fallback (a kernel the
+    compiled code calls), with the layout constraint Inductor's implicit fallback would give it.
+
+    Inductor makes an implicit fallback of an op it has no lowering for at the op's first node, and
+    torch 2.11 first formats a log message of that node's inputs (``operator_str``, built even when
+    the log is off). Their IR prints every node upstream as a tree, which grows exponentially with the
+    residual connections before it: the decoder's ``self_attention`` first met after the encoder kept
+    a compile of the model formatting for minutes. Registered here, no op takes that path."""
+    from torch._inductor import lowering
+    from torch._library.utils import get_layout_constraint_tag
+
+    for name in torch._C._dispatch_get_all_op_names():
+        namespace, _, op_name = name.partition("::")
+        if not is_package_namespace(namespace):
+            continue
+        packet = getattr(getattr(torch.ops, namespace), op_name)
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            if op not in lowering.lowerings:
+                tag = get_layout_constraint_tag(op, with_default=True)
+                lowering.make_fallback(
+                    op, layout_constraint=lowering.tag_to_layout_constraint(tag), warn=False
+                )
+
+
+def is_package_namespace(namespace: str) -> bool:
+    """Whether ops of ``namespace`` are the package's: ``anchordetr`` and ``anchordetr_*``."""
+    return namespace == OP_NAMESPACE or namespace.startswith(OP_NAMESPACE + "_")
 
 
 def _mark_dynamic(images: Tensor, mask: Tensor, spec: CompileSpec) -> None:
