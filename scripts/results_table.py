@@ -188,6 +188,9 @@ READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
     "parity.json": parity_rows,
     "gpu_tests.xml": tests_rows,
     "gpu_tests_ops.xml": lambda path: tests_rows(path, "GPU tests of the ops and their plugins"),
+    "gpu_tests_parts.xml": lambda path: tests_rows(
+        path, "GPU test of the parts' timing (run apart from the suite)"
+    ),
 }
 
 
