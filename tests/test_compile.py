@@ -22,6 +22,7 @@ from anchordetr_trt.backends.inductor_rewrites import (
     precompute_queries,
     rewrite_for_inductor,
 )
+from anchordetr_trt.bench.parts import compile_part
 from anchordetr_trt.compiled import pad_to_multiple
 from anchordetr_trt.custom_ops import _common, fused
 from anchordetr_trt.export import example_inputs
@@ -233,7 +234,7 @@ def unregistered_ops():
 
     tables = lowering.lowerings, lowering._maybe_layout_constraints
     saved = [dict(table) for table in tables]
-    ops = [op for op in saved[0] if isinstance(op, torch._ops.OpOverload) and _package_op(op)]
+    ops = _registered_package_ops()
     for table in tables:
         for op in ops:
             table.pop(op, None)
@@ -241,10 +242,6 @@ def unregistered_ops():
     for table, contents in zip(tables, saved, strict=True):
         table.clear()
         table.update(contents)
-
-
-def _package_op(op: torch._ops.OpOverload) -> bool:
-    return inductor.is_package_namespace(op.namespace)
 
 
 @pytest.mark.slow
@@ -279,11 +276,34 @@ def test_inductor_compiles_the_package_ops_as_registered_fallbacks(unregistered_
     assert not [message for message in messages if "implicit fallback" in message]
     for key in ("pred_logits", "pred_boxes"):
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
-    ops = [op for op in lowering.lowerings if isinstance(op, torch._ops.OpOverload) and _package_op(op)]
+    ops = _registered_package_ops()
     assert {op.namespace for op in ops} == {"anchordetr", "anchordetr_cudnn", "anchordetr_inductor"}
     for op in ops:
         implicit = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
         assert lowering.maybe_layout_constraints(op) is implicit, op
+
+
+def test_parts_are_compiled_with_the_package_ops_registered(unregistered_ops):
+    """The benchmark's parts compile as the backend does: the ops registered first (their graphs,
+    too, can meet an op first deep in the decoder)."""
+    assert not _registered_package_ops()
+    compile_part(torch.nn.Identity())
+    assert {op.name() for op in _registered_package_ops()} == {
+        name
+        for name in torch._C._dispatch_get_all_op_names()
+        if inductor.is_package_namespace(name.partition("::")[0])
+    }
+
+
+def _registered_package_ops() -> list[torch._ops.OpOverload]:
+    """The package's ops among Inductor's lowerings."""
+    from torch._inductor import lowering
+
+    return [
+        op
+        for op in lowering.lowerings
+        if isinstance(op, torch._ops.OpOverload) and inductor.is_package_namespace(op.namespace)
+    ]
 
 
 def _rewritten_model():

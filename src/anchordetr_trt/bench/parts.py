@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..backends.inductor import INDUCTOR_OPTIONS
+from ..backends.inductor import INDUCTOR_OPTIONS, register_fallbacks
 from ..model import AnchorDETR
 from . import timing
 
@@ -60,7 +60,8 @@ def split_forward(model: AnchorDETR, images: Tensor, mask: Tensor | None) -> lis
 def compile_part(call: Callable) -> Callable:
     """``call`` through ``torch.compile`` for static shapes, as the inductor backend compiles its range
     (its Inductor settings) and with CUDA graphs (``mode="reduce-overhead"``'s setting, which
-    torch.compile takes only without options)."""
+    torch.compile takes only without options), the package's ops registered as its fallbacks."""
+    register_fallbacks()
     options = {"triton.cudagraphs": True, **INDUCTOR_OPTIONS}
     return torch.compile(call, fullgraph=True, dynamic=False, options=options)
 
