@@ -288,7 +288,8 @@ class InductorRunner(nn.Module):
         """Trace and compile the model on ``images`` and ``mask`` (unfolded): symbolic over the range,
         or for their shape alone."""
         self.compiles += 1
-        register_fallbacks()
+        if self.compiler is None:
+            register_fallbacks()
         if symbolic:
             images, mask = images.view(images.shape), mask.view(mask.shape)  # marked for the trace only
             _mark_dynamic(images, mask, self.spec)
@@ -435,28 +436,26 @@ def _precompile_key(model: nn.Module, spec: CompileSpec, compiler: Callable | No
 
 def register_fallbacks() -> None:
     """Register every op of the package's namespaces with Inductor as a fallback (a kernel the
-    compiled code calls), with the layout constraint Inductor's implicit fallback would give it.
+    compiled code calls), with the layout constraint Inductor's implicit fallback would give it (its
+    tag, else torch's default for custom ops at this call). Ops Inductor lowers or decomposes already
+    are left alone; a second call registers only the ops defined since.
 
     Inductor makes an implicit fallback of an op it has no lowering for at the op's first node, and
     torch 2.11 first formats a log message of that node's inputs (``operator_str``, built even when
     the log is off). Their IR prints every node upstream as a tree, which grows exponentially with the
-    residual connections before it: the decoder's ``self_attention`` first met after the encoder kept
-    a compile of the model formatting for minutes. Registered here, no op takes that path."""
+    residual connections before it: an op first met deep in the decoder kept a compile of the model
+    in that formatting for minutes. Registered here, no op takes that path."""
     from torch._inductor import lowering
     from torch._library.utils import get_layout_constraint_tag
 
-    for name in torch._C._dispatch_get_all_op_names():
-        namespace, _, op_name = name.partition("::")
+    for schema in torch._C._jit_get_all_schemas():
+        namespace, _, name = schema.name.partition("::")
         if not is_package_namespace(namespace):
             continue
-        packet = getattr(getattr(torch.ops, namespace), op_name)
-        for overload in packet.overloads():
-            op = getattr(packet, overload)
-            if op not in lowering.lowerings:
-                tag = get_layout_constraint_tag(op, with_default=True)
-                lowering.make_fallback(
-                    op, layout_constraint=lowering.tag_to_layout_constraint(tag), warn=False
-                )
+        op = getattr(getattr(getattr(torch.ops, namespace), name), schema.overload_name or "default")
+        if op not in lowering.lowerings and op not in lowering.decompositions:
+            tag = get_layout_constraint_tag(op, with_default=True)
+            lowering.make_fallback(op, layout_constraint=lowering.tag_to_layout_constraint(tag), warn=False)
 
 
 def is_package_namespace(namespace: str) -> bool:
