@@ -448,14 +448,21 @@ def register_fallbacks() -> None:
     from torch._inductor import lowering
     from torch._library.utils import get_layout_constraint_tag
 
-    for schema in torch._C._jit_get_all_schemas():
-        namespace, _, name = schema.name.partition("::")
-        if not is_package_namespace(namespace):
-            continue
-        op = getattr(getattr(getattr(torch.ops, namespace), name), schema.overload_name or "default")
+    for op in package_ops():
         if op not in lowering.lowerings and op not in lowering.decompositions:
             tag = get_layout_constraint_tag(op, with_default=True)
             lowering.make_fallback(op, layout_constraint=lowering.tag_to_layout_constraint(tag), warn=False)
+
+
+def package_ops() -> list[torch._ops.OpOverload]:
+    """Every overload of the ops defined so far in the package's namespaces."""
+    ops = []
+    for schema in torch._C._jit_get_all_schemas():
+        namespace, _, name = schema.name.partition("::")
+        if is_package_namespace(namespace):
+            packet = getattr(getattr(torch.ops, namespace), name)
+            ops.append(getattr(packet, schema.overload_name or "default"))
+    return ops
 
 
 def is_package_namespace(namespace: str) -> bool:
