@@ -11,7 +11,7 @@
 #   with AB_OPTIONS='<JSON>' (Inductor settings) or AB_RCDA='<JSON>' (rcda_aggregate's launch
 #   constants) and STAGES=ab-options, ab_options_old.json (the tree's own) and _new.json (those
 #   settings); with STAGES=ops,
-#   ops_microbench.json; with STAGES=ncu-rcda, ncu_rcda_{encoder,decoder}{,_sass}.csv, _stalls.json (scripts/ncu_stalls.py) and .ncu-rep
+#   ops_microbench.json; with STAGES=warm, warm_kernels.json; with STAGES=ncu-rcda, ncu_rcda_{encoder,decoder}{,_sass}.csv, _stalls.json (scripts/ncu_stalls.py) and .ncu-rep
 # and $OUT/logs/ (gpu.log, summary.txt, results.md: the table of results/README.md for this run).
 # To update results/: copy $OUT's files (not logs/) into results/<gpu>/, merging runs.tsv's lines, then
 # `python -m scripts.results_table results/h100 results/h200 --write results/README.md`.
@@ -165,6 +165,9 @@ fi
 stage ops 200 ops_microbench.json python3 -m scripts.ab_transformer --out "$WORK/ops" --tag ops --ops-only \
     --commit "$COMMIT_SHOWN"
 collect ops "$WORK/ops" ab_transformer_ops.json:ops_microbench.json
+# The custom kernels' warm-up of compile(), cold, one after another against the default threads
+# (not by default).
+stage warm 200 warm_kernels.json python3 -m scripts.warm_time --out "$OUT" --commit "$COMMIT_SHOWN"
 # rcda_aggregate's kernel under Nsight Compute at batch 8 (not by default): the encoder's and the
 # decoder's call, each profiled once after scripts/profile_rcda.py's warm-up (the profiler leaves the
 # clocks alone). Summary (stall reasons, pipes, occupancy) and SASS with its stalls per instruction as

@@ -6,8 +6,13 @@ image of a new size compiles anything. Shared by the backends that launch the ke
 (inductor, eager on CUDA); the tensorrt backend compiles its kernels into the engine.
 """
 
+import concurrent.futures
+import contextlib
+import functools
 import logging
+import os
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -37,7 +42,7 @@ def variant_sizes(spec: CompileSpec, stride: int, num_pos_feats: int) -> list[tu
     return list({kernel_variant(*size, num_pos_feats): size for size in sizes}.values())
 
 
-def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
+def warm_kernels(model: nn.Module, spec: CompileSpec, workers: int | None = None) -> None:
     """Run ``model``'s transformer eagerly on batch-1 zero features, once per kernel variant that the
     heights and widths of ``spec``'s range reach (``variant_sizes``), and compile rcda_aggregate's
     kernel for both of its query blocks at each of those widths (``rcda_aggregate.warm``) and
@@ -45,27 +50,17 @@ def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
     height and width alone, never on the number of rows (``custom_ops._common.row_tile``), except
     those two ops' query blocks, which depend on the batch, the map and the GPU too; the backbone
     (cuDNN) is not run. Variants already compiled, or in Triton's cache, cost a lookup. Nothing to do
-    off CUDA (no Triton kernel runs there)."""
-    from anchordetr_trt.custom_ops import rcda_aggregate, self_attention
+    off CUDA (no Triton kernel runs there).
 
+    The builds run on ``workers`` threads (default: one per CPU, at most one per task; 1: in the
+    calling thread, one after another): Triton compiles outside the GIL (its MLIR passes, LLVM and
+    ptxas), so variants build side by side. ``warm_stages`` says what runs together."""
     if spec.device.type != "cuda":
         return
     start = time.perf_counter()
-    config = model.config
-    stride, head_dim = config.stride, config.hidden_dim // config.num_heads
-    sizes = variant_sizes(spec, stride, config.hidden_dim)
-    with torch.no_grad():
-        for height, width in sizes:
-            # Zeros, not random values: the user's random number generators stay as they were.
-            features = torch.zeros(
-                1, model.backbone.num_channels, height, width, device=spec.device, dtype=spec.dtype
-            )
-            mask = torch.zeros(1, height * stride, width * stride, dtype=torch.bool, device=spec.device)
-            model.transformer.decode(
-                model.encode(features.contiguous(memory_format=torch.channels_last), mask)
-            )
-            rcda_aggregate.warm(width, config.num_heads, head_dim, spec.dtype, spec.device)
-        self_attention.warm(config.num_heads, head_dim, spec.dtype, spec.device)
+    stages = warm_stages(model, spec)
+    run_stages(stages, spec.device, workers)
+    sizes = variant_sizes(spec, model.config.stride, model.config.hidden_dim)
     logger.info(
         "compile: the custom ops' kernels warmed for %d feature sizes (%s..%s) in %.1f s",
         len(sizes),
@@ -73,3 +68,68 @@ def warm_kernels(model: nn.Module, spec: CompileSpec) -> None:
         sizes[-1],
         time.perf_counter() - start,
     )
+
+
+def warm_stages(model: nn.Module, spec: CompileSpec) -> list[list[Callable[[], None]]]:
+    """``warm_kernels``' tasks in two stages, each task independent of the others of its stage: first
+    the transformer at the first variant size (it compiles the kernels that every size shares: the
+    norms, the key means, the bias transposes) beside rcda_aggregate's builds at every width and
+    self_attention's; then the transformer at the other sizes (each compiles the little its size
+    adds, mask2posemb's blocks). Run concurrently, one stage would build the shared kernels once per
+    size."""
+    from anchordetr_trt.custom_ops import rcda_aggregate, self_attention
+
+    config = model.config
+    head_dim = config.hidden_dim // config.num_heads
+    sizes = variant_sizes(spec, config.stride, config.hidden_dim)
+    transformer = [functools.partial(_run_transformer, model, spec, size) for size in sizes]
+    builds = [
+        functools.partial(rcda_aggregate.warm, width, config.num_heads, head_dim, spec.dtype, spec.device)
+        for _, width in sizes
+    ]
+    builds.append(functools.partial(self_attention.warm, config.num_heads, head_dim, spec.dtype, spec.device))
+    return [[transformer[0], *builds], transformer[1:]]
+
+
+def run_stages(
+    stages: list[list[Callable[[], None]]], device: torch.device, workers: int | None = None
+) -> None:
+    """Run each stage's tasks on ``workers`` threads (default: one per CPU, at most one per task; 1:
+    in this thread), a stage after the previous one has ended, each task without gradients and with
+    ``device`` current (both are per thread). The first task to raise stops the run: its exception
+    is raised here once the stage's running tasks have ended, and later stages do not start."""
+    if workers is None:
+        workers = min(os.cpu_count() or 1, max(len(stage) for stage in stages))
+    if workers <= 1:
+        for stage in stages:
+            for task in stage:
+                _in_context(task, device)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="warm_kernels") as pool:
+        for stage in stages:
+            futures = [pool.submit(_in_context, task, device) for task in stage]
+            _, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            for future in pending:
+                future.cancel()  # those not started yet
+            concurrent.futures.wait(futures)
+            for future in futures:
+                if not future.cancelled() and future.exception() is not None:
+                    raise future.exception()
+
+
+def _in_context(task: Callable[[], None], device: torch.device) -> None:
+    context = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with context, torch.no_grad():
+        task()
+
+
+def _run_transformer(model: nn.Module, spec: CompileSpec, size: tuple[int, int]) -> None:
+    """The transformer on a batch-1 map of ``size`` (height, width) in zeros (not random values: the
+    user's random number generators stay as they were), unmasked."""
+    height, width = size
+    stride = model.config.stride
+    features = torch.zeros(
+        1, model.backbone.num_channels, height, width, device=spec.device, dtype=spec.dtype
+    )
+    mask = torch.zeros(1, height * stride, width * stride, dtype=torch.bool, device=spec.device)
+    model.transformer.decode(model.encode(features.contiguous(memory_format=torch.channels_last), mask))
