@@ -72,11 +72,13 @@ def warm_kernels(model: nn.Module, spec: CompileSpec, workers: int | None = None
 
 def warm_stages(model: nn.Module, spec: CompileSpec) -> list[list[Callable[[], None]]]:
     """``warm_kernels``' tasks in two stages, each task independent of the others of its stage: first
-    the transformer at the first variant size (it compiles the kernels that every size shares: the
-    norms, the key means, the bias transposes) beside rcda_aggregate's builds at every width and
-    self_attention's; then the transformer at the other sizes (each compiles the little its size
-    adds, mask2posemb's blocks). Run concurrently, one stage would build the shared kernels once per
-    size."""
+    the transformer at the first variant size alone, which launches every kernel once and compiles
+    those that every size shares (the norms, the key means, the bias transposes); then, side by side,
+    the transformer at each other size (each compiles the little its size adds: mask2posemb's and
+    rcda_aggregate's blocks), rcda_aggregate's builds at each width and self_attention's. A kernel's
+    first launch in a process is not left to race another thread's: Triton makes the kernel's
+    per-device table of builds then, and two threads making it at once could each keep their own,
+    one's builds lost to later calls."""
     from anchordetr_trt.custom_ops import rcda_aggregate, self_attention
 
     config = model.config
@@ -88,7 +90,7 @@ def warm_stages(model: nn.Module, spec: CompileSpec) -> list[list[Callable[[], N
         for _, width in sizes
     ]
     builds.append(functools.partial(self_attention.warm, config.num_heads, head_dim, spec.dtype, spec.device))
-    return [[transformer[0], *builds], transformer[1:]]
+    return [transformer[:1], [*transformer[1:], *builds]]
 
 
 def run_stages(
