@@ -99,6 +99,15 @@ def stream_rows(path: Path) -> Iterator[Row]:
         )
 
 
+def warm_rows(path: Path) -> Iterator[Row]:
+    report = _json(path)
+    settings = report["settings"]
+    yield (
+        f"compile()'s custom-kernel warm-up, cold ({report['variants']} variants): 1 worker / threads (median)",
+        f"{settings['1 worker']['median_s']:.1f} s / {settings['default']['median_s']:.1f} s",
+    )
+
+
 def accuracy_rows(path: Path) -> Iterator[Row]:
     report = _json(path)
     yield (
@@ -186,6 +195,7 @@ READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
     "check.json": check_rows,
     "bench_ops.json": bench_ops_rows,
     "parity.json": parity_rows,
+    "warm_kernels.json": warm_rows,
     "gpu_tests.xml": tests_rows,
     "gpu_tests_ops.xml": lambda path: tests_rows(path, "GPU tests of the ops and their plugins"),
     "gpu_tests_parts.xml": lambda path: tests_rows(

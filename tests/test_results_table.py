@@ -62,3 +62,21 @@ def test_ab_files_name_each_tree_and_a_cut_off_file_gives_what_it_measured(tmp_p
     )
     assert "A/B key_means, new tree" not in text  # cut off before the model was timed: no figure, no error
     assert "| H100 | `ab_key_means_new.json` | ? |" in text
+
+
+def test_the_warm_up_timing_reads_both_settings_medians(tmp_path):
+    folder = tmp_path / "h100"
+    folder.mkdir()
+    (folder / "runs.tsv").write_text(
+        "stage\tcommit\tfiles\tcommand\nwarm\tabc1234\twarm_kernels.json\tpython3 -m x\n"
+    )
+    settings = {
+        "1 worker": {"seconds": [20.1, 23.1], "median_s": 23.1},
+        "default": {"seconds": [9.4], "median_s": 9.4},
+    }
+    (folder / "warm_kernels.json").write_text(json.dumps({"variants": 16, "settings": settings}))
+    text = results_table.table([folder])
+    assert (
+        "| compile()'s custom-kernel warm-up, cold (16 variants): 1 worker / threads (median) | 23.1 s / 9.4 s "
+        "| H100 | abc1234 | `STAGES=warm make gpu` |"
+    ) in text
