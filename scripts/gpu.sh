@@ -5,6 +5,7 @@
 #   bench.json bench.png profile.json profile.txt  bench_parts.json  train.json  accuracy.json accuracy.md
 #   runs.tsv (stage, commit, files, command of each stage that ran)
 #   and, with AB_OLD=<a checkout of another commit> and STAGES=ab, ab_<AB_NAME>_old.json and _new.json
+#   (`python -m scripts.ab_trees OLD NEW` writes two commits' trees to .cache/ab for AB_OLD and AB_NEW)
 #   (AB_NAME names the change, default "transformer"; AB_NEW=<another checkout> for the new side;
 #   AB_MODEL_ONLY=1 leaves out the ops timed alone, most of a side's time, for a change of the model,
 #   here and in ab-options);
