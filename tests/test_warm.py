@@ -41,45 +41,55 @@ def recorded(monkeypatch):
 
 
 @pytest.mark.parametrize("variant", ["r50-dc5", "r50-c5"])
-def test_warm_stages_cover_every_variant_size_after_the_first_sizes_run(recorded, variant):
-    """Every variant size's transformer, rcda_aggregate at every such width and self_attention run once;
-    the first size's transformer (the first launch of every kernel) ends before any other task starts."""
+def test_warm_stages_cover_every_variant_and_no_two_concurrent_tasks_share_a_build(recorded, variant):
+    """Every variant size's transformer, rcda_aggregate at one width of each width class and
+    self_attention run once. The first size's transformer (every kernel's first launch) ends before
+    any other task starts; the two ops' builds, one task per width class (a stage of its own), end
+    before the other sizes' transformer, which runs them in one task."""
     config = at.VARIANTS[variant]
     model = types.SimpleNamespace(config=config)
     spec = CompileSpec("fp32", CPU)
-    sizes = warm.variant_sizes(spec, config.stride, config.hidden_dim)
-    assert len(sizes) > 1
-    warm.run_stages(warm.warm_stages(model, spec), CPU, workers=4)
-    by_name = {name: [arg for n, arg, *_ in recorded if n == name] for name in {n for n, *_ in recorded}}
-    assert sorted(by_name["transformer"]) == sorted(sizes)
-    assert sorted(by_name["rcda_aggregate"]) == sorted(width for _, width in sizes)
-    assert by_name["self_attention"] == [config.num_heads]
-    (first_end,) = [end for name, arg, _, end in recorded if name == "transformer" and arg == sizes[0]]
-    assert (
-        min(start for name, arg, start, _ in recorded if (name, arg) != ("transformer", sizes[0]))
-        >= first_end
-    )
+    stages, sizes = warm.warm_stages(model, spec)
+    assert sizes == warm.variant_sizes(spec, config.stride, config.hidden_dim) and len(sizes) > 1
+    warm.run_stages(stages, CPU, workers=4)
+    transformer = sorted((start, end, arg) for name, arg, start, end in recorded if name == "transformer")
+    assert [arg for *_, arg in transformer] == [sizes[:1], sizes[1:]]
+    builds = [(name, arg, start, end) for name, arg, start, end in recorded if name != "transformer"]
+    classes = [rcda_aggregate.width_blocks(arg) for name, arg, *_ in builds if name == "rcda_aggregate"]
+    assert sorted(classes) == sorted({rcda_aggregate.width_blocks(width) for _, width in sizes})
+    assert [arg for name, arg, *_ in builds if name == "self_attention"] == [config.num_heads]
+    assert min(start for _, _, start, _ in builds) >= transformer[0][1]
+    assert max(end for *_, end in builds) <= transformer[1][0]
 
 
-def test_run_stages_runs_a_stage_on_threads_without_gradients_on_the_device():
-    """Tasks of one stage overlap on worker threads, each without gradients (a per-thread setting)."""
+def test_the_warm_up_runs_on_the_callers_gpu(monkeypatch):
+    """A spec's "cuda" is resolved in the calling thread: a worker thread's current GPU is GPU 0."""
+    used = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(warm, "warm_stages", lambda model, spec: ([], [(50, 50)]))
+    monkeypatch.setattr(warm, "run_stages", lambda stages, device, workers: used.append(device))
+    spec = types.SimpleNamespace(device=torch.device("cuda"))
+    warm.warm_kernels(types.SimpleNamespace(), spec)
+    assert used == [torch.device("cuda", 1)]
+    spec = types.SimpleNamespace(device=torch.device("cuda", 2))
+    warm.warm_kernels(types.SimpleNamespace(), spec)
+    assert used[-1] == torch.device("cuda", 2)
+
+
+def test_run_stages_runs_a_stage_on_threads_without_gradients():
+    """Tasks of one stage run at once on worker threads (each waits for the others at a barrier),
+    each without gradients (a per-thread setting)."""
     seen = []
-    lock = threading.Lock()
+    barrier = threading.Barrier(3, timeout=30)
 
     def task():
-        start = time.perf_counter()
-        time.sleep(0.05)
-        with lock:
-            seen.append(
-                (threading.current_thread().name, torch.is_grad_enabled(), start, time.perf_counter())
-            )
+        barrier.wait()  # raises BrokenBarrierError unless all three run at once
+        seen.append((threading.current_thread().name, torch.is_grad_enabled()))
 
     warm.run_stages([[task] * 3], CPU, workers=3)
-    assert len(seen) == 3
-    assert len({name for name, *_ in seen}) == 3
-    assert threading.main_thread().name not in {name for name, *_ in seen}
-    assert not any(grad for _, grad, *_ in seen)
-    assert max(start for *_, start, _ in seen) < min(end for *_, end in seen)  # they overlapped
+    assert len({name for name, _ in seen}) == 3
+    assert threading.main_thread().name not in {name for name, _ in seen}
+    assert not any(grad for _, grad in seen)
 
 
 def test_run_stages_with_one_worker_runs_in_the_calling_thread_in_order():
@@ -105,3 +115,20 @@ def test_run_stages_raises_a_failed_task_and_starts_no_later_stage(workers):
     with pytest.raises(RuntimeError, match="kernel build failed"):
         warm.run_stages([[lambda: time.sleep(0.01), fail], [lambda: later.append(1)]], CPU, workers=workers)
     assert later == []
+
+
+def test_sizes_of_one_width_class_share_one_rcda_aggregate_task(recorded, monkeypatch):
+    """Two widths of one class (``width_blocks``) make the same builds: one task builds them."""
+    sizes = [(30, 40), (40, 48), (20, 20)]
+    assert (
+        rcda_aggregate.width_blocks(40) == rcda_aggregate.width_blocks(48) != rcda_aggregate.width_blocks(20)
+    )
+    monkeypatch.setattr(warm, "variant_sizes", lambda *_: sizes)
+    stages, _ = warm.warm_stages(
+        types.SimpleNamespace(config=at.VARIANTS["r50-dc5"]), CompileSpec("fp32", CPU)
+    )
+    warm.run_stages(stages, CPU, workers=4)
+    widths = [arg for name, arg, *_ in recorded if name == "rcda_aggregate"]
+    assert sorted(rcda_aggregate.width_blocks(width) for width in widths) == sorted(
+        {rcda_aggregate.width_blocks(40), rcda_aggregate.width_blocks(20)}
+    )

@@ -52,15 +52,18 @@ def warm_kernels(model: nn.Module, spec: CompileSpec, workers: int | None = None
     (cuDNN) is not run. Variants already compiled, or in Triton's cache, cost a lookup. Nothing to do
     off CUDA (no Triton kernel runs there).
 
-    The builds run on ``workers`` threads (default: one per CPU, at most one per task; 1: in the
-    calling thread, one after another): Triton compiles outside the GIL (its MLIR passes, LLVM and
-    ptxas), so variants build side by side. ``warm_stages`` says what runs together."""
+    The builds run on ``workers`` threads (default: one per CPU this process may use, at most one per
+    task; 1: in the calling thread, one after another), in the stages of ``warm_stages``: Triton
+    compiles partly outside the GIL (LLVM, ptxas), so independent builds overlap."""
     if spec.device.type != "cuda":
         return
     start = time.perf_counter()
-    stages = warm_stages(model, spec)
-    run_stages(stages, spec.device, workers)
-    sizes = variant_sizes(spec, model.config.stride, model.config.hidden_dim)
+    # The GPU resolved here: a worker thread's current GPU is GPU 0, whatever the caller's is.
+    device = torch.device(
+        "cuda", torch.cuda.current_device() if spec.device.index is None else spec.device.index
+    )
+    stages, sizes = warm_stages(model, spec)
+    run_stages(stages, device, workers)
     logger.info(
         "compile: the custom ops' kernels warmed for %d feature sizes (%s..%s) in %.1f s",
         len(sizes),
@@ -70,44 +73,51 @@ def warm_kernels(model: nn.Module, spec: CompileSpec, workers: int | None = None
     )
 
 
-def warm_stages(model: nn.Module, spec: CompileSpec) -> list[list[Callable[[], None]]]:
-    """``warm_kernels``' tasks in two stages, each task independent of the others of its stage: first
-    the transformer at the first variant size alone, which launches every kernel once and compiles
-    those that every size shares (the norms, the key means, the bias transposes); then, side by side,
-    the transformer at each other size (each compiles the little its size adds: mask2posemb's and
-    rcda_aggregate's blocks), rcda_aggregate's builds at each width and self_attention's. A kernel's
-    first launch in a process is not left to race another thread's: Triton makes the kernel's
-    per-device table of builds then, and two threads making it at once could each keep their own,
-    one's builds lost to later calls."""
+def warm_stages(
+    model: nn.Module, spec: CompileSpec
+) -> tuple[list[list[Callable[[], None]]], list[tuple[int, int]]]:
+    """(``warm_kernels``' tasks in stages, the variant sizes they cover). No two tasks of a stage build
+    or first launch the same kernel variant: Triton makes a kernel's per-device table of builds at
+    its first launch, and loads a build at the build's first launch, and a thread meeting either
+    half made by another fails or loses the other's work. So: first the transformer at the first
+    size alone (every kernel's first launch; the builds every size shares: the norms, the key means,
+    the bias transposes); then side by side rcda_aggregate's builds, one task per width class
+    (``rcda_aggregate.width_blocks``), and self_attention's; then the transformer at the other sizes,
+    one after another in one task (each adds a mask2posemb build, which sizes may share)."""
     from anchordetr_trt.custom_ops import rcda_aggregate, self_attention
 
     config = model.config
     head_dim = config.hidden_dim // config.num_heads
     sizes = variant_sizes(spec, config.stride, config.hidden_dim)
-    transformer = [functools.partial(_run_transformer, model, spec, size) for size in sizes]
+    widths = {rcda_aggregate.width_blocks(width): width for _, width in sizes}.values()
     builds = [
         functools.partial(rcda_aggregate.warm, width, config.num_heads, head_dim, spec.dtype, spec.device)
-        for _, width in sizes
+        for width in widths
     ]
     builds.append(functools.partial(self_attention.warm, config.num_heads, head_dim, spec.dtype, spec.device))
-    return [transformer[:1], [*transformer[1:], *builds]]
+    stages = [[functools.partial(_run_transformer, model, spec, sizes[:1])], builds]
+    if len(sizes) > 1:
+        stages.append([functools.partial(_run_transformer, model, spec, sizes[1:])])
+    return stages, sizes
 
 
 def run_stages(
     stages: list[list[Callable[[], None]]], device: torch.device, workers: int | None = None
 ) -> None:
-    """Run each stage's tasks on ``workers`` threads (default: one per CPU, at most one per task; 1:
-    in this thread), a stage after the previous one has ended, each task without gradients and with
-    ``device`` current (both are per thread). The first task to raise stops the run: its exception
-    is raised here once the stage's running tasks have ended, and later stages do not start."""
+    """Run each stage's tasks on ``workers`` threads (default: one per CPU this process may use, at
+    most one per task; 1: in this thread), a stage after the previous one has ended, each task without
+    gradients and with ``device`` current (both are per thread). A task that raises stops the run:
+    once the stage's running tasks have ended, the exception of the first such task in the stage's
+    order is raised here, and no later stage starts. An interrupt cancels the tasks not started."""
     if workers is None:
-        workers = min(os.cpu_count() or 1, max(len(stage) for stage in stages))
+        workers = min(len(os.sched_getaffinity(0)), max(len(stage) for stage in stages))
     if workers <= 1:
         for stage in stages:
             for task in stage:
                 _in_context(task, device)
         return
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="warm_kernels") as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="warm_kernels")
+    try:
         for stage in stages:
             futures = [pool.submit(_in_context, task, device) for task in stage]
             _, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
@@ -117,6 +127,8 @@ def run_stages(
             for future in futures:
                 if not future.cancelled() and future.exception() is not None:
                     raise future.exception()
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _in_context(task: Callable[[], None], device: torch.device) -> None:
@@ -125,13 +137,13 @@ def _in_context(task: Callable[[], None], device: torch.device) -> None:
         task()
 
 
-def _run_transformer(model: nn.Module, spec: CompileSpec, size: tuple[int, int]) -> None:
-    """The transformer on a batch-1 map of ``size`` (height, width) in zeros (not random values: the
-    user's random number generators stay as they were), unmasked."""
-    height, width = size
+def _run_transformer(model: nn.Module, spec: CompileSpec, sizes: list[tuple[int, int]]) -> None:
+    """The transformer on a batch-1 map of each of ``sizes`` (height, width) in turn, in zeros (not
+    random values: the user's random number generators stay as they were), unmasked."""
     stride = model.config.stride
-    features = torch.zeros(
-        1, model.backbone.num_channels, height, width, device=spec.device, dtype=spec.dtype
-    )
-    mask = torch.zeros(1, height * stride, width * stride, dtype=torch.bool, device=spec.device)
-    model.transformer.decode(model.encode(features.contiguous(memory_format=torch.channels_last), mask))
+    for height, width in sizes:
+        features = torch.zeros(
+            1, model.backbone.num_channels, height, width, device=spec.device, dtype=spec.dtype
+        )
+        mask = torch.zeros(1, height * stride, width * stride, dtype=torch.bool, device=spec.device)
+        model.transformer.decode(model.encode(features.contiguous(memory_format=torch.channels_last), mask))
