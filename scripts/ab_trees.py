@@ -38,12 +38,16 @@ def write_tree(rev: str, folder: Path) -> int:
     if folder.exists() and not (folder / ".ab_tree").exists():
         raise FileExistsError(f"{folder} exists and is not a tree of scripts.ab_trees: choose another --out")
     archive = subprocess.run(["git", "archive", "--format=tar", rev], capture_output=True, check=True).stdout
-    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        shutil.rmtree(folder)
     folder.mkdir(parents=True)
     (folder / ".ab_tree").write_text(f"{short_commit(rev)}\n")  # first: a tree cut off halfway is still ours
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        members = [m for m in tar.getmembers() if not m.name.startswith(LEFT_OUT)]
-        tar.extractall(folder, members=members, filter="data")
+        members = [m for m in tar.getmembers() if not f"{m.name}/".startswith(LEFT_OUT)]  # folders too
+        # Python before 3.11.4 has no extraction filters; git archive's members are plain files then.
+        tar.extractall(
+            folder, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {})
+        )
     return sum(m.size for m in members if m.isfile())
 
 

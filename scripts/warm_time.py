@@ -11,6 +11,7 @@ threads change when the variants build, not which. ``STAGES=warm make gpu`` runs
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,7 @@ def summarize(runs: list[dict]) -> dict:
         seconds = sorted(run["seconds"] for run in runs if run["workers"] == workers)
         summary["default" if workers is None else f"{workers} worker"] = {
             "seconds": seconds,
-            "median_s": seconds[len(seconds) // 2],
+            "median_s": statistics.median(seconds),
         }
     return {"variants": variants.pop(), "settings": summary}
 

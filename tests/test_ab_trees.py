@@ -22,7 +22,7 @@ def repo(tmp_path, monkeypatch):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
     monkeypatch.chdir(root)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "one"], check=True)
@@ -35,8 +35,10 @@ def test_the_trees_hold_each_commits_files_but_the_results_and_official_fixtures
     out = tmp_path / "ab"
     assert ab_trees.main(["HEAD~1", "HEAD", "--out", str(out)]) == 0
     for tree, rev, layers in (("old", "HEAD~1", "6"), ("new", "HEAD", "5")):
-        written = {str(path.relative_to(out / tree)) for path in (out / tree).rglob("*") if path.is_file()}
-        assert written == {".ab_tree", "pyproject.toml", "src/model.py", "tests/fixtures/small.json"}
+        written = {str(path.relative_to(out / tree)) for path in (out / tree).rglob("*")}
+        assert written == {".ab_tree", "pyproject.toml", "src", "src/model.py", "tests", "tests/fixtures"} | {
+            "tests/fixtures/small.json"
+        }
         assert (out / tree / "src/model.py").read_text() == f"LAYERS = {layers}\n"
         assert (out / tree / ".ab_tree").read_text().strip() == ab_trees.short_commit(rev)
 

@@ -70,6 +70,7 @@ def test_the_warm_up_timing_reads_both_settings_medians(tmp_path):
     (folder / "runs.tsv").write_text(
         "stage\tcommit\tfiles\tcommand\nwarm\tabc1234\twarm_kernels.json\tpython3 -m x\n"
     )
+    # The medians from the runs' seconds, whatever median_s says (an earlier warm_time took the upper one).
     settings = {
         "1 worker": {"seconds": [20.1, 23.1], "median_s": 23.1},
         "default": {"seconds": [9.4], "median_s": 9.4},
@@ -77,6 +78,7 @@ def test_the_warm_up_timing_reads_both_settings_medians(tmp_path):
     (folder / "warm_kernels.json").write_text(json.dumps({"variants": 16, "settings": settings}))
     text = results_table.table([folder])
     assert (
-        "| compile()'s custom-kernel warm-up, cold (16 variants): 1 worker / threads (median) | 23.1 s / 9.4 s "
+        "| compile()'s custom-kernel warm-up, cold (16 variants): 1 worker / threads, median of 2 / 1 "
+        "| 21.6 s / 9.4 s "
         "| H100 | abc1234 | `STAGES=warm make gpu` |"
     ) in text
