@@ -132,3 +132,26 @@ def test_sizes_of_one_width_class_share_one_rcda_aggregate_task(recorded, monkey
     assert sorted(rcda_aggregate.width_blocks(width) for width in widths) == sorted(
         {rcda_aggregate.width_blocks(40), rcda_aggregate.width_blocks(20)}
     )
+
+
+@pytest.mark.parametrize("affinity", [True, False])
+def test_the_default_workers_are_the_usable_cpus_at_most_one_per_task(monkeypatch, affinity):
+    """One worker per CPU the process may use (all CPUs where the OS does not say), at most one per task."""
+    if affinity:
+        monkeypatch.setattr(warm.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
+    else:
+        monkeypatch.delattr(warm.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(warm.os, "cpu_count", lambda: 5)
+    names = set()
+    lock = threading.Lock()
+
+    def task():
+        time.sleep(0.05)
+        with lock:
+            names.add(threading.current_thread().name)
+
+    warm.run_stages([[task] * 8], CPU)
+    assert 1 < len(names) <= (3 if affinity else 5)
+    names.clear()
+    warm.run_stages([[task]], CPU)  # one task: run in this thread
+    assert names == {threading.current_thread().name}

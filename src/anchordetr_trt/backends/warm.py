@@ -110,7 +110,7 @@ def run_stages(
     once the stage's running tasks have ended, the exception of the first such task in the stage's
     order is raised here, and no later stage starts. An interrupt cancels the tasks not started."""
     if workers is None:
-        workers = min(len(os.sched_getaffinity(0)), max(len(stage) for stage in stages))
+        workers = min(_usable_cpus(), max(len(stage) for stage in stages))
     if workers <= 1:
         for stage in stages:
             for task in stage:
@@ -129,6 +129,13 @@ def run_stages(
                     raise future.exception()
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _usable_cpus() -> int:
+    # The CPUs this process may run on (a container's or taskset's share), where the OS tells.
+    if hasattr(os, "sched_getaffinity"):  # not on macOS or Windows
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _in_context(task: Callable[[], None], device: torch.device) -> None:
