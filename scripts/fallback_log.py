@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scripts.ab_trees import write_tree
+
 SUBPACKAGES = ("custom_ops", "converters", "eval")  # folders the package maps into anchordetr_trt
 
 
@@ -61,9 +63,7 @@ def compile_with_log(register: bool, code_out: str | None) -> None:
 def package_of(commit: str, folder: Path) -> Path:
     """``commit``'s package laid out under ``folder`` as an install makes it; returns the site folder."""
     tree, site = folder / "tree", folder / "site"
-    tree.mkdir()
-    archive = subprocess.run(["git", "archive", commit], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    write_tree(commit, tree)
     shutil.copytree(tree / "src" / "anchordetr_trt", site / "anchordetr_trt")
     for name in SUBPACKAGES:
         shutil.copytree(tree / name, site / "anchordetr_trt" / name)
